@@ -1,0 +1,146 @@
+"""The Python API: load a model, quantize it on calibration data, evaluate any variant.
+
+    model = tvmptq.load("efficientnet_lite0")                 # zoo name or a path to .onnx
+    qm = tvmptq.quantize(model, calib_arrays, tvmptq.make_config(4, 8, observer="auto"))
+    outputs, metrics = tvmptq.evaluate(qm.runner(), tvmptq.get_set("photos"), reference)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from .errors import ConfigError, ShapeError
+from .eval.sets import batches, get_set, run_outputs, torch_runner
+from .eval.metrics import sqnr_db
+from .quant.calibrate import build_plan, collect_statistics
+from .quant.graph import LayerGraph, build_layer_graph
+from .quant.plan import QuantPlan
+from .quant.report import format_report, layer_sqnr
+from .quant.simulate import simulate
+from .quant.spec import QuantConfig
+from .util import peak_rss_mb
+from .zoo import ZooModel, from_onnx, get_model
+
+OBSERVERS = ("minmax", "percentile", "mse")
+AUTO_SELECT_SAMPLES = 64  # calibration samples used to pick the observer in "auto" mode
+
+
+def load(name_or_path: str, input_shapes=None) -> ZooModel:
+    """A zoo model by name, or a user ONNX file by path."""
+    if str(name_or_path).endswith(".onnx") or Path(str(name_or_path)).suffix == ".onnx":
+        return from_onnx(name_or_path, input_shapes=input_shapes)
+    return get_model(name_or_path)
+
+
+@dataclass
+class QuantizedModel:
+    model: ZooModel
+    graph: LayerGraph
+    plan: QuantPlan
+    simulated: fx.GraphModule
+    observer_scores: dict[str, float] | None = None  # auto mode: calibration SQNR per observer
+
+    def runner(self):
+        return torch_runner(self.simulated)
+
+    def report(self, arrays, batch_size: int = 16, max_samples: int = 32) -> str:
+        arrays = tuple(a[:max_samples] for a in arrays)
+        rows = layer_sqnr(self.graph, self.simulated, self.plan, batches(arrays, batch_size))
+        return format_report(rows, self.plan)
+
+
+def prepare(model: ZooModel) -> LayerGraph:
+    """Export and analyse the float model once; reuse the result for several configs."""
+    return build_layer_graph(model.build(), model.example_inputs(1))
+
+
+def check_inputs(model: ZooModel, arrays) -> tuple[np.ndarray, ...]:
+    """Clear errors for data that cannot feed the model (count, shape, dtype)."""
+    from .data import check_finite_nonempty
+
+    examples = model.example_inputs(1)
+    if len(arrays) != len(examples):
+        raise ShapeError(f"model {model.name!r} takes {len(examples)} input(s) "
+                         f"({', '.join(model.input_names)}), got {len(arrays)}")
+    out = []
+    for name, arr, ex in zip(model.input_names, arrays, examples):
+        arr = np.asarray(arr)
+        if arr.size == 0:
+            check_finite_nonempty(arr, f"input {name!r}")
+        if tuple(arr.shape[1:]) != tuple(ex.shape[1:]):
+            raise ShapeError(f"input {name!r} has per-sample shape {tuple(arr.shape[1:])}, "
+                             f"model {model.name!r} expects {tuple(ex.shape[1:])}")
+        if ex.is_floating_point():
+            arr = check_finite_nonempty(arr.astype(np.float32), f"input {name!r}")
+        else:
+            arr = arr.astype(torch.empty((), dtype=ex.dtype).numpy().dtype)
+        out.append(arr)
+    return tuple(out)
+
+
+def quantize(model: ZooModel, calibration, config: QuantConfig, graph: LayerGraph | None = None,
+             batch_size: int = 32, progress: bool = True) -> QuantizedModel:
+    """Baseline PTQ. ``config.activation.rule == "auto"`` is not a rule: use ``quantize_auto``."""
+    calibration = check_inputs(model, calibration)
+    graph = graph or prepare(model)
+    import time
+    t0 = time.perf_counter()
+    observers, samples = collect_statistics(graph, batches(calibration, batch_size), progress)
+    plan = build_plan(graph, observers, config, model.name)
+    plan.stats = {"calibration_samples": samples, "calibration_seconds": time.perf_counter() - t0,
+                  "peak_rss_mb": peak_rss_mb()}
+    return QuantizedModel(model, graph, plan, simulate(graph, plan))
+
+
+def quantize_auto(model: ZooModel, calibration, config: QuantConfig, graph: LayerGraph | None = None,
+                  batch_size: int = 32, progress: bool = True) -> QuantizedModel:
+    """Try every activation observer on one set of statistics; keep the one whose simulated
+    outputs best match FP32 (SQNR) on calibration data. Evaluation data is never looked at."""
+    import dataclasses
+    import time
+
+    calibration = check_inputs(model, calibration)
+    graph = graph or prepare(model)
+    t0 = time.perf_counter()
+    observers, samples = collect_statistics(graph, batches(calibration, batch_size), progress)
+    probe = tuple(a[:AUTO_SELECT_SAMPLES] for a in calibration)
+    reference = run_outputs(torch_runner(graph.gm), probe, batch_size, "fp32", False)
+    best, scores = None, {}
+    for rule in OBSERVERS:
+        cfg = dataclasses.replace(config, activation=dataclasses.replace(config.activation, rule=rule))
+        plan = build_plan(graph, observers, cfg, model.name)
+        sim = simulate(graph, plan)
+        scores[rule] = sqnr_db(reference, run_outputs(torch_runner(sim), probe, batch_size, rule, False))
+        if best is None or scores[rule] > scores[best[0]]:
+            best = (rule, plan, sim)
+    rule, plan, sim = best
+    plan.config["observer_selected_by"] = "calibration output SQNR"
+    plan.config["observer_scores_db"] = scores
+    plan.stats = {"calibration_samples": samples, "calibration_seconds": time.perf_counter() - t0,
+                  "peak_rss_mb": peak_rss_mb()}
+    return QuantizedModel(model, graph, plan, sim, scores)
+
+
+def from_plan(model: ZooModel, plan: QuantPlan, graph: LayerGraph | None = None) -> QuantizedModel:
+    """Rebuild the simulation of a saved plan (the plan is the single source of truth)."""
+    graph = graph or prepare(model)
+    names = {layer.name for layer in graph.layers}
+    missing = [layer.name for layer in plan.layers if layer.name not in names]
+    if missing or plan.model != model.name:
+        raise ConfigError(f"plan was made for model {plan.model!r}; it does not fit {model.name!r}"
+                          + (f" (unknown layers: {', '.join(missing[:5])})" if missing else ""))
+    return QuantizedModel(model, graph, plan, simulate(graph, plan))
+
+
+def fp32_outputs(model: ZooModel, arrays, graph: LayerGraph | None = None, batch_size: int = 32,
+                 progress: bool = True) -> np.ndarray:
+    module = graph.gm if graph is not None else model.build()
+    return run_outputs(torch_runner(module), arrays, batch_size, "fp32", progress)
+
+
+__all__ = ["load", "prepare", "quantize", "quantize_auto", "from_plan", "fp32_outputs",
+           "QuantizedModel", "check_inputs", "get_set"]

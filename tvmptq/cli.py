@@ -1,0 +1,240 @@
+"""The ``tvmptq`` command line. Errors print one clear line and exit non-zero (see errors.py)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import ConfigError, DataError, TvmptqError
+
+
+def _parse_layer_overrides(items) -> dict:
+    """``NAME=float`` or ``NAME=w4a8`` / ``NAME=w4`` / ``NAME=a8``."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--layer expects NAME=float or NAME=wXaY, got {item!r}")
+        name, spec = item.split("=", 1)
+        spec = spec.lower()
+        if spec == "float":
+            out[name] = {"keep_float": True}
+            continue
+        vals = {}
+        for key, field in (("w", "weight_bits"), ("a", "activation_bits")):
+            if key in spec:
+                digits = spec.split(key, 1)[1]
+                digits = digits[:1] if digits[:1].isdigit() else ""
+                if not digits:
+                    raise ConfigError(f"cannot read bit width in --layer {item!r}")
+                vals[field] = int(digits)
+        if not vals:
+            raise ConfigError(f"--layer expects NAME=float or NAME=wXaY, got {item!r}")
+        out[name] = vals
+    return out
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def _calibration_arrays(args, model):
+    """The calibration inputs named by --calib: a protocol set, a folder, a .npy/.npz or a .txt."""
+    from . import data
+    from .eval.sets import DEFAULT_SET, SETS
+
+    source = args.calib or DEFAULT_SET.get(model.name)
+    if source is None:
+        raise ConfigError(f"model {model.name!r} has no default calibration set: pass --calib")
+    if source in SETS:
+        arrays = SETS[source].calibration()
+    else:
+        path = Path(source)
+        if path.suffix in (".npy", ".npz"):
+            arrays = (data.load_array_file(path, args.npz_key),)
+        elif path.suffix == ".txt":
+            if model.name != "minilm_l6":
+                raise ConfigError(f"text calibration data needs a model with a tokenizer; {model.name!r} has none")
+            from .zoo.minilm import encode_sentences
+            arrays = tuple(t.numpy() for t in encode_sentences(data.load_text_file(path)))
+        else:
+            arrays = (data.load_image_folder(path, size=args.image_size, resize=args.resize,
+                                             mean=_floats(args.mean, "--mean"),
+                                             std=_floats(args.std, "--std")),)
+    if args.calib_samples:
+        arrays = tuple(a[:args.calib_samples] for a in arrays)
+    return arrays
+
+
+def _input_shapes(items):
+    shapes = {}
+    for item in items or []:
+        name, _, dims = item.partition("=")
+        try:
+            shapes[name] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise ConfigError(f"--input-shape expects NAME=D0,D1,..., got {item!r}") from None
+    return shapes or None
+
+
+def cmd_models(args) -> int:
+    from .eval.sets import DEFAULT_SET, SETS
+    from .zoo import get_model, list_models
+    for name in list_models():
+        m = get_model(name)
+        s = DEFAULT_SET.get(name, "-")
+        print(f"{name:20s} {m.task:15s} set={s:10s} {m.description}")
+    print()
+    for s in SETS.values():
+        print(f"set {s.name:10s} {s.task:15s} {s.description}")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    import tvmptq
+    from .eval.sets import DEFAULT_SET, SETS, evaluate
+
+    config = tvmptq.make_config(args.wbits, args.abits, "minmax" if args.observer == "auto" else args.observer,
+                                args.weight_rule, args.symmetric, args.percentile, args.first_last_8bit,
+                                _parse_layer_overrides(args.layer))
+    model = tvmptq.load(args.model, _input_shapes(args.input_shape))
+    calib = _calibration_arrays(args, model)
+    t0 = time.perf_counter()
+    quantize = tvmptq.quantize_auto if args.observer == "auto" else tvmptq.quantize
+    qm = quantize(model, calib, config, batch_size=args.batch_size)
+    plan = qm.plan
+    print(f"quantized {model.name} at {config.name} ({plan.config['observer']} observer, "
+          f"{len(plan.layers)} integer layers) in {time.perf_counter() - t0:.1f} s; "
+          f"calibration samples {plan.stats['calibration_samples']}, peak RSS {plan.stats['peak_rss_mb']:.0f} MB")
+    if qm.observer_scores:
+        print("observer chosen on calibration data (output SQNR dB): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in qm.observer_scores.items()))
+    if plan.float_islands:
+        print(f"float islands ({len(plan.float_islands)}): {', '.join(plan.float_islands)}")
+    if plan.float_layers:
+        print(f"layers left in float ({len(plan.float_layers)}): {', '.join(plan.float_layers)}")
+    if args.report:
+        print("\nPer-layer SQNR vs FP32 on calibration data, worst first:")
+        print(qm.report(calib, max_samples=min(32, len(calib[0]))).split("\n\nFloat islands")[0]
+              if args.report < 0 else "\n".join(qm.report(calib).splitlines()[:args.report + 2]))
+    if args.out:
+        path = plan.save(args.out)
+        print(f"plan written to {path}")
+    set_name = args.evaluate
+    if set_name:
+        evalset = SETS.get(set_name) or SETS.get(DEFAULT_SET.get(model.name, ""))
+        if evalset is None:
+            raise ConfigError(f"unknown evaluation set {set_name!r}")
+        from .api import fp32_outputs
+        ref = fp32_outputs(model, evalset.evaluation(), qm.graph, args.batch_size)
+        _, metrics = evaluate(qm.runner(), evalset, ref, args.batch_size)
+        print(f"\n{evalset.name} evaluation, simulated {config.name} vs FP32:")
+        for k, v in metrics.items():
+            print(f"  {k:24s} {v:9.3f}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import tvmptq
+    from .eval.sets import DEFAULT_SET, SETS, evaluate
+    model = tvmptq.load(args.model, _input_shapes(args.input_shape))
+    plan = tvmptq.QuantPlan.load(args.plan)
+    qm = tvmptq.from_plan(model, plan)
+    set_name = args.set or DEFAULT_SET.get(model.name)
+    if set_name not in SETS:
+        raise ConfigError(f"unknown evaluation set {set_name!r}; known: {', '.join(SETS)}")
+    evalset = SETS[set_name]
+    ref = tvmptq.fp32_outputs(model, evalset.evaluation(), qm.graph, args.batch_size)
+    _, metrics = evaluate(qm.runner(), evalset, ref, args.batch_size)
+    print(f"{model.name} {plan.config.get('name')} on {set_name} (simulated vs FP32):")
+    for k, v in metrics.items():
+        print(f"  {k:24s} {v:9.3f}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tvmptq", description=(
+        "Post-training quantization to integer-only programs (Apache TVM). "
+        "Exit codes: 0 ok, 2 bad options, 3 bad data, 4 bad model."))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("models", help="list zoo models and evaluation sets").set_defaults(func=cmd_models)
+
+    q = sub.add_parser("quantize", help="calibrate and write a quantization plan")
+    q.add_argument("model", help="zoo model name (see `tvmptq models`) or a path to an .onnx file")
+    q.add_argument("--calib", help="protocol set name, image folder, .npy/.npz file or .txt of sentences "
+                                   "(default: the model's protocol set)")
+    q.add_argument("--calib-samples", type=int, help="use only the first N calibration samples")
+    q.add_argument("--wbits", type=int, default=8, help="weight bits, 2..8 (default 8)")
+    q.add_argument("--abits", type=int, default=8, help="activation bits, 2..8 (default 8)")
+    q.add_argument("--observer", default="auto", choices=["auto", "minmax", "percentile", "mse"],
+                   help="activation range rule; auto picks the best on calibration data (default)")
+    q.add_argument("--weight-rule", default="mse", choices=["mse", "minmax"], help="per-channel weight range rule")
+    q.add_argument("--symmetric", action="store_true", help="symmetric activations (default asymmetric)")
+    q.add_argument("--percentile", type=float, default=99.99, help="percentile for --observer percentile")
+    q.add_argument("--first-last-8bit", action="store_true", help="keep first and last layer at 8 bits")
+    q.add_argument("--layer", action="append", metavar="NAME=SPEC",
+                   help="per-layer override: NAME=float, NAME=w4a8, NAME=w6 (repeatable)")
+    q.add_argument("--out", help="write the plan (.npz)")
+    q.add_argument("--report", type=int, default=10, help="print the N worst layers by SQNR (0: none, -1: all)")
+    q.add_argument("--evaluate", nargs="?", const="default", help="evaluate on a protocol set afterwards")
+    q.add_argument("--batch-size", type=int, default=32)
+    _add_data_flags(q)
+    q.set_defaults(func=cmd_quantize)
+
+    e = sub.add_parser("evaluate", help="score a saved plan's simulation against FP32 on a protocol set")
+    e.add_argument("model")
+    e.add_argument("--plan", required=True)
+    e.add_argument("--set", help="protocol set (default: the model's)")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="EfficientNet-Lite0 at W8A8 and W4A8: FP32 vs tvmptq vs ONNX Runtime")
+    d.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def _add_data_flags(p):
+    g = p.add_argument_group("user data preprocessing (image folders)")
+    g.add_argument("--image-size", type=int, default=224, help="centre crop size")
+    g.add_argument("--resize", type=int, default=256, help="shorter side before the crop")
+    g.add_argument("--mean", default="127,127,127", help="per-channel mean on 0-255 pixels")
+    g.add_argument("--std", default="128,128,128", help="per-channel std on 0-255 pixels")
+    g.add_argument("--npz-key", help="array name inside a .npz file")
+    g.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
+                   help="static shape for an ONNX input with dynamic dims")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "quantize" and args.wbits is not None:
+        from .quant.spec import check_bits
+        try:
+            check_bits(args.wbits, "weight")
+            check_bits(args.abits, "activation")
+        except TvmptqError as err:
+            print(f"tvmptq: error: {err}", file=sys.stderr)
+            return err.exit_code
+    try:
+        return args.func(args)
+    except TvmptqError as err:
+        print(f"tvmptq: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("tvmptq: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

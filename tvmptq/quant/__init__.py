@@ -1,0 +1,1 @@
+"""Baseline post-training quantization: specs, observers, the plan, and the PyTorch simulation."""

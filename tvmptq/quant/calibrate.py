@@ -1,0 +1,169 @@
+"""Calibration: stream data through the float graph, then turn statistics into a plan."""
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.fx as fx
+from tqdm.auto import tqdm
+
+from ..errors import DataError
+from ..util import peak_rss_mb
+from .fixedpoint import quantize_multiplier, shared_shift_multipliers
+from .graph import Layer, LayerGraph
+from .observers import HistogramObserver
+from .plan import LayerPlan, QuantPlan, TensorQuant
+from .ranges import activation_range, weight_scales
+from .spec import QuantConfig, check_bits
+
+INT32 = (-(2 ** 31), 2 ** 31 - 1)
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the float graph and feeds the observers of the quantization points."""
+
+    def __init__(self, gm, observers):
+        super().__init__(gm)
+        self.observers = observers
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if n.name in self.observers:
+            self.observers[n.name].update(out)
+        return out
+
+
+def collect_statistics(graph: LayerGraph, batches: Iterable[tuple], progress: bool = True,
+                       ) -> tuple[dict[str, HistogramObserver], int]:
+    """One pass over the calibration data; memory does not grow with the number of samples."""
+    observers = {name: HistogramObserver(name) for name in graph.quant_points}
+    recorder = _Recorder(graph.gm, observers)
+    samples = 0
+    with torch.no_grad():
+        for batch in tqdm(batches, desc="calibrate", unit="batch", disable=not progress, leave=False):
+            batch = tuple(torch.as_tensor(b) for b in batch)
+            for b in batch:
+                if b.numel() == 0:
+                    raise DataError("calibration batch is empty")
+                if b.is_floating_point() and not torch.isfinite(b).all():
+                    raise DataError(f"calibration data has {int((~torch.isfinite(b)).sum())} NaN/Inf values")
+            recorder.run(*batch)
+            samples += batch[0].shape[0]
+    if samples == 0:
+        raise DataError("no calibration data: the calibration set is empty")
+    return observers, samples
+
+
+def _tensor_bits(graph: LayerGraph, config: QuantConfig) -> dict[str, int]:
+    bits = {name: config.activation.bits for name in graph.quant_points}
+    for layer in graph.layers:
+        ovr = config.override_for(layer.name)
+        if ovr and ovr.activation_bits:
+            bits[graph.tensor_of(layer.out_node)] = check_bits(ovr.activation_bits, "activation")
+    if config.first_last_8bit:
+        kernels = [lay for lay in graph.layers if lay.weight is not None]
+        if kernels:
+            for lay in (kernels[0], kernels[-1]):
+                for a in lay.inputs:
+                    bits[graph.tensor_of(a)] = 8
+            bits[graph.tensor_of(kernels[-1].out_node)] = 8
+    return bits
+
+
+def _weight_bits(layer: Layer, graph: LayerGraph, config: QuantConfig) -> int:
+    ovr = config.override_for(layer.name)
+    if ovr and ovr.weight_bits:
+        return check_bits(ovr.weight_bits, "weight")
+    if config.first_last_8bit:
+        kernels = [lay for lay in graph.layers if lay.weight is not None]
+        if layer is kernels[0] or layer is kernels[-1]:
+            return 8
+    return config.weight.bits
+
+
+def _clip(layer: Layer, out: TensorQuant) -> tuple[int, int]:
+    lo, hi = out.qmin, out.qmax
+    if layer.act_range is not None:
+        a, b = layer.act_range
+        if np.isfinite(a):
+            lo = max(lo, out.zero_point + int(np.round(a / out.scale)))
+        if np.isfinite(b):
+            hi = min(hi, out.zero_point + int(np.round(b / out.scale)))
+    return lo, hi
+
+
+def _layer_plan(layer: Layer, graph: LayerGraph, tensors: dict, config: QuantConfig) -> LayerPlan:
+    ins = [graph.tensor_of(a) for a in layer.inputs]
+    out = tensors[graph.tensor_of(layer.out_node)]
+    ovr = config.override_for(layer.name)
+    plan = LayerPlan(layer.name, layer.kind, ins, out.name, _clip(layer, out), layer.activation,
+                     attrs=dict(layer.attrs))
+    arr = plan.arrays
+    if layer.weight is not None:
+        s_x = float(tensors[ins[0]].scale)
+        if ovr and ovr.keep_float:
+            plan.keep_float = True
+            arr["weight_float"] = layer.weight.astype(np.float32)
+            if layer.bias is not None:
+                arr["bias_float"] = layer.bias.astype(np.float32)
+            return plan
+        bits = _weight_bits(layer, graph, config)
+        plan.weight_bits = bits
+        s_w = weight_scales(layer.weight, config.weight, bits)
+        qmax = 2 ** (bits - 1) - 1
+        shape = (-1,) + (1,) * (layer.weight.ndim - 1)
+        w_int = np.clip(np.round(layer.weight / s_w.reshape(shape)), -qmax, qmax).astype(np.int8)
+        acc_scale = s_x * s_w.astype(np.float64)
+        bias = layer.bias if layer.bias is not None else np.zeros(len(s_w))
+        arr["weight"] = w_int
+        arr["weight_scale"] = s_w
+        arr["bias"] = np.clip(np.round(bias / acc_scale), *INT32).astype(np.int32)
+        arr["multiplier"], arr["shift"] = quantize_multiplier(acc_scale / float(out.scale))
+    elif layer.kind == "matmul":
+        real = float(tensors[ins[0]].scale) * float(tensors[ins[1]].scale) / float(out.scale)
+        arr["multiplier"], arr["shift"] = quantize_multiplier(real)
+    elif layer.kind in ("add", "cat"):
+        m, k = shared_shift_multipliers([float(tensors[i].scale) / float(out.scale) for i in ins])
+        arr["multiplier"], arr["shift"] = m, np.array([k], dtype=np.int64)
+    elif layer.kind == "mean":
+        shape = layer.inputs[0].meta["val"].shape
+        count = int(np.prod([shape[d] for d in layer.attrs["dims"]]))
+        plan.attrs["count"] = count
+        real = float(tensors[ins[0]].scale) / (float(out.scale) * count)
+        arr["multiplier"], arr["shift"] = quantize_multiplier(real)
+    elif layer.kind == "mul_const":
+        factor = layer.attrs["factor"]
+        m, k = quantize_multiplier(abs(factor) * float(tensors[ins[0]].scale) / float(out.scale))
+        arr["multiplier"], arr["shift"] = m * int(np.sign(factor) or 1), k
+    return plan
+
+
+def build_plan(graph: LayerGraph, observers: dict[str, HistogramObserver], config: QuantConfig,
+               model_name: str = "model") -> QuantPlan:
+    bits = _tensor_bits(graph, config)
+    tensors = {}
+    for name, obs in observers.items():
+        scale, zero, qmin, qmax = activation_range(obs, config.activation, bits[name])
+        tensors[name] = TensorQuant(name, float(scale), zero, bits[name], qmin, qmax,
+                                    (float(obs.min), float(obs.max)))
+    layers = [_layer_plan(layer, graph, tensors, config) for layer in graph.layers]
+    cfg = {"weight_bits": config.weight.bits, "weight_rule": config.weight.rule,
+           "activation_bits": config.activation.bits, "observer": config.activation.rule,
+           "symmetric": config.activation.symmetric, "percentile": config.activation.percentile,
+           "first_last_8bit": config.first_last_8bit,
+           "overrides": {k: vars(v) for k, v in config.overrides}, "name": config.name}
+    return QuantPlan(model_name, cfg, tensors, layers, [n.name for n in graph.islands],
+                     [n for n in graph.input_names if n in tensors])
+
+
+def quantize(graph: LayerGraph, batches: Iterable[tuple], config: QuantConfig, model_name="model",
+             progress=True) -> QuantPlan:
+    """Baseline PTQ: calibrate (streaming) and build the plan. Records time and peak RSS."""
+    t0 = time.perf_counter()
+    observers, samples = collect_statistics(graph, batches, progress)
+    plan = build_plan(graph, observers, config, model_name)
+    plan.stats = {"calibration_samples": samples, "calibration_seconds": time.perf_counter() - t0,
+                  "peak_rss_mb": peak_rss_mb()}
+    return plan

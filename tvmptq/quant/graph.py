@@ -1,0 +1,369 @@
+"""From a PyTorch model to a graph of quantizable layers.
+
+The model is captured once with ``torch.export`` (ATen-level graph, the same program that TVM's
+``from_exported_program`` imports). On that graph we fold batch norm into the preceding conv and
+classify every node with the tables below (capabilities as data, not ``if`` chains). The result,
+:class:`LayerGraph`, names every tensor an integer-only program needs.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from ..errors import ModelError, UnsupportedOpError
+
+aten = torch.ops.aten
+
+# Ops whose output is requantized from an int32 accumulator: value = which layer kind.
+KERNEL_OPS = {
+    aten.conv2d.default: "conv2d",
+    aten.linear.default: "linear",
+    aten.matmul.default: "matmul",
+    aten.mm.default: "matmul",
+    aten.bmm.default: "matmul",
+}
+# Ops computed in the integer domain by rescaling their inputs to the output grid.
+REQUANT_OPS = {
+    aten.add.Tensor: "add",
+    aten.adaptive_avg_pool2d.default: "mean",
+    aten.mean.dim: "mean",
+    aten.mul.Tensor: "mul_const",   # only by a Python scalar; checked in classify()
+    aten.div.Tensor: "mul_const",   # likewise
+    aten.cat.default: "cat",
+}
+# Activations fused into the clip of the op that produces their input.
+FUSABLE_ACTIVATIONS = {aten.relu.default, aten.relu_.default, aten.hardtanh.default,
+                       aten.hardtanh_.default, aten.clamp.default}
+# Ops that move or select integers without changing the grid: output shares the input's quant.
+PASSTHROUGH_OPS = {
+    aten.view.default, aten.reshape.default, aten.flatten.using_ints, aten.permute.default,
+    aten.transpose.int, aten.t.default, aten.contiguous.default, aten.clone.default,
+    aten.dropout.default, aten.pad.default, aten.max_pool2d.default, aten.squeeze.dim,
+    aten.squeeze.default, aten.unsqueeze.default, aten.expand.default, aten.slice.Tensor,
+    aten.select.int, aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default,
+    aten.unflatten.int, aten.alias.default, aten.detach.default, aten._assert_tensor_metadata.default,
+    operator.getitem,
+}
+# Ops allowed to stay in float as declared islands: input dequantized, output re-quantized.
+FLOAT_ISLAND_OPS = {
+    aten.softmax.int, aten._softmax.default, aten.layer_norm.default, aten.gelu.default,
+    aten.sigmoid.default, aten.silu.default, aten.tanh.default, aten.hardswish.default,
+    aten.exp.default, aten.embedding.default, aten.linalg_vector_norm.default,
+    aten.sum.dim_IntList, aten.clamp_min.default, aten.clamp_max.default, aten.sqrt.default,
+    aten.rsqrt.default, aten.pow.Tensor_Scalar, aten.sub.Tensor, aten.rsub.Scalar,
+    aten.where.self, aten.masked_fill.Scalar, aten.to.dtype, aten._to_copy.default,
+    aten.type_as.default, aten.arange.start, aten.arange.default, aten.ones_like.default,
+    aten.zeros_like.default, aten.full_like.default, aten.div.Tensor, aten.mul.Tensor,
+    aten.add.Tensor, aten.expand_as.default, aten.mean.dim, aten.max.dim, aten.amax.default,
+}
+
+
+@dataclass
+class Layer:
+    """One integer op group of the float graph (kernel or requant op, plus its fused activation)."""
+
+    name: str
+    kind: str                     # conv2d | linear | matmul | add | mean | mul_const | cat
+    node: fx.Node
+    out_node: fx.Node             # last node of the group: its value is the quantized tensor
+    inputs: list[fx.Node]         # activation inputs (float-graph nodes)
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    attrs: dict = field(default_factory=dict)
+    activation: str = "none"      # none | relu | clamp
+    act_range: tuple[float, float] | None = None  # real-valued clamp bounds of the activation
+
+
+@dataclass
+class LayerGraph:
+    gm: fx.GraphModule            # float graph, batch norm folded
+    layers: list[Layer]
+    quant_points: dict[str, fx.Node]      # tensor name -> node whose output is quantized
+    islands: list[fx.Node]                # float ops kept in float (declared islands)
+    aux: list[fx.Node]                    # ops on non-activation data (masks, shapes)
+    input_names: list[str]
+    source: dict[str, str]                # node name -> quantized tensor it aliases
+
+    def tensor_of(self, node: fx.Node) -> str:
+        return self.source[node.name]
+
+
+def export_model(module: torch.nn.Module, example_inputs: tuple) -> fx.GraphModule:
+    """Capture the model as an ATen graph; clear errors for what torch.export cannot take."""
+    module = module.eval()
+    # A dynamic batch dimension lets one graph run calibration and evaluation batches of any
+    # size. torch.export specializes sizes 0 and 1, so the example is given a batch of 2.
+    examples = tuple(torch.cat([t[:1], t[:1]]) for t in example_inputs)
+    dynamic = tuple({0: torch.export.Dim.AUTO} for _ in examples)
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(module, examples, dynamic_shapes=dynamic)
+    except Exception as err:  # torch raises many types; the message is what helps users
+        raise ModelError(f"torch.export could not capture the model: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}") from err
+    return ep.module()
+
+
+def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def const_value(gm: fx.GraphModule, node) -> torch.Tensor | None:
+    """Value of a node computed from parameters/constants only (folded here), else None."""
+    if not isinstance(node, fx.Node):
+        return None
+    if node.op == "get_attr":
+        return _attr(gm, node.target).detach()
+    if node.op != "call_function":
+        return None
+    args = []
+    for a in node.args:
+        if isinstance(a, fx.Node):
+            v = const_value(gm, a)
+            if v is None:
+                return None
+            args.append(v)
+        else:
+            args.append(a)
+    if not any(isinstance(a, fx.Node) for a in node.args):
+        return None
+    with torch.no_grad():
+        return node.target(*args, **node.kwargs)
+
+
+def _new_param(gm: fx.GraphModule, name: str, value: torch.Tensor, before: fx.Node) -> fx.Node:
+    gm.register_buffer(name, value.detach().clone())
+    with gm.graph.inserting_before(before):
+        return gm.graph.get_attr(name)
+
+
+def fold_batch_norm(gm: fx.GraphModule) -> int:
+    """Fold eval-mode batch norm into the conv that feeds it; returns how many were folded."""
+    folded = 0
+    for bn in list(gm.graph.nodes):
+        if bn.target not in (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default):
+            continue
+        conv = bn.args[0]
+        if not (isinstance(conv, fx.Node) and conv.target == aten.conv2d.default and len(conv.users) == 1):
+            continue
+        w = const_value(gm, conv.args[1])
+        b = const_value(gm, conv.args[2]) if len(conv.args) > 2 and conv.args[2] is not None else None
+        gamma, beta, mean, var = (const_value(gm, a) for a in bn.args[1:5])
+        eps = bn.args[7] if bn.target == aten.batch_norm.default else bn.args[6]
+        if w is None or mean is None or var is None:
+            continue
+        inv = torch.rsqrt(var.double() + eps)
+        g = (gamma.double() if gamma is not None else torch.ones_like(inv)) * inv
+        new_w = (w.double() * g.view(-1, 1, 1, 1)).float()
+        b0 = b.double() if b is not None else torch.zeros_like(inv)
+        new_b = ((b0 - mean.double()) * g + (beta.double() if beta is not None else 0)).float()
+        wn = _new_param(gm, f"{conv.name}_folded_weight", new_w, conv)
+        bnode = _new_param(gm, f"{conv.name}_folded_bias", new_b, conv)
+        args = list(conv.args) + [None] * (7 - len(conv.args))
+        defaults = [None, None, None, [1, 1], [0, 0], [1, 1], 1]
+        args = [a if a is not None else d for a, d in zip(args, defaults)]
+        args[1], args[2] = wn, bnode
+        conv.args = tuple(args)
+        out = bn
+        if bn.target == aten._native_batch_norm_legit_no_training.default:
+            for u in list(bn.users):  # getitem(bn, 0)
+                u.replace_all_uses_with(conv)
+                gm.graph.erase_node(u)
+        else:
+            out.replace_all_uses_with(conv)
+        gm.graph.erase_node(bn)
+        folded += 1
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return folded
+
+
+def _fusable_activation(node: fx.Node) -> tuple[fx.Node, str, tuple | None] | None:
+    """The activation node fused into ``node``'s output clip, if it is the only user."""
+    if len(node.users) != 1:
+        return None
+    user = next(iter(node.users))
+    if user.target not in FUSABLE_ACTIVATIONS or user.args[0] is not node:
+        return None
+    if user.target in (aten.relu.default, aten.relu_.default):
+        return user, "relu", (0.0, float("inf"))
+    if user.target in (aten.hardtanh.default, aten.hardtanh_.default):
+        lo = user.args[1] if len(user.args) > 1 else -1.0
+        hi = user.args[2] if len(user.args) > 2 else 1.0
+        return user, "clamp", (float(lo), float(hi))
+    lo = user.args[1] if len(user.args) > 1 else user.kwargs.get("min")
+    hi = user.args[2] if len(user.args) > 2 else user.kwargs.get("max")
+    lo = -float("inf") if lo is None else float(lo)
+    hi = float("inf") if hi is None else float(hi)
+    return user, "clamp", (lo, hi)
+
+
+def _kernel_layer(gm, node, kind) -> Layer:
+    args = node.args
+    if kind == "conv2d":
+        w = const_value(gm, args[1])
+        if w is None:
+            raise UnsupportedOpError(f"conv2d '{node.name}' has a non-constant weight")
+        b = const_value(gm, args[2]) if len(args) > 2 and args[2] is not None else None
+        full = list(args) + [None] * (7 - len(args))
+        attrs = dict(stride=list(full[3] or [1, 1]), padding=list(full[4] or [0, 0]),
+                     dilation=list(full[5] or [1, 1]), groups=int(full[6] or 1))
+        if isinstance(attrs["padding"], str):
+            raise UnsupportedOpError(f"conv2d '{node.name}' uses string padding {attrs['padding']!r}")
+        return Layer(node.name, "conv2d", node, node, [args[0]], w.numpy(),
+                     None if b is None else b.numpy(), attrs)
+    if kind == "linear":
+        w = const_value(gm, args[1])
+        b = const_value(gm, args[2]) if len(args) > 2 and args[2] is not None else None
+        if w is None:
+            return Layer(node.name, "matmul", node, node, [args[0], args[1]], attrs={"transpose_b": True})
+        return Layer(node.name, "linear", node, node, [args[0]], w.numpy(),
+                     None if b is None else b.numpy())
+    # matmul / mm / bmm: a constant right operand is a linear layer with W = B^T.
+    wb = const_value(gm, args[1])
+    if wb is not None and wb.dim() == 2:
+        return Layer(node.name, "linear", node, node, [args[0]], wb.t().contiguous().numpy(), None)
+    if const_value(gm, args[0]) is not None:
+        raise UnsupportedOpError(f"matmul '{node.name}' with a constant left operand")
+    return Layer(node.name, "matmul", node, node, [args[0], args[1]])
+
+
+def classify(gm: fx.GraphModule) -> LayerGraph:
+    """Find layers, quantization points, float islands and auxiliary (non-activation) ops."""
+    layers: list[Layer] = []
+    quant_points: dict[str, fx.Node] = {}
+    source: dict[str, str] = {}
+    islands, aux, inputs = [], [], []
+    is_activation: dict[str, bool] = {}
+    consumed_by_act = set()
+
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            val = node.meta.get("val")
+            float_input = isinstance(val, torch.Tensor) and val.is_floating_point()
+            is_activation[node.name] = float_input
+            if float_input:
+                inputs.append(node.name)
+            continue
+        if node.op in ("get_attr", "output") or (node.op == "call_module" and node.target == "_guards_fn"):
+            is_activation[node.name] = False
+            continue
+        if node.name in consumed_by_act:
+            is_activation[node.name] = True
+            continue
+        act_args = [a for a in node.all_input_nodes if is_activation.get(a.name)]
+        if node.target == aten.embedding.default and _is_float(node):
+            act_args = [node]  # a gathered learned table is activation data, not auxiliary
+        if not act_args or not _is_float(node):
+            is_activation[node.name] = False
+            aux.append(node)
+            continue
+        is_activation[node.name] = True
+        target = node.target
+        kind = KERNEL_OPS.get(target) or REQUANT_OPS.get(target)
+        non_act_inputs = [a for a in node.all_input_nodes
+                          if not is_activation.get(a.name) and const_value(gm, a) is None]
+        if kind == "mul_const" and not isinstance(node.args[1], (int, float)):
+            kind = None
+        if kind in ("add", "cat") and non_act_inputs:
+            kind = None  # mixes in auxiliary data (e.g. an attention mask): a float island
+        if kind == "add" and (len(act_args) != 2 or (len(node.args) > 2 and node.args[2] != 1)):
+            kind = None
+        if kind in REQUANT_OPS.values() and not any(a.name in source for a in act_args):
+            kind = None  # elementwise math on float-island outputs stays in the island
+        if kind == "mean" and target == aten.adaptive_avg_pool2d.default and list(node.args[1]) != [1, 1]:
+            raise UnsupportedOpError(f"adaptive_avg_pool2d '{node.name}' to {node.args[1]}: only global pooling")
+        if kind is not None:
+            layer = (_kernel_layer(gm, node, kind) if target in KERNEL_OPS else
+                     Layer(node.name, kind, node, node, list(act_args)))
+            if kind == "mul_const":
+                c = float(node.args[1])
+                layer.attrs["factor"] = 1.0 / c if target == aten.div.Tensor else c
+            if kind == "mean":
+                layer.attrs["dims"] = ([2, 3] if target == aten.adaptive_avg_pool2d.default
+                                       else list(node.args[1]))
+                layer.attrs["keepdim"] = (True if target == aten.adaptive_avg_pool2d.default
+                                          else bool(node.args[2]) if len(node.args) > 2 else False)
+            if kind == "cat":
+                layer.inputs = list(node.args[0])
+                layer.attrs["dim"] = node.args[1] if len(node.args) > 1 else 0
+            fused = _fusable_activation(node)
+            if fused is not None:
+                layer.out_node, layer.activation, layer.act_range = fused
+                consumed_by_act.add(layer.out_node.name)
+            for a in layer.inputs:
+                _resolve_source(a, source, quant_points)
+            layer.attrs["input_ops"] = [_data_movement(a, source) for a in layer.inputs]
+            layers.append(layer)
+            quant_points[layer.out_node.name] = layer.out_node
+            source[layer.out_node.name] = layer.out_node.name
+            source[node.name] = layer.out_node.name
+        elif target in REQUANT_OPS:
+            islands.append(node)
+        elif target in PASSTHROUGH_OPS or target in FUSABLE_ACTIVATIONS:
+            src = node.args[0]
+            if target == aten.pad.default:
+                mode = node.args[2] if len(node.args) > 2 else "constant"
+                value = node.args[3] if len(node.args) > 3 else None
+                if mode != "constant" or value not in (None, 0, 0.0):
+                    raise UnsupportedOpError(f"pad '{node.name}' mode={mode} value={value}: "
+                                             "only zero constant padding is exact in the integer domain")
+            if target in FUSABLE_ACTIVATIONS:
+                islands.append(node)  # an unfused activation: computed on dequantized values
+            elif isinstance(src, fx.Node) and src.name in source:
+                source[node.name] = source[src.name]
+        elif target in FLOAT_ISLAND_OPS:
+            islands.append(node)
+        else:
+            raise UnsupportedOpError(
+                f"unsupported op {getattr(target, '__name__', target)} at node '{node.name}': "
+                "no integer lowering and not a declared float island")
+    return LayerGraph(gm, layers, quant_points, islands, aux, inputs, source)
+
+
+def _plain(value):
+    """JSON-friendly op argument: symbolic sizes (the dynamic batch) become -1."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, fx.Node):
+        return -1
+    return str(value)
+
+
+def _data_movement(node: fx.Node, source: dict) -> list[dict]:
+    """Passthrough ops between a layer input and the quantized tensor it reads, in order."""
+    chain = []
+    while node.name != source[node.name]:
+        chain.append({"op": getattr(node.target, "__name__", str(node.target)),
+                      "args": _plain(list(node.args[1:]))})
+        node = node.args[0]
+    return chain[::-1]
+
+
+def _is_float(node: fx.Node) -> bool:
+    val = node.meta.get("val")
+    vals = val if isinstance(val, (list, tuple)) else [val]
+    return any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in vals)
+
+
+def _resolve_source(node: fx.Node, source: dict, quant_points: dict) -> str:
+    if node.name in source:
+        return source[node.name]
+    quant_points[node.name] = node
+    source[node.name] = node.name
+    return node.name
+
+
+def build_layer_graph(module: torch.nn.Module, example_inputs: tuple) -> LayerGraph:
+    gm = export_model(module, example_inputs)
+    fold_batch_norm(gm)
+    return classify(gm)

@@ -1,0 +1,115 @@
+"""Immutable quantization specs and the integer grids and rounding rules they imply.
+
+Grids (the contract every stage shares: the PyTorch simulation, the NumPy reference and the Relax
+lowering):
+
+* weights: symmetric, per output channel, *narrow* signed grid ``[-(2^(b-1)-1), 2^(b-1)-1]``, zero
+  point 0. So 2-bit weights are {-1, 0, 1} (ternary), 4-bit are [-7, 7], 8-bit [-127, 127]. The
+  narrow grid keeps the grid symmetric around zero, which is what a symmetric scale assumes.
+* activations, asymmetric: unsigned grid ``[0, 2^b - 1]`` with an integer zero point inside it.
+* activations, symmetric: signed grid ``[-2^(b-1), 2^(b-1) - 1]``, zero point 0.
+* bias: int32 on the accumulator grid, scale ``s_x * s_w[c]``.
+
+Rounding:
+
+* float -> integer (weights, biases, input quantize, float islands' outputs): round half to even
+  (``torch.round`` / ``numpy.round``), then clip to the grid.
+* integer requantize (fixed-point multiply): ``(acc * m + 2^(k-1)) >> k`` with an arithmetic shift,
+  i.e. round half up (towards +inf). See :mod:`tvmptq.quant.fixedpoint`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+SUPPORTED_BITS = range(2, 9)
+
+
+def check_bits(bits: int, what: str) -> int:
+    if not isinstance(bits, int) or bits not in SUPPORTED_BITS:
+        raise ConfigError(f"unsupported {what} bit width {bits!r}: choose an integer from 2 to 8")
+    return bits
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """How a layer's weights are quantized."""
+
+    bits: int = 8
+    rule: str = "mse"  # range rule per output channel: "minmax" (max |w|) or "mse"
+
+    def __post_init__(self):
+        check_bits(self.bits, "weight")
+        if self.rule not in ("minmax", "mse"):
+            raise ConfigError(f"unknown weight range rule {self.rule!r}: use 'minmax' or 'mse'")
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1
+
+    @property
+    def qmin(self) -> int:
+        return -self.qmax
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """How an activation tensor is quantized (per tensor)."""
+
+    bits: int = 8
+    symmetric: bool = False
+    rule: str = "minmax"  # range rule: "minmax", "percentile" or "mse"
+    percentile: float = 99.99
+
+    def __post_init__(self):
+        check_bits(self.bits, "activation")
+        if self.rule not in ("minmax", "percentile", "mse"):
+            raise ConfigError(
+                f"unknown activation range rule {self.rule!r}: use 'minmax', 'percentile' or 'mse'")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1)) if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2 ** self.bits - 1
+
+
+@dataclass(frozen=True)
+class LayerOverride:
+    """Per-layer exceptions to the global config (by layer name)."""
+
+    weight_bits: int | None = None
+    activation_bits: int | None = None  # bits of the layer's output tensor
+    keep_float: bool = False            # run this layer in float; reported as such
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Everything the baseline PTQ needs to know besides the model and the data."""
+
+    weight: WeightSpec = WeightSpec()
+    activation: ActivationSpec = ActivationSpec()
+    first_last_8bit: bool = False  # first and last conv/linear: 8-bit weights and 8-bit inputs
+    overrides: tuple[tuple[str, LayerOverride], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"W{self.weight.bits}A{self.activation.bits}"
+
+    def override_for(self, layer: str) -> LayerOverride | None:
+        return dict(self.overrides).get(layer)
+
+
+def make_config(w_bits=8, a_bits=8, observer="minmax", weight_rule="mse", symmetric=False,
+                percentile=99.99, first_last_8bit=False, overrides=None) -> QuantConfig:
+    """Convenience constructor used by the CLI and the benchmarks."""
+    ovr = tuple(sorted((k, v if isinstance(v, LayerOverride) else LayerOverride(**v))
+                       for k, v in (overrides or {}).items()))
+    return QuantConfig(WeightSpec(w_bits, weight_rule),
+                       ActivationSpec(a_bits, symmetric, observer, percentile),
+                       first_last_8bit, ovr)
