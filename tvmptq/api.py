@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, DataError, ShapeError
 from .eval.sets import batches, get_set, run_outputs, torch_runner
 from .eval.metrics import sqnr_db
 from .quant.calibrate import build_plan, collect_statistics
@@ -69,6 +69,10 @@ def check_inputs(model: ZooModel, arrays) -> tuple[np.ndarray, ...]:
     out = []
     for name, arr, ex in zip(model.input_names, arrays, examples):
         arr = np.asarray(arr)
+        if arr.dtype.kind not in "biuf":
+            raise DataError(f"input {name!r} has non-numeric data (dtype {arr.dtype})")
+        if arr.ndim < 1:
+            raise ShapeError(f"input {name!r} is a scalar, not a batch of samples")
         if arr.size == 0:
             check_finite_nonempty(arr, f"input {name!r}")
         if tuple(arr.shape[1:]) != tuple(ex.shape[1:]):
@@ -96,11 +100,32 @@ def quantize(model: ZooModel, calibration, config: QuantConfig, graph: LayerGrap
     return QuantizedModel(model, graph, plan, simulate(graph, plan))
 
 
+def select_observer(graph: LayerGraph, observers, config: QuantConfig, probe, batch_size: int = 32,
+                    model_name: str = "model"):
+    """Build a plan per activation observer from one set of statistics and keep the one whose
+    simulated outputs best match FP32 (output SQNR) on ``probe``, a slice of calibration data.
+    Returns (rule, plan, simulated module, {rule: SQNR dB})."""
+    import dataclasses
+
+    reference = run_outputs(torch_runner(graph.gm), probe, batch_size, "fp32", False)
+    best, scores = None, {}
+    for rule in OBSERVERS:
+        cfg = dataclasses.replace(config, activation=dataclasses.replace(config.activation, rule=rule))
+        plan = build_plan(graph, observers, cfg, model_name)
+        sim = simulate(graph, plan)
+        scores[rule] = sqnr_db(reference, run_outputs(torch_runner(sim), probe, batch_size, rule, False))
+        if best is None or scores[rule] > scores[best[0]]:
+            best = (rule, plan, sim)
+    rule, plan, sim = best
+    plan.config["observer_selected_by"] = "output SQNR vs FP32 on calibration data"
+    plan.config["observer_scores_db"] = scores
+    return rule, plan, sim, scores
+
+
 def quantize_auto(model: ZooModel, calibration, config: QuantConfig, graph: LayerGraph | None = None,
                   batch_size: int = 32, progress: bool = True) -> QuantizedModel:
-    """Try every activation observer on one set of statistics; keep the one whose simulated
-    outputs best match FP32 (SQNR) on calibration data. Evaluation data is never looked at."""
-    import dataclasses
+    """Baseline PTQ with the activation observer chosen on calibration data only (never on
+    evaluation data): see :func:`select_observer`."""
     import time
 
     calibration = check_inputs(model, calibration)
@@ -108,18 +133,7 @@ def quantize_auto(model: ZooModel, calibration, config: QuantConfig, graph: Laye
     t0 = time.perf_counter()
     observers, samples = collect_statistics(graph, batches(calibration, batch_size), progress)
     probe = tuple(a[:AUTO_SELECT_SAMPLES] for a in calibration)
-    reference = run_outputs(torch_runner(graph.gm), probe, batch_size, "fp32", False)
-    best, scores = None, {}
-    for rule in OBSERVERS:
-        cfg = dataclasses.replace(config, activation=dataclasses.replace(config.activation, rule=rule))
-        plan = build_plan(graph, observers, cfg, model.name)
-        sim = simulate(graph, plan)
-        scores[rule] = sqnr_db(reference, run_outputs(torch_runner(sim), probe, batch_size, rule, False))
-        if best is None or scores[rule] > scores[best[0]]:
-            best = (rule, plan, sim)
-    rule, plan, sim = best
-    plan.config["observer_selected_by"] = "calibration output SQNR"
-    plan.config["observer_scores_db"] = scores
+    _, plan, sim, scores = select_observer(graph, observers, config, probe, batch_size, model.name)
     plan.stats = {"calibration_samples": samples, "calibration_seconds": time.perf_counter() - t0,
                   "peak_rss_mb": peak_rss_mb()}
     return QuantizedModel(model, graph, plan, sim, scores)
@@ -142,5 +156,5 @@ def fp32_outputs(model: ZooModel, arrays, graph: LayerGraph | None = None, batch
     return run_outputs(torch_runner(module), arrays, batch_size, "fp32", progress)
 
 
-__all__ = ["load", "prepare", "quantize", "quantize_auto", "from_plan", "fp32_outputs",
+__all__ = ["load", "prepare", "quantize", "quantize_auto", "select_observer", "from_plan", "fp32_outputs",
            "QuantizedModel", "check_inputs", "get_set"]

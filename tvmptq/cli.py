@@ -65,7 +65,12 @@ def _calibration_arrays(args, model):
             arrays = (data.load_image_folder(path, size=args.image_size, resize=args.resize,
                                              mean=_floats(args.mean, "--mean"),
                                              std=_floats(args.std, "--std")),)
-    if args.calib_samples:
+    for a in arrays:
+        if getattr(a, "ndim", 0) < 1:
+            raise DataError(f"calibration data from {source} is a scalar, not a batch of samples")
+    if args.calib_samples is not None:
+        if args.calib_samples < 1:
+            raise ConfigError(f"--calib-samples must be at least 1, got {args.calib_samples}")
         arrays = tuple(a[:args.calib_samples] for a in arrays)
     return arrays
 
@@ -126,9 +131,10 @@ def cmd_quantize(args) -> int:
         print(f"plan written to {path}")
     set_name = args.evaluate
     if set_name:
-        evalset = SETS.get(set_name) or SETS.get(DEFAULT_SET.get(model.name, ""))
+        set_name = DEFAULT_SET.get(model.name, "") if set_name == "default" else set_name
+        evalset = SETS.get(set_name)
         if evalset is None:
-            raise ConfigError(f"unknown evaluation set {set_name!r}")
+            raise ConfigError(f"unknown evaluation set {set_name!r}; known: {', '.join(SETS)}")
         from .api import fp32_outputs
         ref = fp32_outputs(model, evalset.evaluation(), qm.graph, args.batch_size)
         _, metrics = evaluate(qm.runner(), evalset, ref, args.batch_size)
@@ -227,6 +233,8 @@ def main(argv=None) -> int:
             print(f"tvmptq: error: {err}", file=sys.stderr)
             return err.exit_code
     try:
+        if getattr(args, "batch_size", 1) < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
         return args.func(args)
     except TvmptqError as err:
         print(f"tvmptq: error: {err}", file=sys.stderr)

@@ -95,7 +95,9 @@ def torch_runner(module: torch.nn.Module) -> Callable[..., np.ndarray]:
     """Wrap a torch module (float or simulated) as a NumPy-in, NumPy-out runner."""
     def run(*arrays):
         with torch.no_grad():
-            out = module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))
+            # torch refuses to wrap read-only arrays (cached data sets are read-only): copy those.
+            out = module(*(torch.from_numpy(a if a.flags.writeable and a.flags.c_contiguous else np.array(a))
+                           for a in map(np.asarray, arrays)))
         out = out[0] if isinstance(out, (tuple, list)) else out
         return out.float().numpy()
     return run

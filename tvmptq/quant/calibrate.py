@@ -9,7 +9,7 @@ import torch
 import torch.fx as fx
 from tqdm.auto import tqdm
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..util import peak_rss_mb
 from .fixedpoint import quantize_multiplier, shared_shift_multipliers
 from .graph import Layer, LayerGraph
@@ -140,8 +140,17 @@ def _layer_plan(layer: Layer, graph: LayerGraph, tensors: dict, config: QuantCon
     return plan
 
 
+def _check_overrides(graph: LayerGraph, config: QuantConfig) -> None:
+    names = [layer.name for layer in graph.layers]
+    unknown = [k for k, _ in config.overrides if k not in names]
+    if unknown:
+        raise ConfigError(f"per-layer override for unknown layer(s) {', '.join(map(repr, unknown))}; "
+                          f"layers are: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}")
+
+
 def build_plan(graph: LayerGraph, observers: dict[str, HistogramObserver], config: QuantConfig,
                model_name: str = "model") -> QuantPlan:
+    _check_overrides(graph, config)
     bits = _tensor_bits(graph, config)
     tensors = {}
     for name, obs in observers.items():

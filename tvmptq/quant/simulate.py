@@ -11,6 +11,7 @@ LayerNorm, GELU) and data movement (reshape, pad, max pool) run unchanged in bet
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from .graph import LayerGraph
 from .plan import LayerPlan, QuantPlan, TensorQuant
 
 EXACT_F32 = 2.0 ** 24
+EXACT_F64 = 2.0 ** 53
 
 
 def _centered(x: torch.Tensor, t: TensorQuant) -> torch.Tensor:
@@ -29,9 +31,24 @@ def _centered(x: torch.Tensor, t: TensorQuant) -> torch.Tensor:
     return torch.div(x, t.scale).round_()
 
 
-def _requantize(acc: torch.Tensor, m: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """(acc * m + 2^(k-1)) >> k in int64, in place on ``acc`` (hot path of the simulation)."""
-    return acc.mul_(m).add_(torch.bitwise_left_shift(torch.ones_like(k), k - 1)).bitwise_right_shift_(k)
+def _input_range(t: TensorQuant) -> int:
+    """Largest |q - z| a tensor can hold."""
+    return max(t.qmax - t.zero_point, t.zero_point - t.qmin)
+
+
+def _requantize(acc: torch.Tensor, m: torch.Tensor, k: torch.Tensor, acc_bound: float) -> torch.Tensor:
+    """(acc * m + 2^(k-1)) >> k for an integer-valued accumulator, exactly; returns float64.
+
+    float64 arithmetic is exact while ``|acc| * m + 2^(k-1) < 2^53`` (products of integers, a
+    power-of-two scaling and floor are then all exact) and is much faster than int64 on CPUs
+    without 64-bit vector multiplies; otherwise the int64 definition is used.
+    """
+    if acc_bound * float(m.abs().max()) + 2.0 ** (int(k.max()) - 1) < EXACT_F64:
+        y = acc.to(torch.float64).mul_(m.to(torch.float64)).add_(torch.pow(2.0, (k - 1).to(torch.float64)))
+        return y.mul_(torch.pow(2.0, -k.to(torch.float64))).floor_()
+    acc = acc.to(torch.int64)
+    y = acc.mul_(m).add_(torch.bitwise_left_shift(torch.ones_like(k), k - 1)).bitwise_right_shift_(k)
+    return y.to(torch.float64)
 
 
 class QuantizeTensor(nn.Module):
@@ -60,7 +77,7 @@ class _IntLayer(nn.Module):
 
     def _finish(self, q: torch.Tensor) -> torch.Tensor:
         t = self.tout
-        q = q.add_(t.zero_point).clamp_(*self.lp.clip).sub_(t.zero_point)
+        q = q.add_(t.zero_point).clamp_(*self.lp.clip).sub_(t.zero_point)  # float64 integers
         return q.to(torch.float32).mul_(t.scale)
 
 
@@ -77,11 +94,12 @@ class QKernel(_IntLayer):
             return
         w = torch.as_tensor(a["weight"].astype(np.float32))
         self.register_buffer("w", w)
-        self.register_buffer("bias", torch.as_tensor(a["bias"], dtype=torch.int64).reshape(shape))
+        self.register_buffer("bias", torch.as_tensor(a["bias"], dtype=torch.float64).reshape(shape))
         self.w_l1 = float(w.abs().reshape(w.shape[0], -1).sum(1).max())
         t = self.tin[0]
         # Static proof of float32 exactness over the whole input grid; else checked per call.
-        self.always_exact32 = max(t.qmax - t.zero_point, t.zero_point - t.qmin) * self.w_l1 < EXACT_F32
+        self.acc_bound = _input_range(t) * self.w_l1 + float(np.abs(a["bias"]).max(initial=0))
+        self.always_exact32 = _input_range(t) * self.w_l1 < EXACT_F32
 
     def _op(self, x, w):
         if self.lp.kind == "linear":
@@ -95,12 +113,12 @@ class QKernel(_IntLayer):
             if self.b is not None:
                 y = y + (self.b.view(1, -1, 1, 1) if self.lp.kind == "conv2d" else self.b)
             t = self.tout
-            return self._finish(torch.round(y / t.scale).to(torch.int64))
+            return self._finish(torch.round(y / t.scale).to(torch.float64))
         xc = _centered(x, self.tin[0])
         exact32 = self.always_exact32 or float(xc.abs().max()) * self.w_l1 < EXACT_F32
         acc = self._op(xc, self.w) if exact32 else self._op(xc.double(), self.w.double())
-        acc = acc.to(torch.int64).add_(self.bias)
-        return self._finish(_requantize(acc, self.multiplier, self.shift))
+        acc = acc.to(torch.float64).add_(self.bias)  # exact: integers far below 2^53
+        return self._finish(_requantize(acc, self.multiplier, self.shift, self.acc_bound))
 
 
 class QMatmul(_IntLayer):
@@ -110,36 +128,38 @@ class QMatmul(_IntLayer):
         if self.lp.attrs.get("transpose_b"):
             b = b.transpose(-1, -2)
         ac, bc = _centered(a, self.tin[0]), _centered(b, self.tin[1])
-        bound = float(ac.abs().max()) * float(bc.abs().max()) * a.shape[-1]
+        bound = _input_range(self.tin[0]) * _input_range(self.tin[1]) * a.shape[-1]
         acc = torch.matmul(ac, bc) if bound < EXACT_F32 else torch.matmul(ac.double(), bc.double())
-        return self._finish(_requantize(acc.to(torch.int64), self.multiplier, self.shift))
+        return self._finish(_requantize(acc, self.multiplier, self.shift, bound))
 
 
 class QAdd(_IntLayer):
     def forward(self, a, b):
-        ca = _centered(a, self.tin[0]).to(torch.int64)
-        cb = _centered(b, self.tin[1]).to(torch.int64)
-        acc = ca * self.multiplier[0] + cb * self.multiplier[1]
-        return self._finish(_requantize(acc, torch.ones_like(self.shift), self.shift))
+        ca = _centered(a, self.tin[0]).to(torch.float64)
+        cb = _centered(b, self.tin[1]).to(torch.float64)
+        acc = ca.mul_(float(self.multiplier[0])).add_(cb.mul_(float(self.multiplier[1])))  # < 2^41: exact
+        bound = sum(_input_range(t) * abs(float(m)) for t, m in zip(self.tin, self.multiplier))
+        return self._finish(_requantize(acc, torch.ones_like(self.shift), self.shift, bound))
 
 
 class QMean(_IntLayer):
     def forward(self, x):
         at = self.lp.attrs
-        s = _centered(x, self.tin[0]).to(torch.int64).sum(dim=at["dims"], keepdim=at["keepdim"])
-        return self._finish(_requantize(s, self.multiplier, self.shift))
+        s = _centered(x, self.tin[0]).to(torch.float64).sum(dim=at["dims"], keepdim=at["keepdim"])
+        return self._finish(_requantize(s, self.multiplier, self.shift, _input_range(self.tin[0]) * at["count"]))
 
 
 class QMulConst(_IntLayer):
     def forward(self, x):
-        c = _centered(x, self.tin[0]).to(torch.int64)
-        return self._finish(_requantize(c, self.multiplier, self.shift))
+        return self._finish(_requantize(_centered(x, self.tin[0]), self.multiplier, self.shift,
+                                        _input_range(self.tin[0])))
 
 
 class QCat(_IntLayer):
     def forward(self, *xs):
         k = self.shift
-        parts = [_requantize(_centered(x, t).to(torch.int64) * self.multiplier[i], torch.ones_like(k), k)
+        parts = [_requantize(_centered(x, t).to(torch.float64).mul_(float(self.multiplier[i])), torch.ones_like(k), k,
+                             _input_range(t) * abs(float(self.multiplier[i])))
                  for i, (x, t) in enumerate(zip(xs, self.tin))]
         return self._finish(torch.cat(parts, dim=self.lp.attrs["dim"]))
 
@@ -150,7 +170,9 @@ LAYER_MODULES = {"conv2d": QKernel, "linear": QKernel, "matmul": QMatmul, "add":
 
 def simulate(graph: LayerGraph, plan: QuantPlan) -> fx.GraphModule:
     """The float graph rewritten to the plan's integer semantics (a runnable GraphModule)."""
-    new_graph = copy.deepcopy(graph.gm.graph)
+    with warnings.catch_warnings():  # torch's own pytree deprecation, raised inside deepcopy
+        warnings.simplefilter("ignore", FutureWarning)
+        new_graph = copy.deepcopy(graph.gm.graph)
     nodes = {n.name: n for n in new_graph.nodes}
     root = copy.copy(graph.gm)  # shares parameters; the graph below is new
     by_name = {layer.name: layer for layer in graph.layers}

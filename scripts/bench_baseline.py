@@ -1,0 +1,147 @@
+"""Baseline PTQ benchmark: writes results/baseline.md.
+
+For every zoo model, FP32 and each bit width (W8A8, W6A6, W4A8, W4A4; W2A4 for digits) with each
+activation observer (minmax, percentile, mse), scored under EVAL_PROTOCOL.md against FP32 on the
+evaluation split. One streaming calibration pass per model feeds every configuration (statistics do
+not depend on the bit width); a configuration's calibration time is that pass plus building its plan.
+The "auto" column marks the observer tvmptq would pick on calibration data alone. ONNX Runtime's
+quantize_static rows for EfficientNet-Lite0 come from scripts/peer_ort_efficientnet.py in the same run.
+
+Usage: .venv/bin/python scripts/bench_baseline.py [--models ...] [--eval-samples N] [--no-ort]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import tvmptq  # noqa: E402
+from tvmptq.api import AUTO_SELECT_SAMPLES, OBSERVERS  # noqa: E402
+from tvmptq.eval.metrics import sqnr_db  # noqa: E402
+from tvmptq.eval.sets import DEFAULT_SET, batches, run_outputs, score, torch_runner  # noqa: E402
+from tvmptq.quant.calibrate import build_plan, collect_statistics  # noqa: E402
+from tvmptq.quant.simulate import simulate  # noqa: E402
+from tvmptq.util import peak_rss_mb  # noqa: E402
+
+BITS = {"efficientnet_lite0": ["W8A8", "W6A6", "W4A8", "W4A4"],
+        "minilm_l6": ["W8A8", "W6A6", "W4A8", "W4A4"],
+        "digits_resnet": ["W8A8", "W6A6", "W4A8", "W4A4", "W2A4"]}
+COLUMNS = {"classification": [("top1_agreement", "top-1 agr %", 1), ("top5_contains_ref_top1", "top-5 %", 1),
+                              ("kl_mean", "KL", 4), ("sqnr_db", "SQNR dB", 2)],
+           "embedding": [("cosine_mean", "cosine", 4), ("spearman", "Spearman", 4),
+                         ("nn_agreement", "NN agr %", 1)]}
+
+
+def bench_model(name: str, eval_samples: int | None, batch_size: int) -> dict:
+    model = tvmptq.load(name)
+    evalset = tvmptq.get_set(DEFAULT_SET[name])
+    graph = tvmptq.prepare(model)
+    calib = evalset.calibration()
+    evals = evalset.evaluation()
+    if eval_samples:
+        evals = tuple(a[:eval_samples] for a in evals)
+    labels = evalset.labels()[:len(evals[0])] if evalset.labels else None
+    ref = run_outputs(torch_runner(graph.gm), evals, batch_size, f"{name} fp32")
+    rows = [{"config": "FP32", "observer": "-", **score(evalset.task, ref, ref, labels)}]
+
+    rss0 = peak_rss_mb()
+    t0 = time.perf_counter()
+    observers, samples = collect_statistics(graph, batches(calib, batch_size))
+    stats_s = time.perf_counter() - t0
+    state_kb = sum(o.counts.nbytes for o in observers.values()) / 1024
+    probe = tuple(a[:AUTO_SELECT_SAMPLES] for a in calib)
+    probe_ref = run_outputs(torch_runner(graph.gm), probe, batch_size, progress=False)
+    for bits in BITS[name]:
+        w, a = (int(v) for v in bits[1:].split("A"))
+        probe_sqnr = {}
+        for rule in OBSERVERS:
+            t1 = time.perf_counter()
+            plan = build_plan(graph, observers, tvmptq.make_config(w, a, rule), name)
+            sim = simulate(graph, plan)
+            plan_s = time.perf_counter() - t1
+            probe_sqnr[rule] = sqnr_db(probe_ref, run_outputs(torch_runner(sim), probe, batch_size, progress=False))
+            out = run_outputs(torch_runner(sim), evals, batch_size, f"{name} {bits} {rule}")
+            rows.append({"config": bits, "observer": rule, **score(evalset.task, ref, out, labels),
+                         "calib_s": stats_s + plan_s, "peak_rss_mb": peak_rss_mb(),
+                         "calib_probe_sqnr": probe_sqnr[rule]})
+            print(name, bits, rule, {k: round(v, 3) for k, v in rows[-1].items() if isinstance(v, float)}, flush=True)
+        chosen = max(probe_sqnr, key=probe_sqnr.get)
+        for r in rows:
+            if r["config"] == bits:
+                r["auto"] = r["observer"] == chosen
+    return {"name": name, "task": evalset.task, "rows": rows, "samples": samples,
+            "eval_samples": len(evals[0]), "stats_s": stats_s, "observer_state_kb": state_kb,
+            "rss_before_calib_mb": rss0, "layers": len(graph.layers), "islands": len(graph.islands)}
+
+
+def table(result: dict) -> str:
+    cols = COLUMNS[result["task"]] + ([("accuracy", "accuracy %", 2)] if "accuracy" in result["rows"][0] else [])
+    head = "| config | observer | auto | " + " | ".join(c[1] for c in cols) + " | calib s | peak RSS MB |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in result["rows"]:
+        vals = " | ".join(f"{r[k]:.{d}f}" for k, _, d in cols)
+        auto = "**yes**" if r.get("auto") else ""
+        calib = f"{r['calib_s']:.1f}" if "calib_s" in r else "-"
+        rss = f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"
+        lines.append(f"| {r['config']} | {r['observer']} | {auto} | {vals} | {calib} | {rss} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="efficientnet_lite0,minilm_l6,digits_resnet")
+    p.add_argument("--eval-samples", type=int, help="score only the first N evaluation samples")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime peer rows")
+    p.add_argument("--out", default="results/baseline.md")
+    p.add_argument("--json", default="results/baseline.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+
+    results = [bench_model(n, args.eval_samples, args.batch_size) for n in args.models.split(",") if n]
+    ort_md = None
+    if not args.no_ort and "efficientnet_lite0" in args.models:
+        ort_out = REPO / "results" / "ort_efficientnet.md"
+        subprocess.run([sys.executable, str(REPO / "scripts" / "peer_ort_efficientnet.py"), "--out", str(ort_out)],
+                       check=True)
+        ort_md = ort_out.read_text()
+
+    command = "$ .venv/bin/python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    md = ["# Baseline PTQ (tvmptq) under EVAL_PROTOCOL.md", "", "```", command, "```", "",
+          f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, 2 threads. "
+          "Weights per-output-channel symmetric on the narrow grid (MSE range search), activations per "
+          "tensor asymmetric; no layer kept at higher precision; every conv/linear/add/pool/logits tensor "
+          "quantized. Metrics are the integer-exact simulation against FP32 on the evaluation split. "
+          f"`auto` marks the observer chosen by output SQNR on {AUTO_SELECT_SAMPLES} calibration samples "
+          "(the evaluation split is never used to choose). Calibration s = one streaming statistics pass "
+          "shared by all configurations + building that configuration's plan; peak RSS is the process's.", ""]
+    for r in results:
+        md += [f"## {r['name']}", "",
+               f"{r['layers']} integer layers, {r['islands']} float-island ops; {r['samples']} calibration "
+               f"samples, {r['eval_samples']} evaluation samples; statistics pass {r['stats_s']:.1f} s; "
+               f"observer state {r['observer_state_kb']:.0f} KiB (fixed: histograms of 2048 bins, "
+               "independent of the number of samples).", "", table(r), ""]
+    if ort_md:
+        md += ["## ONNX Runtime quantize_static peer (EfficientNet-Lite0)", "",
+               ort_md.split("\n", 1)[1].strip(), ""]
+    out = REPO / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(md) + "\n")
+    (REPO / args.json).write_text(json.dumps(results, indent=1, default=float))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
