@@ -1,0 +1,1 @@
+"""Target descriptions, compilation, tuning and profiling of tvmptq integer programs."""

@@ -120,6 +120,9 @@ def cmd_quantize(args) -> int:
               + ", ".join(f"{k} {v:.2f}" for k, v in qm.observer_scores.items()))
     if plan.float_islands:
         print(f"float islands ({len(plan.float_islands)}): {', '.join(plan.float_islands)}")
+    clipped = {lp.name: lp.attrs["bias_clipped_channels"] for lp in plan.layers if "bias_clipped_channels" in lp.attrs}
+    if clipped:
+        print("warning: int32 bias saturated in " + ", ".join(f"{k} ({v} channels)" for k, v in clipped.items()))
     if plan.float_layers:
         print(f"layers left in float ({len(plan.float_layers)}): {', '.join(plan.float_layers)}")
     if args.report:

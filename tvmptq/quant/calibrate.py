@@ -119,7 +119,11 @@ def _layer_plan(layer: Layer, graph: LayerGraph, tensors: dict, config: QuantCon
         bias = layer.bias if layer.bias is not None else np.zeros(len(s_w))
         arr["weight"] = w_int
         arr["weight_scale"] = s_w
-        arr["bias"] = np.clip(np.round(bias / acc_scale), *INT32).astype(np.int32)
+        bias_q = np.round(bias / acc_scale)
+        clipped = int(np.sum((bias_q < INT32[0]) | (bias_q > INT32[1])))
+        if clipped:  # reported, never silent: the bias no longer equals the float bias there
+            plan.attrs["bias_clipped_channels"] = clipped
+        arr["bias"] = np.clip(bias_q, *INT32).astype(np.int32)
         arr["multiplier"], arr["shift"] = quantize_multiplier(acc_scale / float(out.scale))
     elif layer.kind == "matmul":
         real = float(tensors[ins[0]].scale) * float(tensors[ins[1]].scale) / float(out.scale)

@@ -5,8 +5,9 @@ tensor inputs that its modules read at run time (`torch.Size(shape)`, `.tolist()
 Under `torch.export` those tensors are fake, so export fails with data-dependent-guard errors even
 though the values are constants in the ONNX file. When the operands are constants (initializers
 or Constant nodes, which is the norm once the graph is constant-folded), the converters below
-build modules that hold them as Python ints instead. Otherwise they fall back to onnx2torch's own
-converter. They also add the opset-18 forms of the Reduce* ops (axes moved from an attribute to
+build modules that hold them as Python ints instead (a Reshape that keeps the batch dim copies it
+from its input, so the module stays valid at other batch sizes). Otherwise they fall back to
+onnx2torch's own converter. They also add the opset-18 forms of the Reduce* ops (axes moved from an attribute to
 an input) and Gelu (an op since opset 20), which onnx2torch 1.5 lacks and torch's exporters emit.
 
 onnx2torch 1.5 also stops at about opset 17, while torch 2.13 exports opset 20 by default, where

@@ -353,7 +353,7 @@ def _runs_at_other_batch_sizes(module: nn.Module, make_inputs, batch_size: int) 
     """
     extended = make_inputs(batch_size + 1)
     try:
-        small = _outputs(module, tuple(t[:batch_size] for t in extended))
+        small = _outputs(module, tuple(t[:batch_size] if t.dim() else t for t in extended))
         large = _outputs(module, extended)
     except Exception:
         return False
@@ -389,7 +389,9 @@ def from_onnx(
 
     def make_inputs(batch: int) -> tuple[torch.Tensor, ...]:
         generator = torch.Generator().manual_seed(0)
-        return tuple(_example_tensor((batch,) + shape[1:], dtype, generator) for _, shape, dtype in templates)
+        return tuple(
+            _example_tensor((batch,) + shape[1:] if shape else shape, dtype, generator) for _, shape, dtype in templates
+        )
 
     module = _convert(model, path, templates)
     _check_runs(module, make_inputs(batch_size), f"ONNX model {path.name} (converted by onnx2torch)")
