@@ -15,6 +15,7 @@ from .fixedpoint import quantize_multiplier, shared_shift_multipliers
 from .graph import Layer, LayerGraph
 from .observers import HistogramObserver
 from .plan import LayerPlan, QuantPlan, TensorQuant
+from .program import build_program
 from .ranges import activation_range, weight_scales
 from .spec import QuantConfig, check_bits
 
@@ -167,8 +168,9 @@ def build_plan(graph: LayerGraph, observers: dict[str, HistogramObserver], confi
            "symmetric": config.activation.symmetric, "percentile": config.activation.percentile,
            "first_last_8bit": config.first_last_8bit,
            "overrides": {k: vars(v) for k, v in config.overrides}, "name": config.name}
+    program, constants = build_program(graph)
     return QuantPlan(model_name, cfg, tensors, layers, [n.name for n in graph.islands],
-                     [n for n in graph.input_names if n in tensors])
+                     [n for n in graph.input_names if n in tensors], program=program, constants=constants)
 
 
 def quantize(graph: LayerGraph, batches: Iterable[tuple], config: QuantConfig, model_name="model",

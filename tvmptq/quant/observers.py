@@ -7,6 +7,8 @@ percentile, MSE) can be applied to the same statistics after a single calibratio
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -35,10 +37,10 @@ class HistogramObserver:
         x = x.detach().float().reshape(-1)
         if x.numel() == 0:
             return
-        if not torch.isfinite(x).all():
+        lo, hi = (float(v) for v in torch.aminmax(x))
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN or Inf anywhere shows in min/max
             bad = int((~torch.isfinite(x)).sum())
             raise DataError(f"tensor '{self.name}' has {bad} NaN/Inf values during calibration")
-        lo, hi = float(x.min()), float(x.max())
         if self.lo is None:
             pad = 1e-6 if hi == lo else 0.0
             self.lo, self.hi = lo - pad, hi + pad

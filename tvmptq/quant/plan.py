@@ -63,6 +63,8 @@ class QuantPlan:
     inputs: list[str]              # model inputs that are quantized on entry
     rounding: dict = field(default_factory=lambda: dict(ROUNDING))
     stats: dict = field(default_factory=dict)  # calibration facts (samples, seconds, peak RSS)
+    program: list[dict] = field(default_factory=list)  # ordered steps (see program.py)
+    constants: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # arrays the steps use
 
     def layer(self, name: str) -> LayerPlan:
         for layer in self.layers:
@@ -85,9 +87,10 @@ class QuantPlan:
             "layers": [{k: v for k, v in asdict(layer).items() if k != "arrays"} | {
                 "array_keys": sorted(layer.arrays)} for layer in self.layers],
             "float_islands": self.float_islands, "inputs": self.inputs,
-            "rounding": self.rounding, "stats": self.stats,
+            "rounding": self.rounding, "stats": self.stats, "program": self.program,
         }
         arrays = {f"{layer.name}/{k}": v for layer in self.layers for k, v in layer.arrays.items()}
+        arrays.update({f"const/{k}": v for k, v in self.constants.items()})
         arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, **arrays)
@@ -113,5 +116,6 @@ class QuantPlan:
             keys = d.pop("array_keys")
             d["clip"] = tuple(d["clip"])
             layers.append(LayerPlan(**d, arrays={k: arrays[f"{d['name']}/{k}"] for k in keys}))
+        consts = {k[len("const/"):]: v for k, v in arrays.items() if k.startswith("const/")}
         return cls(header["model"], header["config"], tensors, layers, header["float_islands"],
-                   header["inputs"], header["rounding"], header["stats"])
+                   header["inputs"], header["rounding"], header["stats"], header.get("program", []), consts)
