@@ -36,19 +36,40 @@ def _input_range(t: TensorQuant) -> int:
     return max(t.qmax - t.zero_point, t.zero_point - t.qmin)
 
 
-def _requantize(acc: torch.Tensor, m: torch.Tensor, k: torch.Tensor, acc_bound: float) -> torch.Tensor:
-    """(acc * m + 2^(k-1)) >> k for an integer-valued accumulator, exactly; returns float64.
+class Requantize(nn.Module):
+    """``(acc + bias) * m + 2^(k-1) >> k`` for an integer-valued accumulator, exactly.
 
-    float64 arithmetic is exact while ``|acc| * m + 2^(k-1) < 2^53`` (products of integers, a
-    power-of-two scaling and floor are then all exact) and is much faster than int64 on CPUs
-    without 64-bit vector multiplies; otherwise the int64 definition is used.
+    Fast path, float64: exact while ``(|acc| + |bias|) * m + 2^(k-1) < 2^53`` (the products of
+    integers, a power-of-two scaling and floor are then all exact), proved once per layer from
+    the grid bounds; it takes four passes over the tensor (convert, fused multiply-add, scale,
+    floor) instead of int64 arithmetic, which CPUs without 64-bit vector multiplies run slowly.
+    Otherwise the int64 definition itself. Returns float64 integers ``y`` (output zero point not
+    added).
     """
-    if acc_bound * float(m.abs().max()) + 2.0 ** (int(k.max()) - 1) < EXACT_F64:
-        y = acc.to(torch.float64).mul_(m.to(torch.float64)).add_(torch.pow(2.0, (k - 1).to(torch.float64)))
-        return y.mul_(torch.pow(2.0, -k.to(torch.float64))).floor_()
-    acc = acc.to(torch.int64)
-    y = acc.mul_(m).add_(torch.bitwise_left_shift(torch.ones_like(k), k - 1)).bitwise_right_shift_(k)
-    return y.to(torch.float64)
+
+    def __init__(self, m: np.ndarray, k: np.ndarray, acc_bound: float, bias=None, shape=(-1,)):
+        super().__init__()
+        m = np.asarray(m, dtype=np.int64).reshape(-1)
+        k = np.asarray(k, dtype=np.int64).reshape(-1)
+        bias = np.zeros(1, dtype=np.int64) if bias is None else np.asarray(bias, dtype=np.int64).reshape(-1)
+        shape = shape if max(len(m), len(k), len(bias)) > 1 else ()
+        bound = (acc_bound + float(np.abs(bias).max())) * float(np.abs(m).max()) + 2.0 ** (int(k.max()) - 1)
+        self.fast = bound < EXACT_F64
+        as64 = lambda a: torch.as_tensor(a, dtype=torch.float64).reshape(shape)  # noqa: E731
+        self.register_buffer("m64", as64(m))
+        self.register_buffer("offset64", as64(bias * m + np.left_shift(1, k - 1)))  # exact when fast
+        self.register_buffer("inv64", as64(np.ldexp(1.0, -k)))
+        as_i = lambda a: torch.as_tensor(a, dtype=torch.int64).reshape(shape)  # noqa: E731
+        self.register_buffer("m", as_i(m))
+        self.register_buffer("k", as_i(k))
+        self.register_buffer("bias", as_i(bias))
+
+    def forward(self, acc: torch.Tensor) -> torch.Tensor:
+        if self.fast:
+            return torch.addcmul(self.offset64, acc.to(torch.float64), self.m64).mul_(self.inv64).floor_()
+        y = acc.to(torch.int64).add_(self.bias).mul_(self.m)
+        y = y.add_(torch.bitwise_left_shift(torch.ones_like(self.k), self.k - 1)).bitwise_right_shift_(self.k)
+        return y.to(torch.float64)
 
 
 class QuantizeTensor(nn.Module):
@@ -59,34 +80,34 @@ class QuantizeTensor(nn.Module):
         self.t = t
 
     def forward(self, x):
-        t = self.t
-        q = torch.clamp(torch.round(x.float() / t.scale) + t.zero_point, t.qmin, t.qmax)
-        return (q - t.zero_point) * t.scale
+        t = self.t  # clip(round(x/s) + z, qmin, qmax) - z == clip(round(x/s), qmin - z, qmax - z)
+        q = torch.div(x.float(), t.scale).round_().clamp_(t.qmin - t.zero_point, t.qmax - t.zero_point)
+        return q.mul_(t.scale)
 
 
 class _IntLayer(nn.Module):
-    def __init__(self, lp: LayerPlan, tensors: dict[str, TensorQuant], channel_shape=(-1,)):
+    def __init__(self, lp: LayerPlan, tensors: dict[str, TensorQuant]):
         super().__init__()
         self.lp = lp
         self.tin = [tensors[i] for i in lp.inputs]
         self.tout = tensors[lp.output]
-        for key in ("multiplier", "shift"):
-            if key in lp.arrays:
-                self.register_buffer(key, torch.as_tensor(lp.arrays[key], dtype=torch.int64).reshape(channel_shape)
-                                     if lp.arrays[key].size > 1 else torch.as_tensor(lp.arrays[key], dtype=torch.int64).reshape(()))
+        z = self.tout.zero_point
+        self.centered_clip = (lp.clip[0] - z, lp.clip[1] - z)  # clip bounds on q - z
 
-    def _finish(self, q: torch.Tensor) -> torch.Tensor:
-        t = self.tout
-        q = q.add_(t.zero_point).clamp_(*self.lp.clip).sub_(t.zero_point)  # float64 integers
-        return q.to(torch.float32).mul_(t.scale)
+    def _requant(self, acc_bound, bias=None, shape=(-1,)) -> Requantize:
+        a = self.lp.arrays
+        return Requantize(a["multiplier"], a["shift"], acc_bound, bias, shape)
+
+    def _finish(self, y: torch.Tensor) -> torch.Tensor:
+        """y = q - z (float64 integers) -> clip -> dequantized float32 value."""
+        return y.clamp_(*self.centered_clip).to(torch.float32).mul_(self.tout.scale)
 
 
 class QKernel(_IntLayer):
     """conv2d or linear: int weights x int activations -> int32 accumulator -> requantize."""
 
     def __init__(self, lp, tensors):
-        shape = (1, -1, 1, 1) if lp.kind == "conv2d" else (-1,)
-        super().__init__(lp, tensors, shape)
+        super().__init__(lp, tensors)
         a = lp.arrays
         if lp.keep_float:
             self.register_buffer("w", torch.as_tensor(a["weight_float"]))
@@ -94,12 +115,10 @@ class QKernel(_IntLayer):
             return
         w = torch.as_tensor(a["weight"].astype(np.float32))
         self.register_buffer("w", w)
-        self.register_buffer("bias", torch.as_tensor(a["bias"], dtype=torch.float64).reshape(shape))
         self.w_l1 = float(w.abs().reshape(w.shape[0], -1).sum(1).max())
-        t = self.tin[0]
-        # Static proof of float32 exactness over the whole input grid; else checked per call.
-        self.acc_bound = _input_range(t) * self.w_l1 + float(np.abs(a["bias"]).max(initial=0))
-        self.always_exact32 = _input_range(t) * self.w_l1 < EXACT_F32
+        reach = _input_range(self.tin[0]) * self.w_l1  # bound of |sum_k w x| over the whole grid
+        self.always_exact32 = reach < EXACT_F32  # else checked per call on the actual input
+        self.requant = self._requant(reach, a["bias"], (1, -1, 1, 1) if lp.kind == "conv2d" else (-1,))
 
     def _op(self, x, w):
         if self.lp.kind == "linear":
@@ -112,56 +131,74 @@ class QKernel(_IntLayer):
             y = self._op(x.float(), self.w)
             if self.b is not None:
                 y = y + (self.b.view(1, -1, 1, 1) if self.lp.kind == "conv2d" else self.b)
-            t = self.tout
-            return self._finish(torch.round(y / t.scale).to(torch.float64))
+            return self._finish(torch.round(y / self.tout.scale).to(torch.float64))
         xc = _centered(x, self.tin[0])
         exact32 = self.always_exact32 or float(xc.abs().max()) * self.w_l1 < EXACT_F32
         acc = self._op(xc, self.w) if exact32 else self._op(xc.double(), self.w.double())
-        acc = acc.to(torch.float64).add_(self.bias)  # exact: integers far below 2^53
-        return self._finish(_requantize(acc, self.multiplier, self.shift, self.acc_bound))
+        return self._finish(self.requant(acc))
 
 
 class QMatmul(_IntLayer):
     """activation x activation matmul (attention), both operands quantized."""
 
+    def __init__(self, lp, tensors):
+        super().__init__(lp, tensors)
+        self.per_k = _input_range(self.tin[0]) * _input_range(self.tin[1])
+        self.requants = {}
+
     def forward(self, a, b):
         if self.lp.attrs.get("transpose_b"):
             b = b.transpose(-1, -2)
         ac, bc = _centered(a, self.tin[0]), _centered(b, self.tin[1])
-        bound = _input_range(self.tin[0]) * _input_range(self.tin[1]) * a.shape[-1]
+        bound = self.per_k * a.shape[-1]
+        if bound not in self.requants:
+            self.requants[bound] = self._requant(bound)
         acc = torch.matmul(ac, bc) if bound < EXACT_F32 else torch.matmul(ac.double(), bc.double())
-        return self._finish(_requantize(acc, self.multiplier, self.shift, bound))
+        return self._finish(self.requants[bound](acc))
 
 
-class QAdd(_IntLayer):
+class _Rescale(_IntLayer):
+    """Inputs rescaled to the output grid with one shared shift: add and concat."""
+
+    def __init__(self, lp, tensors):
+        super().__init__(lp, tensors)
+        self.mults = [float(m) for m in lp.arrays["multiplier"]]
+        bound = sum(_input_range(t) * abs(m) for t, m in zip(self.tin, self.mults))
+        self.requant = Requantize(np.ones(1, np.int64), lp.arrays["shift"], bound)
+
+    def scaled(self, x, i):
+        return _centered(x, self.tin[i]).to(torch.float64).mul_(self.mults[i])  # < 2^41: exact
+
+
+class QAdd(_Rescale):
     def forward(self, a, b):
-        ca = _centered(a, self.tin[0]).to(torch.float64)
-        cb = _centered(b, self.tin[1]).to(torch.float64)
-        acc = ca.mul_(float(self.multiplier[0])).add_(cb.mul_(float(self.multiplier[1])))  # < 2^41: exact
-        bound = sum(_input_range(t) * abs(float(m)) for t, m in zip(self.tin, self.multiplier))
-        return self._finish(_requantize(acc, torch.ones_like(self.shift), self.shift, bound))
+        return self._finish(self.requant(self.scaled(a, 0).add_(self.scaled(b, 1))))
+
+
+class QCat(_Rescale):
+    def forward(self, *xs):
+        parts = [self.requant(self.scaled(x, i)) for i, x in enumerate(xs)]
+        return self._finish(torch.cat(parts, dim=self.lp.attrs["dim"]))
 
 
 class QMean(_IntLayer):
+    def __init__(self, lp, tensors):
+        super().__init__(lp, tensors)
+        self.requant = self._requant(_input_range(self.tin[0]) * lp.attrs["count"])
+
     def forward(self, x):
         at = self.lp.attrs
         s = _centered(x, self.tin[0]).to(torch.float64).sum(dim=at["dims"], keepdim=at["keepdim"])
-        return self._finish(_requantize(s, self.multiplier, self.shift, _input_range(self.tin[0]) * at["count"]))
+        return self._finish(self.requant(s))
 
 
 class QMulConst(_IntLayer):
+    def __init__(self, lp, tensors):
+        super().__init__(lp, tensors)
+        self.requant = self._requant(_input_range(self.tin[0]))
+
     def forward(self, x):
-        return self._finish(_requantize(_centered(x, self.tin[0]), self.multiplier, self.shift,
-                                        _input_range(self.tin[0])))
-
-
-class QCat(_IntLayer):
-    def forward(self, *xs):
-        k = self.shift
-        parts = [_requantize(_centered(x, t).to(torch.float64).mul_(float(self.multiplier[i])), torch.ones_like(k), k,
-                             _input_range(t) * abs(float(self.multiplier[i])))
-                 for i, (x, t) in enumerate(zip(xs, self.tin))]
-        return self._finish(torch.cat(parts, dim=self.lp.attrs["dim"]))
+        return self._finish(self.requant(_centered(x, self.tin[0])))
 
 
 LAYER_MODULES = {"conv2d": QKernel, "linear": QKernel, "matmul": QMatmul, "add": QAdd,
