@@ -101,7 +101,7 @@ def cmd_models(args) -> int:
 
 def cmd_quantize(args) -> int:
     import tvmptq
-    from .eval.sets import DEFAULT_SET, SETS, evaluate
+    from .eval.sets import DEFAULT_SET, SETS
 
     config = tvmptq.make_config(args.wbits, args.abits, "minmax" if args.observer == "auto" else args.observer,
                                 args.weight_rule, args.symmetric, args.percentile, args.first_last_8bit,
@@ -138,30 +138,33 @@ def cmd_quantize(args) -> int:
         evalset = SETS.get(set_name)
         if evalset is None:
             raise ConfigError(f"unknown evaluation set {set_name!r}; known: {', '.join(SETS)}")
-        from .api import fp32_outputs
-        ref = fp32_outputs(model, evalset.evaluation(), qm.graph, args.batch_size)
-        _, metrics = evaluate(qm.runner(), evalset, ref, args.batch_size)
-        print(f"\n{evalset.name} evaluation, simulated {config.name} vs FP32:")
-        for k, v in metrics.items():
-            print(f"  {k:24s} {v:9.3f}")
+        print()
+        _evaluate_and_print(qm, evalset, args.batch_size)
     return 0
+
+
+def _evaluate_and_print(qm, evalset, batch_size: int) -> None:
+    """Score the simulated plan against FP32 on a protocol set's evaluation split."""
+    from .api import fp32_outputs
+    from .eval.sets import evaluate
+
+    ref = fp32_outputs(qm.model, evalset.evaluation(), qm.graph, batch_size)
+    _, metrics = evaluate(qm.runner(), evalset, ref, batch_size)
+    print(f"{qm.model.name} {qm.plan.config.get('name')} on {evalset.name} (simulated vs FP32):")
+    for k, v in metrics.items():
+        print(f"  {k:24s} {v:9.3f}")
 
 
 def cmd_evaluate(args) -> int:
     import tvmptq
-    from .eval.sets import DEFAULT_SET, SETS, evaluate
+    from .eval.sets import DEFAULT_SET, SETS
     model = tvmptq.load(args.model, _input_shapes(args.input_shape))
     plan = tvmptq.QuantPlan.load(args.plan)
     qm = tvmptq.from_plan(model, plan)
     set_name = args.set or DEFAULT_SET.get(model.name)
     if set_name not in SETS:
         raise ConfigError(f"unknown evaluation set {set_name!r}; known: {', '.join(SETS)}")
-    evalset = SETS[set_name]
-    ref = tvmptq.fp32_outputs(model, evalset.evaluation(), qm.graph, args.batch_size)
-    _, metrics = evaluate(qm.runner(), evalset, ref, args.batch_size)
-    print(f"{model.name} {plan.config.get('name')} on {set_name} (simulated vs FP32):")
-    for k, v in metrics.items():
-        print(f"  {k:24s} {v:9.3f}")
+    _evaluate_and_print(qm, SETS[set_name], args.batch_size)
     return 0
 
 
