@@ -1,0 +1,262 @@
+"""Run a plan's integer program with NumPy alone: the independent reference for every backend.
+
+Written from the plan (``plan.program``, ``plan.layers``, ``plan.tensors``, ``plan.constants``)
+and the rounding contract in README "Grids and rounding"; it shares no code with the PyTorch
+simulation. Integer values are :class:`QValue` (int64 grid values ``q`` and their
+:class:`~tvmptq.quant.plan.TensorQuant`); everything else is a NumPy array or a Python scalar.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import ops
+
+
+@dataclass(frozen=True, eq=False)
+class QValue:
+    """An integer tensor: real = scale * (q - zero_point)."""
+
+    q: np.ndarray   # int64, on [t.qmin, t.qmax]
+    t: object       # TensorQuant
+
+    def dequantize(self) -> np.ndarray:
+        return (self.q - self.t.zero_point).astype(np.float32) * np.float32(self.t.scale)
+
+
+def quantize(x: np.ndarray, t) -> QValue:
+    """q = clip(round_half_even(x / s) + z, qmin, qmax), the division in float32."""
+    q = np.round(np.asarray(x, np.float32) / np.float32(t.scale)) + np.float32(t.zero_point)
+    return QValue(np.clip(q, t.qmin, t.qmax).astype(np.int64), t)
+
+
+# --- integer layers: each returns the accumulator requantized to the output grid (before z) -----
+def _channel(a: np.ndarray, axis: int, ndim: int) -> np.ndarray:
+    """Per-channel array shaped to broadcast along ``axis`` (a 1-element array is a scalar)."""
+    a = np.asarray(a, np.int64)
+    if a.size == 1:
+        return a.reshape(())
+    shape = [1] * ndim
+    shape[axis] = -1
+    return a.reshape(shape)
+
+
+def _kernel(lp, x: np.ndarray) -> np.ndarray:
+    a, at = lp.arrays, lp.attrs
+    if lp.kind == "conv2d":
+        acc = ops.conv2d(x, a["weight"], at["stride"], at["padding"], at["dilation"], at["groups"])
+        axis = 1
+    else:
+        acc, axis = ops.linear(x, a["weight"]), x.ndim - 1
+    acc = acc + _channel(a["bias"], axis, acc.ndim)
+    return ops.requantize(acc, _channel(a["multiplier"], axis, acc.ndim), _channel(a["shift"], axis, acc.ndim))
+
+
+def _matmul(lp, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if lp.attrs.get("transpose_b"):
+        b = np.swapaxes(b, -1, -2)
+    acc = ops.int_matmul(a, b, ops.absmax(a) * ops.absmax(b) * a.shape[-1])
+    return ops.requantize(acc, lp.arrays["multiplier"].reshape(()), lp.arrays["shift"].reshape(()))
+
+
+def _add(lp, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    m, k = lp.arrays["multiplier"], lp.arrays["shift"][0]
+    return ops.requantize(a * m[0] + b * m[1], 1, k)
+
+
+def _mean(lp, x: np.ndarray) -> np.ndarray:
+    at = lp.attrs
+    s = x.sum(axis=tuple(at["dims"]), keepdims=at["keepdim"])
+    return ops.requantize(s, lp.arrays["multiplier"].reshape(()), lp.arrays["shift"].reshape(()))
+
+
+def _mul_const(lp, x: np.ndarray) -> np.ndarray:
+    return ops.requantize(x, lp.arrays["multiplier"].reshape(()), lp.arrays["shift"].reshape(()))
+
+
+def _cat(lp, *xs: np.ndarray) -> np.ndarray:
+    m, k = lp.arrays["multiplier"], lp.arrays["shift"][0]
+    return np.concatenate([ops.requantize(x * m[i], 1, k) for i, x in enumerate(xs)], axis=lp.attrs["dim"])
+
+
+LAYERS = {"conv2d": _kernel, "linear": _kernel, "matmul": _matmul, "add": _add, "mean": _mean,
+          "mul_const": _mul_const, "cat": _cat}
+
+
+def _float_kernel(lp, x: QValue, t) -> np.ndarray:
+    """A layer kept in float (override): float weights on dequantized inputs, then quantized."""
+    a, at, xf = lp.arrays, lp.attrs, x.dequantize()
+    if lp.kind == "conv2d":
+        y = ops.conv2d(xf, a["weight_float"], at["stride"], at["padding"], at["dilation"], at["groups"])
+        bias_shape = (-1, 1, 1)
+    else:
+        y, bias_shape = xf.astype(np.float64) @ a["weight_float"].T.astype(np.float64), (-1,)
+    y = y.astype(np.float32)
+    if "bias_float" in a:
+        y = y + a["bias_float"].reshape(bias_shape)
+    return np.round(y / np.float32(t.scale)).astype(np.int64)
+
+
+def _run_layer(plan, lp, inputs: list) -> QValue:
+    t = plan.tensors[lp.output]
+    for i, v in enumerate(inputs):
+        if not isinstance(v, QValue):
+            raise TypeError(f"layer {lp.name!r}: input {lp.inputs[i]!r} is not an integer tensor")
+    if lp.keep_float:
+        y = _float_kernel(lp, inputs[0], t)
+    else:
+        y = LAYERS[lp.kind](lp, *[v.q - v.t.zero_point for v in inputs])
+    return QValue(np.clip(y + t.zero_point, *lp.clip), t)
+
+
+# --- the program ---------------------------------------------------------------------------------
+class _Env:
+    def __init__(self, plan):
+        self.plan, self.values = plan, {}
+
+    def resolve(self, a):
+        if isinstance(a, dict):
+            if "value" in a:
+                return self.values[a["value"]]
+            if "const" in a:
+                return self.plan.constants[a["const"]]
+            if "dtype" in a:
+                return _dtype(a["dtype"])
+            if "symbolic" in a:
+                return a["symbolic"]
+            return {k: self.resolve(v) for k, v in a.items()}
+        if isinstance(a, (list, tuple)):
+            return [self.resolve(v) for v in a]
+        return a
+
+
+def _dtype(name: str) -> np.dtype:
+    try:
+        return np.dtype(name)
+    except TypeError:
+        raise NotImplementedError(f"dtype {name!r} has no NumPy equivalent") from None
+
+
+def _map(fn, a):
+    if isinstance(a, (list, tuple)):
+        return [_map(fn, v) for v in a]
+    if isinstance(a, dict):
+        return {k: _map(fn, v) for k, v in a.items()}
+    return fn(a)
+
+
+def _first_qvalue(a):
+    if isinstance(a, QValue):
+        return a
+    if isinstance(a, (list, tuple)):
+        for v in a:
+            if (found := _first_qvalue(v)) is not None:
+                return found
+    return None
+
+
+def _run_op(step: dict, args: list, kwargs: dict):
+    op = step["op"]
+    if step.get("integer"):
+        src = _first_qvalue(args)
+        fn = ops.INTEGER_OPS.get(op)
+        if fn is None or src is None:
+            raise NotImplementedError(f"integer data movement op {op!r} (step {step['name']!r}) "
+                                      "is not implemented by the NumPy reference")
+        strip = lambda v: v.q if isinstance(v, QValue) else v
+        out = fn(*_map(strip, args), zero_point=src.t.zero_point, **_map(strip, kwargs))
+        return _map(lambda v: QValue(np.asarray(v), src.t) if isinstance(v, np.ndarray) else v, out)
+    fn = ops.OPS.get(op)
+    if fn is None:
+        raise NotImplementedError(f"op {op!r} (step {step['name']!r}) is not implemented by the NumPy reference")
+    real = lambda v: v.dequantize() if isinstance(v, QValue) else v
+    return fn(*_map(real, args), **_map(real, kwargs))
+
+
+def _check_input_ops(lp, step_inputs: list, values: dict) -> None:
+    """The layer's recorded input chain, applied to its quantized source tensors, must give the
+    values the program's own data-movement steps produced."""
+    for src, chain, name in zip(lp.inputs, lp.attrs.get("input_ops", []), step_inputs):
+        if not chain:
+            continue
+        v = values[src]
+        q = v.q
+        for op in chain:
+            args = _batch_sizes(op["op"], op["args"], v.q.shape[0])
+            fn = ops.INTEGER_OPS.get(op["op"])
+            if fn is None:
+                raise NotImplementedError(f"input op {op['op']!r} of layer {lp.name!r}")
+            q = fn(q, *args, zero_point=v.t.zero_point)
+        got = values[name]
+        if not (isinstance(got, QValue) and got.q.shape == q.shape and np.array_equal(got.q, q)):
+            raise ValueError(f"layer {lp.name!r}: input_ops {chain} applied to {src!r} do not give "
+                             f"the program's value {name!r}")
+
+
+def _batch_sizes(op: str, args: list, batch: int) -> list:
+    """input_ops record symbolic sizes as -1: in a shape with several -1, the first is the batch."""
+    if op in ("view.default", "reshape.default") and args and isinstance(args[0], list) \
+            and args[0].count(-1) > 1:
+        shape = list(args[0])
+        shape[shape.index(-1)] = batch
+        return [shape] + list(args[1:])
+    return list(args)
+
+
+def _bind_input(step: dict, inputs: tuple) -> np.ndarray:
+    if step["index"] >= len(inputs):
+        raise ValueError(f"the plan's program takes input {step['name']!r} (#{step['index']}), "
+                         f"only {len(inputs)} input(s) given")
+    x = np.asarray(inputs[step["index"]])
+    want = step.get("shape") or []
+    if want and (x.ndim != len(want) or any(w != -1 and w != s for w, s in zip(want, x.shape))):
+        raise ValueError(f"input {step['name']!r} has shape {x.shape}, the plan expects {want} (-1: batch)")
+    return x.astype(step["dtype"]) if step.get("dtype") else x
+
+
+def run_plan_values(plan, *inputs: np.ndarray, check_input_ops: bool = True) -> dict:
+    """Every value of the program by name (integer values as :class:`QValue`), plus "__output__".
+
+    ``check_input_ops``: verify that each layer's recorded ``attrs["input_ops"]`` chain, applied to
+    its quantized source tensor, gives the value the program's data-movement steps produced."""
+    env = _Env(plan)
+    values = env.values
+    for step in plan.program:
+        kind = step["kind"]
+        if kind == "input":
+            values[step["name"]] = _bind_input(step, inputs)
+        elif kind == "quantize":
+            v = values[step["name"]]
+            values[step["name"]] = quantize(v.dequantize() if isinstance(v, QValue) else v,
+                                            plan.tensors[step["tensor"]])
+        elif kind == "layer":
+            lp = plan.layer(step["layer"])
+            if check_input_ops:
+                _check_input_ops(lp, step["inputs"], values)
+            values[step["name"]] = _run_layer(plan, lp, [values[n] for n in step["inputs"]])
+        elif kind == "op":
+            args = env.resolve(step["args"])
+            kwargs = {k: env.resolve(v) for k, v in step.get("kwargs", {}).items()}
+            values[step["name"]] = _run_op(step, args, kwargs)
+        elif kind == "output":
+            values["__output__"] = env.resolve(step["values"])
+        else:
+            raise NotImplementedError(f"program step kind {kind!r} (step {step.get('name')!r})")
+    if not plan.program:
+        raise ValueError(f"plan for {plan.model!r} has no program (made by an older version?)")
+    return values
+
+
+def run_plan(plan, *inputs: np.ndarray, batch_size: int | None = None, check_input_ops: bool = True,
+             ) -> np.ndarray:
+    """The model's first output; an integer output is dequantized to float32. ``batch_size``
+    bounds memory by running the inputs in slices along dim 0."""
+    if batch_size is not None and len(inputs[0]) > batch_size:
+        return np.concatenate([run_plan(plan, *(x[i:i + batch_size] for x in inputs),
+                                        check_input_ops=check_input_ops)
+                               for i in range(0, len(inputs[0]), batch_size)])
+    out = run_plan_values(plan, *inputs, check_input_ops=check_input_ops)["__output__"]
+    while isinstance(out, (list, tuple)):
+        out = out[0]
+    return out.dequantize() if isinstance(out, QValue) else np.asarray(out, np.float32)
