@@ -105,7 +105,7 @@ def test_runner_is_batch_agnostic(tiny, tmp_path):
 
 
 def test_4bit_combos(tiny):
-    """ORT 1.32: W4A8 and W4A4 run (com.microsoft QDQ ops); W8A4 is written but refused at load time."""
+    """ORT 1.32: W4A8 and W4A4 run (com.microsoft QDQ ops); W8A4, and A4 with Relu/Clip kept, are refused."""
     for wbits, abits in [(4, 8), (4, 4)]:
         qpath = ort_quantize_static(
             tiny["fp32"], tiny["tmp"] / f"tiny_w{wbits}a{abits}.onnx", tiny["batches"][:16],
@@ -119,8 +119,28 @@ def test_4bit_combos(tiny):
         assert np.isfinite(q).all() and sqnr_db(tiny["ref"], q) > 0
     with pytest.raises(OrtRefusedError, match="W8A4.*refused to load"):
         ort_quantize_static(tiny["fp32"], tiny["tmp"] / "tiny_w8a4.onnx", tiny["batches"][:16], activation_bits=4)
+    # Distribution keeps Relu/Clip (its ranges are symmetric); ORT's Relu/Clip fusion rejects uint4 zero points.
+    with pytest.raises(OrtRefusedError, match="W4A4 Distribution.*y_zero_point"):
+        ort_quantize_static(
+            tiny["fp32"], tiny["tmp"] / "tiny_dist_w4a4.onnx", tiny["batches"][:16], method="Distribution",
+            weight_bits=4, activation_bits=4,
+        )
     with pytest.raises(ValueError, match="W2A8"):
         ort_quantize_static(tiny["fp32"], tiny["tmp"] / "x.onnx", tiny["batches"][:4], weight_bits=2)
+
+
+def test_distribution_keeps_relu_clip(tiny):
+    """ORT's Distribution ranges are symmetric, so the Relu/Clip that ORT deletes by default must stay."""
+    sqnr = {}
+    for keep in (True, False):
+        qpath = ort_quantize_static(
+            tiny["fp32"], tiny["tmp"] / f"dist_{keep}.onnx", tiny["batches"][:16], method="Distribution",
+            extra_options=None if keep else {"QDQKeepRemovableActivations": False},
+        )
+        ops = count_ops(qpath)
+        assert (ops.get("Relu", 0) + ops.get("Clip", 0) == 3) == keep
+        sqnr[keep] = sqnr_db(tiny["ref"], OrtRunner(qpath, threads=1)(tiny["evals"]))
+    assert sqnr[True] > 20 and sqnr[False] < 10, sqnr
 
 
 def test_calibration_cache_is_reused_across_bit_widths(tiny):

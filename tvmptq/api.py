@@ -94,7 +94,7 @@ def quantize(model: ZooModel, calibration, config: QuantConfig, graph: LayerGrap
     import time
     t0 = time.perf_counter()
     observers, samples = collect_statistics(graph, batches(calibration, batch_size), progress)
-    plan = build_plan(graph, observers, config, model.name)
+    plan = build_plan(graph, observers, config, model.name, calibration, batch_size)
     plan.stats = {"calibration_samples": samples, "calibration_seconds": time.perf_counter() - t0,
                   "peak_rss_mb": peak_rss_mb()}
     return QuantizedModel(model, graph, plan, simulate(graph, plan))
@@ -111,7 +111,7 @@ def select_observer(graph: LayerGraph, observers, config: QuantConfig, probe, ba
     best, scores = None, {}
     for rule in OBSERVERS:
         cfg = dataclasses.replace(config, activation=dataclasses.replace(config.activation, rule=rule))
-        plan = build_plan(graph, observers, cfg, model_name)
+        plan = build_plan(graph, observers, cfg, model_name, probe, batch_size)
         sim = simulate(graph, plan)
         scores[rule] = sqnr_db(reference, run_outputs(torch_runner(sim), probe, batch_size, rule, False))
         if best is None or scores[rule] > scores[best[0]]:

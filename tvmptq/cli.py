@@ -105,7 +105,7 @@ def cmd_quantize(args) -> int:
 
     config = tvmptq.make_config(args.wbits, args.abits, "minmax" if args.observer == "auto" else args.observer,
                                 args.weight_rule, args.symmetric, args.percentile, args.first_last_8bit,
-                                _parse_layer_overrides(args.layer))
+                                _parse_layer_overrides(args.layer), not args.no_bias_correction)
     model = tvmptq.load(args.model, _input_shapes(args.input_shape))
     calib = _calibration_arrays(args, model)
     t0 = time.perf_counter()
@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--symmetric", action="store_true", help="symmetric activations (default asymmetric)")
     q.add_argument("--percentile", type=float, default=99.99, help="percentile for --observer percentile")
     q.add_argument("--first-last-8bit", action="store_true", help="keep first and last layer at 8 bits")
+    q.add_argument("--no-bias-correction", action="store_true",
+                   help="skip the empirical per-channel bias correction (on by default)")
     q.add_argument("--layer", action="append", metavar="NAME=SPEC",
                    help="per-layer override: NAME=float, NAME=w4a8, NAME=w6 (repeatable)")
     q.add_argument("--out", help="write the plan (.npz)")

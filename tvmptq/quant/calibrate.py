@@ -1,6 +1,7 @@
 """Calibration: stream data through the float graph, then turn statistics into a plan."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Iterable
 
@@ -153,13 +154,26 @@ def _check_overrides(graph: LayerGraph, config: QuantConfig) -> None:
                           f"layers are: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}")
 
 
+def model_output_tensors(graph: LayerGraph) -> set[str]:
+    """Quantized tensors the model returns (directly or through data movement)."""
+    out = next(n for n in graph.gm.graph.nodes if n.op == "output")
+    return {graph.source[n.name] for n in out.all_input_nodes if n.name in graph.source}
+
+
 def build_plan(graph: LayerGraph, observers: dict[str, HistogramObserver], config: QuantConfig,
-               model_name: str = "model") -> QuantPlan:
+               model_name: str = "model", calibration=None, batch_size: int = 32) -> QuantPlan:
+    """The plan for ``config`` from calibration statistics. With ``calibration`` (input arrays)
+    and ``config.bias_correction``, biases are corrected on its first samples; the plan's config
+    records whether that happened."""
     _check_overrides(graph, config)
     bits = _tensor_bits(graph, config)
     tensors = {}
+    outputs = model_output_tensors(graph)
     for name, obs in observers.items():
-        scale, zero, qmin, qmax = activation_range(obs, config.activation, bits[name])
+        # Clipping rules never apply to model outputs: clipping the largest logits ties the very
+        # values argmax and softmax rank, so outputs keep their observed range.
+        spec = dataclasses.replace(config.activation, rule="minmax") if name in outputs else config.activation
+        scale, zero, qmin, qmax = activation_range(obs, spec, bits[name])
         tensors[name] = TensorQuant(name, float(scale), zero, bits[name], qmin, qmax,
                                     (float(obs.min), float(obs.max)))
     layers = [_layer_plan(layer, graph, tensors, config) for layer in graph.layers]
@@ -169,16 +183,11 @@ def build_plan(graph: LayerGraph, observers: dict[str, HistogramObserver], confi
            "first_last_8bit": config.first_last_8bit,
            "overrides": {k: vars(v) for k, v in config.overrides}, "name": config.name}
     program, constants = build_program(graph)
-    return QuantPlan(model_name, cfg, tensors, layers, [n.name for n in graph.islands],
+    plan = QuantPlan(model_name, cfg, tensors, layers, [n.name for n in graph.islands],
                      [n for n in graph.input_names if n in tensors], program=program, constants=constants)
-
-
-def quantize(graph: LayerGraph, batches: Iterable[tuple], config: QuantConfig, model_name="model",
-             progress=True) -> QuantPlan:
-    """Baseline PTQ: calibrate (streaming) and build the plan. Records time and peak RSS."""
-    t0 = time.perf_counter()
-    observers, samples = collect_statistics(graph, batches, progress)
-    plan = build_plan(graph, observers, config, model_name)
-    plan.stats = {"calibration_samples": samples, "calibration_seconds": time.perf_counter() - t0,
-                  "peak_rss_mb": peak_rss_mb()}
+    plan.config["bias_correction"] = False
+    if config.bias_correction and calibration is not None:
+        from ..eval.sets import batches
+        from .bias_correction import SAMPLES, correct_biases
+        correct_biases(graph, plan, batches(tuple(a[:SAMPLES] for a in calibration), batch_size))
     return plan

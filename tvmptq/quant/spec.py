@@ -96,6 +96,7 @@ class QuantConfig:
     activation: ActivationSpec = ActivationSpec()
     first_last_8bit: bool = False  # first and last conv/linear: 8-bit weights and 8-bit inputs
     overrides: tuple[tuple[str, LayerOverride], ...] = ()
+    bias_correction: bool = True   # empirical per-channel bias correction (bias_correction.py)
 
     @property
     def name(self) -> str:
@@ -106,10 +107,10 @@ class QuantConfig:
 
 
 def make_config(w_bits=8, a_bits=8, observer="minmax", weight_rule="mse", symmetric=False,
-                percentile=99.99, first_last_8bit=False, overrides=None) -> QuantConfig:
+                percentile=99.99, first_last_8bit=False, overrides=None, bias_correction=True) -> QuantConfig:
     """Convenience constructor used by the CLI and the benchmarks."""
     ovr = tuple(sorted((k, v if isinstance(v, LayerOverride) else LayerOverride(**v))
                        for k, v in (overrides or {}).items()))
     return QuantConfig(WeightSpec(w_bits, weight_rule),
                        ActivationSpec(a_bits, symmetric, observer, percentile),
-                       first_last_8bit, ovr)
+                       first_last_8bit, ovr, bias_correction)
