@@ -1,1 +1,21 @@
-"""Relax IR passes that lower a tvmptq quantization plan to integer-only TVM programs."""
+"""Relax IR passes that lower a tvmptq quantization plan to integer-only TVM programs.
+
+    mod = relay_passes.lower(model.build(), model.example_inputs(8), qm.plan)   # integer-only IRModule
+    run = relay_passes.compile_integer(mod)                                     # numpy in, numpy out
+
+Passes, in order (each usable alone, composed by ``lowering_passes``):
+Canonicalize -> MatchPlanLayers -> QuantizeLayers -> CancelQDQ -> VerifyIntegerOnly.
+"""
+from .cancel_qdq import CancelQDQ
+from .canonicalize import Canonicalize
+from .errors import IntegerOnlyError, LayerMatchError, LoweringError
+from .frontend import import_model, import_onnx
+from .lower import compile_integer, lower, lowering_passes
+from .match import MatchPlanLayers, match_layers
+from .quantize_layers import QuantizeLayers
+from .report import format_op_counts, op_counts
+from .verify import VerifyIntegerOnly, float_ops
+
+__all__ = ["lower", "compile_integer", "lowering_passes", "import_model", "import_onnx", "Canonicalize",
+           "MatchPlanLayers", "QuantizeLayers", "CancelQDQ", "VerifyIntegerOnly", "float_ops", "match_layers",
+           "op_counts", "format_op_counts", "LoweringError", "LayerMatchError", "IntegerOnlyError"]

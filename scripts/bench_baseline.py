@@ -113,9 +113,9 @@ def main(argv=None) -> int:
     ort_md = None
     if not args.no_ort and "efficientnet_lite0" in args.models:
         ort_out = REPO / "results" / "ort_efficientnet.md"
-        # --single-pass-row: ORT's default one-pass Percentile calibration (its best W8A8 figure)
+        # --single-pass: ORT's default one-pass Percentile calibration (its best W8A8 figure)
         subprocess.run([sys.executable, str(REPO / "scripts" / "peer_ort_efficientnet.py"), "--out", str(ort_out),
-                        "--single-pass-row"], check=True)
+                        "--single-pass"], check=True)
         ort_md = ort_out.read_text()
 
     command = "$ .venv/bin/python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
