@@ -1,0 +1,60 @@
+"""Entry points: plan -> integer-only Relax module -> compiled callable."""
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from tvmptq.quant.plan import QuantPlan
+
+from .cancel_qdq import CancelQDQ
+from .canonicalize import Canonicalize
+from .frontend import import_model
+from .match import MatchPlanLayers
+from .quantize_layers import QuantizeLayers
+from .verify import VerifyIntegerOnly
+
+
+def lowering_passes(plan: QuantPlan, requantize: str = "int64", leave_float=(), islands=(),
+                    verify: bool = True) -> tvm.transform.Pass:
+    passes = [Canonicalize(), MatchPlanLayers(plan), QuantizeLayers(plan, requantize, leave_float), CancelQDQ()]
+    if verify:
+        passes.append(VerifyIntegerOnly(islands))
+    return tvm.transform.Sequential(passes, name="tvmptq.Lower")
+
+
+def lower(model_module, example_inputs, plan: QuantPlan, *, requantize: str = "int64", leave_float=(),
+          islands=(), verify: bool = True) -> tvm.IRModule:
+    """The float model, imported at the shapes of ``example_inputs``, rewritten to the plan's
+    integer program. ``requantize``: "int64" (pure Relax int64 ops) or "fixed_point_multiply"
+    (TOPI q_multiply_shift_per_axis where provably exact). ``leave_float``: layer names not to
+    lower (then pass verify=False: the module is not integer-only)."""
+    mod = import_model(model_module, example_inputs)
+    return lowering_passes(plan, requantize, leave_float, islands, verify)(mod)
+
+
+def compile_integer(mod: tvm.IRModule, target="llvm"):
+    """Build ``mod`` and return ``run(*arrays) -> array`` (a tuple for several outputs).
+
+    The module has a static batch size; ``run`` takes any number of samples and feeds them in
+    chunks of that size (the last chunk padded by repeating its last sample, then trimmed)."""
+    target = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    shapes = [tuple(int(d) for d in p.ty.shape) for p in mod["main"].params]
+    dtypes = [str(p.ty.dtype) for p in mod["main"].params]
+    batch = shapes[0][0]
+
+    def run(*arrays):
+        n = len(arrays[0])
+        outs = []
+        for i in range(0, n, batch):
+            chunk = [np.asarray(a[i:i + batch], dtype=dt) for a, dt in zip(arrays, dtypes)]
+            short = batch - len(chunk[0])
+            if short:
+                chunk = [np.concatenate([c, np.repeat(c[-1:], short, axis=0)]) for c in chunk]
+            res = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(c)) for c in chunk])
+            res = [res] if hasattr(res, "numpy") else list(res)  # one tensor or a tuple of them
+            outs.append([r.numpy()[:batch - short] for r in res])
+        merged = [np.concatenate(parts) for parts in zip(*outs)]
+        return merged[0] if len(merged) == 1 else tuple(merged)
+    return run

@@ -1,0 +1,147 @@
+"""Pass 3: rewrite every matched layer region to integer ops.
+
+Each region (kernel/requantized op + bias add + fused activation) becomes
+
+    quantize(float inputs) -> integer op (int32 accumulator) -> requantize -> dequantize
+
+so the module stays runnable, with float values between layers. Pass 4 (cancel_qdq) then
+removes the dequantize -> quantize pairs so that integers flow from layer to layer. All numbers
+(int weights, int32 bias, multipliers, shifts, clip bounds) come from the plan; the Relax ops
+only say where each layer is and how its operands are laid out.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax import op as R
+
+from tvmptq.quant.plan import QuantPlan
+
+from .errors import LoweringError
+from .integer_ops import Grid, dequantize, pad_with, quantize, requantize, requantize_finish, weight_dtype, weight_l1
+from .match import LayerMatch, match_layers
+
+REQUANTIZE_MODES = ("int64", "fixed_point_multiply")
+
+
+@relax.expr_functor.mutator
+class _LayerRewriter(relax.PyExprMutator):
+    def __init__(self, mod, plan: QuantPlan, matches: list[LayerMatch], mode: str):
+        super().__init__(mod)
+        self.plan, self.mode = plan, mode
+        self.by_output = {m.output: m for m in matches}
+        self.interior = {v for m in matches for v in m.interior}
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        if binding.var in self.interior:
+            return  # recomputed in integers when the region's output binding is reached
+        match = self.by_output.get(binding.var)
+        if match is None:
+            return super().visit_var_binding_(binding)
+        value = self._integer_layer(match)
+        # Same float type as before, so the original var (and its users) stay valid.
+        super().visit_var_binding_(relax.VarBinding(binding.var, value))
+
+    # -- one layer -------------------------------------------------------------------------
+    def _integer_layer(self, m: LayerMatch) -> relax.Expr:
+        lp, bb = m.layer, self.builder_
+        if lp.keep_float:
+            raise LoweringError(f"layer {lp.name!r} is kept in float by the plan; float layers are not lowered yet")
+        grids_in = [Grid.of(self.plan.tensors[t]) for t in lp.inputs]
+        out = Grid.of(self.plan.tensors[lp.output])
+        qs = [bb.emit(quantize(self.visit_expr(x), g)) for x, g in zip(m.inputs, grids_in)]
+        build = getattr(self, f"_{lp.kind}", None)
+        if build is None:
+            raise LoweringError(f"layer {lp.name!r}: kind {lp.kind!r} is not lowered yet")
+        y = build(m, qs, grids_in, out)
+        return dequantize(y, out)
+
+    def _kernel(self, m, acc, q_grid: Grid, w, out, axis):
+        a = m.layer.arrays
+        # sum w (q - z) + bias == sum w q + (bias - z sum w): the zero point folds into the bias.
+        bias = a["bias"].astype(np.int64) - q_grid.zero_point * w.astype(np.int64).reshape(w.shape[0], -1).sum(1)
+        bound = q_grid.max_abs * weight_l1(w)
+        if bound >= 2 ** 31:
+            raise LoweringError(f"layer {m.layer.name!r}: int32 accumulator may overflow (bound {bound:.3g})")
+        return requantize(self.builder_, acc, a["multiplier"], a["shift"], out, m.layer.clip, axis=axis,
+                          bias=bias, acc_bound=bound, mode=self.mode)
+
+    def _conv2d(self, m, qs, grids, out):
+        at, w, q, g = m.call.attrs, m.layer.arrays["weight"], qs[0], grids[0]
+        padding = [int(p) for p in at.padding]
+        if g.zero_point != 0 and any(padding):  # padded positions must hold z (real 0), not 0
+            q, padding = pad_with(self.builder_, q, padding, g.zero_point), [0, 0, 0, 0]
+        acc = self.builder_.emit(R.nn.conv2d(
+            q, relax.const(w, weight_dtype(w)), strides=[int(s) for s in at.strides], padding=padding,
+            dilation=[int(d) for d in at.dilation], groups=int(at.groups), out_dtype="int32"))
+        return self._kernel(m, acc, g, w, out, axis=1)
+
+    def _linear(self, m, qs, grids, out):
+        w = m.layer.arrays["weight"]  # (out, in); matmul takes it transposed
+        acc = self.builder_.emit(R.matmul(qs[0], relax.const(np.ascontiguousarray(w.T), weight_dtype(w)),
+                                          out_dtype="int32"))
+        return self._kernel(m, acc, grids[0], w, out, axis=len(acc.ty.shape) - 1)
+
+    def _add(self, m, qs, grids, out):
+        """QAdd: (a - za) * ma + (b - zb) * mb, one shared shift (multiplier 1)."""
+        a, bb = m.layer.arrays, self.builder_
+        mults = [int(v) for v in a["multiplier"]]
+        terms = [bb.emit(R.multiply(R.astype(q, "int64"), relax.const(mult, "int64"))) for q, mult in zip(qs, mults)]
+        total = bb.emit(R.add(terms[0], terms[1]))
+        offset = -sum(g.zero_point * mult for g, mult in zip(grids, mults))
+        return requantize(bb, total, 1, a["shift"], out, m.layer.clip, bias=offset)
+
+    def _cat(self, m, qs, grids, out):
+        """QCat: each input rescaled to the output grid, (q - z) * mult_i, one shared shift."""
+        a, bb = m.layer.arrays, self.builder_
+        k = int(a["shift"][0])
+        parts = []
+        for q, g, mult in zip(qs, grids, (int(v) for v in a["multiplier"])):
+            scaled = bb.emit(R.multiply(R.astype(q, "int64"), relax.const(mult, "int64")))
+            offset = relax.const((1 << (k - 1)) - g.zero_point * mult, "int64")
+            parts.append(bb.emit(R.right_shift(R.add(scaled, offset), relax.const(k, "int64"))))
+        y = bb.emit(R.concat(parts, axis=int(m.call.attrs.axis)))
+        return requantize_finish(bb, y, "int64", out, m.layer.clip)
+
+    def _mul_const(self, m, qs, grids, out):
+        """QMulConst: (q - z) times the constant's fixed-point multiplier s_in * c / s_out."""
+        a, g = m.layer.arrays, grids[0]
+        q = self.builder_.emit(R.astype(qs[0], "int32"))
+        return requantize(self.builder_, q, a["multiplier"], a["shift"], out, m.layer.clip, bias=-g.zero_point,
+                          acc_bound=g.max_abs, mode=self.mode)
+
+    def _mean(self, m, qs, grids, out):
+        """QMean: integer sum, minus count * z, times s_in / (s_out * count) as fixed point."""
+        a, bb, g = m.layer.arrays, self.builder_, grids[0]
+        axes = [int(x) for x in m.call.attrs.axis]
+        shape = [int(d) for d in qs[0].ty.shape]
+        count = int(np.prod([shape[x] for x in axes]))
+        if count != int(m.layer.attrs["count"]):
+            raise LoweringError(f"layer {m.layer.name!r}: plan averages {m.layer.attrs['count']} values, "
+                                f"Relax {m.anchor.name} averages {count}")
+        total = bb.emit(R.sum(R.astype(qs[0], "int32"), axis=axes, keepdims=bool(m.call.attrs.keepdims)))
+        return requantize(bb, total, a["multiplier"], a["shift"], out, m.layer.clip, bias=-count * g.zero_point,
+                          acc_bound=count * g.max_abs, mode=self.mode)
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvmptq.QuantizeLayers")
+class QuantizeLayers:
+    """Rewrite the plan's layers to integer ops. ``leave_float`` names layers to leave as they are
+    (for debugging and for testing the integer-only check)."""
+
+    def __init__(self, plan: QuantPlan, requantize: str = "int64", leave_float=()):
+        if requantize not in REQUANTIZE_MODES:
+            raise ValueError(f"requantize must be one of {REQUANTIZE_MODES}, got {requantize!r}")
+        self.plan, self.mode, self.leave_float = plan, requantize, set(leave_float)
+
+    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        unknown = self.leave_float - {lp.name for lp in self.plan.layers}
+        if unknown:
+            raise LoweringError(f"leave_float names unknown layers: {', '.join(sorted(unknown))}")
+        matches = [m for m in match_layers(mod["main"], self.plan) if m.layer.name not in self.leave_float]
+        rewriter = _LayerRewriter(mod, self.plan, matches, self.mode)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        return rewriter.builder_.get()
