@@ -149,7 +149,8 @@ def main(argv=None) -> int:
     plan = [(m, m, b, args.stride, None) for m in methods for b in bit_widths]
     if "Distribution" in methods:
         as_is = {"QDQKeepRemovableActivations": False}
-        plan += [("Distribution (ORT as is)", "Distribution", b, args.stride, as_is) for b in bit_widths]
+        # one bit width is enough to show ORT's own behaviour (0 % agreement); 4-bit QDQ evaluates slowly
+        plan += [("Distribution (ORT as is)", "Distribution", b, args.stride, as_is) for b in bit_widths[:1]]
     if args.single_pass:
         plan += [("Percentile", "Percentile", b, len(calib_u8), None) for b in bit_widths]
     calibrations = {}  # (method, stride) -> stats of the call that calibrated
