@@ -98,49 +98,83 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _write(args, argv, results, ort_md, complete: bool) -> Path:
+    command = "$ .venv/bin/python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    md = ["# Baseline PTQ (tvmptq) under EVAL_PROTOCOL.md", "", "```", command, "```", "",
+          f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, 2 threads. "
+          "Weights per-output-channel symmetric on the narrow grid (MSE range search), activations per "
+          "tensor asymmetric, empirical bias correction on 64 calibration samples; no layer kept at higher "
+          "precision; every conv/linear/add/pool/logits tensor quantized. Metrics are the integer-exact "
+          "simulation against FP32 on the evaluation split. "
+          f"`auto` marks the observer chosen by output SQNR on {AUTO_SELECT_SAMPLES} calibration samples "
+          "(the evaluation split is never used to choose). Calibration s = one streaming statistics pass "
+          "shared by all configurations + building that configuration's plan (bias correction included); "
+          "peak RSS is the process's.", ""]
+    if not complete:
+        md += ["**Run in progress: sections below are complete, the rest is still running.**", ""]
+    for r in results:
+        md += [f"## {r['name']}", "",
+               f"Measured at commit {r.get('commit', '?')} on {r.get('date', '?')}. {r['layers']} integer "
+               f"layers, {r['islands']} float-island ops; {r['samples']} calibration samples, "
+               f"{r['eval_samples']} evaluation samples; statistics pass {r['stats_s']:.1f} s; observer state "
+               f"{r['observer_state_kb']:.0f} KiB (fixed: histograms of 2048 bins, independent of the number "
+               "of samples).", "", table(r), ""]
+    if ort_md:
+        md += ["## ONNX Runtime quantize_static peer (EfficientNet-Lite0)", "", ort_md.split("\n", 1)[1].strip(), ""]
+    out = REPO / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(md) + "\n")
+    (REPO / args.json).write_text(json.dumps(results, indent=1, default=float))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="efficientnet_lite0,minilm_l6,digits_resnet")
     p.add_argument("--eval-samples", type=int, help="score only the first N evaluation samples")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime peer rows")
+    p.add_argument("--resume", action="store_true",
+                   help="keep models already in --json (each section states its commit and date)")
     p.add_argument("--out", default="results/baseline.md")
     p.add_argument("--json", default="results/baseline.json")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
 
-    results = [bench_model(n, args.eval_samples, args.batch_size) for n in args.models.split(",") if n]
-    ort_md = None
+    # The ONNX Runtime peer runs in its own process from the start: it overlaps with our models
+    # (the full benchmark takes well over an hour on 2 cores). --single-pass: ORT's default
+    # one-pass Percentile calibration, its best W8A8 figure.
+    ort = None
+    ort_out = REPO / "results" / "ort_efficientnet.md"
     if not args.no_ort and "efficientnet_lite0" in args.models:
-        ort_out = REPO / "results" / "ort_efficientnet.md"
-        # --single-pass: ORT's default one-pass Percentile calibration (its best W8A8 figure)
-        subprocess.run([sys.executable, str(REPO / "scripts" / "peer_ort_efficientnet.py"), "--out", str(ort_out),
-                        "--single-pass"], check=True)
+        ort = subprocess.Popen([sys.executable, str(REPO / "scripts" / "peer_ort_efficientnet.py"),
+                                "--out", str(ort_out), "--single-pass"])
+    previous = {}
+    if args.resume and (REPO / args.json).is_file():
+        previous = {r["name"]: r for r in json.loads((REPO / args.json).read_text())}
+    results = []
+    for name in [n for n in args.models.split(",") if n]:
+        if name in previous:
+            results.append(previous[name])
+            continue
+        result = bench_model(name, args.eval_samples, args.batch_size)
+        result.update(commit=_git_commit(), date=time.strftime("%Y-%m-%d %H:%M"))
+        results.append(result)
+        _write(args, argv, results, None, complete=False)  # a section lands as soon as it is done
+    ort_md = None
+    if ort is not None:
+        if ort.wait() != 0:
+            raise SystemExit("the ONNX Runtime peer script failed")
         ort_md = ort_out.read_text()
-
-    command = "$ .venv/bin/python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    md = ["# Baseline PTQ (tvmptq) under EVAL_PROTOCOL.md", "", "```", command, "```", "",
-          f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, 2 threads. "
-          "Weights per-output-channel symmetric on the narrow grid (MSE range search), activations per "
-          "tensor asymmetric, empirical bias correction on 64 calibration samples; no layer kept at higher precision; every conv/linear/add/pool/logits tensor "
-          "quantized. Metrics are the integer-exact simulation against FP32 on the evaluation split. "
-          f"`auto` marks the observer chosen by output SQNR on {AUTO_SELECT_SAMPLES} calibration samples "
-          "(the evaluation split is never used to choose). Calibration s = one streaming statistics pass "
-          "shared by all configurations + building that configuration's plan; peak RSS is the process's.", ""]
-    for r in results:
-        md += [f"## {r['name']}", "",
-               f"{r['layers']} integer layers, {r['islands']} float-island ops; {r['samples']} calibration "
-               f"samples, {r['eval_samples']} evaluation samples; statistics pass {r['stats_s']:.1f} s; "
-               f"observer state {r['observer_state_kb']:.0f} KiB (fixed: histograms of 2048 bins, "
-               "independent of the number of samples).", "", table(r), ""]
-    if ort_md:
-        md += ["## ONNX Runtime quantize_static peer (EfficientNet-Lite0)", "",
-               ort_md.split("\n", 1)[1].strip(), ""]
-    out = REPO / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(md) + "\n")
-    (REPO / args.json).write_text(json.dumps(results, indent=1, default=float))
-    print(f"wrote {out}")
+    print(f"wrote {_write(args, argv, results, ort_md, complete=True)}")
     return 0
 
 
