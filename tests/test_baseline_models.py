@@ -1,5 +1,4 @@
 """Baseline PTQ on the real zoo models: coverage (no float shortcuts) and streaming memory."""
-import numpy as np
 import psutil
 import pytest
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Iterable
 
 import numpy as np
@@ -11,7 +10,6 @@ import torch.fx as fx
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError
-from ..util import peak_rss_mb
 from .fixedpoint import quantize_multiplier, shared_shift_multipliers
 from .graph import Layer, LayerGraph
 from .observers import HistogramObserver

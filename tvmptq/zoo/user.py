@@ -284,7 +284,6 @@ def _graph_inputs(model) -> list:
 
 def _input_templates(model, path: Path, input_shapes: Mapping[str, Sequence[int]] | None):
     """-> [(name, concrete shape, torch dtype)] for every graph input."""
-    import onnx
 
     input_shapes = dict(input_shapes or {})
     templates = []
