@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,17 +88,23 @@ def check_inputs(model: ZooModel, arrays) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-def quantize(model: ZooModel, calibration, config: QuantConfig, graph: LayerGraph | None = None,
-             batch_size: int = 32, progress: bool = True) -> QuantizedModel:
-    """Baseline PTQ. ``config.activation.rule == "auto"`` is not a rule: use ``quantize_auto``."""
+def _calibrate(model: ZooModel, calibration, graph, batch_size, progress):
+    """Checked inputs, the graph, streaming statistics, and what the pass cost."""
     calibration = check_inputs(model, calibration)
     graph = graph or prepare(model)
-    import time
     t0 = time.perf_counter()
     observers, samples = collect_statistics(graph, batches(calibration, batch_size), progress)
+    return calibration, graph, observers, lambda: {
+        "calibration_samples": samples, "calibration_seconds": time.perf_counter() - t0,
+        "peak_rss_mb": peak_rss_mb()}
+
+
+def quantize(model: ZooModel, calibration, config: QuantConfig, graph: LayerGraph | None = None,
+             batch_size: int = 32, progress: bool = True) -> QuantizedModel:
+    """Baseline PTQ with the observer named in ``config`` (see ``quantize_auto`` to choose it)."""
+    calibration, graph, observers, stats = _calibrate(model, calibration, graph, batch_size, progress)
     plan = build_plan(graph, observers, config, model.name, calibration, batch_size)
-    plan.stats = {"calibration_samples": samples, "calibration_seconds": time.perf_counter() - t0,
-                  "peak_rss_mb": peak_rss_mb()}
+    plan.stats = stats()
     return QuantizedModel(model, graph, plan, simulate(graph, plan))
 
 
@@ -105,8 +113,6 @@ def select_observer(graph: LayerGraph, observers, config: QuantConfig, probe, ba
     """Build a plan per activation observer from one set of statistics and keep the one whose
     simulated outputs best match FP32 (output SQNR) on ``probe``, a slice of calibration data.
     Returns (rule, plan, simulated module, {rule: SQNR dB})."""
-    import dataclasses
-
     reference = run_outputs(torch_runner(graph.gm), probe, batch_size, "fp32", False)
     best, scores = None, {}
     for rule in OBSERVERS:
@@ -126,16 +132,10 @@ def quantize_auto(model: ZooModel, calibration, config: QuantConfig, graph: Laye
                   batch_size: int = 32, progress: bool = True) -> QuantizedModel:
     """Baseline PTQ with the activation observer chosen on calibration data only (never on
     evaluation data): see :func:`select_observer`."""
-    import time
-
-    calibration = check_inputs(model, calibration)
-    graph = graph or prepare(model)
-    t0 = time.perf_counter()
-    observers, samples = collect_statistics(graph, batches(calibration, batch_size), progress)
+    calibration, graph, observers, stats = _calibrate(model, calibration, graph, batch_size, progress)
     probe = tuple(a[:AUTO_SELECT_SAMPLES] for a in calibration)
     _, plan, sim, scores = select_observer(graph, observers, config, probe, batch_size, model.name)
-    plan.stats = {"calibration_samples": samples, "calibration_seconds": time.perf_counter() - t0,
-                  "peak_rss_mb": peak_rss_mb()}
+    plan.stats = stats()
     return QuantizedModel(model, graph, plan, sim, scores)
 
 
