@@ -121,7 +121,7 @@ def _write(args, argv, results, ort_md, complete: bool) -> Path:
         md += ["**Run in progress: sections below are complete, the rest is still running.**", ""]
     for r in results:
         md += [f"## {r['name']}", "",
-               f"Measured at commit {r.get('commit', '?')} on {r.get('date', '?')}. {r['layers']} integer "
+               f"Run from commit {r.get('commit', '?')}, finished {r.get('date', '?')}. {r['layers']} integer "
                f"layers, {r['islands']} float-island ops; {r['samples']} calibration samples, "
                f"{r['eval_samples']} evaluation samples; statistics pass {r['stats_s']:.1f} s; observer state "
                f"{r['observer_state_kb']:.0f} KiB (fixed: histograms of 2048 bins, independent of the number "
@@ -160,12 +160,13 @@ def main(argv=None) -> int:
     if args.resume and (REPO / args.json).is_file():
         previous = {r["name"]: r for r in json.loads((REPO / args.json).read_text())}
     results = []
+    commit = _git_commit()  # the code this process runs (later commits do not change it)
     for name in [n for n in args.models.split(",") if n]:
         if name in previous:
             results.append(previous[name])
             continue
         result = bench_model(name, args.eval_samples, args.batch_size)
-        result.update(commit=_git_commit(), date=time.strftime("%Y-%m-%d %H:%M"))
+        result.update(commit=commit, date=time.strftime("%Y-%m-%d %H:%M"))
         results.append(result)
         _write(args, argv, results, None, complete=False)  # a section lands as soon as it is done
     ort_md = None
