@@ -37,11 +37,17 @@ def build_program(graph: LayerGraph) -> tuple[list[dict], dict[str, np.ndarray]]
     steps, consts = [], {}
     layer_at = {layer.out_node.name: layer for layer in graph.layers}
     interior = {layer.node.name for layer in graph.layers if layer.node is not layer.out_node}
-    integer = set()  # value names that hold integer (quantized) tensors
+    integer = set()
+    # Nodes computed from the model inputs (the rest are parameters and literals): one pass in
+    # topological order instead of a graph walk per argument.
+    from_input = set()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or any(a.name in from_input for a in node.all_input_nodes):
+            from_input.add(node.name)  # value names that hold integer (quantized) tensors
 
     def arg(a):
         if isinstance(a, fx.Node):
-            if not _depends_on_input(a):  # parameters and what is computed from them alone
+            if a.name not in from_input:  # parameters and what is computed from them alone
                 if a.name not in consts:
                     consts[a.name] = _evaluate_const(gm, a).detach().cpu().numpy()
                 return {"const": a.name}
@@ -81,9 +87,9 @@ def build_program(graph: LayerGraph) -> tuple[list[dict], dict[str, np.ndarray]]
             integer.add(node.name)
             continue
         elif node.op == "call_function":
-            if _is_constant(gm, node):
+            if node.name not in from_input:
                 continue
-            ins = [a for a in node.all_input_nodes if _depends_on_input(a)]
+            ins = [a for a in node.all_input_nodes if a.name in from_input]
             movement = node.target in PASSTHROUGH_OPS and ins and ins[0].name in integer
             steps.append({"kind": "op", "name": node.name, "op": _op_name(node.target),
                           "args": arg(list(node.args)), "kwargs": arg(dict(node.kwargs)) if node.kwargs else {},
@@ -94,23 +100,6 @@ def build_program(graph: LayerGraph) -> tuple[list[dict], dict[str, np.ndarray]]
             steps.append({"kind": "quantize", "name": node.name, "tensor": node.name})
             integer.add(node.name)
     return steps, consts
-
-
-def _depends_on_input(node: fx.Node) -> bool:
-    stack, seen = [node], set()
-    while stack:
-        n = stack.pop()
-        if n.op == "placeholder":
-            return True
-        for a in n.all_input_nodes:
-            if a.name not in seen:
-                seen.add(a.name)
-                stack.append(a)
-    return False
-
-
-def _is_constant(gm, node: fx.Node) -> bool:
-    return not _depends_on_input(node)
 
 
 def _evaluate_const(gm, node: fx.Node) -> torch.Tensor:
