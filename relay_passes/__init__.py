@@ -4,12 +4,13 @@
     run = relay_passes.compile_integer(mod)                                     # numpy in, numpy out
 
 Passes, in order (each usable alone, composed by ``lowering_passes``):
-Canonicalize -> MatchPlanLayers -> QuantizeLayers -> CancelQDQ -> VerifyIntegerOnly.
+Canonicalize -> MatchPlanLayers -> QuantizeLayers -> CancelQDQ -> VerifyIntegerOnly -> Float64Islands.
 """
 from .cancel_qdq import CancelQDQ
 from .canonicalize import Canonicalize
 from .errors import IntegerOnlyError, LayerMatchError, LoweringError
 from .frontend import import_model, import_onnx
+from .islands import Float64Islands, plan_islands
 from .lower import compile_integer, lower, lowering_passes
 from .match import MatchPlanLayers, match_layers
 from .quantize_layers import QuantizeLayers
@@ -18,4 +19,5 @@ from .verify import VerifyIntegerOnly, float_ops
 
 __all__ = ["lower", "compile_integer", "lowering_passes", "import_model", "import_onnx", "Canonicalize",
            "MatchPlanLayers", "QuantizeLayers", "CancelQDQ", "VerifyIntegerOnly", "float_ops", "match_layers",
+           "plan_islands", "Float64Islands",
            "op_counts", "format_op_counts", "LoweringError", "LayerMatchError", "IntegerOnlyError"]

@@ -61,6 +61,11 @@ class Grid:
     def max_abs(self) -> int:
         return max(abs(self.qmin), abs(self.qmax))
 
+    @property
+    def max_abs_centered(self) -> int:
+        """Largest |q - z| on the grid."""
+        return max(self.qmax - self.zero_point, self.zero_point - self.qmin)
+
 
 def quantize(x: relax.Expr, g: Grid) -> relax.Expr:
     """float -> container: clip(round_half_even(float32 x / s) + z, qmin, qmax).

@@ -10,27 +10,34 @@ from tvmptq.quant.plan import QuantPlan
 from .cancel_qdq import CancelQDQ
 from .canonicalize import Canonicalize
 from .frontend import import_model
+from .islands import Float64Islands, plan_islands
 from .match import MatchPlanLayers
 from .quantize_layers import QuantizeLayers
 from .verify import VerifyIntegerOnly
 
 
 def lowering_passes(plan: QuantPlan, requantize: str = "int64", leave_float=(), islands=(),
-                    verify: bool = True) -> tvm.transform.Pass:
+                    verify: bool = True, precise_islands: bool = True) -> tvm.transform.Pass:
+    """The lowering pipeline. ``precise_islands``: compute LayerNorm/softmax/GELU islands in
+    float64 (see islands.Float64Islands) so they round like PyTorch's; off for speed."""
     passes = [Canonicalize(), MatchPlanLayers(plan), QuantizeLayers(plan, requantize, leave_float), CancelQDQ()]
-    if verify:
-        passes.append(VerifyIntegerOnly(islands))
+    if verify:  # the plan's own float ops are the declared islands; ``islands`` adds to them
+        allowed = plan_islands(plan)
+        allowed.update({name: float("inf") for name in islands})
+        passes.append(VerifyIntegerOnly(allowed))
+    if precise_islands:
+        passes.append(Float64Islands())
     return tvm.transform.Sequential(passes, name="tvmptq.Lower")
 
 
 def lower(model_module, example_inputs, plan: QuantPlan, *, requantize: str = "int64", leave_float=(),
-          islands=(), verify: bool = True) -> tvm.IRModule:
+          islands=(), verify: bool = True, precise_islands: bool = True) -> tvm.IRModule:
     """The float model, imported at the shapes of ``example_inputs``, rewritten to the plan's
     integer program. ``requantize``: "int64" (pure Relax int64 ops) or "fixed_point_multiply"
     (TOPI q_multiply_shift_per_axis where provably exact). ``leave_float``: layer names not to
     lower (then pass verify=False: the module is not integer-only)."""
     mod = import_model(model_module, example_inputs)
-    return lowering_passes(plan, requantize, leave_float, islands, verify)(mod)
+    return lowering_passes(plan, requantize, leave_float, islands, verify, precise_islands)(mod)
 
 
 def compile_integer(mod: tvm.IRModule, target="llvm"):

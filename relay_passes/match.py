@@ -2,7 +2,8 @@
 
 Plan and Relax graph come from the same model, so the layers appear in the same order, with the
 same op kind and weight shape. ``match_layers`` pairs the plan's layers with the Relax *anchor*
-ops in binding order and checks both keys, then grows each anchor into its region: the bias add
+ops in binding order and checks both keys (float ops that look like anchors, such as an
+attention-mask add, are predicted by the plan's program and skipped; see islands.py), then grows each anchor into its region: the bias add
 and the activation the plan fused into the layer's clip. It also traces every layer input back
 through data movement (pad, reshape, ...) to the layer or model input that produced it and
 checks that this is the tensor the plan names, which catches swapped operands.
@@ -18,10 +19,12 @@ from tvm import relax
 from tvmptq.quant.plan import LayerPlan, QuantPlan
 
 from .errors import LayerMatchError
+from .islands import expected_anchors
 
 # Ops that move integers without changing their grid (the quantized value passes through).
 MOVEMENT_OPS = {"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
-                "relax.flatten", "relax.nn.pad", "relax.nn.max_pool2d", "relax.strided_slice"}
+                "relax.flatten", "relax.nn.pad", "relax.nn.max_pool2d", "relax.strided_slice",
+                "relax.broadcast_to"}
 # Relax ops that implement the activation the plan fused into a layer's output clip.
 ACTIVATION_OPS = {"relu": {"relax.nn.relu", "relax.clip"}, "clamp": {"relax.clip", "relax.nn.relu6"}}
 
@@ -125,22 +128,29 @@ class _Graph:
 def match_layers(func: relax.Function, plan: QuantPlan) -> list[LayerMatch]:
     g = _Graph(func)
     anchors = [(b.var, b.value) for b in g.bindings if isinstance(b.value, relax.Call) and anchor_key(b.value)]
+    expected = expected_anchors(plan)  # plan layers, and float ops that look like them in Relax
     matches = []
-    for i, layer in enumerate(plan.layers):
-        want = plan_key(layer)
+    for i, (kind, what) in enumerate(expected):
+        if not isinstance(what, LayerPlan):  # a declared float op: its Relax op stays as it is
+            if i < len(anchors) and anchor_key(anchors[i][1])[0] != kind:
+                raise LayerMatchError(f"float op {what!r} ({kind}) of the plan's program does not match "
+                                      f"{_describe(*anchors[i])}")
+            continue
+        layer, want = what, plan_key(what)
         if i >= len(anchors):
-            raise LayerMatchError(f"plan layer #{i} {layer.name!r} ({want[0]}, weight {want[1]}) has no Relax "
-                                  f"op: the graph has only {len(anchors)} quantizable ops")
+            raise LayerMatchError(f"plan layer {layer.name!r} ({want[0]}, weight {want[1]}) has no Relax "
+                                  f"op: the graph has only {len(anchors)} quantizable ops, the plan expects "
+                                  f"{len(expected)}")
         var, call = anchors[i]
         if anchor_key(call) != want:
-            raise LayerMatchError(f"plan layer #{i} {layer.name!r} ({want[0]}, weight {want[1]}) does not match "
+            raise LayerMatchError(f"plan layer {layer.name!r} ({want[0]}, weight {want[1]}) does not match "
                                   f"{_describe(var, call)}")
         if layer.kind == "conv2d" and int(call.attrs.groups) != int(layer.attrs.get("groups", 1)):
             raise LayerMatchError(f"plan layer {layer.name!r} has groups={layer.attrs.get('groups')}, "
                                   f"{_describe(var, call)} has groups={call.attrs.groups}")
         matches.append(_region(g, layer, var, call))
-    if len(anchors) > len(plan.layers):
-        var, call = anchors[len(plan.layers)]
+    if len(anchors) > len(expected):
+        var, call = anchors[len(expected)]
         raise LayerMatchError(f"{_describe(var, call)} has no plan layer (plan has {len(plan.layers)} layers)")
     _check_inputs(g, plan, matches)
     return matches

@@ -83,6 +83,25 @@ class _LayerRewriter(relax.PyExprMutator):
                                           out_dtype="int32"))
         return self._kernel(m, acc, grids[0], w, out, axis=len(acc.ty.shape) - 1)
 
+    def _matmul(self, m, qs, grids, out):
+        """QMatmul (activation x activation, e.g. attention): sum_k (a - za)(b - zb), requantized.
+
+        Symmetric operands (z == 0) multiply as stored, int8 x int8 -> int32. Otherwise both are
+        widened to int32 and centred first: exact and simple; the cross-term expansion
+        ``ab - za*sum b - zb*sum a + K za zb`` that keeps int8 inputs is an optimisation for later."""
+        bb = self.builder_
+        depth = int(m.call.args[0].ty.shape[-1])
+        bound = depth * grids[0].max_abs_centered * grids[1].max_abs_centered
+        if bound >= 2 ** 31:
+            raise LoweringError(f"layer {m.layer.name!r}: int32 accumulator may overflow (bound {bound:.3g})")
+        if any(g.zero_point for g in grids) or {g.dtype for g in grids} not in ({"int8"}, {"uint8"}):
+            qs = [bb.emit(R.subtract(R.astype(q, "int32"), relax.const(g.zero_point, "int32")))
+                  for q, g in zip(qs, grids)]
+        acc = bb.emit(R.matmul(qs[0], qs[1], out_dtype="int32"))
+        a = m.layer.arrays
+        return requantize(bb, acc, a["multiplier"], a["shift"], out, m.layer.clip, axis=len(acc.ty.shape) - 1,
+                          acc_bound=bound, mode=self.mode)
+
     def _add(self, m, qs, grids, out):
         """QAdd: (a - za) * ma + (b - zb) * mb, one shared shift (multiplier 1)."""
         a, bb = m.layer.arrays, self.builder_

@@ -239,3 +239,48 @@ def test_efficientnet_compiled_equals_simulation(effnet, w, a):
 def test_efficientnet_32_views(effnet):
     _effnet_check(effnet, 8, 8, views=32)
     _effnet_check(effnet, 4, 4, views=32)
+
+
+# --- MiniLM: float islands, activation x activation matmuls, token inputs -------------------------
+@pytest.fixture(scope="module")
+def minilm():
+    model = tvmptq.load("minilm_l6")
+    s = tvmptq.get_set("sentences")
+    imported = rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(4)))
+    return model, tuple(a[:8] for a in s.calibration()), tuple(a[:8] for a in s.evaluation()), imported
+
+
+def _cosines(a, b):
+    return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_minilm_compiled_matches_simulation(minilm, symmetric):
+    model, calib, evaluation, imported = minilm
+    qm = tvmptq.quantize(model, calib, tvmptq.make_config(8, 8, weight_rule="minmax", symmetric=symmetric),
+                         progress=False)
+    mod = rp.lowering_passes(qm.plan)(imported)
+    counts = rp.op_counts(mod)
+    assert counts["matmul -> int32"] == 48 and counts["matmul -> float32"] == 0  # 36 linears + 12 attention
+    # Asymmetric operands are centred in int32 before the attention matmuls; symmetric ones are not.
+    assert counts["subtract -> int32"] == (0 if symmetric else 24)
+    islands = rp.plan_islands(qm.plan)
+    assert islands["nn.softmax"] == 6 and islands["nn.layer_norm"] == 13 and islands["nn.gelu"] == 6
+    assert islands["add"] == 8  # 2 embedding adds + 6 attention-mask adds; 12 residual adds are integer
+    assert counts["add -> float64"] == 0 or counts["nn.layer_norm -> float32"] == 0  # islands in float64
+    got, ref = rp.compile_integer(mod)(*evaluation), qm.runner()(*evaluation)
+    # Float islands cannot be bit-exact across libraries; computed in float64 they differ from
+    # PyTorch's only by float32 rounding, and the embeddings agree to ~1e-7.
+    assert _cosines(got, ref).min() > 0.99999, _cosines(got, ref)
+
+
+def test_minilm_verify_counts_island_ops(minilm):
+    model, calib, _, imported = minilm
+    qm = tvmptq.quantize(model, calib, tvmptq.make_config(8, 8, weight_rule="minmax"), progress=False)
+    mod = rp.lowering_passes(qm.plan, leave_float=["add_3"], verify=False, precise_islands=False)(imported)
+    with pytest.raises(rp.IntegerOnlyError, match="9 float add ops, 8 declared as islands"):
+        rp.VerifyIntegerOnly(rp.plan_islands(qm.plan))(mod)
+    plan = copy.deepcopy(qm.plan)  # a plan whose program does not declare the softmax islands
+    plan.program = [s for s in plan.program if s.get("op") != "softmax.int"]
+    with pytest.raises(rp.IntegerOnlyError, match=r"= nn\.softmax \(float32\)"):
+        rp.lowering_passes(plan)(imported)

@@ -1,0 +1,148 @@
+"""Float islands: what the plan declares as float, in the vocabulary of Relax.
+
+A plan's program lists every ATen op it leaves in float ("op" steps that are not integer data
+movement): softmax, LayerNorm, GELU, the attention-mask arithmetic, the embedding gather, the
+pooling head of a sentence encoder. Two passes need them in Relax terms:
+
+* matching (``expected_anchors``): a float op such as the attention-mask ``add`` looks exactly
+  like a quantizable op in Relax, so the matcher walks the program and the Relax graph side by
+  side and skips the anchors the program declares float;
+* verification (``plan_islands``): the Relax float ops allowed in a lowered module, counted per
+  op name, so that one integer add left in float is caught even though six float mask adds are
+  allowed.
+
+The tables are data: one ATen op becomes the multiset of Relax ops the torch frontend emits for
+it (``linalg_vector_norm`` is abs, power, sum, power). An ATen op missing here maps to nothing,
+so a Relax float op it produces is reported by the verifier instead of silently allowed.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax import op as R
+
+from tvmptq.quant.plan import LayerPlan, QuantPlan
+
+# ATen op (program spelling) -> Relax ops (without the "relax." prefix) the frontend emits.
+ATEN_TO_RELAX: dict[str, tuple[str, ...]] = {
+    "add.Tensor": ("add",), "sub.Tensor": ("subtract",), "rsub.Scalar": ("subtract",),
+    "mul.Tensor": ("multiply",), "div.Tensor": ("divide",),
+    "softmax.int": ("nn.softmax",), "_softmax.default": ("nn.softmax",),
+    "layer_norm.default": ("nn.layer_norm",), "gelu.default": ("nn.gelu",),
+    "sigmoid.default": ("sigmoid",), "tanh.default": ("tanh",), "silu.default": ("nn.silu",),
+    "hardswish.default": ("nn.hardswish",), "exp.default": ("exp",), "sqrt.default": ("sqrt",),
+    "rsqrt.default": ("rsqrt",), "pow.Tensor_Scalar": ("power",),
+    "embedding.default": ("take",), "to.dtype": ("astype",), "_to_copy.default": ("astype",),
+    "type_as.default": ("astype",), "sum.dim_IntList": ("sum",), "mean.dim": ("mean",),
+    "clamp.default": ("clip",), "clamp_min.default": ("clip",), "clamp_max.default": ("clip",),
+    "linalg_vector_norm.default": ("abs", "power", "sum", "power"),
+    "where.self": ("where",), "amax.default": ("max",),
+}
+# Relax ops that only move or copy float elements: allowed around islands (no arithmetic).
+FLOAT_MOVEMENT = {"reshape", "permute_dims", "expand_dims", "squeeze", "broadcast_to", "flatten",
+                  "strided_slice", "concat", "split"}
+
+
+def _is_value(arg) -> bool:
+    return isinstance(arg, dict) and "value" in arg
+
+
+def _is_number_or_const(arg) -> bool:
+    return isinstance(arg, (int, float)) and not isinstance(arg, bool) or (isinstance(arg, dict) and "const" in arg)
+
+
+def float_step_anchor_kind(step: dict) -> str | None:
+    """The anchor kind (see match.anchor_key) a float program op shows as in Relax, if any."""
+    op, args = step["op"], step.get("args") or []
+    if op == "add.Tensor" and len(args) >= 2 and _is_value(args[0]) and _is_value(args[1]):
+        return "add"
+    if op in ("mul.Tensor", "div.Tensor") and len(args) >= 2 and _is_value(args[0]) and _is_number_or_const(args[1]):
+        return "mul_const"
+    if op in ("matmul.default", "bmm.default", "mm.default") and all(_is_value(a) for a in args[:2]):
+        return "matmul"
+    if op in ("mean.dim", "adaptive_avg_pool2d.default"):
+        return "mean"
+    if op == "cat.default":
+        return "cat"
+    return None
+
+
+def expected_anchors(plan: QuantPlan) -> list[tuple[str, LayerPlan | str]]:
+    """Relax anchors the program predicts, in order: ``(kind, LayerPlan)`` for an integer layer,
+    ``(kind, step name)`` for a float op that looks like one. Plans without a program: layers."""
+    if not plan.program:
+        return [(lp.kind, lp) for lp in plan.layers]
+    layers = {lp.name: lp for lp in plan.layers}
+    expected = []
+    for step in plan.program:
+        if step["kind"] == "layer":
+            lp = layers[step["layer"]]
+            expected.append((lp.kind, lp))
+        elif step["kind"] == "op" and not step.get("integer"):
+            kind = float_step_anchor_kind(step)
+            if kind is not None:
+                expected.append((kind, step["name"]))
+    return expected
+
+
+def plan_islands(plan: QuantPlan) -> Counter:
+    """Relax float ops the plan declares, counted per op name (see ATEN_TO_RELAX)."""
+    counts = Counter()
+    for step in plan.program or []:
+        if step["kind"] == "op" and not step.get("integer"):
+            counts.update(ATEN_TO_RELAX.get(step["op"], ()))
+    return counts
+
+
+# Island ops whose TVM float32 kernels are visibly less accurate than PyTorch's (TVM's layer_norm
+# is off by ~3e-5 on MiniLM's residual stream where torch is off by ~1e-6): a value near a
+# rounding boundary then quantizes differently, and a transformer amplifies that one-LSB
+# difference layer after layer. Computing them in float64 and rounding once to float32 makes
+# the island match PyTorch's to float32 rounding, as the NumPy reference does.
+PRECISE_ISLAND_OPS = {"relax.nn.layer_norm", "relax.nn.softmax", "relax.nn.gelu"}
+
+
+@relax.expr_functor.mutator
+class _Float64Islands(relax.PyExprMutator):
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name in PRECISE_ISLAND_OPS
+                and str(call.ty.dtype) == "float32"):
+            return call
+        args = [self._f64(a) for a in call.args]
+        if call.op.name == "relax.nn.layer_norm":  # TOPI's layer_norm is float32/16 only
+            y = self._layer_norm(*args, [int(a) for a in call.attrs.axes], float(call.attrs.epsilon))
+        else:
+            y = self.builder_.emit(relax.Call(call.op, args, call.attrs))
+        return R.astype(y, "float32")
+
+    def _layer_norm(self, x, gamma, beta, axes, eps):
+        """Two-pass LayerNorm: mean, then the mean of squared deviations (no E[x^2] - E[x]^2)."""
+        bb = self.builder_
+        centered = bb.emit(R.subtract(x, R.mean(x, axes, keepdims=True)))
+        var = bb.emit(R.mean(R.multiply(centered, centered), axes, keepdims=True))
+        normed = bb.emit(R.divide(centered, R.sqrt(R.add(var, relax.const(eps, "float64")))))
+        return bb.emit(R.add(R.multiply(normed, gamma), beta))
+
+    def _f64(self, arg):
+        if isinstance(arg, tvm.ir.expr.Constant):
+            return relax.const(arg.value.numpy().astype(np.float64), "float64")
+        return self.builder_.emit(R.astype(arg, "float64"))
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvmptq.Float64Islands")
+class Float64Islands:
+    """Compute LayerNorm, softmax and GELU islands in float64, results rounded to float32.
+
+    Runs after VerifyIntegerOnly: it only changes how declared islands compute (LayerNorm is
+    decomposed into float64 mean/subtract/... since TOPI has no float64 LayerNorm)."""
+
+    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        mutator = _Float64Islands(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gv, mutator.visit_expr(func))
+        return mutator.builder_.get()
