@@ -18,8 +18,34 @@ Layers (``plan.layers``):
 Integer data movement steps (flatten, view/reshape, permute/transpose, pad, max_pool2d, ...) run on
 the dequantized values and are followed by QuantizeLinear/DequantizeLinear with the same
 parameters, which is exact (the values stay on the grid; zero padding is the real value 0, i.e.
-the zero point). Float-island ops (MiniLM's softmax, LayerNorm, GELU, masks, embeddings) are not
-exported yet: they raise NotImplementedError naming the op.
+the zero point). Slice/select on integers are Slice/Gather, likewise exact.
+
+Rank-3 linears (``linear_3d``). "gemm" (default): Reshape of the integer input to (N, K), Gemm with the
+int32 bias, QuantizeLinear, Reshape of the integer output back to (..., O): ORT fuses the group into
+QGemm (requantize inside the kernel). "matmul": MatMul + Add(bias) on the rank-3 tensor; ORT makes
+the MatMul a MatMulIntegerToFloat and adds the bias in float before the QuantizeLinear (MiniLM batch 1,
+1 thread: ~37 ms vs ~17 ms for "gemm"). ``mul_const`` multiplies by DequantizeLinear(1, scale
+|factor|) -- the same float32 factor -- so that ORT fuses it into QLinearMul.
+
+Float islands and auxiliary ops (``integer`` false in the program: MiniLM's embedding gather and
+position adds, attention-mask arithmetic, mask add + softmax, LayerNorm, GELU, mean pooling, L2
+normalize) become plain ONNX float ops on DequantizeLinear outputs, with ATen's semantics as
+tvmptq/reference/ops.py executes them: embedding -> Gather; add/sub/rsub/mul/div -> Add/Sub/Mul/Div
+(ATen type promotion: float tensors, then a Python float -> float32, then integer tensors);
+layer_norm -> LayerNormalization; softmax -> Softmax; gelu -> Gelu (opset >= 20) or
+0.5 x (1 + Erf(x / sqrt 2)); to/_to_copy/type_as -> Cast; sum/mean/amax -> ReduceSum/Mean/Max;
+linalg_vector_norm -> ReduceL2/L1; clamp* -> Clip; unsqueeze -> Unsqueeze; expand_as -> Expand of
+Shape; where/masked_fill -> Where; exp, sqrt, rsqrt, tanh, sigmoid, silu, hardswish, pow, relu,
+*_like, arange, cat, max.dim, getitem, adaptive_avg_pool2d (1x1). Constants (``const/<key>``) are
+initializers. Any other op raises NotImplementedError naming the op and its program step.
+A quantize step is QuantizeLinear of the island's float output (ORT's own float, so island outputs
+may differ from PyTorch's by float32 rounding, and a value near a grid midpoint may land one LSB off).
+
+Batch. ``batch=None`` writes a dynamic batch (input dim "batch"): ``sym_size.int`` becomes
+Shape(x, start=d, end=d+1) and the reshapes that use it Concat it with their literal sizes; other
+shape-changing ops use a shape with the one batch-dependent dimension as -1 (found by running the
+NumPy reference on zeros at batches 2 and 3); a shape that cannot be written so is refused. An int
+``batch`` writes static shapes (shapes and symbolic sizes evaluated at that batch).
 
 Fused activations and grids narrower than the container. A layer's output is
 ``clip(requantize(acc) + z, lo, hi)`` with ``(lo, hi) = layer.clip``. A Relu is put before the
@@ -57,10 +83,20 @@ with float multipliers and round half to even, and unfused ops compute in float3
 from tvmptq's integer program by one step of the grid in rare elements (measured in the tests).
 Exact ties are not rare where a layer's real multiplier is a power of two (``x * 0.5`` on an
 unchanged scale): there round half up and half to even disagree on every odd input.
+
+MiniLM W8A8 (minmax, 8 calibration sentences; tests/test_qdq_export.py, 8 evaluation sentences):
+ORT 1.32 runs all 66 integer layers as integer kernels (36 QGemm, 12 QLinearMatMul, 12 QLinearAdd,
+6 QLinearMul) and only the islands in float. Before the attention softmax, ORT's integer tensors
+differ from the NumPy reference's by one LSB in ~1e-6..1e-4 of the elements (rounding ties); one
+LSB of the attention-score grid (~0.66) is a factor ~1.9 inside softmax (up to 11 LSB of the
+softmax output), so a flipped tie there moves the rest of that sentence: 6 of 8 sentences come out
+identical (cosine 1.0000), two at cosine 0.961 / 0.931 (max |diff| 0.065 on the unit-norm
+embedding). Against FP32 ORT is as good as the simulation (mean cosine 0.8739 vs 0.8736).
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +120,7 @@ _ONNX_INPUT_TYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE
                      "float16": TensorProto.FLOAT16, "int64": TensorProto.INT64,
                      "int32": TensorProto.INT32, "uint8": TensorProto.UINT8, "bool": TensorProto.BOOL}
 LOW_BIT_MODES = ("clip", "int4")
+LINEAR_3D_FORMS = ("gemm", "matmul")
 
 # Data movement that changes nothing: the value is aliased, no node is written.
 _IDENTITY_OPS = {"contiguous.default", "clone.default", "alias.default", "detach.default",
@@ -93,9 +130,20 @@ _RESHAPE_OPS = {"view.default", "reshape.default", "_unsafe_view.default", "unfl
                 "squeeze.dim", "squeeze.dims", "squeeze.default", "unsqueeze.default"}
 _MOVEMENT_OPS = _IDENTITY_OPS | _RESHAPE_OPS | {
     "flatten.using_ints", "expand.default", "permute.default", "transpose.int", "t.default",
-    "pad.default", "constant_pad_nd.default", "max_pool2d.default"}
+    "slice.Tensor", "select.int", "pad.default", "constant_pad_nd.default", "max_pool2d.default"}
 # Steps that compute nothing the graph needs.
 _NO_OPS = {"_assert_tensor_metadata.default"}
+_INT64_MAX = 2 ** 63 - 1
+_ONNX_TYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE, "float16": TensorProto.FLOAT16,
+               "bfloat16": TensorProto.BFLOAT16, "int64": TensorProto.INT64, "int32": TensorProto.INT32,
+               "int16": TensorProto.INT16, "int8": TensorProto.INT8, "uint8": TensorProto.UINT8,
+               "bool": TensorProto.BOOL}
+
+
+def _onnx_type(dtype: str) -> int:
+    if str(dtype) not in _ONNX_TYPES:
+        raise NotImplementedError(f"dtype {dtype!r} has no ONNX tensor type here")
+    return _ONNX_TYPES[str(dtype)]
 
 
 @dataclass(frozen=True)
@@ -110,18 +158,45 @@ class _Int:
 
 @dataclass(frozen=True)
 class _Float:
+    """A float tensor (float-island value, model input, auxiliary tensor; ``dtype`` may be an
+    integer or bool type for masks and indices)."""
+
     name: str
     rank: int
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True, eq=False)
+class _Dim:
+    """A symbolic size (``sym_size.int``) of a dynamic-batch export: dimension ``dim`` of ``src``."""
+
+    src: object        # _Int | _Float
+    dim: int
+
+
+@dataclass(frozen=True)
+class _Const:
+    """A constant of the program, ``plan.constants[key]`` (an initializer once used)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class _DType:
+    name: str
 
 
 class _Builder:
-    def __init__(self, plan, batch: int, low_bit: str, opset: int):
+    def __init__(self, plan, batch: int | None, low_bit: str, opset: int, linear_3d: str = "gemm"):
         self.plan, self.batch, self.low_bit, self.opset = plan, batch, low_bit, opset
+        self.linear_3d = linear_3d
         self.nodes, self.inits, self.inputs, self.outputs = [], [], [], []
         self.used: set[str] = set()
         self.values: dict = {}
         self._qparams: dict = {}
-        self._static = None
+        self._static: dict = {}
+        self._consts: dict = {}
+        self._dims: dict = {}
         self.containers_used: set[str] = set()
 
     # -- names, initializers, nodes --------------------------------------------------------
@@ -244,6 +319,7 @@ class _Builder:
         t = self.plan.tensors[lp.output]
         base = step["name"]
         kind, at = lp.kind, lp.attrs
+        unflatten = None
         if kind == "conv2d":
             x = self.dq(ins[0])
             ph, pw = at["padding"]
@@ -258,6 +334,13 @@ class _Builder:
                 w, b = self.weight_dq(lp, lp.arrays["weight"], 0), [self.bias_dq(lp, ins[0].t.scale)]
                 conv["kernel_shape"] = list(lp.arrays["weight"].shape[2:])
             y, rank = self.node("Conv", [x, w] + b, f"{base}_conv", **conv), 4
+        elif kind == "linear" and ins[0].rank > 2 and not lp.keep_float and self.linear_3d == "gemm":
+            # (..., K) -> (N, K) on the integer tensor, Gemm (ORT: QGemm, requantize in the kernel),
+            # back to (..., O) on the integer output: Reshape moves grid values, exact.
+            x, k = ins[0], lp.arrays["weight"].shape[1]
+            flat = _Int(self.node("Reshape", [x.name, self.ints(f"{base}_flat", [-1, k])], f"{base}_flat"),
+                        x.t, x.container, 2)
+            y, rank, unflatten = self._linear(lp, flat, base), 2, x
         elif kind == "linear":
             y, rank = self._linear(lp, ins[0], base), ins[0].rank
         elif kind == "matmul":
@@ -281,7 +364,14 @@ class _Builder:
                               keepdims=int(bool(at["keepdim"])))
             rank = r if at["keepdim"] else r - len(dims)
         elif kind == "mul_const":
-            f = self.scalar_f32(f"{base}_factor", float(at["factor"]))
+            # The factor as DequantizeLinear(int8 +-1, scale |factor|): the same float32 factor, in the
+            # DQ -> Mul <- DQ -> Q form that ORT fuses into QLinearMul.
+            fac = float(at["factor"])
+            ct = np.uint8 if ins[0].container == "uint8" and fac >= 0 else np.int8
+            one = self.init(f"{base}_factor_quantized", np.array(1 if fac >= 0 else -1, ct))
+            fs = self.scalar_f32(f"{base}_factor_scale", abs(fac))
+            fz = self.init(f"{base}_factor_zero_point", np.array(0, ct))
+            f = self.node("DequantizeLinear", [one, fs, fz], f"{base}_factor")
             y, rank = self.node("Mul", [self.dq(ins[0]), f], f"{base}_mul"), ins[0].rank
         elif kind == "cat":
             rank = ins[0].rank
@@ -292,7 +382,14 @@ class _Builder:
         c = self.container(t.qmin, t.qmax, f"tensor {t.name!r}")
         if lp.activation == "relu" and lo == t.zero_point == _CONTAINERS[c][1]:
             y = self.node("Relu", [y], f"{base}_relu")  # canonical QDQ pattern; redundant with the Q
-        self.values[step["name"]] = self.q(y, t, rank, base, (lo, hi))
+        out = self.q(y, t, rank, base, (lo, hi))
+        if unflatten is not None:
+            lead = self.node("Shape", [unflatten.name], f"{base}_lead", start=0, end=unflatten.rank - 1)
+            shape = self.node("Concat", [lead, self.ints(f"{base}_out_features", [lp.arrays["weight"].shape[0]])],
+                              f"{base}_out_shape", axis=0)
+            out = _Int(self.node("Reshape", [out.name, shape], f"{base}_unflat"), out.t, out.container,
+                       unflatten.rank)
+        self.values[step["name"]] = out
 
     def _linear(self, lp, x: _Int, base: str) -> str:
         xf = self.dq(x)
@@ -315,63 +412,196 @@ class _Builder:
         if isinstance(a, dict):
             if "value" in a:
                 return self.values[a["value"]]
-            if "const" in a or "symbolic" in a or "dtype" in a:
-                return a  # only float-island and auxiliary ops use these
+            if "const" in a:
+                return _Const(a["const"])
+            if "dtype" in a:
+                return _DType(a["dtype"])
+            if "symbolic" in a:
+                return a  # layouts, memory formats: ignored by every op written here
             return {k: self.resolve(v) for k, v in a.items()}
         if isinstance(a, (list, tuple)):
             return [self.resolve(v) for v in a]
         return a
 
-    def static_value(self, name: str):
-        """A value of the program on zero inputs of the export batch (shapes, symbolic sizes)."""
-        if self._static is None:
+    def static_values(self, batch: int) -> dict:
+        """The program's values on zero inputs of batch ``batch`` (shapes, symbolic sizes)."""
+        if batch not in self._static:
             from ..reference import run_plan_values
-            zeros = [np.zeros([self.batch] + list(st["shape"][1:]), st.get("dtype") or "float32")
+            zeros = [np.zeros([batch] + list(st["shape"][1:]), st.get("dtype") or "float32")
                      for st in sorted((s for s in self.plan.program if s["kind"] == "input"),
                                       key=lambda s: s["index"])]
-            self._static = run_plan_values(self.plan, *zeros, check_input_ops=False)
-        return self._static[name]
+            self._static[batch] = run_plan_values(self.plan, *zeros, check_input_ops=False)
+        return self._static[batch]
+
+    def static_value(self, name: str):
+        return self.static_values(self.batch or 2)[name]
 
     def op(self, step: dict) -> None:
         op, name = step["op"], step["name"]
-        args = self.resolve(step["args"])
-        kwargs = {k: self.resolve(v) for k, v in step.get("kwargs", {}).items()}
-        tensors = [a for a in _leaves([args, kwargs]) if isinstance(a, (_Int, _Float))]
         if op in _NO_OPS:
             self.values[name] = None
             return
+        args = self.resolve(step["args"])
+        kwargs = {k: self.resolve(v) for k, v in step.get("kwargs", {}).items()}
+        tensors = [a for a in _leaves([args, kwargs]) if isinstance(a, (_Int, _Float))]
         src = args[0] if args else None
         movement = op in _MOVEMENT_OPS and len(tensors) == 1 and src is tensors[0]
         if step.get("integer"):
             if not (movement and isinstance(src, _Int)):
                 raise NotImplementedError(f"integer data movement op {op!r} (step {name!r}) has no "
                                           "QDQ ONNX export")
-        elif not (movement and isinstance(src, _Float)):  # data movement on a float model input is fine
-            if not tensors or op == "sym_size.int":
-                value = self.static_value(name)  # shape arithmetic: a constant at a fixed batch
+            y, rank = self._movement(op, self.dq(src), src.rank, args[1:], kwargs, name)
+            # data movement keeps the grid: re-quantize with the same parameters, exact, no Clip
+            self.values[name] = (src if y is None else
+                                 self.q(y, src.t, rank, name, clip=_container_range(src.container)))
+            return
+        if movement:  # on a float tensor (a model input, a float-island value)
+            y, rank = self._movement(op, self.tensor(src), src.rank, args[1:], kwargs, name)
+            self.values[name] = src if y is None else _Float(y, rank, self.dtype_of(src))
+            return
+        fn = _FLOAT_OPS.get(op)
+        if fn is None:
+            if not tensors and not any(isinstance(a, _Dim) for a in _leaves([args, kwargs])):
+                value = self.static_value(name)  # arithmetic on literals: a constant
                 if not isinstance(value, np.ndarray) and not hasattr(value, "q"):
                     self.values[name] = value
                     return
-            raise NotImplementedError(f"op {op!r} (step {name!r}) is a float-island or auxiliary op: "
-                                      "the QDQ ONNX export does not cover it yet")
+            raise NotImplementedError(f"op {op!r} (step {name!r}, a float-island or auxiliary op) has "
+                                      "no QDQ ONNX export")
+        self.values[name] = fn(self, name, *args, **kwargs)
+
+    # -- values of float ops: ONNX names, dtypes, ranks ------------------------------------
+    def const(self, key: str) -> str:
+        if key not in self._consts:
+            self._consts[key] = self.init(f"const_{key}", np.asarray(self.plan.constants[key]))
+        return self._consts[key]
+
+    def dim(self, d: "_Dim") -> str:
+        """A symbolic size as a 1-D int64 tensor of one element: Shape(src, start=d, end=d+1)."""
+        key = (id(d.src), d.dim)
+        if key not in self._dims:
+            src = d.src.name  # Shape reads the quantized tensor as well as a float one
+            self._dims[key] = self.node("Shape", [src], f"{src}_dim{d.dim}", start=d.dim, end=d.dim + 1)
+        return self._dims[key]
+
+    def dtype_of(self, v) -> str | None:
+        if isinstance(v, _Int):
+            return "float32"
+        if isinstance(v, _Float):
+            return v.dtype
+        if isinstance(v, _Const):
+            return str(np.asarray(self.plan.constants[v.key]).dtype)
+        if isinstance(v, _Dim):
+            return "int64"
+        return None
+
+    def rank_of(self, v) -> int:
+        if isinstance(v, (_Int, _Float)):
+            return v.rank
+        if isinstance(v, _Const):
+            return np.ndim(self.plan.constants[v.key])
+        return 0
+
+    def result_dtype(self, *vals) -> str:
+        """ATen type promotion, the common cases: float tensors win, then a Python float (float32),
+        then integer tensors, then Python ints (int64)."""
+        dts = [self.dtype_of(v) for v in vals if self.dtype_of(v) is not None]
+        floats = [d for d in dts if np.dtype(d).kind == "f"]
+        if floats:
+            return str(np.result_type(*floats))
+        if any(isinstance(v, float) for v in vals):
+            return "float32"
+        if dts:
+            return str(np.result_type(*dts))
+        return "bool" if all(isinstance(v, bool) for v in vals) else "int64"
+
+    def tensor(self, v, dtype: str | None = None) -> str:
+        """The ONNX name of ``v`` (a value, a constant, a symbolic size or a Python scalar), cast to
+        ``dtype`` where given."""
+        if isinstance(v, (_Int, _Float, _Const, _Dim)):
+            have = self.dtype_of(v)
+            name = (self.dq(v) if isinstance(v, _Int) else v.name if isinstance(v, _Float)
+                    else self.const(v.key) if isinstance(v, _Const) else self.dim(v))
+            if dtype is not None and np.dtype(dtype) != np.dtype(have):
+                name = self.node("Cast", [name], f"{name}_{dtype}", to=_onnx_type(dtype))
+            return name
+        if isinstance(v, (bool, int, float, np.number)):
+            kind = np.asarray(v).dtype.kind
+            dt = dtype or ("bool" if kind == "b" else "float32" if kind == "f" else "int64")
+            return self.init("scalar", np.array(v, dtype=dt))
+        raise NotImplementedError(f"argument of type {type(v).__name__} where a tensor is expected")
+
+    def ints(self, base: str, parts: list) -> str:
+        """A 1-D int64 tensor from Python ints and symbolic sizes (Concat where any is symbolic)."""
+        if all(isinstance(p, (int, np.integer)) for p in parts):
+            return self.init(base, np.array([int(p) for p in parts], np.int64))
+        pieces, run = [], []
+        for p in parts:
+            if isinstance(p, _Dim):
+                if run:
+                    pieces.append(self.init(base, np.array(run, np.int64)))
+                    run = []
+                pieces.append(self.dim(p))
+            elif isinstance(p, (int, np.integer)):
+                run.append(int(p))
+            else:
+                raise NotImplementedError(f"{base}: size {p!r} is neither an int nor a symbolic size")
+        if run:
+            pieces.append(self.init(base, np.array(run, np.int64)))
+        return self.node("Concat", pieces, base, axis=0)
+
+    def fnode(self, op: str, inputs: list[str], base: str, rank: int, dtype: str, **attrs) -> "_Float":
+        return _Float(self.node(op, inputs, base, **attrs), rank, dtype)
+
+    def unary(self, onnx_op: str, name: str, x, **attrs) -> "_Float":
+        dt = self.result_dtype(x)
+        dt = dt if np.dtype(dt).kind == "f" else "float32"
+        return self.fnode(onnx_op, [self.tensor(x, dt)], name, self.rank_of(x), dt, **attrs)
+
+    def binary(self, onnx_op: str, name: str, a, b, dtype: str | None = None) -> "_Float":
+        dt = dtype or self.result_dtype(a, b)
+        return self.fnode(onnx_op, [self.tensor(a, dt), self.tensor(b, dt)], name,
+                          max(self.rank_of(a), self.rank_of(b)), dt)
+
+    # -- data movement (integer values between DQ and Q, or float values) ------------------
+    def _movement(self, op: str, x: str, r: int, rest: list, kwargs: dict, name: str):
+        """(output name, rank), or (None, r) where the op changes nothing."""
         if op in _IDENTITY_OPS:
-            self.values[name] = src
-            return
-        x, r, rest = self.dq(src), src.rank, args[1:]
+            return None, r
         if op == "flatten.using_ints":
             start = (rest[0] if rest else kwargs.get("start_dim", 0)) % r
             end = (rest[1] if len(rest) > 1 else kwargs.get("end_dim", -1)) % r
             if start == 1 and end == r - 1:
-                y, rank = self.node("Flatten", [x], f"{name}_flatten", axis=1), 2
+                return self.node("Flatten", [x], f"{name}_flatten", axis=1), 2
+            if start == end:
+                return None, r
+            return self._reshape(x, name)
+        if op in ("view.default", "reshape.default", "_unsafe_view.default") and self.batch is None:
+            shape = list(rest[0] if rest else kwargs["shape"] if "shape" in kwargs else kwargs["size"])
+            if any(isinstance(s, (int, np.integer)) and s == 0 for s in shape):
+                raise NotImplementedError(f"reshape (step {name!r}) to a zero-size dimension")
+            return self.node("Reshape", [x, self.ints(f"{name}_shape", shape)], f"{name}_reshape"), len(shape)
+        if op == "unsqueeze.default":
+            d = (rest[0] if rest else kwargs["dim"]) % (r + 1)
+            return self.node("Unsqueeze", [x, self.ints(f"{name}_axes", [d])], f"{name}_unsqueeze"), r + 1
+        if op in ("squeeze.dim", "squeeze.dims", "squeeze.default"):
+            dims = rest[0] if rest else kwargs.get("dim")
+            shape = self._static_shape_in(name, x)
+            axes = [d % r for d in (range(r) if dims is None else dims if isinstance(dims, (list, tuple))
+                                    else [dims]) if shape[d % r] == 1]
+            if not axes:
+                return None, r
+            return self.node("Squeeze", [x, self.ints(f"{name}_axes", axes)], f"{name}_squeeze"), r - len(axes)
+        if op in _RESHAPE_OPS:
+            return self._reshape(x, name)
+        if op == "expand.default":
+            size = list(rest[0] if rest else kwargs["size"])
+            if self.batch is None:  # Expand broadcasts: a kept dimension (-1) is written as 1
+                shape = self.ints(f"{name}_shape", [1 if isinstance(s, int) and s == -1 else s for s in size])
             else:
-                y, rank = self._reshape(x, name)
-        elif op in _RESHAPE_OPS:
-            y, rank = self._reshape(x, name)
-        elif op == "expand.default":
-            shape = self._static_shape(name)
-            y = self.node("Expand", [x, self.init(f"{name}_shape", np.array(shape, np.int64))], f"{name}_expand")
-            rank = len(shape)
-        elif op in ("permute.default", "transpose.int", "t.default"):
+                shape = self.init(f"{name}_shape", np.array(self._static_shape(name), np.int64))
+            return self.node("Expand", [x, shape], f"{name}_expand"), len(size)
+        if op in ("permute.default", "transpose.int", "t.default"):
             if op == "permute.default":
                 perm = [d % r for d in (rest[0] if rest else kwargs["dims"])]
             elif op == "transpose.int":
@@ -380,21 +610,44 @@ class _Builder:
                 perm[a], perm[b] = perm[b], perm[a]
             else:
                 perm = [1, 0][:r]
-            y, rank = self.node("Transpose", [x], f"{name}_transpose", perm=perm), r
-        elif op in ("pad.default", "constant_pad_nd.default"):
-            y, rank = self._pad(op, x, r, rest, kwargs, name), r
-        elif op == "max_pool2d.default":
-            y, rank = self._max_pool(x, rest, kwargs, name), r
-        else:  # pragma: no cover - _MOVEMENT_OPS lists exactly the branches above
-            raise AssertionError(op)
-        if isinstance(src, _Float):
-            self.values[name] = _Float(y, rank)
-        else:  # data movement keeps the grid: re-quantize with the same parameters, exact, no Clip
-            self.values[name] = self.q(y, src.t, rank, name, clip=_container_range(src.container))
+            return self.node("Transpose", [x], f"{name}_transpose", perm=perm), r
+        if op == "slice.Tensor":
+            p = {**dict(zip(["dim", "start", "end", "step"], rest)), **kwargs}
+            dim, start, end, stp = p.get("dim", 0) % r, p.get("start"), p.get("end"), p.get("step", 1)
+            if start in (None, 0) and stp == 1 and (end is None or (isinstance(end, int) and end >= _INT64_MAX)):
+                return None, r
+            starts = self.ints(f"{name}_starts", [0 if start is None else start])
+            ends = self.ints(f"{name}_ends", [_INT64_MAX if end is None else end])
+            return self.node("Slice", [x, starts, ends, self.ints(f"{name}_axes", [dim]),
+                                       self.ints(f"{name}_steps", [stp])], f"{name}_slice"), r
+        if op == "select.int":
+            p = {**dict(zip(["dim", "index"], rest)), **kwargs}
+            idx = self.init(f"{name}_index", np.array(int(p["index"]), np.int64))
+            return self.node("Gather", [x, idx], f"{name}_select", axis=p["dim"] % r), r - 1
+        if op in ("pad.default", "constant_pad_nd.default"):
+            return self._pad(op, x, r, rest, kwargs, name), r
+        if op == "max_pool2d.default":
+            return self._max_pool(x, rest, kwargs, name), r
+        raise AssertionError(op)  # pragma: no cover - _MOVEMENT_OPS lists exactly the branches above
 
     def _static_shape(self, name: str) -> list[int]:
-        v = self.static_value(name)
-        return list(np.shape(v.q if hasattr(v, "q") else v))
+        """The output shape of step ``name``: fixed at the export batch, or with the one dimension
+        that follows the batch written as -1 (dynamic batch)."""
+        shape = lambda b: list(np.shape(getattr(v := self.static_values(b)[name], "q", v)))  # noqa: E731
+        if self.batch is not None:
+            return shape(self.batch)
+        a, b = shape(2), shape(3)
+        varying = [i for i, (m, n) in enumerate(zip(a, b)) if m != n]
+        if len(a) != len(b) or len(varying) > 1:
+            raise NotImplementedError(f"step {name!r}: output shape {a} (batch 2) / {b} (batch 3) cannot "
+                                      "be written for a dynamic batch; export with a fixed batch")
+        return [-1 if i in varying else n for i, n in enumerate(a)]
+
+    def _static_shape_in(self, name: str, x: str) -> list[int]:
+        """The input shape of the op of step ``name`` at the export batch (2 if dynamic)."""
+        step = next(s for s in self.plan.program if s.get("name") == name and s["kind"] == "op")
+        v = self.static_values(self.batch or 2)[step["args"][0]["value"]]
+        return list(np.shape(getattr(v, "q", v)))
 
     def _reshape(self, x: str, name: str) -> tuple[str, int]:
         shape = self._static_shape(name)
@@ -469,10 +722,10 @@ class _Builder:
         dtype = step.get("dtype") or "float32"
         if dtype not in _ONNX_INPUT_TYPES:
             raise NotImplementedError(f"model input {step['name']!r} of dtype {dtype!r}")
-        shape = [self.batch] + list(step["shape"][1:])
+        shape = [self.batch or "batch"] + list(step["shape"][1:])
         name = self.fresh(step["name"])
         self.inputs.append(helper.make_tensor_value_info(name, _ONNX_INPUT_TYPES[dtype], shape))
-        self.values[step["name"]] = _Float(name, len(shape))
+        self.values[step["name"]] = _Float(name, len(shape), dtype)
 
     def _outputs(self, values) -> None:
         leaves = list(_leaves(values))
@@ -482,7 +735,7 @@ class _Builder:
             x = self.dq(v)
             name = self.fresh("output" if len(leaves) == 1 else f"output_{i}")
             self.nodes.append(helper.make_node("Identity", [x], [name], name=self.fresh(f"Identity_{name}")))
-            self.outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+            self.outputs.append(helper.make_tensor_value_info(name, _onnx_type(self.dtype_of(v)), None))
 
 
 def _container_range(c: str) -> tuple[int, int]:
@@ -500,9 +753,235 @@ def _leaves(a):
         yield a
 
 
-def export_qdq_onnx(plan, path, batch: int = 1, *, low_bit: str = "clip", opset: int = QDQ_OPSET,
-                    check: bool = True) -> Path:
-    """Write ``plan`` as a QDQ ONNX model at ``path`` (fixed batch ``batch``); returns the path.
+# --- float-island and auxiliary ops: ATen semantics (tvmptq/reference/ops.py) as ONNX ops ----------
+def _f_embedding(b, name, weight, indices, *_, **__):
+    return b.fnode("Gather", [b.tensor(weight), b.tensor(indices)], name,
+                   b.rank_of(indices) + b.rank_of(weight) - 1, b.dtype_of(weight), axis=0)
+
+
+def _alpha(b, name, x, alpha):
+    return x if alpha == 1 else b.binary("Mul", f"{name}_alpha", x, alpha)
+
+
+def _f_add(b, name, x, other, alpha=1):
+    return b.binary("Add", name, x, _alpha(b, name, other, alpha), b.result_dtype(x, other))
+
+
+def _f_sub(b, name, x, other, alpha=1):
+    return b.binary("Sub", name, x, _alpha(b, name, other, alpha), b.result_dtype(x, other))
+
+
+def _f_rsub(b, name, x, other, alpha=1):
+    return b.binary("Sub", name, other, _alpha(b, name, x, alpha), b.result_dtype(x, other))
+
+
+def _f_mul(b, name, x, other):
+    return b.binary("Mul", name, x, other)
+
+
+def _f_div(b, name, x, other, rounding_mode=None):
+    dt = b.result_dtype(x, other)
+    if rounding_mode is None:
+        return b.binary("Div", name, x, other, dt if np.dtype(dt).kind == "f" else "float32")
+    if rounding_mode == "floor" and np.dtype(dt).kind == "f":
+        q = b.binary("Div", f"{name}_div", x, other, dt)
+        return b.fnode("Floor", [q.name], name, q.rank, dt)
+    raise NotImplementedError(f"div.Tensor (step {name!r}) with rounding_mode={rounding_mode!r} on {dt}")
+
+
+def _clip(b, name, x, lo, hi):
+    dt = b.result_dtype(x, *(v for v in (lo, hi) if v is not None))
+    ins = [b.tensor(x, dt)] + [b.tensor(v, dt) if v is not None else "" for v in (lo, hi)]
+    while ins[-1] == "":
+        ins.pop()
+    return b.fnode("Clip", ins, name, b.rank_of(x), dt)
+
+
+def _f_softmax(b, name, x, dim, *rest, dtype=None):
+    dt = dtype.name if isinstance(dtype, _DType) else b.result_dtype(x)
+    return b.fnode("Softmax", [b.tensor(x, dt)], name, b.rank_of(x), dt, axis=int(dim))
+
+
+def _f_layer_norm(b, name, x, shape, weight=None, bias=None, eps=1e-5, *_, **__):
+    dt, r = b.result_dtype(x), b.rank_of(x)
+    w = (b.tensor(weight, dt) if weight is not None
+         else b.init(f"{name}_ones", np.ones(list(shape), dtype=dt)))
+    ins = [b.tensor(x, dt), w] + ([b.tensor(bias, dt)] if bias is not None else [])
+    return b.fnode("LayerNormalization", ins, name, r, dt, axis=-len(shape), epsilon=float(eps))
+
+
+def _f_gelu(b, name, x, approximate="none"):
+    dt = b.result_dtype(x)
+    xs = b.tensor(x, dt)
+    if b.opset >= 20:
+        return b.fnode("Gelu", [xs], name, b.rank_of(x), dt, approximate=approximate)
+    if approximate != "none":
+        raise NotImplementedError(f"gelu (step {name!r}) approximate={approximate!r} below opset 20")
+    c = lambda v: b.init(f"{name}_c", np.array(v, dt))  # noqa: E731  0.5 * x * (1 + erf(x / sqrt(2)))
+    e = b.node("Erf", [b.node("Div", [xs, c(math.sqrt(2.0))], f"{name}_scaled")], f"{name}_erf")
+    h = b.node("Mul", [xs, b.node("Add", [e, c(1.0)], f"{name}_1p")], f"{name}_x1p")
+    return b.fnode("Mul", [h, c(0.5)], name, b.rank_of(x), dt)
+
+
+def _f_silu(b, name, x):
+    s = b.unary("Sigmoid", f"{name}_sigmoid", x)
+    return b.fnode("Mul", [b.tensor(x, s.dtype), s.name], name, s.rank, s.dtype)
+
+
+def _f_rsqrt(b, name, x):
+    s = b.unary("Sqrt", f"{name}_sqrt", x)
+    return b.fnode("Reciprocal", [s.name], name, s.rank, s.dtype)
+
+
+def _axes(dim, r):
+    if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
+        return list(range(r))
+    return sorted(d % r for d in (dim if isinstance(dim, (list, tuple)) else [dim]))
+
+
+def _reduce(onnx_op: str, float_only: bool = False):
+    def op(b, name, x, dim=None, keepdim=False, *, dtype=None):
+        r = b.rank_of(x)
+        dt = dtype.name if isinstance(dtype, _DType) else b.result_dtype(x)
+        if np.dtype(dt).kind != "f":
+            dt = "float32" if float_only else "int64"  # ATen sums integers and bools in int64
+        axes = _axes(dim, r)
+        return b.fnode(onnx_op, [b.tensor(x, dt), b.ints(f"{name}_axes", axes)], name,
+                       r if keepdim else r - len(axes), dt, keepdims=int(bool(keepdim)))
+    return op
+
+
+def _f_vector_norm(b, name, x, ord=2, dim=None, keepdim=False, *, dtype=None):
+    ops = {2: "ReduceL2", 2.0: "ReduceL2", 1: "ReduceL1", 1.0: "ReduceL1"}
+    if ord == float("inf"):
+        x = b.unary("Abs", f"{name}_abs", x)
+        return _reduce("ReduceMax", True)(b, name, x, dim, keepdim, dtype=dtype)
+    if ord not in ops:
+        raise NotImplementedError(f"linalg_vector_norm (step {name!r}) with ord={ord!r}")
+    return _reduce(ops[ord], True)(b, name, x, dim, keepdim, dtype=dtype)
+
+
+def _f_max_dim(b, name, x, dim, keepdim=False):
+    d = dim % b.rank_of(x)
+    vals = _reduce("ReduceMax")(b, f"{name}_values", x, [d], keepdim)
+    idx = b.fnode("ArgMax", [b.tensor(x)], f"{name}_indices", vals.rank, "int64", axis=d,
+                  keepdims=int(bool(keepdim)), select_last_index=0)
+    return [vals, idx]
+
+
+def _f_to(b, name, x, dtype=None, *_, **kw):
+    dtype = dtype if isinstance(dtype, _DType) else kw.get("dtype")
+    if not isinstance(dtype, _DType):
+        return x  # a device or memory-format change
+    return _Float(b.tensor(x, dtype.name), b.rank_of(x), dtype.name)
+
+
+def _f_type_as(b, name, x, other):
+    dt = b.dtype_of(other)
+    return _Float(b.tensor(x, dt), b.rank_of(x), dt)
+
+
+def _f_expand_as(b, name, x, other):
+    shape = b.node("Shape", [b.tensor(other)], f"{name}_shape")
+    return b.fnode("Expand", [b.tensor(x), shape], name, b.rank_of(other), b.result_dtype(x))
+
+
+def _f_where(b, name, cond, x, other):
+    dt = b.result_dtype(x, other)
+    return b.fnode("Where", [b.tensor(cond, "bool"), b.tensor(x, dt), b.tensor(other, dt)], name,
+                   max(b.rank_of(cond), b.rank_of(x), b.rank_of(other)), dt)
+
+
+def _f_masked_fill(b, name, x, mask, value):
+    dt = b.result_dtype(x)
+    return b.fnode("Where", [b.tensor(mask, "bool"), b.tensor(value, dt), b.tensor(x)], name,
+                   max(b.rank_of(x), b.rank_of(mask)), dt)
+
+
+def _like(fill):
+    def op(b, name, x, *args, dtype=None, **_):
+        value = fill if fill is not None else args[0]
+        dt = dtype.name if isinstance(dtype, _DType) else b.dtype_of(x)
+        shape = b.node("Shape", [b.tensor(x)], f"{name}_shape")
+        return b.fnode("ConstantOfShape", [shape], name, b.rank_of(x), dt,
+                       value=onnx.numpy_helper.from_array(np.array([value], dt)))
+    return op
+
+
+def _f_arange(b, name, *args, dtype=None, **_):
+    nums = [a for a in args if isinstance(a, (int, float, _Dim))]
+    start, end, stp = (0, nums[0], 1) if len(nums) == 1 else (nums[0], nums[1], nums[2] if len(nums) > 2 else 1)
+    dt = dtype.name if isinstance(dtype, _DType) else (
+        "float32" if any(isinstance(v, float) for v in (start, end, stp)) else "int64")
+    scalar = lambda v: (b.node("Squeeze", [b.tensor(v, dt)], f"{name}_scalar")  # noqa: E731
+                        if isinstance(v, _Dim) else b.tensor(v, dt))
+    return b.fnode("Range", [scalar(start), scalar(end), scalar(stp)], name, 1, dt)
+
+
+def _f_cat(b, name, xs, dim=0):
+    dt = b.result_dtype(*xs)
+    r = b.rank_of(xs[0])
+    return b.fnode("Concat", [b.tensor(x, dt) for x in xs], name, r, dt, axis=dim % r)
+
+
+def _f_getitem(b, name, seq, index):
+    if not isinstance(seq, (list, tuple)):
+        raise NotImplementedError(f"getitem (step {name!r}) on a {type(seq).__name__}")
+    return seq[index]
+
+
+def _f_adaptive_avg_pool2d(b, name, x, size):
+    if list(size) != [1, 1]:
+        raise NotImplementedError(f"adaptive_avg_pool2d (step {name!r}) to {size}")
+    return b.fnode("GlobalAveragePool", [b.tensor(x, "float32")], name, 4, "float32")
+
+
+def _f_sym_size(b, name, x, dim=0):
+    if b.batch is not None:
+        return int(b.static_value(name))  # fixed batch: a constant
+    return _Dim(x, dim % b.rank_of(x))
+
+
+def _unary(onnx_op: str):
+    return lambda b, name, x: b.unary(onnx_op, name, x)
+
+
+_FLOAT_OPS = {
+    "sym_size.int": _f_sym_size,
+    "embedding.default": _f_embedding,
+    "add.Tensor": _f_add, "add.Scalar": _f_add, "sub.Tensor": _f_sub,
+    "rsub.Scalar": _f_rsub, "rsub.Tensor": _f_rsub,
+    "mul.Tensor": _f_mul, "mul.Scalar": _f_mul, "div.Tensor": _f_div,
+    "clamp.default": lambda b, name, x, min=None, max=None: _clip(b, name, x, min, max),
+    "clamp_min.default": lambda b, name, x, v: _clip(b, name, x, v, None),
+    "clamp_max.default": lambda b, name, x, v: _clip(b, name, x, None, v),
+    "hardtanh.default": lambda b, name, x, lo=-1.0, hi=1.0: _clip(b, name, x, lo, hi),
+    "relu.default": lambda b, name, x: b.fnode("Relu", [b.tensor(x)], name, b.rank_of(x), b.dtype_of(x)),
+    "softmax.int": _f_softmax, "_softmax.default": lambda b, name, x, dim, half=False: _f_softmax(b, name, x, dim),
+    "layer_norm.default": _f_layer_norm, "gelu.default": _f_gelu,
+    "exp.default": _unary("Exp"), "sqrt.default": _unary("Sqrt"), "tanh.default": _unary("Tanh"),
+    "sigmoid.default": _unary("Sigmoid"), "hardswish.default": _unary("HardSwish"),
+    "rsqrt.default": _f_rsqrt, "silu.default": _f_silu,
+    "pow.Tensor_Scalar": lambda b, name, x, e: b.binary("Pow", name, x, e, b.result_dtype(x, e)),
+    "linalg_vector_norm.default": _f_vector_norm,
+    "sum.dim_IntList": _reduce("ReduceSum"), "sum.default": _reduce("ReduceSum"),
+    "mean.dim": _reduce("ReduceMean", True), "mean.default": _reduce("ReduceMean", True),
+    "amax.default": _reduce("ReduceMax"), "max.dim": _f_max_dim,
+    "to.dtype": _f_to, "_to_copy.default": _f_to, "type_as.default": _f_type_as,
+    "expand_as.default": _f_expand_as, "where.self": _f_where, "masked_fill.Scalar": _f_masked_fill,
+    "ones_like.default": _like(1), "zeros_like.default": _like(0), "full_like.default": _like(None),
+    "arange.start": _f_arange, "arange.default": _f_arange, "arange.start_step": _f_arange,
+    "cat.default": _f_cat, "getitem": _f_getitem, "adaptive_avg_pool2d.default": _f_adaptive_avg_pool2d,
+}
+
+
+def export_qdq_onnx(plan, path, batch: int | None = 1, *, low_bit: str = "clip", opset: int = QDQ_OPSET,
+                    check: bool = True, linear_3d: str = "gemm") -> Path:
+    """Write ``plan`` as a QDQ ONNX model at ``path``; returns the path.
+
+    ``batch``: the fixed batch of the model's inputs, or None for a dynamic batch dimension.
+    ``linear_3d``: how linears on rank > 2 inputs are written ("gemm": Reshape + Gemm, ORT QGemm;
+    "matmul": MatMul + Add, ORT MatMulIntegerToFloat).
 
     ``low_bit``: how grids narrower than 8 bits are written ("clip": 8-bit containers and a Clip on
     the grid values; "int4": UINT4/INT4 Q/DQ, opset 21). ``opset``: 21 (default), 20, 19 or 18
@@ -515,9 +994,11 @@ def export_qdq_onnx(plan, path, batch: int = 1, *, low_bit: str = "clip", opset:
         raise ValueError(f"opset must be one of {sorted(_IR_VERSION)}, got {opset}")
     if low_bit == "int4" and opset < 21:
         raise ValueError("low_bit='int4' needs opset 21 (UINT4/INT4 QuantizeLinear)")
-    if not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive int, got {batch!r}")
-    model = _Builder(plan, batch, low_bit, opset).build()
+    if batch is not None and (not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch must be a positive int or None (dynamic), got {batch!r}")
+    if linear_3d not in LINEAR_3D_FORMS:
+        raise ValueError(f"linear_3d must be one of {LINEAR_3D_FORMS}, got {linear_3d!r}")
+    model = _Builder(plan, batch, low_bit, opset, linear_3d).build()
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:  # shapes are a convenience for readers; ORT infers its own
@@ -545,3 +1026,25 @@ def ort_optimized_op_counts(path, level: str = "ORT_ENABLE_ALL") -> dict[str, in
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         model = onnx.load(options.optimized_model_filepath)
     return dict(Counter(n.op_type for n in model.graph.node))
+
+
+def run_qdq_onnx(plan, *inputs: np.ndarray, path=None, batch: int | None = None, threads: int | None = None,
+                 **export_kwargs) -> tuple[np.ndarray, Path]:
+    """Export ``plan`` (dynamic batch by default) and run it in ONNX Runtime (CPU) on ``inputs``.
+
+    Returns (the model's first output as float32, the .onnx path). For benchmarks: e.g. MiniLM,
+    ``run_qdq_onnx(qm.plan, input_ids, attention_mask, threads=1)`` gives the (N, 384) embeddings
+    that ``qm.runner()(input_ids, attention_mask)`` gives, up to the rounding noted in the module
+    docstring. ``path``: where to write the model (default: a temporary file, deleted afterwards).
+    ``threads``: ORT intra-op threads. Other keywords go to :func:`export_qdq_onnx`. A fixed
+    ``batch`` runs the inputs in chunks of that batch (the last one zero-padded).
+    """
+    import tempfile
+
+    from ..peers.onnxruntime_peer import OrtRunner
+
+    with tempfile.TemporaryDirectory(prefix="tvmptq-qdq-") as tmp:
+        target = Path(path) if path is not None else Path(tmp) / f"{plan.model}_qdq.onnx"
+        export_qdq_onnx(plan, target, batch, **export_kwargs)
+        out = np.asarray(OrtRunner(target, threads=threads)(*inputs), np.float32)
+    return out, target
