@@ -10,20 +10,36 @@ this 2-core machine. ``FoldConstantNumpy`` evaluates the same few elementwise an
 NumPy (float32, like TVM) in well under a second; relax's FoldConstant still runs after it for
 anything else and then finds nothing to do. The folded float values may differ from the plan's
 in the last bit; that does not matter: integer layers take every number from the plan and use
-the Relax ops only as locations. CanonicalizeBindings removes the tuple the frontend builds
-around max pool ((out, indices)[0] -> out) so that data movement chains stay visible.
+the Relax ops only as locations.
+
+ONNX imports (``frontend.import_onnx``) differ from torch.export ones in one way that matters:
+Relax's ONNX frontend turns ``Clip(x, lo, hi)`` (opset >= 11, bounds as inputs) into two
+``call_tir`` of TOPI's ``maximum``/``minimum`` PrimFuncs, with NaN-sanitized bounds
+(``where(isnan(lo), -inf, lo)``), so ReLU6 is not one Relax op the matcher can fuse.
+``ClipFromTIR`` turns ``minimum(maximum(x, lo), hi)`` with constant scalar bounds back into
+``R.clip(x, lo, hi)`` (a lone bound becomes a clip with an infinite other side), the form the
+PyTorch import has. The other ONNX spellings already fold into the PyTorch shapes: conv bias as a
+reshaped constant add, Gemm as ``matmul(x, permute_dims(W))`` + add, ReduceMean with negative
+axes (the lowering counts elements from the shape).
+
+CanonicalizeBindings removes the tuple the frontend builds around max pool
+((out, indices)[0] -> out) so that data movement chains stay visible.
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import tvm
 from tvm import relax
+from tvm.relax import op as R
 
 from .match import op_name
 
 _BINARY = {"relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply,
            "relax.divide": np.divide, "relax.power": np.power}
-_UNARY = {"relax.sqrt": np.sqrt, "relax.rsqrt": lambda a: 1 / np.sqrt(a), "relax.negative": np.negative}
+_UNARY = {"relax.sqrt": np.sqrt, "relax.rsqrt": lambda a: 1 / np.sqrt(a), "relax.negative": np.negative,
+          "relax.isnan": np.isnan}
 
 
 def _evaluate(call, args):
@@ -33,6 +49,8 @@ def _evaluate(call, args):
         return _BINARY[name](args[0], args[1])
     if name in _UNARY:
         return _UNARY[name](args[0])
+    if name == "relax.where":
+        return np.where(args[0], args[1], args[2])
     if name == "relax.reshape":
         return args[0].reshape([int(d) for d in call.args[1].values])
     if name == "relax.permute_dims":
@@ -98,11 +116,63 @@ class FoldConstantNumpy:
         return folder.builder_.get()
 
 
+_CLIP_TIR = re.compile(r"(maximum|minimum)\d*")
+
+
+def _scalar_const(e):
+    if isinstance(e, tvm.ir.expr.Constant) and e.value.numpy().size == 1:
+        return float(e.value.numpy().reshape(()))
+    return None
+
+
+def _tir_bound(call):
+    """("maximum" | "minimum", x, bound) for ``call_tir(maximum*, (x, scalar const))``, else None."""
+    if not (isinstance(call, relax.Call) and op_name(call) == "relax.call_tir"):
+        return None
+    gv, args = call.args[0], call.args[1]
+    found = _CLIP_TIR.fullmatch(getattr(gv, "name_hint", ""))
+    if found is None or not isinstance(args, relax.Tuple) or len(args.fields) != 2:
+        return None
+    x, bound = args.fields[0], _scalar_const(args.fields[1])
+    if bound is None or not isinstance(x.ty, relax.TensorType) or "float" not in str(x.ty.dtype):
+        return None
+    return found.group(1), x, bound
+
+
+@relax.expr_functor.mutator
+class _ClipRewriter(relax.PyExprMutator):
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        found = _tir_bound(call)
+        if found is None:
+            return call
+        kind, x, bound = found
+        if kind == "maximum":
+            return R.clip(x, bound, float("inf"))
+        # Bindings are visited in order, so a maximum feeding this minimum is already a clip.
+        prev = self.lookup_binding(x) if isinstance(x, relax.Var) else None
+        if op_name(prev) == "relax.clip" and float(prev.args[2].value) == float("inf"):
+            return R.clip(prev.args[0], prev.args[1].value, bound)
+        return R.clip(x, float("-inf"), bound)
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvmptq.ClipFromTIR")
+class ClipFromTIR:
+    """ONNX Clip (two TOPI call_tir with constant bounds) -> ``R.clip``; see the module docstring."""
+
+    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        rewriter = _ClipRewriter(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        return rewriter.builder_.get()
+
+
 def Canonicalize(numpy_fold: bool = True) -> tvm.transform.Pass:  # noqa: N802 (a pass, named like TVM's)
     passes = [relax.transform.FoldBatchnormToConv2D()]
     if numpy_fold:
         passes.append(FoldConstantNumpy())
     # (x, indices)[0] from max_pool2d_with_indices -> x, then drop what is no longer used.
-    passes += [relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings(),
+    passes += [relax.transform.FoldConstant(), ClipFromTIR(), relax.transform.CanonicalizeBindings(),
                relax.transform.DeadCodeElimination()]
     return tvm.transform.Sequential(passes, name="tvmptq.Canonicalize")

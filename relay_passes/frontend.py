@@ -23,7 +23,9 @@ def import_onnx(path, shape_dict=None) -> tvm.IRModule:
     """Import an ONNX file with Relax's own ONNX frontend (weights as constants).
 
     The plan for an ONNX file comes from tvmptq.load(path) (onnx2torch + torch.export); the two
-    graphs list the same layers in the same order, so the same passes lower either import."""
+    graphs list the same layers in the same order, so the same passes lower either import. The one
+    ONNX spelling the matcher would not see through, Clip as two TOPI call_tir, is turned back into
+    R.clip by Canonicalize (canonicalize.ClipFromTIR)."""
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 

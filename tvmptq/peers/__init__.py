@@ -1,6 +1,7 @@
 """Peer PTQ tools that tvmptq is compared against, run through the same evaluation protocol.
 
-Only ONNX Runtime's static quantization for now (`onnxruntime_peer`).
+Only ONNX Runtime's static quantization for now (`onnxruntime_peer`); `qdq_import` reads the QDQ
+models it writes back as tvmptq plans, so they lower to the same integer programs.
 """
 
 from .onnxruntime_peer import (
@@ -14,9 +15,14 @@ from .onnxruntime_peer import (
     quantized_tensor_names,
     weight_scale_axes,
 )
+from .qdq_import import QdqImportError, compare_with_ort, compile_qdq, plan_from_qdq
 
 __all__ = [
     "CalibrationStats",
+    "QdqImportError",
+    "compare_with_ort",
+    "compile_qdq",
+    "plan_from_qdq",
     "OrtRefusedError",
     "OrtRunner",
     "count_ops",
