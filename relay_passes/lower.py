@@ -20,6 +20,13 @@ def lowering_passes(plan: QuantPlan, requantize: str = "int64", leave_float=(), 
                     verify: bool = True, precise_islands: bool = True) -> tvm.transform.Pass:
     """The lowering pipeline. ``precise_islands``: compute LayerNorm/softmax/GELU islands in
     float64 (see islands.Float64Islands) so they round like PyTorch's; off for speed."""
+    float_branches = [lp.name for lp in plan.layers if lp.attrs.get("float_branch")]
+    if float_branches:
+        from .errors import LoweringError
+        raise LoweringError(
+            f"plan has declared float branches (QwT v1 compensation) at {', '.join(float_branches)}: "
+            "the Relax lowering has no float island for them yet; run this plan with the PyTorch "
+            "simulation or the NumPy reference, or use --method cwac (folds into the integer program)")
     passes = [Canonicalize(), MatchPlanLayers(plan), QuantizeLayers(plan, requantize, leave_float), CancelQDQ()]
     if verify:  # the plan's own float ops are the declared islands; ``islands`` adds to them
         allowed = plan_islands(plan)
@@ -52,16 +59,23 @@ def compile_integer(mod: tvm.IRModule, target="llvm"):
     batch = shapes[0][0]
 
     def run(*arrays):
-        n = len(arrays[0])
-        outs = []
-        for i in range(0, n, batch):
-            chunk = [np.asarray(a[i:i + batch], dtype=dt) for a, dt in zip(arrays, dtypes)]
-            short = batch - len(chunk[0])
-            if short:
-                chunk = [np.concatenate([c, np.repeat(c[-1:], short, axis=0)]) for c in chunk]
-            res = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(c)) for c in chunk])
-            res = [res] if hasattr(res, "numpy") else list(res)  # one tensor or a tuple of them
-            outs.append([r.numpy()[:batch - short] for r in res])
-        merged = [np.concatenate(parts) for parts in zip(*outs)]
-        return merged[0] if len(merged) == 1 else tuple(merged)
+        return run_batched(vm["main"], arrays, batch, dtypes, tvm.cpu())
     return run
+
+
+def run_batched(func, arrays, batch: int, dtypes, device):
+    """Call a static-batch compiled ``func`` on any number of samples: chunks of ``batch``, the last
+    one padded by repeating its last sample, outputs trimmed and concatenated (a tuple for
+    several outputs)."""
+    n = len(arrays[0])
+    outs = []
+    for i in range(0, n, batch):
+        chunk = [np.asarray(a[i:i + batch], dtype=dt) for a, dt in zip(arrays, dtypes)]
+        short = batch - len(chunk[0])
+        if short:
+            chunk = [np.concatenate([c, np.repeat(c[-1:], short, axis=0)]) for c in chunk]
+        res = func(*[tvm.runtime.tensor(np.ascontiguousarray(c), device) for c in chunk])
+        res = [res] if hasattr(res, "numpy") else list(res)  # one tensor or a tuple of them
+        outs.append([r.numpy()[:batch - short] for r in res])
+    merged = [np.concatenate(parts) for parts in zip(*outs)]
+    return merged[0] if len(merged) == 1 else tuple(merged)

@@ -7,6 +7,8 @@ Runtime on tvmptq's exported QDQ model, plus how far simulation and compiled pro
 is also checked bit for bit against the independent NumPy executor (all evaluation samples).
 
 Usage: .venv/bin/python scripts/bench_lowering.py [--models a,b] [--eval-samples N] [--no-reference]
+       .venv/bin/python scripts/bench_lowering.py --from-json a.json,b.json   (models run separately,
+       e.g. in parallel, rendered into one report)
 """
 from __future__ import annotations
 
@@ -104,9 +106,11 @@ def _fmt(m: dict, keys) -> str:
     return " | ".join(f"{m[k]:.3f}" if isinstance(m.get(k), float) else str(m.get(k, "-")) for k in keys)
 
 
-def render(results: list[dict], command: str, commit: str) -> str:
+def render(results: list[dict]) -> str:
+    runs = sorted({(r["command"], r["commit"]) for r in results})
     lines = ["# Relax lowering: op counts, float islands, compiled integer program vs simulation vs ORT", "",
-             "Produced by", "", "```", f"$ {command}", "```", "", f"at commit `{commit}` (the code that ran).",
+             "Produced by", "", "```"] + [f"$ {c}   # at commit {k}" for c, k in runs] + [
+             "```", "", "(the commit is the code that ran).",
              "Every row: the same plan (observer `mse`, per-channel MSE weights, bias correction) run three "
              "ways: the PyTorch simulation, the compiled integer-only TVM program (llvm, untuned; "
              "`relay_passes.lowering_passes` + `compile_integer`), and ONNX Runtime on tvmptq's QDQ export of "
@@ -150,18 +154,25 @@ def main(argv=None) -> int:
     p.add_argument("--eval-samples", type=int)
     p.add_argument("--no-reference", dest="reference", action="store_false")
     p.add_argument("--out", default="results/lowering.md")
+    p.add_argument("--from-json", help="render these result files (comma-separated) instead of running")
     args = p.parse_args(argv)
+    out_md = REPO / args.out
+    if args.from_json:
+        results = [r for f in args.from_json.split(",") for r in json.loads(Path(f).read_text())]
+        out_md.write_text(render(results))
+        print(f"wrote {out_md}")
+        return 0
     torch.set_num_threads(2)
     command = ".venv/bin/python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
-    out_md = REPO / args.out
     out_md.parent.mkdir(parents=True, exist_ok=True)
     results = []
     for name in args.models.split(","):
         results.append(bench_model(name, args, lambda msg: print(msg, flush=True)))
+        results[-1].update(command=command, commit=commit)
         out_md.with_suffix(".json").write_text(json.dumps(results, indent=1))
-        out_md.write_text(render(results, command, commit))  # after every model: partial runs are kept
+        out_md.write_text(render(results))  # after every model: partial runs are kept
     worst = min(row["sim_vs_compiled"]["top1_agreement_pct"] for r in results for row in r["rows"])
     print(f"wrote {out_md}; lowest simulation-vs-compiled top-1 agreement {worst:.2f} %")
     return 0 if worst >= 99.5 else 1
