@@ -114,7 +114,7 @@ def test_installed_console_script(tmp_path):
     done = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert done.returncode == 0, done.stderr
-    for command in ("models", "quantize", "evaluate", "demo"):
+    for command in ("models", "quantize", "evaluate", "compile", "run", "demo"):
         assert command in done.stdout
     assert "Exit codes" in done.stdout and "2 bad options, 3 bad data, 4 bad model" in done.stdout
 

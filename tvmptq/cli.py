@@ -167,6 +167,76 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_compile(args) -> int:
+    import tvmptq
+    from .deploy import compile_artifact, preprocessing_for
+    from .deploy.artifact import sha256_file
+
+    plan = tvmptq.QuantPlan.load(args.plan)
+    model = tvmptq.load(args.model, _input_shapes(args.input_shape))
+    path = Path(args.model)
+    source = f"{path.resolve()} (sha256 {sha256_file(path)})" if path.is_file() else f"zoo:{model.name}"
+    pre = preprocessing_for(model, args.image_size, args.resize, _floats(args.mean, "--mean"), _floats(args.std, "--std"))
+    t0 = time.perf_counter()
+    m = compile_artifact(model, plan, args.out, args.batch, args.target, pre, source, plan_file=args.plan)
+    after = m["op_counts"]["after"]
+    integer = sum(v for k, v in after.items() if k.split(" -> ")[0] in ("nn.conv2d", "matmul") and "int" in k)
+    print(f"compiled {model.name} {m['plan']['config']} for {args.target} (static batch {m['batch']}) in "
+          f"{time.perf_counter() - t0:.1f} s: {integer} integer conv/matmul ops, "
+          f"{len(m['float_ops'])} float ops inside the program")
+    if m["float_islands"]:
+        print(f"float islands ({len(m['float_islands'])}): {', '.join(m['float_islands'])}")
+    print(f"artifact written to {args.out}/ (model.so, plan.npz, manifest.json, report.md)")
+    return 0
+
+
+def _print_predictions(outputs, labels, top_k: int, show: int) -> None:
+    """Top-k classes with softmax probabilities, for the first ``show`` samples."""
+    import numpy as np
+    logits = np.asarray(outputs, np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
+    for i in range(min(show, len(logits))):
+        print(f"  {labels[i]}: " + ", ".join(f"{c} ({probs[i, c]:.3f})" for c in top[i]))
+    if len(logits) > show:
+        print(f"  ... {len(logits) - show} more (see the output file)")
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    from .deploy import load_artifact, load_inputs
+
+    if args.top_k < 1 or args.show < 0:
+        raise ConfigError(f"--top-k must be at least 1 and --show at least 0, got {args.top_k} and {args.show}")
+    art = load_artifact(args.artifact)
+    arrays, labels = load_inputs(art.path, art.manifest, args.input)
+    t0 = time.perf_counter()
+    outputs = art.run(*arrays)
+    m = art.manifest
+    print(f"ran {len(arrays[0])} sample(s) through {m['model']['name']} {m['plan']['config']} "
+          f"({m['target']['requested']}, batch {art.batch}) in {time.perf_counter() - t0:.2f} s")
+    first = outputs[0] if isinstance(outputs, tuple) else outputs
+    if m["model"]["task"] == "classification" and first.ndim == 2:
+        print(f"top-{min(args.top_k, first.shape[1])} classes (softmax probability):")
+        _print_predictions(first, labels, min(args.top_k, first.shape[1]), args.show)
+    else:
+        print(f"{m['outputs'][0]['name']}: shape {first.shape}, mean L2 norm "
+              f"{np.linalg.norm(first.reshape(len(first), -1), axis=1).mean():.4f}")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(outputs, tuple):
+            out = out.with_suffix(".npz")
+            np.savez(out, **{o["name"]: v for o, v in zip(m["outputs"], outputs)})
+        else:
+            out = out if out.suffix == ".npy" else out.with_suffix(".npy")
+            np.save(out, outputs)
+        print(f"outputs written to {out}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(quick=args.quick)
@@ -211,6 +281,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
     e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("compile", help="lower a plan to an integer-only TVM program: a deployable artifact folder")
+    c.add_argument("model", help="zoo model name or a path to an .onnx file (as for quantize)")
+    c.add_argument("--plan", required=True, help="plan written by `tvmptq quantize --out`")
+    c.add_argument("-o", "--out", required=True, help="artifact folder to write")
+    c.add_argument("--batch", type=int, default=8, help="static batch of the compiled program (default 8)")
+    c.add_argument("--target", default="llvm", help="TVM target string or JSON object (default llvm)")
+    _add_data_flags(c)
+    c.set_defaults(func=cmd_compile)
+
+    r = sub.add_parser("run", help="run a compiled artifact on images, a .npy/.npz or a .txt of sentences")
+    r.add_argument("artifact", help="folder written by `tvmptq compile`")
+    r.add_argument("--input", required=True, nargs="+", help="image files/folders, one .npy/.npz, or one .txt")
+    r.add_argument("-o", "--out", help="write the outputs (.npy; .npz for several outputs)")
+    r.add_argument("--top-k", type=int, default=5, help="classes shown per sample (classifiers)")
+    r.add_argument("--show", type=int, default=10, help="samples printed (all are written to --out)")
+    r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="EfficientNet-Lite0 at W8A8 and W4A8: FP32 vs tvmptq vs ONNX Runtime")
     d.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
