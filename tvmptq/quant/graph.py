@@ -329,13 +329,14 @@ def classify(gm: fx.GraphModule) -> LayerGraph:
 
 
 def _plain(value):
-    """JSON-friendly op argument: symbolic sizes (the dynamic batch) become -1."""
+    """JSON-friendly op argument: a symbolic size (the dynamic batch) becomes {"symbolic": name} of
+    the program value that holds it (a sym_size step), so several symbolic sizes stay distinct."""
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
     if isinstance(value, fx.Node):
-        return -1
+        return {"symbolic": value.name}
     return str(value)
 
 
