@@ -99,13 +99,41 @@ def _calibrate(model: ZooModel, calibration, graph, batch_size, progress):
         "peak_rss_mb": peak_rss_mb()}
 
 
+METHODS = ("baseline", "cwac", "qwt")
+
+
 def quantize(model: ZooModel, calibration, config: QuantConfig, graph: LayerGraph | None = None,
-             batch_size: int = 32, progress: bool = True) -> QuantizedModel:
-    """Baseline PTQ with the observer named in ``config`` (see ``quantize_auto`` to choose it)."""
+             batch_size: int = 32, progress: bool = True, method: str = "baseline",
+             method_options: dict | None = None) -> QuantizedModel:
+    """PTQ with the observer named in ``config`` (see ``quantize_auto`` to choose it).
+
+    ``method``: "baseline"; "cwac" (QwT-v2 channel-wise affine compensation folded into the
+    requantize multipliers and int32 biases, :mod:`tvmptq.algorithms.cwac`; options are
+    :class:`~tvmptq.algorithms.cwac.CWACConfig` fields); "qwt" (QwT v1 per-block linear
+    compensation, a declared float branch, :mod:`tvmptq.algorithms.qwt`)."""
     calibration, graph, observers, stats = _calibrate(model, calibration, graph, batch_size, progress)
     plan = build_plan(graph, observers, config, model.name, calibration, batch_size)
     plan.stats = stats()
-    return QuantizedModel(model, graph, plan, simulate(graph, plan))
+    return apply_method(QuantizedModel(model, graph, plan, simulate(graph, plan)), calibration, method,
+                        method_options, progress)
+
+
+def apply_method(qm: QuantizedModel, calibration, method: str = "baseline", options: dict | None = None,
+                 progress: bool = False) -> QuantizedModel:
+    """Apply a compensation method to a baseline quantized model (a new QuantizedModel)."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if method == "baseline":
+        qm.plan.config.setdefault("method", "baseline")
+        return qm
+    calibration = check_inputs(qm.model, calibration)
+    if method == "cwac":
+        from .algorithms.cwac import CWACConfig, fit_cwac
+        plan, sim = fit_cwac(qm.graph, qm.plan, calibration, CWACConfig(**(options or {})), progress)
+    else:
+        from .algorithms.qwt import QwTConfig, fit_qwt
+        plan, sim = fit_qwt(qm.graph, qm.plan, calibration, QwTConfig(**(options or {})), progress)
+    return QuantizedModel(qm.model, qm.graph, plan, sim, qm.observer_scores)
 
 
 def select_observer(graph: LayerGraph, observers, config: QuantConfig, probe, batch_size: int = 32,
@@ -129,14 +157,16 @@ def select_observer(graph: LayerGraph, observers, config: QuantConfig, probe, ba
 
 
 def quantize_auto(model: ZooModel, calibration, config: QuantConfig, graph: LayerGraph | None = None,
-                  batch_size: int = 32, progress: bool = True) -> QuantizedModel:
-    """Baseline PTQ with the activation observer chosen on calibration data only (never on
-    evaluation data): see :func:`select_observer`."""
+                  batch_size: int = 32, progress: bool = True, method: str = "baseline",
+                  method_options: dict | None = None) -> QuantizedModel:
+    """PTQ with the activation observer chosen on calibration data only (never on evaluation
+    data): see :func:`select_observer`; then ``method`` as in :func:`quantize`."""
     calibration, graph, observers, stats = _calibrate(model, calibration, graph, batch_size, progress)
     probe = tuple(a[:AUTO_SELECT_SAMPLES] for a in calibration)
     _, plan, sim, scores = select_observer(graph, observers, config, probe, batch_size, model.name)
     plan.stats = stats()
-    return QuantizedModel(model, graph, plan, sim, scores)
+    return apply_method(QuantizedModel(model, graph, plan, sim, scores), calibration, method,
+                        method_options, progress)
 
 
 def from_plan(model: ZooModel, plan: QuantPlan, graph: LayerGraph | None = None) -> QuantizedModel:
@@ -147,7 +177,15 @@ def from_plan(model: ZooModel, plan: QuantPlan, graph: LayerGraph | None = None)
     if missing or plan.model != model.name:
         raise ConfigError(f"plan was made for model {plan.model!r}; it does not fit {model.name!r}"
                           + (f" (unknown layers: {', '.join(missing[:5])})" if missing else ""))
-    return QuantizedModel(model, graph, plan, simulate(graph, plan))
+    return QuantizedModel(model, graph, plan, simulated_plan(graph, plan))
+
+
+def simulated_plan(graph: LayerGraph, plan: QuantPlan) -> fx.GraphModule:
+    """The simulation of any plan, including the float branches of a QwT v1 plan."""
+    if plan.config.get("method") == "qwt":
+        from .algorithms.qwt import attach_branches
+        return attach_branches(graph, plan, simulate(graph, plan))
+    return simulate(graph, plan)
 
 
 def fp32_outputs(model: ZooModel, arrays, graph: LayerGraph | None = None, batch_size: int = 32,
@@ -156,5 +194,5 @@ def fp32_outputs(model: ZooModel, arrays, graph: LayerGraph | None = None, batch
     return run_outputs(torch_runner(module), arrays, batch_size, "fp32", progress)
 
 
-__all__ = ["load", "prepare", "quantize", "quantize_auto", "select_observer", "from_plan", "fp32_outputs",
+__all__ = ["load", "prepare", "quantize", "quantize_auto", "apply_method", "METHODS", "simulated_plan", "select_observer", "from_plan", "fp32_outputs",
            "QuantizedModel", "check_inputs", "get_set"]

@@ -109,8 +109,16 @@ def cmd_quantize(args) -> int:
     calib = _calibration_arrays(args, model)
     t0 = time.perf_counter()
     quantize = tvmptq.quantize_auto if args.observer == "auto" else tvmptq.quantize
-    qm = quantize(model, calib, config, batch_size=args.batch_size)
+    opts = {"samples": args.method_samples} | ({"ridge": args.cwac_ridge} if args.method == "cwac" else {})
+    qm = quantize(model, calib, config, batch_size=args.batch_size, method=args.method, method_options=opts)
     plan = qm.plan
+    if args.method == "cwac":
+        st = plan.stats["cwac"]
+        print(f"CWAC: {st['non_identity_channels']}/{st['channels']} channels compensated in "
+              f"{st['fit_seconds']:.1f} s (folded into requantize multipliers and int32 biases)")
+    elif args.method == "qwt":
+        print(f"QwT v1: {plan.stats['qwt']['extra_params']} extra float parameters (float branches: "
+              f"{', '.join(lp.name for lp in plan.layers if lp.attrs.get('float_branch'))})")
     print(f"quantized {model.name} at {config.name} ({plan.config['observer']} observer, "
           f"{len(plan.layers)} integer layers) in {time.perf_counter() - t0:.1f} s; "
           f"calibration samples {plan.stats['calibration_samples']}, peak RSS {plan.stats['peak_rss_mb']:.0f} MB")
@@ -265,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--first-last-8bit", action="store_true", help="keep first and last layer at 8 bits")
     q.add_argument("--no-bias-correction", action="store_true",
                    help="skip the empirical per-channel bias correction (on by default)")
+    q.add_argument("--method", default="baseline", choices=["baseline", "cwac", "qwt"],
+                   help="cwac: QwT-v2 per-channel affine folded into requantize multipliers/int32 biases "
+                        "(zero cost); qwt: QwT v1 per-block float linear branch (simulation/reference only)")
+    q.add_argument("--method-samples", type=int, default=256, help="calibration samples used to fit --method")
+    q.add_argument("--cwac-ridge", type=float, default=0.0, help="CWAC ridge towards identity (0: least squares)")
     q.add_argument("--layer", action="append", metavar="NAME=SPEC",
                    help="per-layer override: NAME=float, NAME=w4a8, NAME=w6 (repeatable)")
     q.add_argument("--out", help="write the plan (.npz)")

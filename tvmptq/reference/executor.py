@@ -110,6 +110,22 @@ def _run_layer(plan, lp, inputs: list) -> QValue:
     return QValue(np.clip(y + t.zero_point, *lp.clip), t)
 
 
+def _float_branch(lp, x: QValue, y: QValue) -> QValue:
+    """``q = clip(round_half_even((y + W x + b) / s) + z)`` in float64, W a 1x1 conv (with the
+    block's stride) on conv maps or a linear on token features; see tvmptq.algorithms.qwt."""
+    br, a, t = lp.attrs["float_branch"], lp.arrays, y.t
+    yf = y.dequantize().astype(np.float64)
+    xf = x.dequantize().astype(np.float64)
+    if yf.ndim == 4:
+        s = br["stride"]
+        comp = np.einsum("nchw,oc->nohw", xf[:, :, ::s, ::s], a["branch_weight"].astype(np.float64))
+        comp = comp + a["branch_bias"].reshape(-1, 1, 1)
+    else:
+        comp = xf @ a["branch_weight"].astype(np.float64).T + a["branch_bias"]
+    q = np.round((yf + comp) / t.scale) + t.zero_point
+    return QValue(np.clip(q, *lp.clip).astype(np.int64), t)
+
+
 # --- the program ---------------------------------------------------------------------------------
 class _Env:
     def __init__(self, plan):
@@ -183,7 +199,7 @@ def _check_input_ops(lp, step_inputs: list, values: dict) -> None:
         v = values[src]
         q = v.q
         for op in chain:
-            args = _batch_sizes(op["op"], op["args"], v.q.shape[0])
+            args = _batch_sizes(op["op"], op["args"], v.q.shape[0], values)
             fn = ops.INTEGER_OPS.get(op["op"])
             if fn is None:
                 raise NotImplementedError(f"input op {op['op']!r} of layer {lp.name!r}")
@@ -194,8 +210,15 @@ def _check_input_ops(lp, step_inputs: list, values: dict) -> None:
                              f"the program's value {name!r}")
 
 
-def _batch_sizes(op: str, args: list, batch: int) -> list:
-    """input_ops record symbolic sizes as -1: in a shape with several -1, the first is the batch."""
+def _batch_sizes(op: str, args: list, batch: int, values: dict) -> list:
+    """Symbolic sizes in input_ops: {"symbolic": name} is the program value ``name`` (a sym_size
+    step). Plans saved before that recorded -1, which is ambiguous next to a literal -1: there,
+    in a shape with several -1, the first is taken as the batch."""
+    def resolve(a):
+        if isinstance(a, dict) and "symbolic" in a:
+            return int(values.get(a["symbolic"], batch))
+        return [resolve(x) for x in a] if isinstance(a, list) else a
+    args = [resolve(a) for a in args]
     if op in ("view.default", "reshape.default") and args and isinstance(args[0], list) \
             and args[0].count(-1) > 1:
         shape = list(args[0])
@@ -235,6 +258,9 @@ def run_plan_values(plan, *inputs: np.ndarray, check_input_ops: bool = True) -> 
             if check_input_ops:
                 _check_input_ops(lp, step["inputs"], values)
             values[step["name"]] = _run_layer(plan, lp, [values[n] for n in step["inputs"]])
+            if lp.attrs.get("float_branch"):  # declared float branch (QwT v1 compensation)
+                values[step["name"]] = _float_branch(lp, values[lp.attrs["float_branch"]["input"]],
+                                                     values[step["name"]])
         elif kind == "op":
             args = env.resolve(step["args"])
             kwargs = {k: env.resolve(v) for k, v in step.get("kwargs", {}).items()}

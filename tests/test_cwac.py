@@ -1,0 +1,116 @@
+"""CWAC (QwT-v2): closed-form streaming fit, zero-cost folding, bit-exact integer program."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import tvmptq
+from tvmptq.algorithms.cwac import ChannelStats, CWACConfig, fit_cwac, fold
+from tvmptq.reference import run_plan
+
+
+@pytest.fixture(scope="module")
+def digits_cwac(digits_graph):
+    model, graph = digits_graph
+    s = tvmptq.get_set("digits")
+    calib = tuple(a[:128] for a in s.calibration())
+    qm = tvmptq.quantize(model, calib, tvmptq.make_config(2, 4, "mse"), graph=graph, progress=False)
+    plan, sim = fit_cwac(graph, qm.plan, calib, CWACConfig(samples=64))
+    return model, graph, calib, s.evaluation()[0][:64], qm, plan, sim
+
+
+def test_streaming_stats_equal_batch_least_squares():
+    rng = np.random.default_rng(0)
+    yq = rng.normal(size=(1000, 5))
+    yf = 1.3 * yq + 0.2 + 0.1 * rng.normal(size=(1000, 5))
+    stats = ChannelStats(5)
+    size = stats.nbytes
+    for i in range(0, 1000, 128):  # any chunking gives the same sums
+        stats.update(torch.from_numpy(yq[i:i + 128]), torch.from_numpy(yf[i:i + 128]))
+    assert stats.nbytes == size  # memory does not grow with the rows seen
+    a, b = stats.solve()
+    for c in range(5):
+        a_ref, b_ref = np.polyfit(yq[:, c], yf[:, c], 1)
+        assert np.isclose(a[c], a_ref) and np.isclose(b[c], b_ref)
+        assert np.isclose(stats.mse(a, b)[c], np.mean((yf[:, c] - a_ref * yq[:, c] - b_ref) ** 2))
+    a_r, _ = stats.solve(ridge=1.0)  # ridge towards identity: halfway between OLS and 1
+    assert np.allclose(a_r, (a + 1) / 2)
+
+
+def test_fit_memory_does_not_depend_on_samples(digits_graph):
+    model, graph = digits_graph
+    calib = tuple(a[:128] for a in tvmptq.get_set("digits").calibration())
+    qm = tvmptq.quantize(model, calib, tvmptq.make_config(4, 4, "mse"), graph=graph, progress=False)
+    few = fit_cwac(graph, qm.plan, calib, CWACConfig(samples=16, fallback=False))[0]
+    many = fit_cwac(graph, qm.plan, calib, CWACConfig(samples=128, fallback=False))[0]
+    assert few.stats["cwac"]["samples"] == 16 and many.stats["cwac"]["samples"] == 128
+    assert few.stats["cwac"]["state_bytes"] == many.stats["cwac"]["state_bytes"]
+
+
+def test_fold_identity_and_gain(digits_cwac):
+    qm = digits_cwac[4]
+    lp = qm.plan.layer("conv2d_1")
+    c = lp.arrays["weight"].shape[0]
+    t = qm.plan.tensors[lp.output]
+    same = fold(lp, t.scale, np.ones(c), np.zeros(c), np.zeros(c, bool))
+    for k in ("multiplier", "shift", "bias"):
+        assert np.array_equal(same[k], lp.arrays[k])
+    twice = fold(lp, t.scale, np.full(c, 2.0), np.zeros(c), np.ones(c, bool))
+    real = lambda a: a["multiplier"] / np.ldexp(1.0, a["shift"])  # noqa: E731
+    assert np.allclose(real(twice), 2 * real(lp.arrays), rtol=1e-8)
+    assert np.array_equal(twice["bias"], lp.arrays["bias"])
+
+
+def test_plan_differs_only_in_requantize_parameters(digits_cwac, tmp_path):
+    _, _, _, _, qm, plan, _ = digits_cwac
+    base = qm.plan
+    assert base.tensors == plan.tensors and base.program == plan.program
+    assert [lp.name for lp in base.layers] == [lp.name for lp in plan.layers]
+    changed = 0
+    for b, c in zip(base.layers, plan.layers):
+        assert set(b.arrays) == set(c.arrays) and b.clip == c.clip
+        for k in b.arrays:
+            assert b.arrays[k].shape == c.arrays[k].shape and b.arrays[k].dtype == c.arrays[k].dtype
+            if k not in ("multiplier", "shift", "bias"):
+                assert np.array_equal(b.arrays[k], c.arrays[k]), (b.name, k)
+        if "cwac_channels" in c.attrs:
+            diff = ((b.arrays["multiplier"] != c.arrays["multiplier"]) | (b.arrays["shift"] != c.arrays["shift"])
+                    | (b.arrays["bias"] != c.arrays["bias"]))
+            assert int(diff.sum()) == c.attrs["cwac_channels"] == plan.stats["cwac"]["layers"][c.name]["non_identity"]
+            changed += c.attrs["cwac_channels"]
+    assert changed > 0 and changed == plan.stats["cwac"]["non_identity_channels"]
+    loaded = tvmptq.QuantPlan.load(plan.save(tmp_path / "cwac.npz"))
+    assert loaded.layer("conv2d_1").attrs["cwac_channels"] == plan.layer("conv2d_1").attrs["cwac_channels"]
+
+
+def test_cwac_improves_digits_w2a4(digits_cwac):
+    _, graph, _, x, qm, _, sim = digits_cwac
+    from tvmptq.eval.sets import torch_runner
+    fp = torch_runner(graph.gm)(x)
+    err = lambda out: float(np.mean((out - fp) ** 2))  # noqa: E731
+    assert err(torch_runner(sim)(x)) < 0.7 * err(qm.runner()(x))
+
+
+def test_simulation_equals_numpy_reference(digits_cwac):
+    model, graph, _, x, _, plan, sim = digits_cwac
+    from tvmptq.eval.sets import torch_runner
+    assert np.array_equal(torch_runner(sim)(x), run_plan(plan, x))
+
+
+def test_compiled_cwac_is_zero_cost_and_bit_exact(digits_cwac):
+    pytest.importorskip("tvm")
+    import relay_passes as rp
+    from tvmptq.algorithms.cost import parameter_count, relax_constants
+    model, _, _, x, qm, plan, sim = digits_cwac
+    imported = rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(8)))
+    base_mod = rp.lowering_passes(qm.plan)(imported)
+    cwac_mod = rp.lowering_passes(plan)(imported)
+    assert rp.op_counts(base_mod) == rp.op_counts(cwac_mod)
+    assert relax_constants(base_mod) == relax_constants(cwac_mod)
+    assert parameter_count(base_mod) == parameter_count(cwac_mod)
+    from tvmptq.eval.sets import torch_runner
+    got = rp.compile_integer(cwac_mod)(x)
+    assert np.array_equal(got, torch_runner(sim)(x))
+    assert np.array_equal(got, run_plan(plan, x))
+    assert not np.array_equal(got, rp.compile_integer(base_mod)(x))

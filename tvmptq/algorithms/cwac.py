@@ -1,0 +1,295 @@
+"""QwT-v2 channel-wise affine compensation (CWAC), folded into the integer program at zero cost.
+
+QwT-v2 (Tang, Fu, Yu, Wu, arXiv 2505.20932) replaces QwT's per-block linear side path with a
+per-output-channel affine map applied to the quantized module's own output:
+
+    y_c  ->  a_c * y_c + b_c,      (a_c, b_c) = argmin sum_n (yf[n,c] - a_c yq[n,c] - b_c)^2
+
+with ``yq`` the quantized layer output and ``yf`` the FP32 layer output on the same input
+(QwT's convention). The solver below is the closed form of that two-parameter least-squares
+problem, computed from streaming per-channel sums, so fitting memory does not depend on the
+number of calibration samples. Choices the paper's abstract does not fix (see
+../shared/notes/seeds.md section 2, [INF]) and what we chose:
+
+* Where it sits: after each conv/linear, on its requantized output *before* the fused activation
+  clip (ReLU/ReLU6). There ``a_c y + b_c`` of ``y = s_acc (acc + bias)`` is exactly a new
+  per-channel multiplier ``a_c M_c`` and a new int32 bias ``bias + b_c / (a_c s_acc)``, so the
+  integer program keeps every op and parameter. After ReLU it would not fold (``b_c`` would need a
+  per-channel zero point), and at a residual add's output it would not either (the add rescales
+  with one per-tensor multiplier). ``layers="block"`` (only the convs feeding a residual add, the
+  closest foldable point to QwT-v2's per-block placement) is measured against ``"all"`` in
+  results/cwac.md.
+* Sign: ``a_c`` must be positive (a negative gain would swap the fused clip's ends and the
+  multiplier is unsigned); a channel whose fit gives ``a_c <= 0`` stays identity.
+* Rows: ``rows="all"`` fits every position; ``rows="active"`` only positions where the FP or the
+  quantized output lies inside the output clip range (elsewhere the clip makes both equal, so the
+  error there cannot be reduced). Measured in results/cwac.md.
+* Ridge towards identity: ``ridge=lam`` minimises ``MSE + lam * Var(yq) * (a - 1)^2``, i.e.
+  ``a = (a_ols + lam) / (1 + lam)``, scale-free; ``b`` then matches the means.
+* Fallback: after folding (integer multiplier, rounded bias, clip), a second streaming pass
+  compares per channel the clipped output's MSE against the FP32 activation output with and
+  without the compensation; channels where it does not go down stay identity.
+* Sequential: layers are fitted in program order on the already compensated quantized stream.
+* Target: ``target="fp_stream"`` (default: the FP32 model's own activation at this layer, so the
+  fit also absorbs the drift accumulated upstream) or ``"same_input"`` (QwT's convention: the FP32
+  layer applied to the quantized stream's input, which only corrects this layer's own error). On
+  digits W2A4, top-1 agreement with FP32 goes 0.626 (baseline) -> 0.607 (same_input) vs 0.963
+  (fp_stream); see results/cwac.md for the full ablation.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from ..eval.sets import batches
+from ..quant.fixedpoint import quantize_multiplier
+from ..quant.graph import LayerGraph
+from ..quant.plan import LayerPlan, QuantPlan
+from ..quant.simulate import QKernel, Requantize, _centered, simulate
+from ..util import peak_rss_mb
+
+INT32 = (-(2 ** 31), 2 ** 31 - 1)
+
+
+@dataclass(frozen=True)
+class CWACConfig:
+    ridge: float = 0.0            # 0: plain least squares; larger pulls a_c towards 1
+    rows: str = "all"             # all | active
+    layers: str = "all"           # all | block (convs/linears that feed a residual add)
+    target: str = "fp_stream"     # fp_stream | same_input (see the module docstring)
+    samples: int = 256            # calibration samples streamed per pass
+    batch_size: int = 32
+    fallback: bool = True         # second pass: identity where the clipped MSE does not drop
+
+
+class ChannelStats:
+    """Per-channel sufficient statistics of (yq, yf): count, sums, sums of squares and products.
+
+    Six float64 vectors of length C whatever the number of rows seen."""
+
+    def __init__(self, channels: int):
+        self.n, self.sx, self.sxx, self.sy, self.syy, self.sxy = np.zeros((6, channels))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in (self.n, self.sx, self.sxx, self.sy, self.syy, self.sxy))
+
+    def update(self, yq: torch.Tensor, yf: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """``yq``, ``yf``: (rows, C); ``mask``: (rows, C) bool, rows that count for each channel."""
+        x, y = yq.double(), yf.double()
+        w = torch.ones_like(x) if mask is None else mask.double()
+        x, y = x * w, y * w
+        for attr, v in (("n", w), ("sx", x), ("sxx", x * x), ("sy", y), ("syy", y * y), ("sxy", x * y)):
+            setattr(self, attr, getattr(self, attr) + v.sum(0).numpy())
+
+    def solve(self, ridge: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel ``a, b`` minimising ``sum (yf - a yq - b)^2 + ridge * n Var(yq) (a-1)^2``."""
+        n = np.maximum(self.n, 1)
+        mx, my = self.sx / n, self.sy / n
+        var = self.sxx / n - mx * mx
+        cov = self.sxy / n - mx * my
+        ok = (self.n > 1) & (var > 1e-12 * np.maximum(self.sxx / n, 1e-30))
+        a = np.where(ok, (cov / np.where(ok, var, 1) + ridge) / (1 + ridge), 1.0)
+        b = np.where(ok, my - a * mx, 0.0)
+        return a, b
+
+    def mse(self, a, b) -> np.ndarray:
+        """Per-channel mean of ``(yf - a yq - b)^2`` over the rows seen, in closed form."""
+        n = np.maximum(self.n, 1)
+        return (self.syy - 2 * a * self.sxy - 2 * b * self.sy + a * a * self.sxx
+                + 2 * a * b * self.sx + self.n * b * b) / n
+
+
+class _Stop(Exception):
+    def __init__(self, value):
+        self.value = value
+
+
+class _RunTo(fx.Interpreter):
+    """Runs a graph until node ``stop``; returns its first argument (``arg=True``) or its value."""
+
+    def __init__(self, gm, stop: str, arg: bool):
+        super().__init__(gm)
+        self.stop, self.arg = stop, arg
+
+    def run_node(self, n):
+        if n.name == self.stop and self.arg:
+            args, _ = self.fetch_args_kwargs_from_env(n)
+            raise _Stop(args[0])
+        out = super().run_node(n)
+        if n.name == self.stop:
+            raise _Stop(out)
+        return out
+
+    def value(self, *inputs):
+        try:
+            self.run(*inputs)
+        except _Stop as stop:
+            return stop.value
+        raise RuntimeError(f"node {self.stop!r} was not reached")
+
+
+def _rows(t: torch.Tensor, kind: str) -> torch.Tensor:
+    """(..., C) rows with the channel last: axis 1 for conv maps, the last axis for linear."""
+    t = t.movedim(1, -1) if kind == "conv2d" else t
+    return t.reshape(-1, t.shape[-1])
+
+
+def _fp_output(layer, x: torch.Tensor) -> torch.Tensor:
+    """FP32 pre-activation output of a conv/linear on input ``x`` (batch norm already folded)."""
+    w = torch.as_tensor(layer.weight, dtype=torch.float32)
+    b = None if layer.bias is None else torch.as_tensor(layer.bias, dtype=torch.float32)
+    if layer.kind == "linear":
+        return F.linear(x.float(), w, b)
+    at = layer.attrs
+    return F.conv2d(x.float(), w, b, at["stride"], at["padding"], at["dilation"], at["groups"])
+
+
+def _int_output(mod: QKernel, x: torch.Tensor, requant: Requantize) -> torch.Tensor:
+    """The layer's requantized integers ``q - z`` (float64) before the output clip."""
+    xc = _centered(x, mod.tin[0])
+    acc = mod._op(xc.double(), mod.w.double())
+    return requant(acc)
+
+
+def _requant_for(mod: QKernel, arrays: dict) -> Requantize:
+    reach = _reach(mod)
+    shape = (1, -1, 1, 1) if mod.lp.kind == "conv2d" else (-1,)
+    return Requantize(arrays["multiplier"], arrays["shift"], reach, arrays["bias"], shape)
+
+
+def _reach(mod: QKernel) -> float:
+    t = mod.tin[0]
+    return max(t.qmax - t.zero_point, t.zero_point - t.qmin) * mod.w_l1
+
+
+def fold(lp: LayerPlan, out_scale: float, a: np.ndarray, b: np.ndarray, keep: np.ndarray) -> dict:
+    """Arrays of ``lp`` with ``y -> a y + b`` folded in on the channels ``keep`` (others unchanged).
+
+    ``y = s_y * (m / 2^k) * (acc + bias)``, so ``a y + b = s_y * (a m / 2^k) * (acc + bias + b /
+    (a s_y m / 2^k))``: a new fixed-point multiplier from ``a m / 2^k`` and an int32 bias shift."""
+    arr = lp.arrays
+    m, k, bias = (np.asarray(arr[n], np.int64) for n in ("multiplier", "shift", "bias"))
+    keep = keep & (a > 0) & (m > 0)
+    real = m / np.ldexp(1.0, k)                                  # the current M_c (exact)
+    a_safe = np.where(keep, a, 1.0)
+    new_m, new_k = quantize_multiplier(real * a_safe)
+    step = out_scale * real * a_safe                             # real value of one accumulator unit
+    shift_b = np.where(keep, np.round(np.where(keep, b, 0.0) / np.where(step > 0, step, 1.0)), 0)
+    new_bias = np.clip(bias + shift_b, *INT32)
+    return {**arr, "multiplier": np.where(keep, new_m, m).astype(np.int64),
+            "shift": np.where(keep, new_k, k).astype(np.int64),
+            "bias": np.where(keep, new_bias, bias).astype(np.int32)}
+
+
+def _block_layers(graph: LayerGraph) -> set[str]:
+    """Conv/linear layers whose output feeds a residual add (QwT-v2's block outputs, foldable)."""
+    adds = {lay.name: lay for lay in graph.layers if lay.kind == "add"}
+    by_out = {lay.out_node.name: lay.name for lay in graph.layers}
+    found = set()
+    for add in adds.values():
+        for inp in add.inputs:
+            src = by_out.get(inp.name)
+            if src is not None:
+                found.add(src)
+    return found
+
+
+def _targets(graph: LayerGraph, plan: QuantPlan, cfg: CWACConfig) -> list:
+    blocks = _block_layers(graph) if cfg.layers == "block" else None
+    out = []
+    for layer in graph.layers:
+        lp = plan.layer(layer.name)
+        if lp.keep_float or "weight" not in lp.arrays or lp.kind not in ("conv2d", "linear"):
+            continue
+        if blocks is not None and layer.name not in blocks:
+            continue
+        out.append((layer, lp))
+    return out
+
+
+def _activation_bounds(layer, t, lp) -> tuple[float, float]:
+    """Real-valued output clip range (fused activation and grid) of the layer."""
+    return t.scale * (lp.clip[0] - t.zero_point), t.scale * (lp.clip[1] - t.zero_point)
+
+
+def fit_cwac(graph: LayerGraph, plan: QuantPlan, calibration, cfg: CWACConfig = CWACConfig(),
+             progress: bool = False) -> tuple[QuantPlan, fx.GraphModule]:
+    """A CWAC copy of ``plan`` and its simulation. ``calibration``: tuple of input arrays."""
+    if cfg.rows not in ("all", "active") or cfg.layers not in ("all", "block") \
+            or cfg.target not in ("same_input", "fp_stream"):
+        raise ValueError(f"bad CWAC config {cfg}")
+    t0, rss0 = time.perf_counter(), peak_rss_mb()
+    plan = copy.deepcopy(plan)
+    data = tuple(a[:cfg.samples] for a in calibration)
+    sim = simulate(graph, plan)
+    q_node = {n.target: n.name for n in sim.graph.nodes if n.op == "call_module"}
+    report, state_bytes = {}, 0
+    targets = _targets(graph, plan, cfg)
+    for i, (layer, lp) in enumerate(targets):
+        mod: QKernel = sim.get_submodule(f"q_{lp.name}")
+        t = plan.tensors[lp.output]
+        lo, hi = _activation_bounds(layer, t, lp)
+        to_input = _RunTo(sim, q_node[f"q_{lp.name}"], arg=True)
+        to_fp = _RunTo(graph.gm, layer.node.name, arg=False) if cfg.target == "fp_stream" else None
+
+        def stream():
+            with torch.no_grad():
+                for batch in batches(data, cfg.batch_size):
+                    inputs = tuple(torch.as_tensor(np.asarray(b)) for b in batch)
+                    x = to_input.value(*inputs)
+                    yf = to_fp.value(*inputs) if to_fp else _fp_output(layer, x)
+                    yield x, _rows(yf.double(), lp.kind)
+
+        stats = ChannelStats(lp.arrays["weight"].shape[0])
+        for x, yf in stream():                                        # pass 1: sufficient statistics
+            yq = _rows(_int_output(mod, x, mod.requant), lp.kind) * t.scale
+            mask = None
+            if cfg.rows == "active":
+                mask = ((yf > lo) & (yf < hi)) | ((yq > lo) & (yq < hi))
+            stats.update(yq, yf, mask)
+        state_bytes = max(state_bytes, stats.nbytes)
+        a, b = stats.solve(cfg.ridge)
+        keep = np.isfinite(a) & np.isfinite(b) & (a > 0) & ~((a == 1) & (b == 0))
+        trial = fold(lp, t.scale, a, b, keep)
+        keep = keep & ((trial["multiplier"] != lp.arrays["multiplier"]) | (trial["shift"] != lp.arrays["shift"])
+                       | (trial["bias"] != lp.arrays["bias"]))
+        sse = None
+        if cfg.fallback and keep.any():                               # pass 2: identity where no gain
+            r_id, r_new = mod.requant, _requant_for(mod, trial)
+            zc = mod.centered_clip
+            sse = np.zeros((2, len(a)))
+            for x, yf in stream():
+                target = yf.clamp(lo, hi)
+                for j, req in enumerate((r_id, r_new)):
+                    y = _rows(_int_output(mod, x, req).clamp(*zc), lp.kind) * t.scale
+                    sse[j] += ((y - target) ** 2).sum(0).numpy()
+            keep = keep & (sse[1] < sse[0])
+        final = fold(lp, t.scale, a, b, keep)
+        lp.arrays.update({k: final[k] for k in ("multiplier", "shift", "bias")})
+        channels = len(a)
+        lp.attrs["cwac_channels"] = int(keep.sum())
+        row = {"channels": channels, "non_identity": int(keep.sum()),
+               "a_mean": float(a[keep].mean()) if keep.any() else 1.0}
+        if sse is not None:
+            row["clipped_mse_before"] = float(sse[0].sum() / max(stats.n.max(), 1) / channels)
+            row["clipped_mse_after"] = float(np.where(keep, sse[1], sse[0]).sum() / max(stats.n.max(), 1) / channels)
+        report[lp.name] = row
+        sim.add_submodule(f"q_{lp.name}", QKernel(lp, plan.tensors))   # later layers see this
+        if progress:
+            print(f"cwac {i + 1}/{len(targets)} {lp.name}: {row['non_identity']}/{channels} channels")
+    plan.config["method"] = "cwac"
+    plan.config["cwac"] = asdict(cfg)
+    plan.stats["cwac"] = {"fit_seconds": time.perf_counter() - t0, "samples": len(data[0]),
+                          "passes_per_layer": 2 if cfg.fallback else 1, "state_bytes": int(state_bytes),
+                          "peak_rss_mb": peak_rss_mb(), "peak_rss_growth_mb": peak_rss_mb() - rss0,
+                          "layers": report,
+                          "non_identity_channels": int(sum(r["non_identity"] for r in report.values())),
+                          "channels": int(sum(r["channels"] for r in report.values()))}
+    return plan, simulate(graph, plan)
