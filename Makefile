@@ -4,7 +4,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 
-.PHONY: demo test test-slow bench venv clean
+.PHONY: demo test test-slow bench bench-targets arm-setup venv clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,20 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_baseline.py
+
+# aarch64 without a board (issue 5): Debian's cross compiler and qemu-user (apt, as root or with
+# sudo), then an arm64 sysroot with python3.11 and the aarch64 TVM wheel in build/arm64
+# (scripts/setup_arm64.sh: about 110 MB downloaded, 450 MB on disk, under a minute).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+arm-setup: $(STAMP)
+	command -v qemu-aarch64 >/dev/null && command -v aarch64-linux-gnu-gcc >/dev/null || \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user; }
+	scripts/setup_arm64.sh
+
+# results/targets.md (EfficientNet-Lite0 and digits; see scripts/bench_targets.py)
+bench-targets: $(STAMP) arm-setup
+	$(PY) scripts/bench_targets.py
 
 clean:
 	rm -rf .venv build *.egg-info

@@ -179,14 +179,18 @@ def cmd_compile(args) -> int:
     import tvmptq
     from .deploy import compile_artifact, preprocessing_for
     from .deploy.artifact import sha256_file
+    from targets.build import resolve
 
+    resolve(args.target, args.targets_file or ())  # an unknown target fails before any work
     plan = tvmptq.QuantPlan.load(args.plan)
     model = tvmptq.load(args.model, _input_shapes(args.input_shape))
     path = Path(args.model)
     source = f"{path.resolve()} (sha256 {sha256_file(path)})" if path.is_file() else f"zoo:{model.name}"
     pre = preprocessing_for(model, args.image_size, args.resize, _floats(args.mean, "--mean"), _floats(args.std, "--std"))
+    database = _tuning_database(args)
     t0 = time.perf_counter()
-    m = compile_artifact(model, plan, args.out, args.batch, args.target, pre, source, plan_file=args.plan)
+    m = compile_artifact(model, plan, args.out, args.batch, args.target, pre, source, plan_file=args.plan,
+                         database=database, targets_file=args.targets_file or ())
     after = m["op_counts"]["after"]
     integer = sum(v for k, v in after.items() if k.split(" -> ")[0] in ("nn.conv2d", "matmul") and "int" in k)
     print(f"compiled {model.name} {m['plan']['config']} for {args.target} (static batch {m['batch']}) in "
@@ -195,6 +199,93 @@ def cmd_compile(args) -> int:
     if m["float_islands"]:
         print(f"float islands ({len(m['float_islands'])}): {', '.join(m['float_islands'])}")
     print(f"artifact written to {args.out}/ (model.so, plan.npz, manifest.json, report.md)")
+    return 0
+
+
+def _tuning_database(args):
+    """The tuning database folder a compile reuses: --db ROOT/<target> when it holds records (named
+    targets only), None with --untuned or when nothing was tuned for this target."""
+    import targets
+    if args.untuned or not targets.is_name(args.target, args.targets_file or ()):
+        return None
+    from targets.tune import RECORDS, db_dir, default_root
+    folder = db_dir(args.db or default_root(), args.target)
+    if (folder / RECORDS).is_file() and (folder / RECORDS).stat().st_size > 0:
+        print(f"using tuned schedules from {folder} (--untuned to ignore)")
+        return folder
+    return None
+
+
+def cmd_targets(args) -> int:
+    import json
+
+    import targets
+    table = targets.load(args.targets_file or ())
+    if args.json:
+        print(json.dumps([t.describe() for t in table.values()], indent=2))
+        return 0
+    print(targets.format_table(table))
+    files = targets.user_files(args.targets_file or ())
+    print(f"\nbuilt-in: {targets.REGISTRY_FILE}; user files: {', '.join(map(str, files)) or 'none'} "
+          f"(--targets-file, $TVMPTQ_TARGETS or {targets.USER_FILE})")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    import warnings
+
+    import relay_passes as rp
+    import targets
+    import tvmptq
+    from targets.tune import db_dir, default_root, tune
+
+    target = targets.get(args.target, args.targets_file or ())
+    if target.is_cuda and not args.rpc_tracker:
+        raise ConfigError(f"tuning {target.name} needs a GPU to measure on: pass --rpc-tracker/--rpc-key of a "
+                          "machine with that GPU (this machine only builds CUDA code)")
+    if target.cross and not args.rpc_tracker:
+        raise ConfigError(f"tuning {target.name} needs the device to measure on: pass --rpc-tracker/--rpc-key "
+                          "(times under qemu are not ARM times)")
+    plan = tvmptq.QuantPlan.load(args.plan)
+    model = tvmptq.load(args.model, _input_shapes(args.input_shape))
+    if plan.model != model.name:
+        raise ConfigError(f"plan was made for model {plan.model!r}; it does not fit {model.name!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        mod = rp.lower(model.build(), model.example_inputs(args.batch), plan)
+    folder = db_dir(args.db or default_root(), target.name)
+    print(f"tuning {model.name} {plan.config.get('name')} (batch {args.batch}) for {target.name}: {args.trials} "
+          f"trial(s) in chunks of {args.chunk}, database {folder}")
+    t0 = time.perf_counter()
+    r = tune(mod, target.tvm_target(), folder, args.trials, args.chunk, tracker=args.rpc_tracker,
+             key=args.rpc_key or target.rpc_key)
+    print(f"tuned {r['tasks_tuned']} of {r['tasks']} task(s): {r['trials_run']} trial(s) run now, "
+          f"{r['trials_in_db']} record(s) in the database, {time.perf_counter() - t0:.0f} s. "
+          f"`tvmptq compile ... --target {target.name}` now uses them.")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    import json
+
+    from targets.profile import format_result, profile_artifact
+    r = profile_artifact(args.artifact, args.repeat, args.number, args.warmup, args.rpc_tracker, args.rpc_key)
+    if args.emulated:
+        r["emulated"] = True
+    print(json.dumps(r, indent=2) if args.json else format_result(r))
+    if args.emulated:
+        print("note: measured under emulation (qemu-user): NOT the device's latency")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from targets.compare import run_compare
+    out = Path(args.out)
+    r = run_compare(args.models, args.targets, out.parent / (out.stem + "_work"), args.trials, args.chunk,
+                    args.batch, args.calib_samples, args.repeat, args.number, args.warmup,
+                    tuple(args.variants), out_md=out)
+    print(f"{len(r['rows'])} row(s) in {r['seconds'] / 60:.1f} min: report written to {out} "
+          f"(chart {out.with_suffix('.png')}, data {out.with_suffix('.json')})")
     return 0
 
 
@@ -300,7 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plan", required=True, help="plan written by `tvmptq quantize --out`")
     c.add_argument("-o", "--out", required=True, help="artifact folder to write")
     c.add_argument("--batch", type=int, default=8, help="static batch of the compiled program (default 8)")
-    c.add_argument("--target", default="llvm", help="TVM target string or JSON object (default llvm)")
+    c.add_argument("--target", default="llvm",
+                   help="a target name from `tvmptq targets` (cross-compiles where needed), or a TVM target "
+                        "string / JSON object (default llvm)")
+    c.add_argument("--targets-file", action="append", help="TOML file of user targets (repeatable)")
+    c.add_argument("--db", help="tuning database root (default $TVMPTQ_TUNE_DB or ~/.cache/tvmptq/tune); "
+                                "schedules tuned for --target there are used")
+    c.add_argument("--untuned", action="store_true", help="ignore any tuning database")
     _add_data_flags(c)
     c.set_defaults(func=cmd_compile)
 
@@ -311,6 +408,58 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top-k", type=int, default=5, help="classes shown per sample (classifiers)")
     r.add_argument("--show", type=int, default=10, help="samples printed (all are written to --out)")
     r.set_defaults(func=cmd_run)
+
+    t = sub.add_parser("targets", help="list named compilation targets and their capabilities",
+                       description="Built-in targets live in targets/registry.toml. Add your own in a TOML file of "
+                                   "the same form (one [name] table with tvm = {kind = ...}, optional cross_cc, "
+                                   "capabilities, rpc_key, qemu, note), named by --targets-file, $TVMPTQ_TARGETS "
+                                   "or ~/.config/tvmptq/targets.toml.")
+    t.add_argument("--targets-file", action="append", help="TOML file of user targets (repeatable)")
+    t.add_argument("--json", action="store_true", help="machine-readable output")
+    t.set_defaults(func=cmd_targets)
+
+    tu = sub.add_parser("tune", help="MetaSchedule-tune a plan's integer program for a target (resumable)")
+    tu.add_argument("model")
+    tu.add_argument("--plan", required=True)
+    tu.add_argument("--target", required=True, help="a target name from `tvmptq targets`")
+    tu.add_argument("--trials", type=int, default=64, help="measured trials in total (default 64)")
+    tu.add_argument("--chunk", type=int, default=8, help="trials per task and chunk (default 8); finished "
+                                                         "chunks survive an interrupted run")
+    tu.add_argument("--batch", type=int, default=8, help="static batch, as for compile (default 8)")
+    tu.add_argument("--db", help="database root (default $TVMPTQ_TUNE_DB or ~/.cache/tvmptq/tune)")
+    tu.add_argument("--rpc-tracker", help="HOST:PORT of a TVM RPC tracker to measure on remote devices")
+    tu.add_argument("--rpc-key", help="device key at the tracker (default: the target's rpc_key)")
+    tu.add_argument("--targets-file", action="append", help="TOML file of user targets (repeatable)")
+    tu.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
+    tu.set_defaults(func=cmd_tune)
+
+    pr = sub.add_parser("profile", help="latency of a compiled artifact (median and spread after warm-up), "
+                                        "here or through an RPC tracker")
+    pr.add_argument("artifact", help="folder written by `tvmptq compile`")
+    pr.add_argument("--repeat", type=int, default=20, help="timed repeats (default 20)")
+    pr.add_argument("--number", type=int, default=5, help="calls averaged per repeat (default 5)")
+    pr.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
+    pr.add_argument("--rpc-tracker", help="HOST:PORT of a TVM RPC tracker (default: run here)")
+    pr.add_argument("--rpc-key", help="device key at the tracker (default: the artifact's target name)")
+    pr.add_argument("--emulated", action="store_true", help="label the result as emulated (qemu server)")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_profile)
+
+    cp = sub.add_parser("compare", help="one or more models across targets and variants: markdown table + bar chart")
+    cp.add_argument("models", nargs="+", help="zoo model names")
+    cp.add_argument("--targets", nargs="+", default=["x86-host", "cortex-a72", "neoverse-v1", "sm_87", "sm_90"],
+                    help="target names (x86: latency here; aarch64: qemu bit-exactness + instruction counts; "
+                         "CUDA: nvcc validation)")
+    cp.add_argument("--variants", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
+    cp.add_argument("--trials", type=int, default=0, help="MetaSchedule trials per model and variant on x86 (0: untuned only)")
+    cp.add_argument("--chunk", type=int, default=8)
+    cp.add_argument("--batch", type=int, default=1)
+    cp.add_argument("--calib-samples", type=int, default=64)
+    cp.add_argument("--repeat", type=int, default=20)
+    cp.add_argument("--number", type=int, default=5)
+    cp.add_argument("--warmup", type=int, default=3)
+    cp.add_argument("-o", "--out", default="results/compare.md", help="markdown report (chart and JSON beside it)")
+    cp.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("demo", help="EfficientNet-Lite0 at W8A8 and W4A8: FP32 vs tvmptq vs ONNX Runtime")
     d.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")

@@ -90,13 +90,17 @@ def _lower(model, plan: QuantPlan, batch: int):
 
 
 def compile_artifact(model, plan: QuantPlan, out_dir, batch: int = 8, target: str = "llvm",
-                     preprocess: dict | None = None, source: str | None = None, plan_file=None) -> dict:
+                     preprocess: dict | None = None, source: str | None = None, plan_file=None,
+                     database=None, targets_file=()) -> dict:
     """Lower ``plan`` on ``model`` at a static ``batch``, compile for ``target`` and write the
     artifact folder. Returns the manifest. ``plan_file``: the .npz ``plan`` was loaded from, copied
     byte for byte so the manifest's hash is that of the user's file (a re-save would differ in
-    its zip timestamps)."""
+    its zip timestamps). ``target``: a registry name (``tvmptq targets``; cross-compiled where the
+    target names a cross compiler), a TVM target string or a JSON dict. ``database``: a tuning
+    database folder (targets.tune) whose schedules are applied; None: untuned."""
     import tvm
     import relay_passes as rp
+    from targets.build import compile_module, export, resolve
 
     from .. import __version__
     from .inputs import preprocessing_for
@@ -109,15 +113,23 @@ def compile_artifact(model, plan: QuantPlan, out_dir, batch: int = 8, target: st
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output path exists and is not a folder: {out}")
-    tvm_target = make_target(target)
+    named, tvm_target = resolve(target, targets_file)
     before, mod = _lower(model, plan, batch)
     try:
-        executable = tvm.compile(mod, target=tvm_target)
-    except Exception as err:
-        raise ModelError(f"TVM could not compile {model.name!r} for {target!r}: {_first_line(err)}") from err
+        executable = compile_module(mod, tvm_target, database)
+    except ModelError as err:
+        raise ModelError(f"TVM could not compile {model.name!r} for {target!r}: {err}") from err
 
     out.mkdir(parents=True, exist_ok=True)
-    executable.export_library(str(out / LIBRARY))
+    export(executable, out / LIBRARY, named)
+    cuda_entry = None
+    if tvm_target.kind.name == "cuda":  # the source nvcc validates (targets.cuda.validate)
+        from targets.cuda import CUDA_SOURCE, cuda_source
+        src = cuda_source(executable)
+        if src is not None:
+            (out / CUDA_SOURCE).write_text(src)
+            cuda_entry = {"file": CUDA_SOURCE, "sha256": sha256_file(out / CUDA_SOURCE),
+                          "arch": str(tvm_target.attrs.get("arch", ""))}
     if plan_file is not None:
         if not (out / PLAN).exists() or not (out / PLAN).samefile(plan_file):
             shutil.copyfile(plan_file, out / PLAN)
@@ -143,11 +155,17 @@ def compile_artifact(model, plan: QuantPlan, out_dir, batch: int = 8, target: st
         "outputs": [{"name": n, **_tensor_info(t), "grid": grids[i] if i < len(grids) else None}
                     for i, (n, t) in enumerate(zip(out_names, rets))],
         "preprocess": preprocess,
-        "target": {"requested": target, "kind": tvm_target.kind.name, "resolved": str(tvm_target)},
+        "target": {"requested": target, "kind": tvm_target.kind.name, "resolved": str(tvm_target),
+                   "name": named.name if named else None,
+                   "arch": named.arch if named else _arch_of(tvm_target),
+                   "capabilities": list(named.caps()) if named else [],
+                   "cross_cc": named.cross_cc if named else "",
+                   "tuning_database": str(database) if database is not None else None},
         "tvm_version": tvm.__version__,
         "tvmptq_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "library": {"file": LIBRARY, "sha256": sha256_file(out / LIBRARY)},
+        **({"cuda_source": cuda_entry} if cuda_entry else {}),
         "plan": {"file": PLAN, "sha256": sha256_file(out / PLAN), "config": plan.config.get("name"),
                  "observer": plan.config.get("observer"), "layers": len(plan.layers)},
         "op_counts": {"before": dict(sorted(before.items())), "after": dict(sorted(rp.op_counts(mod).items()))},
@@ -158,6 +176,13 @@ def compile_artifact(model, plan: QuantPlan, out_dir, batch: int = 8, target: st
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     (out / REPORT).write_text(format_report(manifest, plan))
     return manifest
+
+
+def _arch_of(tvm_target) -> str:
+    if tvm_target.kind.name == "cuda":
+        return "cuda"
+    triple = str(tvm_target.attrs.get("mtriple", "")) if hasattr(tvm_target, "attrs") else ""
+    return "aarch64" if triple.startswith("aarch64") else "x86_64"
 
 
 @dataclass
@@ -258,6 +283,12 @@ def load_artifact(path) -> Artifact:
     library = _checked_file(folder, manifest["library"], "library")
     if manifest.get("tvm_version") != tvm.__version__:
         warnings.warn(f"artifact compiled with TVM {manifest.get('tvm_version')}, running TVM {tvm.__version__}")
+    from targets.build import host_arch, runs_here
+    if not runs_here(manifest.get("target", {})):
+        t = manifest["target"]
+        raise ArtifactError(f"{folder} was compiled for {t.get('name') or t.get('requested')} "
+                            f"({t.get('arch') or t.get('kind')}), not for this {host_arch()} machine: run it on that "
+                            "device (tvmptq profile --rpc-tracker ...) or, for aarch64, under qemu (targets.qemu)")
     try:
         kind = manifest.get("target", {}).get("kind", "llvm")
         device = tvm.cpu() if kind in ("llvm", "c") else tvm.device(kind)

@@ -1,0 +1,90 @@
+"""Build and export Relax modules for a named target (cross-compiling where the target says so)."""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+
+from tvmptq.errors import ConfigError, DataError, ModelError
+
+from . import Target, TargetError, get, load
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[-1] if text else type(err).__name__
+
+
+def resolve(spec: str, extra_files=()):
+    """(named Target or None, tvm.target.Target) for a registry name, a TVM target string or a JSON dict."""
+    import tvm
+    spec = spec.strip()
+    if spec in load(extra_files):
+        t = get(spec, extra_files)
+        return t, t.tvm_target()
+    if spec.startswith("{"):
+        try:
+            d = json.loads(spec)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"invalid target JSON {spec!r}: {err}") from None
+        if d.get("mcpu") == "native":
+            raise TargetError("mcpu \"native\" silently becomes \"generic\" in TVM 0.27; use a target name such as "
+                              "x86-host (see `tvmptq targets`)")
+    elif spec not in ("llvm", "c", "cuda") and not spec.startswith(("llvm ", "cuda ")):
+        raise TargetError(f"unknown target {spec!r}: not a registry name ({', '.join(load(extra_files))}), "
+                          "nor a TVM target (llvm, cuda, or a JSON dict)")
+    try:
+        return None, tvm.target.Target(json.loads(spec) if spec.startswith("{") else spec)
+    except Exception as err:
+        raise TargetError(f"invalid TVM target {spec!r}: {_first_line(err)}") from None
+
+
+def host_arch() -> str:
+    m = platform.machine()
+    return {"arm64": "aarch64", "AMD64": "x86_64"}.get(m, m)
+
+
+def cross_compiler(target: Target | None):
+    """fcompile for export_library: the target's cross compiler, or None for the host's default."""
+    if target is None or not target.cross_cc:
+        return None
+    if shutil.which(target.cross_cc) is None:
+        raise TargetError(f"target {target.name!r} needs the cross compiler {target.cross_cc!r}, which is not "
+                          "installed (Debian: apt-get install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu; "
+                          "or `make arm-setup`)")
+    from tvm.support import cc
+    return cc.cross_compiler(target.cross_cc)
+
+
+def compile_module(mod, tvm_target, database=None):
+    """tvm.compile, applying a MetaSchedule database's tuned schedules first when one is given."""
+    import tvm
+    try:
+        if database is not None:
+            from .tune import apply_database
+            return apply_database(mod, tvm_target, database)
+        return tvm.compile(mod, target=tvm_target)
+    except (TargetError, DataError):  # a bad target or tuning database speaks for itself
+        raise
+    except Exception as err:
+        raise ModelError(f"TVM could not compile for {tvm_target.kind.name} target: {_first_line(err)}") from err
+
+
+def export(executable, path, target: Target | None) -> None:
+    fcompile = cross_compiler(target)
+    try:
+        if fcompile is None:
+            executable.export_library(str(path))
+        else:
+            executable.export_library(str(path), fcompile=fcompile)
+    except TargetError:
+        raise
+    except Exception as err:
+        raise ModelError(f"exporting the library for {target.name if target else 'the target'} failed: "
+                         f"{_first_line(err)}") from err
+
+
+def runs_here(target_info: dict) -> bool:
+    """Whether an artifact compiled for ``target_info`` (the manifest's) can be loaded on this machine."""
+    arch = target_info.get("arch")
+    return arch in (None, host_arch()) and target_info.get("kind", "llvm") in ("llvm", "c")

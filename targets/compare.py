@@ -1,0 +1,208 @@
+"""One model across several targets and quantization variants: a markdown report with a table and a
+bar chart (``tvmptq compare``; ``scripts/bench_targets.py`` writes results/targets.md with it).
+
+Per model and variant (FP32, int8 = W8A8 plan lowered to the integer-only program):
+  * x86 targets: latency here (median and IQR after warm-up), untuned and, with ``trials`` > 0,
+    MetaSchedule-tuned (database under ``<work>/tune``, reused on the next run);
+  * aarch64 targets: cross-compiled, run under qemu-user with the aarch64 TVM wheel, outputs
+    compared with the x86 run (bit-exact expected for int8), guest instructions per call (a proxy,
+    never a latency);
+  * CUDA targets: built, the generated CUDA source compiled with nvcc for the arch; latency "not
+    measured" without a GPU.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from tvmptq.errors import ConfigError
+
+
+def _log(msg):
+    print(msg, flush=True)
+
+
+def _plan(model, set_name, calib_samples):
+    import tvmptq
+    calib = tuple(a[:calib_samples] for a in tvmptq.get_set(set_name).calibration())
+    return tvmptq.quantize(model, calib, tvmptq.make_config(8, 8), progress=False).plan
+
+
+def _modules(model, plan, batch):
+    import relay_passes as rp
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        fp32 = rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(batch)))
+        int8 = rp.lower(model.build(), model.example_inputs(batch), plan)
+    return {"fp32": fp32, "int8": int8}
+
+
+def _inputs(mod, x):
+    params = mod["main"].params
+    return [np.ascontiguousarray(x[: int(params[0].ty.shape[0])]).astype(str(params[0].ty.dtype))]
+
+
+def _x86_latency(ex, args, repeat, number, warmup):
+    import tvm
+    from tvm import relax
+
+    from .profile import _measure
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(ex, dev)
+    targs = [tvm.runtime.tensor(a, dev) for a in args]
+    out = vm["main"](*targs)
+    out = out if hasattr(out, "numpy") else out[0]
+    return _measure(vm, dev, targs, repeat, number, warmup), out.numpy()
+
+
+def run_compare(models, target_names, work, trials=0, chunk=8, batch=1, calib_samples=64, repeat=20, number=5,
+                warmup=3, variants=("fp32", "int8"), out_md=None, log=_log) -> dict:
+    import tvm
+
+    import targets
+    import tvmptq
+    from tvmptq.eval.sets import DEFAULT_SET
+
+    from . import cuda, qemu
+    from .build import export
+    from .tune import db_dir, tune
+
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    tlist = [targets.get(n) for n in target_names]
+    rows, t_start = [], time.perf_counter()
+    for name in models:
+        model = tvmptq.load(name)
+        set_name = DEFAULT_SET.get(name)
+        if set_name is None:
+            raise ConfigError(f"model {name!r} has no protocol set to calibrate on")
+        t0 = time.perf_counter()
+        plan = _plan(model, set_name, calib_samples)
+        mods = _modules(model, plan, batch)
+        x = np.asarray(tvmptq.get_set(set_name).evaluation()[0][:batch])
+        log(f"{name}: plan and modules in {time.perf_counter() - t0:.0f} s")
+        reference = {}
+        for t in tlist:
+            for var in variants:
+                mod = mods[var]
+                args = _inputs(mod, x)
+                row = {"model": name, "variant": var, "target": t.name, "arch": t.arch, "batch": batch}
+                T = t.tvm_target()
+                t0 = time.perf_counter()
+                if t.arch == "cuda":
+                    ex = tvm.compile(mod, target=T)
+                    src = cuda.cuda_source(ex)
+                    f = work / f"{name}_{var}_{t.name}.cu"
+                    f.write_text(src or "")
+                    if cuda.nvcc_path() is None:
+                        row["nvcc"] = "nvcc missing"
+                    else:
+                        r = cuda.validate(f, str(T.attrs["arch"]))
+                        row["nvcc"] = f"ok ({r['cubin_bytes']} B cubin)"
+                    row["latency"] = "not measured (no GPU)"
+                elif t.arch == platform.machine() or (t.arch == "x86_64" and platform.machine() == "x86_64"):
+                    ex = tvm.compile(mod, target=T)
+                    stats, out = _x86_latency(ex, args, repeat, number, warmup)
+                    reference.setdefault(var, out)
+                    row["untuned_ms"], row["untuned_iqr_ms"] = stats["median_ms"], stats["iqr_ms"]
+                    if trials > 0:
+                        folder = db_dir(work / "tune", f"{t.name}-{name}-{var}-b{batch}")
+                        r = tune(mod, T, folder, trials, chunk, log=log)
+                        from .tune import apply_database
+                        stats, out_t = _x86_latency(apply_database(mod, T, folder), args, repeat, number, warmup)
+                        row["tuned_ms"], row["tuned_iqr_ms"] = stats["median_ms"], stats["iqr_ms"]
+                        row["trials"] = r["trials_in_db"]
+                        row["tuned_same_output"] = bool(np.array_equal(out_t, out)) if var == "int8" else \
+                            float(np.max(np.abs(out_t - out)))
+                elif t.arch == "aarch64":
+                    ex = tvm.compile(mod, target=T)
+                    lib = work / f"{name}_{var}_{t.name}.so"
+                    export(ex, lib, t)
+                    outs = qemu.run_library(lib, args, batch)
+                    ref = reference.get(var)
+                    if ref is not None:
+                        row["bit_exact_vs_x86"] = bool(np.array_equal(outs[0], ref))
+                        row["max_abs_diff_vs_x86"] = float(np.max(np.abs(outs[0].astype(np.float64) - ref)))
+                    ic = qemu.instruction_count(lib, args, batch, calls=20)
+                    row["guest_minsns_per_call"] = ic["guest_insns_per_call"] / 1e6
+                row["seconds"] = time.perf_counter() - t0
+                log(f"  {name} {var} {t.name}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                                           for k, v in row.items() if k not in ("model", "variant",
+                                                                                                "target", "arch")))
+                rows.append(row)
+    result = {"rows": rows, "host_cpu": targets.host_cpu(), "tvm": tvm.__version__, "trials": trials,
+              "seconds": time.perf_counter() - t_start}
+    if out_md:
+        write_report(result, Path(out_md))
+    return result
+
+
+def _fmt(v, spec=".3f"):
+    return "-" if v is None else (format(v, spec) if isinstance(v, float) else str(v))
+
+
+def write_report(result: dict, out_md: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    chart = out_md.with_suffix(".png")
+    lines = [f"# Targets: latency, bit-exactness and nvcc validation\n",
+             f"TVM {result['tvm']}, x86-host = `{result['host_cpu']}` (LLVM host CPU corrected with /proc/cpuinfo), "
+             f"tuning: {result['trials']} MetaSchedule trials (XGBoost cost model) per model and variant; "
+             f"run took {result['seconds'] / 60:.1f} min. Batch {rows[0]['batch'] if rows else '-'}.\n",
+             "Guest instructions are counted by a qemu-user TCG plugin: **a proxy for work, not an ARM latency** "
+             "(caches, memory and pipelines are ignored). Emulated wall time is never reported. CUDA builds are "
+             "validated by compiling the generated CUDA source with nvcc for the arch; no GPU was available, so "
+             "GPU latency is not measured.\n"]
+    x86 = [r for r in rows if "untuned_ms" in r]
+    if x86:
+        lines += ["## x86 latency (median over repeats after warm-up, IQR in brackets)\n",
+                  "| model | variant | target | untuned ms | tuned ms | trials | tuned output vs untuned |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in x86:
+            lines.append(f"| {r['model']} | {r['variant']} | {r['target']} | {_fmt(r['untuned_ms'])} "
+                         f"({_fmt(r['untuned_iqr_ms'])}) | {_fmt(r.get('tuned_ms'))}"
+                         f"{' (' + _fmt(r['tuned_iqr_ms']) + ')' if 'tuned_iqr_ms' in r else ''} | "
+                         f"{_fmt(r.get('trials'))} | {_fmt(r.get('tuned_same_output'), '.2e')} |")
+        lines.append("")
+    arm = [r for r in rows if r["arch"] == "aarch64"]
+    if arm:
+        lines += ["## aarch64 under qemu-user (outputs vs the x86 run; instructions are a proxy)\n",
+                  "| model | variant | target | bit-exact vs x86 | max abs diff | guest M insns / call (proxy) |",
+                  "|---|---|---|---|---|---|"]
+        for r in arm:
+            lines.append(f"| {r['model']} | {r['variant']} | {r['target']} | {_fmt(r.get('bit_exact_vs_x86'))} | "
+                         f"{_fmt(r.get('max_abs_diff_vs_x86'), '.2e')} | {_fmt(r.get('guest_minsns_per_call'), '.1f')} |")
+        lines.append("")
+    gpu = [r for r in rows if r["arch"] == "cuda"]
+    if gpu:
+        lines += ["## CUDA (built here, nvcc-validated)\n", "| model | variant | target | nvcc | latency |",
+                  "|---|---|---|---|---|"]
+        for r in gpu:
+            lines.append(f"| {r['model']} | {r['variant']} | {r['target']} | {r['nvcc']} | {r['latency']} |")
+        lines.append("")
+    if x86:
+        labels = [f"{r['model']}\n{r['variant']} {r['target']}" for r in x86]
+        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(x86)), 4))
+        idx = np.arange(len(x86))
+        ax.bar(idx - 0.2, [r["untuned_ms"] for r in x86], 0.4, label="untuned")
+        if any("tuned_ms" in r for r in x86):
+            ax.bar(idx + 0.2, [r.get("tuned_ms", 0) for r in x86], 0.4, label="tuned")
+        ax.set_xticks(idx, labels, fontsize=7)
+        ax.set_ylabel("ms per batch (median)")
+        ax.set_yscale("log")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(chart, dpi=100)
+        plt.close(fig)
+        lines += [f"![x86 latency]({chart.name})\n"]
+    out_md.write_text("\n".join(lines) + "\n")
+    out_md.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,234 @@
+"""MetaSchedule tuning (XGBoost cost model) with a database on disk, resumable chunk by chunk.
+
+Layout: ``<root>/<target name>/`` holds MetaSchedule's JSON database (``database_workload.json``,
+keyed inside by the structural hash of each workload, and ``database_tuning_record.json``, one
+record per measured trial, appended as soon as it is measured) and ``target.json`` (the resolved
+TVM target it was tuned for). So the database is keyed by target (folder) and workload (hash).
+
+Chunks: the program's tuning tasks are tuned one chunk at a time (``chunk`` trials of one task per
+MetaSchedule call); after every call the records are on disk. A killed run loses at most the trials
+of the chunk in flight; the next run counts each task's records in the database and only tunes
+what is missing. A truncated last line (killed while writing) is dropped with a warning; any other
+damage is a ``TuneDatabaseError`` naming the file and line.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+from tvmptq.errors import ConfigError, DataError
+
+WORKLOADS, RECORDS, META = "database_workload.json", "database_tuning_record.json", "target.json"
+
+
+class TuneDatabaseError(DataError):
+    """A tuning database that cannot be read (exit code 3)."""
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("TVMPTQ_TUNE_DB", Path.home() / ".cache" / "tvmptq" / "tune"))
+
+
+def db_dir(root, target_name: str) -> Path:
+    return Path(root) / target_name.replace("/", "_")
+
+
+def with_cores(tvm_target, cores: int | None = None):
+    """MetaSchedule needs "num-cores" on CPU targets: this machine's count unless the target has one."""
+    import tvm
+    d = json.loads(str(tvm_target))
+    if d.get("kind") != "llvm" or "num-cores" in d:
+        return tvm_target
+    d = {k: v for k, v in d.items() if not k.startswith("feature.") and k not in ("keys", "tag")}
+    d["num-cores"] = cores or len(os.sched_getaffinity(0))
+    return tvm.target.Target(d)
+
+
+def prepare(mod, tvm_target):
+    """The module as it is tuned and compiled: legalized and fused (one task per fused kernel)."""
+    import tvm
+    from tvm import relax
+    seq = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                                    relax.transform.FoldConstant(), relax.transform.FuseOps(),
+                                    relax.transform.FuseTIR()])
+    with tvm_target, tvm.transform.PassContext(opt_level=3):
+        return seq(mod)
+
+
+def _check_lines(path: Path, what: str, check) -> None:
+    """Every line must be JSON of the expected shape; a truncated last line is removed."""
+    if not path.exists():
+        return
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise TuneDatabaseError(f"cannot read tuning database {path}: {err}") from None
+    lines = raw.split(b"\n")
+    complete = raw.endswith(b"\n") or raw == b""
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            ok = check(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            ok = False
+        if ok:
+            continue
+        if i == len(lines) - 1 and not complete:  # a write cut short by a kill: drop it
+            warnings.warn(f"{path}: dropping a truncated last {what} (an interrupted run); the others are kept")
+            path.write_bytes(b"\n".join(lines[:i]) + (b"\n" if i else b""))
+            return
+        raise TuneDatabaseError(f"corrupt tuning database {path}, line {i + 1}: not a valid {what}. Delete "
+                                f"{path.parent} (or pass another --db) to tune again from scratch")
+
+
+def _is_workload(v) -> bool:
+    return isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)
+
+
+def _is_record(v) -> bool:
+    return isinstance(v, list) and len(v) == 2 and isinstance(v[0], int) and isinstance(v[1], list) and len(v[1]) >= 3
+
+
+def open_database(folder, tvm_target=None, create: bool = False):
+    """MetaSchedule's JSONDatabase in ``folder``, checked first (TuneDatabaseError when corrupt or
+    made for another target)."""
+    from tvm.s_tir import meta_schedule as ms
+    folder = Path(folder)
+    if not folder.is_dir():
+        if not create:
+            raise TuneDatabaseError(f"no tuning database in {folder}: run `tvmptq tune` first")
+        folder.mkdir(parents=True)
+    _check_lines(folder / WORKLOADS, "workload entry", _is_workload)
+    _check_lines(folder / RECORDS, "tuning record", _is_record)
+    meta = folder / META
+    if tvm_target is not None:
+        want = str(tvm_target)
+        if meta.exists():
+            try:
+                have = json.loads(meta.read_text())["target"]
+            except (OSError, ValueError, KeyError, TypeError):
+                raise TuneDatabaseError(f"corrupt tuning database {folder}: {META} is unreadable") from None
+            if have != want:
+                raise TuneDatabaseError(f"tuning database {folder} was made for target {have}, not {want}")
+        elif create:
+            meta.write_text(json.dumps({"target": want}, indent=2) + "\n")
+    try:
+        return ms.database.JSONDatabase(str(folder / WORKLOADS), str(folder / RECORDS), allow_missing=True)
+    except Exception as err:
+        msg = str(err).strip().splitlines()
+        raise TuneDatabaseError(f"corrupt tuning database {folder}: {msg[-1] if msg else type(err).__name__}") from None
+
+
+def _flops(task) -> float:
+    try:
+        from tvm.s_tir.analysis import estimate_tir_flops
+        return float(estimate_tir_flops(task.dispatched[0]))
+    except Exception:
+        return 0.0
+
+
+PROGRESS = "progress.json"
+
+
+def _progress(folder: Path) -> dict:
+    """Trials finished per workload hash (tasks whose search space ran out early count as done)."""
+    path = folder / PROGRESS
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        assert isinstance(data, dict) and all(isinstance(v, int) for v in data.values())
+        return data
+    except (OSError, ValueError, AssertionError):
+        raise TuneDatabaseError(f"corrupt tuning database {folder}: {PROGRESS} is unreadable") from None
+
+
+def _save_progress(folder: Path, data: dict) -> None:
+    tmp = folder / (PROGRESS + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(folder / PROGRESS)  # atomic: a kill never leaves half a file
+
+
+def _search(trials: int):
+    """A smaller evolutionary search for tiny budgets (the default population of 512 costs minutes
+    per task on two cores before the first trial is measured)."""
+    from tvm.s_tir import meta_schedule as ms
+    if trials > 32:
+        return "evolutionary"
+    return ms.search_strategy.EvolutionarySearch(population_size=64, init_min_unmeasured=16, genetic_num_iters=2)
+
+
+def _records_for(db, mod) -> int:
+    if not db.has_workload(mod):
+        return 0
+    return len(db.get_top_k(db.commit_workload(mod), 1 << 30))
+
+
+def tune(mod, tvm_target, folder, trials: int, chunk: int = 8, seed: int = 0, tracker: str | None = None,
+         key: str | None = None, num_trials_per_iter: int | None = None, log=print) -> dict:
+    """Tune ``mod`` (a Relax module, e.g. the lowered integer program) for ``tvm_target`` with at most
+    ``trials`` measured trials in total, in chunks of ``chunk`` trials of one task, largest tasks
+    first. Returns {"tasks", "trials_run", "trials_in_db", "folder"}."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if trials < 1 or chunk < 1:
+        raise ConfigError(f"--trials and --chunk must be at least 1, got {trials} and {chunk}")
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    tvm_target = with_cores(tvm_target)
+    folder = Path(folder)
+    db = open_database(folder, tvm_target, create=True)
+    prepared = prepare(mod, tvm_target)
+    extracted = ms.relax_integration.extract_tasks(prepared, tvm_target)
+    extracted = sorted(extracted, key=lambda t: -t.weight * _flops(t))
+    runner = "local"
+    if tracker:
+        from .profile import parse_tracker
+        host, port = parse_tracker(tracker)
+        runner = ms.runner.RPCRunner(ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
+                                                         session_timeout_sec=600))
+    per_task = chunk
+    budget, ran = trials, 0
+    plan = []  # (task, trials wanted for it), in order, until the budget is spent
+    for t in extracted:
+        if budget <= 0:
+            break
+        n = min(per_task, budget)
+        plan.append((t, n))
+        budget -= n
+    import tvm_ffi
+    progress = _progress(folder)
+    for t, want in plan:
+        wkey = f"{t.task_name}:{tvm_ffi.structural_hash(t.dispatched[0]) & 0xFFFFFFFFFFFF:012x}"
+        have = max(_records_for(db, t.dispatched[0]), progress.get(wkey, 0))
+        todo = want - have
+        if todo <= 0:
+            log(f"  {t.task_name}: {have} record(s) on disk, skipped")
+            continue
+        log(f"  {t.task_name}: tuning {todo} trial(s) ({have} on disk)")
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            [t], str(folder), strategy=_search(trials), seed=seed)
+        ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(folder), max_trials_global=todo,
+                      num_trials_per_iter=num_trials_per_iter or min(todo, 8), runner=runner, database=db,
+                      cost_model="xgb")
+        ran += todo
+        progress[wkey] = want  # this chunk is finished (its records are already on disk)
+        _save_progress(folder, progress)
+    return {"tasks": len(extracted), "tasks_tuned": len(plan), "trials_run": ran,
+            "trials_in_db": len(db.get_all_tuning_records()), "folder": str(folder)}
+
+
+def apply_database(mod, tvm_target, folder):
+    """Compile ``mod`` with the tuned schedules of the database in ``folder`` (untuned kernels keep
+    the default schedule)."""
+    import tvm
+    from tvm import relax
+    tvm_target = with_cores(tvm_target)
+    db = open_database(folder, tvm_target)
+    prepared = prepare(mod, tvm_target)
+    with tvm_target, db, tvm.transform.PassContext(opt_level=3):
+        tuned = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(prepared)
+    return tvm.compile(tuned, target=tvm_target)

@@ -1,0 +1,68 @@
+"""`tvmptq tune`: MetaSchedule + XGBoost, a database on disk keyed by target and workload, tuned in
+chunks. The test kills a real run after its first chunk, resumes it (finished records kept, the
+finished chunk skipped), then compiles with the database and checks the outputs are unchanged.
+About 4-5 minutes on 2 cores (8 trials), hence slow."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import tvmptq
+from tvmptq.cli import main
+
+pytest.importorskip("tvm")
+pytestmark = pytest.mark.slow
+MODEL = "digits_resnet"
+
+
+def _tune_cmd(plan, db):
+    return [sys.executable, "-m", "tvmptq", "tune", MODEL, "--plan", str(plan), "--target", "x86-host",
+            "--trials", "8", "--chunk", "4", "--batch", "1", "--db", str(db)]
+
+
+def test_tune_killed_then_resumed_then_reused_by_compile(tmp_path, capsys):
+    plan, db = tmp_path / "plan.npz", tmp_path / "db"
+    assert main(["quantize", MODEL, "--calib-samples", "64", "--observer", "minmax", "--report", "0",
+                 "--out", str(plan)]) == 0
+    folder = db / "x86-host"
+    proc = subprocess.Popen(_tune_cmd(plan, db), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    t0 = time.time()
+    try:
+        while time.time() - t0 < 900:  # wait for the first chunk to be finished, then kill the run
+            progress = folder / "progress.json"
+            if progress.exists() and len(json.loads(progress.read_text())) >= 1:
+                break
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(1)
+        else:
+            pytest.fail("the first chunk did not finish in 15 minutes")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    records = (folder / "database_tuning_record.json").read_text().splitlines()
+    assert len(records) >= 4, "the finished chunk's records must be on disk"
+
+    res = subprocess.run(_tune_cmd(plan, db), capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "4 record(s) on disk, skipped" in res.stdout  # the finished chunk is not tuned again
+    after = (folder / "database_tuning_record.json").read_text().splitlines()
+    assert after[:len(records)] == records and len(after) >= 8  # nothing lost, the rest added
+    assert json.loads((folder / "target.json").read_text())["target"]
+
+    # compile reuses the database (keyed by target name and workload) and computes the same integers
+    x = np.array(tvmptq.get_set("digits").evaluation()[0][:4], np.float32)
+    from tvmptq.deploy import load_artifact
+    for name, extra in (("tuned", []), ("untuned", ["--untuned"])):
+        assert main(["compile", MODEL, "--plan", str(plan), "-o", str(tmp_path / name), "--batch", "1",
+                     "--target", "x86-host", "--db", str(db)] + extra) == 0
+    out = capsys.readouterr().out
+    assert out.count("using tuned schedules from") == 1
+    m = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
+    assert m["target"]["tuning_database"] == str(folder)
+    assert np.array_equal(load_artifact(tmp_path / "tuned").run(x), load_artifact(tmp_path / "untuned").run(x))
