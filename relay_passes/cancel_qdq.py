@@ -27,6 +27,7 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from .integer_ops import dtype_range
 from .match import MOVEMENT_OPS, op_name
+from .mutate import mutate_functions
 
 MAX_ROUNDS = 64
 
@@ -171,7 +172,4 @@ class CancelQDQ:
                 func = cancel_pairs(hoist_quantize(cancel_pairs(sink_dequantize(func))))
                 mod[gv] = func
         remover = _ClipRemover(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                remover.builder_.update_func(gv, remover.visit_expr(func))
-        return relax.transform.DeadCodeElimination()(remover.builder_.get())
+        return relax.transform.DeadCodeElimination()(mutate_functions(mod, remover))

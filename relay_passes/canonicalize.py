@@ -35,6 +35,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from .match import op_name
+from .mutate import mutate_functions
 
 _BINARY = {"relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply,
            "relax.divide": np.divide, "relax.power": np.power}
@@ -110,10 +111,7 @@ class FoldConstantNumpy:
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         folder = _NumpyFolder(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                folder.builder_.update_func(gv, folder.visit_expr(func))
-        return folder.builder_.get()
+        return mutate_functions(mod, folder)
 
 
 _CLIP_TIR = re.compile(r"(maximum|minimum)\d*")
@@ -162,10 +160,7 @@ class ClipFromTIR:
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         rewriter = _ClipRewriter(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
+        return mutate_functions(mod, rewriter)
 
 
 def Canonicalize(numpy_fold: bool = True) -> tvm.transform.Pass:  # noqa: N802 (a pass, named like TVM's)

@@ -26,6 +26,8 @@ from tvm.relax import op as R
 
 from tvmptq.quant.plan import LayerPlan, QuantPlan
 
+from .mutate import mutate_functions
+
 # ATen op (program spelling) -> Relax ops (without the "relax." prefix) the frontend emits.
 ATEN_TO_RELAX: dict[str, tuple[str, ...]] = {
     "add.Tensor": ("add",), "sub.Tensor": ("subtract",), "rsub.Scalar": ("subtract",),
@@ -142,7 +144,4 @@ class Float64Islands:
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         mutator = _Float64Islands(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gv, mutator.visit_expr(func))
-        return mutator.builder_.get()
+        return mutate_functions(mod, mutator)

@@ -19,8 +19,18 @@ from tvm.relax import op as R
 from tvmptq.quant.plan import QuantPlan
 
 from .errors import LoweringError
-from .integer_ops import Grid, dequantize, pad_with, quantize, requantize, requantize_finish, weight_dtype, weight_l1
+from .integer_ops import (
+    Grid,
+    dequantize,
+    pad_with,
+    quantize,
+    requantize,
+    requantize_finish,
+    weight_dtype,
+    weight_l1,
+)
 from .match import LayerMatch, match_layers
+from .mutate import mutate_functions
 
 REQUANTIZE_MODES = ("int64", "fixed_point_multiply")
 
@@ -160,7 +170,4 @@ class QuantizeLayers:
             raise LoweringError(f"leave_float names unknown layers: {', '.join(sorted(unknown))}")
         matches = [m for m in match_layers(mod["main"], self.plan) if m.layer.name not in self.leave_float]
         rewriter = _LayerRewriter(mod, self.plan, matches, self.mode)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
+        return mutate_functions(mod, rewriter)
