@@ -13,3 +13,15 @@ def digits_graph():
     import tvmptq
     model = tvmptq.load("digits_resnet")
     return model, tvmptq.prepare(model)
+
+
+@pytest.fixture(scope="session")
+def digits_w2a4(digits_graph):
+    """The digits W2A4 baseline plan (128 calibration samples) that CWAC and QwT start from,
+    with the calibration and 64 evaluation samples."""
+    import tvmptq
+    model, graph = digits_graph
+    s = tvmptq.get_set("digits")
+    calib = tuple(a[:128] for a in s.calibration())
+    qm = tvmptq.quantize(model, calib, tvmptq.make_config(2, 4, "mse"), graph=graph, progress=False)
+    return model, graph, calib, s.evaluation()[0][:64], qm

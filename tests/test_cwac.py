@@ -11,13 +11,10 @@ from tvmptq.reference import run_plan
 
 
 @pytest.fixture(scope="module")
-def digits_cwac(digits_graph):
-    model, graph = digits_graph
-    s = tvmptq.get_set("digits")
-    calib = tuple(a[:128] for a in s.calibration())
-    qm = tvmptq.quantize(model, calib, tvmptq.make_config(2, 4, "mse"), graph=graph, progress=False)
+def digits_cwac(digits_w2a4):
+    model, graph, calib, evaluation, qm = digits_w2a4
     plan, sim = fit_cwac(graph, qm.plan, calib, CWACConfig(samples=64))
-    return model, graph, calib, s.evaluation()[0][:64], qm, plan, sim
+    return model, graph, calib, evaluation, qm, plan, sim
 
 
 def test_streaming_stats_equal_batch_least_squares():

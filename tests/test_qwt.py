@@ -9,13 +9,10 @@ from tvmptq.reference import run_plan
 
 
 @pytest.fixture(scope="module")
-def digits_qwt(digits_graph):
-    model, graph = digits_graph
-    s = tvmptq.get_set("digits")
-    calib = tuple(a[:128] for a in s.calibration())
-    qm = tvmptq.quantize(model, calib, tvmptq.make_config(2, 4, "mse"), graph=graph, progress=False)
+def digits_qwt(digits_w2a4):
+    model, graph, calib, evaluation, qm = digits_w2a4
     plan, sim = fit_qwt(graph, qm.plan, calib, QwTConfig(samples=64))
-    return model, graph, s.evaluation()[0][:64], qm, plan, sim
+    return model, graph, evaluation, qm, plan, sim
 
 
 def test_blocks_fitted_and_counted(digits_qwt):
