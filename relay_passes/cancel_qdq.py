@@ -14,9 +14,12 @@ elements; a constant pad value v becomes quantize(v) (or, sinking, the integer w
 value is exactly v, else the rewrite is skipped); max pool commutes because both maps are
 monotone non-decreasing. ``round((n * s) / s) == n`` in float32 for the small integers involved
 (relative error 2^-23), which is also what the simulation relies on between layers.
-RemoveRedundantClip finally drops grid clips that a value's known integer range makes no-ops.
+RemoveRedundantClip finally drops grid clips that a value's known integer range makes no-ops
+(including the cast of a float value clipped to integer bounds, which ends a float branch).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import tvm
@@ -144,7 +147,7 @@ class _ClipRemover(relax.PyExprMutator):
             inner = self.value_range(expr.args[0]) or full
             return max(inner[0], int(expr.args[1].value)), min(inner[1], int(expr.args[2].value))
         if name == "relax.astype":
-            inner = self.value_range(expr.args[0])
+            inner = self.value_range(expr.args[0]) or self._float_clip_range(expr.args[0])
             return inner if inner and full[0] <= inner[0] and inner[1] <= full[1] else full
         if name in MOVEMENT_OPS:
             inner = self.value_range(expr.args[0]) or full
@@ -153,6 +156,16 @@ class _ClipRemover(relax.PyExprMutator):
                 return min(inner[0], v), max(inner[1], v)
             return inner
         return full
+
+    def _float_clip_range(self, expr):
+        """A float value clipped to [lo, hi] (a float branch's end) casts to integers in
+        [ceil(lo), floor(hi)]: the cast truncates towards zero."""
+        if isinstance(expr, relax.Var):
+            expr = self.lookup_binding(expr)
+        if op_name(expr) != "relax.clip" or "float" not in str(expr.ty.dtype):
+            return None
+        lo, hi = (float(a.value) for a in expr.args[1:3])
+        return math.ceil(lo), math.floor(hi)
 
     def visit_call_(self, call):
         call = super().visit_call_(call)

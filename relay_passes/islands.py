@@ -9,7 +9,8 @@ pooling head of a sentence encoder. Two passes need them in Relax terms:
   side and skips the anchors the program declares float;
 * verification (``plan_islands``): the Relax float ops allowed in a lowered module, counted per
   op name, so that one integer add left in float is caught even though six float mask adds are
-  allowed.
+  allowed. Declared float branches (QwT v1 compensation on a residual add, ``FLOAT_BRANCH_OPS``)
+  add their float64 ops, per branch.
 
 The tables are data: one ATen op becomes the multiset of Relax ops the torch frontend emits for
 it (``linalg_vector_norm`` is abs, power, sum, power). An ATen op missing here maps to nothing,
@@ -26,6 +27,7 @@ from tvm.relax import op as R
 
 from tvmptq.quant.plan import LayerPlan, QuantPlan
 
+from .errors import LoweringError
 from .mutate import mutate_functions
 
 # ATen op (program spelling) -> Relax ops (without the "relax." prefix) the frontend emits.
@@ -90,12 +92,50 @@ def expected_anchors(plan: QuantPlan) -> list[tuple[str, LayerPlan | str]]:
     return expected
 
 
-def plan_islands(plan: QuantPlan) -> Counter:
-    """Relax float ops the plan declares, counted per op name (see ATEN_TO_RELAX)."""
+# Declared float branch (layer attrs["float_branch"]: kind, features) -> the Relax float ops
+# QuantizeLayers emits for one branch, in order: W x (1x1 conv with the block's stride, or a
+# linear), + b, + y, / s, round (half to even), + z, clip, cast to the output container; all in
+# float64. Not listed because verify.py allows them anyway: the quantize/dequantize at the
+# branch's boundary and the float32 -> float64 casts (no arithmetic).
+FLOAT_BRANCH_OPS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("qwt_v1", "conv1x1"): ("nn.conv2d", "add", "add", "divide", "round", "add", "clip", "astype"),
+    ("qwt_v1", "linear"): ("matmul", "add", "add", "divide", "round", "add", "clip", "astype"),
+}
+
+
+def float_branch_key(lp: LayerPlan) -> tuple:
+    br = lp.attrs["float_branch"]
+    return br.get("kind"), br.get("features")
+
+
+def float_branch_ops(lp: LayerPlan) -> tuple[str, ...]:
+    """The Relax float ops of layer ``lp``'s declared float branch (empty without one)."""
+    if not lp.attrs.get("float_branch"):
+        return ()
+    if float_branch_key(lp) not in FLOAT_BRANCH_OPS:
+        kind, features = float_branch_key(lp)
+        raise LoweringError(f"layer {lp.name!r} has a float branch of kind {kind!r} (features {features!r}) "
+                            f"that the Relax lowering does not know")
+    return FLOAT_BRANCH_OPS[float_branch_key(lp)]
+
+
+def branch_islands(plan: QuantPlan) -> Counter:
+    """Relax float ops of the plan's declared float branches, counted per op name."""
+    counts = Counter()
+    for lp in plan.layers:
+        counts.update(float_branch_ops(lp))
+    return counts
+
+
+def plan_islands(plan: QuantPlan, branches: bool = True) -> Counter:
+    """Relax float ops the plan declares, counted per op name: its program's float ops (see
+    ATEN_TO_RELAX) and, with ``branches``, its float branches (see FLOAT_BRANCH_OPS)."""
     counts = Counter()
     for step in plan.program or []:
         if step["kind"] == "op" and not step.get("integer"):
             counts.update(ATEN_TO_RELAX.get(step["op"], ()))
+    if branches:
+        counts.update(branch_islands(plan))
     return counts
 
 

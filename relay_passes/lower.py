@@ -9,8 +9,9 @@ from tvmptq.quant.plan import QuantPlan
 
 from .cancel_qdq import CancelQDQ
 from .canonicalize import Canonicalize
+from .errors import LoweringError
 from .frontend import import_model
-from .islands import Float64Islands, plan_islands
+from .islands import FLOAT_BRANCH_OPS, Float64Islands, float_branch_key, plan_islands
 from .match import MatchPlanLayers
 from .quantize_layers import QuantizeLayers
 from .verify import VerifyIntegerOnly
@@ -19,16 +20,18 @@ from .verify import VerifyIntegerOnly
 def lowering_passes(plan: QuantPlan, requantize: str = "int64", leave_float=(), islands=(),
                     verify: bool = True, precise_islands: bool = True) -> tvm.transform.Pass:
     """The lowering pipeline. ``precise_islands``: compute LayerNorm/softmax/GELU islands in
-    float64 (see islands.Float64Islands) so they round like PyTorch's; off for speed."""
-    float_branches = [lp.name for lp in plan.layers if lp.attrs.get("float_branch")]
-    if float_branches:
-        from .errors import LoweringError
-        raise LoweringError(
-            f"plan has declared float branches (QwT v1 compensation) at {', '.join(float_branches)}: "
-            "the Relax lowering has no float island for them yet; run this plan with the PyTorch "
-            "simulation or the NumPy reference, or use --method cwac (folds into the integer program)")
+    float64 (see islands.Float64Islands) so they round like PyTorch's; off for speed. Declared
+    float branches (QwT v1) are lowered as float64 islands and declared to the verifier with the
+    plan's other islands (islands.plan_islands)."""
+    unknown = [f"{lp.name} ({lp.attrs['float_branch'].get('kind')}, features "
+               f"{lp.attrs['float_branch'].get('features')})" for lp in plan.layers
+               if lp.attrs.get("float_branch") and float_branch_key(lp) not in FLOAT_BRANCH_OPS]
+    if unknown:
+        raise LoweringError(f"plan has float branches the Relax lowering does not know at {', '.join(unknown)}: "
+                            f"it lowers {', '.join(f'{k}/{f}' for k, f in FLOAT_BRANCH_OPS)} (a qwt_v1 plan "
+                            "without 'features' predates the lowering: fit it again)")
     passes = [Canonicalize(), MatchPlanLayers(plan), QuantizeLayers(plan, requantize, leave_float), CancelQDQ()]
-    if verify:  # the plan's own float ops are the declared islands; ``islands`` adds to them
+    if verify:  # the plan's float ops and float branches are the declared islands; ``islands`` adds
         allowed = plan_islands(plan)
         allowed.update({name: float("inf") for name in islands})
         passes.append(VerifyIntegerOnly(allowed))

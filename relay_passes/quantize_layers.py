@@ -8,6 +8,10 @@ so the module stays runnable, with float values between layers. Pass 4 (cancel_q
 removes the dequantize -> quantize pairs so that integers flow from layer to layer. All numbers
 (int weights, int32 bias, multipliers, shifts, clip bounds) come from the plan; the Relax ops
 only say where each layer is and how its operands are laid out.
+
+A layer with a declared float branch (QwT v1 compensation, ``attrs["float_branch"]``) gets it
+after its integer output: a float64 island (ops in islands.FLOAT_BRANCH_OPS) that replaces the
+integer output before the final dequantize, exactly as tvmptq.algorithms.qwt.branch_output.
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ from .integer_ops import (
     weight_dtype,
     weight_l1,
 )
-from .match import LayerMatch, match_layers
+from .islands import float_branch_ops
+from .match import LayerMatch, _Graph, _source, match_layers
 from .mutate import mutate_functions
 
 REQUANTIZE_MODES = ("int64", "fixed_point_multiply")
@@ -42,6 +47,11 @@ class _LayerRewriter(relax.PyExprMutator):
         self.plan, self.mode = plan, mode
         self.by_output = {m.output: m for m in matches}
         self.interior = {v for m in matches for v in m.interior}
+        # Plan tensor name -> the Relax value that holds it (float; quantized where it is used):
+        # layer outputs, and the sources of layer operands (model inputs, float island results).
+        g = _Graph(mod["main"])
+        self.tensors = {name: _source(g, x) for m in matches for x, name in zip(m.inputs, m.layer.inputs)}
+        self.tensors.update({m.layer.output: m.output for m in matches})
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         if binding.var in self.interior:
@@ -65,7 +75,47 @@ class _LayerRewriter(relax.PyExprMutator):
         if build is None:
             raise LoweringError(f"layer {lp.name!r}: kind {lp.kind!r} is not lowered yet")
         y = build(m, qs, grids_in, out)
+        if lp.attrs.get("float_branch"):
+            y = self._float_branch(m, y, out)
         return dequantize(y, out)
+
+    def _float_branch(self, m, y, out: Grid) -> relax.Expr:
+        """Declared float branch (QwT v1): ``clip(round_half_even((y + W x + b) / s) + z)`` in
+        float64, with y (this layer's integer output) and x (the branch's input tensor)
+        dequantized in float32 as the simulation does, then widened; W a 1x1 conv with the
+        block's stride on conv maps, a linear on token features. Returns the new integer output."""
+        lp, bb = m.layer, self.builder_
+        ops, br, a = float_branch_ops(lp), lp.attrs["float_branch"], lp.arrays
+        src = self.tensors.get(br["input"])
+        if src is None:
+            raise LoweringError(f"layer {lp.name!r}: float branch input {br['input']!r} is not a tensor of "
+                                "the matched Relax graph")
+        gx = Grid.of(self.plan.tensors[br["input"]])
+        qx = bb.emit(quantize(self.visit_expr(src), gx))  # cancels against x's dequantize (CancelQDQ)
+        w, b = a["branch_weight"].astype(np.float64), np.asarray(a["branch_bias"], np.float64)
+        shape = [int(d) for d in y.ty.shape]
+        if ops[0] == "matmul" and [int(d) for d in qx.ty.shape] != shape[:-1] + [w.shape[1]]:
+            qx = bb.emit(R.reshape(qx, shape[:-1] + [w.shape[1]]))  # x's rows as y's (a linear's 2-D form)
+        xf = bb.emit(R.astype(bb.emit(dequantize(qx, gx)), "float64"))
+        yf = bb.emit(R.astype(bb.emit(dequantize(y, out)), "float64"))
+        if ops[0] == "nn.conv2d":
+            s = int(br["stride"])
+            comp = bb.emit(R.nn.conv2d(xf, relax.const(w[:, :, None, None], "float64"), strides=[s, s],
+                                       padding=[0, 0, 0, 0], out_dtype="float64"))
+            b = b.reshape(1, -1, 1, 1)
+        else:
+            comp = bb.emit(R.matmul(xf, relax.const(np.ascontiguousarray(w.T), "float64"), out_dtype="float64"))
+        if [int(d) for d in comp.ty.shape] != shape:
+            raise LoweringError(f"layer {lp.name!r}: float branch on {br['input']!r} gives shape "
+                                f"{[int(d) for d in comp.ty.shape]}, the layer's output is {shape}")
+        comp = bb.emit(R.add(comp, relax.const(b, "float64")))
+        v = bb.emit(R.add(yf, comp))
+        # The plan's scale as the simulation and the reference divide by it (float64).
+        v = bb.emit(R.divide(v, relax.const(np.float64(self.plan.tensors[lp.output].scale), "float64")))
+        v = bb.emit(R.round(v))  # legalizes to nearbyint: half to even, as np.round
+        v = bb.emit(R.add(v, relax.const(np.float64(out.zero_point), "float64")))
+        v = bb.emit(R.clip(v, float(lp.clip[0]), float(lp.clip[1])))
+        return bb.emit(R.astype(v, out.dtype))
 
     def _kernel(self, m, acc, q_grid: Grid, w, out, axis):
         a = m.layer.arrays

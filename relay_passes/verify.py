@@ -5,7 +5,8 @@ Allowed float ops:
   domain), never of a ``dequantize`` (that would be a float round trip between integer layers);
 * ``dequantize`` whose result is returned or feeds islands (a value leaves the integer domain);
 * the declared islands: a Counter of Relax op names (from ``islands.plan_islands``, e.g. six
-  ``nn.softmax`` and six mask ``add`` for MiniLM), or a plain list of names, each unlimited;
+  ``nn.softmax`` and six mask ``add`` for MiniLM, plus the float64 ops of each declared float
+  branch), or a plain list of names, each unlimited;
 * float data movement (reshape, permute, ...), which computes nothing.
 Every other float op is reported with its op name and binding var; when an island op occurs
 more often than declared, all its bindings are listed, since the extra one cannot be told apart.
@@ -70,7 +71,7 @@ def float_ops(mod: tvm.IRModule, islands=()) -> list[str]:
                 found.append(line + " <- dequantize: float round trip")
                 continue
             if name == "astype" and all(_has_float(e.ty) for e in touches):
-                continue  # float32 <-> float64 around an island (Float64Islands): no arithmetic
+                continue  # float32 <-> float64 around an island or float branch: no arithmetic
             if name == "dequantize":
                 continue  # leaving the integer domain; what it feeds is checked op by op
             seen.setdefault(name, []).append(line)

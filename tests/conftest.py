@@ -25,3 +25,13 @@ def digits_w2a4(digits_graph):
     calib = tuple(a[:128] for a in s.calibration())
     qm = tvmptq.quantize(model, calib, tvmptq.make_config(2, 4, "mse"), graph=graph, progress=False)
     return model, graph, calib, s.evaluation()[0][:64], qm
+
+
+@pytest.fixture(scope="session")
+def digits_qwt(digits_w2a4):
+    """QwT v1 fitted on the digits W2A4 baseline (64 samples): (model, graph, 64 evaluation
+    samples, baseline QuantizedModel, QwT plan, its simulation)."""
+    from tvmptq.algorithms.qwt import QwTConfig, fit_qwt
+    model, graph, calib, evaluation, qm = digits_w2a4
+    plan, sim = fit_qwt(graph, qm.plan, calib, QwTConfig(samples=64))
+    return model, graph, evaluation, qm, plan, sim

@@ -1,18 +1,12 @@
-"""QwT v1: closed-form per-block linear compensation as a declared float branch."""
+"""QwT v1: closed-form per-block linear compensation as a declared float branch (its Relax
+lowering: test_qwt_lowering.py). The fitted digits plan is the session fixture ``digits_qwt``."""
 import numpy as np
 import pytest
 
 import tvmptq
-from tvmptq.algorithms.qwt import QwTConfig, branches, fit_qwt
+from tvmptq.algorithms.qwt import branches
 from tvmptq.eval.sets import torch_runner
 from tvmptq.reference import run_plan
-
-
-@pytest.fixture(scope="module")
-def digits_qwt(digits_w2a4):
-    model, graph, calib, evaluation, qm = digits_w2a4
-    plan, sim = fit_qwt(graph, qm.plan, calib, QwTConfig(samples=64))
-    return model, graph, evaluation, qm, plan, sim
 
 
 def test_blocks_fitted_and_counted(digits_qwt):
@@ -44,11 +38,3 @@ def test_saved_plan_and_api(digits_qwt, digits_graph, tmp_path):
         assert got.plan.config["method"] == method
     with pytest.raises(tvmptq.errors.ConfigError, match="unknown method"):
         tvmptq.quantize(model, calib, tvmptq.make_config(8, 8), graph=graph, progress=False, method="nope")
-
-
-def test_lowering_refuses_the_float_branch(digits_qwt):
-    pytest.importorskip("tvm")
-    import relay_passes as rp
-    plan = digits_qwt[4]
-    with pytest.raises(rp.LoweringError, match="float branches .* at add"):
-        rp.lowering_passes(plan)

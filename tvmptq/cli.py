@@ -198,6 +198,9 @@ def cmd_compile(args) -> int:
           f"{len(m['float_ops'])} float ops inside the program")
     if m["float_islands"]:
         print(f"float islands ({len(m['float_islands'])}): {', '.join(m['float_islands'])}")
+    if m["float_branches"]:
+        print(f"float branches ({len(m['float_branches'])}, float64 islands): "
+              + ", ".join(f"{b['layer']} ({b['kind']} {b['features']})" for b in m["float_branches"]))
     print(f"artifact written to {args.out}/ (model.so, plan.npz, manifest.json, report.md)")
     return 0
 
@@ -366,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the empirical per-channel bias correction (on by default)")
     q.add_argument("--method", default="baseline", choices=["baseline", "cwac", "qwt"],
                    help="cwac: QwT-v2 per-channel affine folded into requantize multipliers/int32 biases "
-                        "(zero cost); qwt: QwT v1 per-block float linear branch (simulation/reference only)")
+                        "(zero cost); qwt: QwT v1 per-block float linear branch (compiled as a declared "
+                        "float64 island)")
     q.add_argument("--method-samples", type=int, default=256, help="calibration samples used to fit --method")
     q.add_argument("--cwac-ridge", type=float, default=0.0, help="CWAC ridge towards identity (0: least squares)")
     q.add_argument("--layer", action="append", metavar="NAME=SPEC",

@@ -7,15 +7,15 @@ import numpy as np
 
 
 def relax_constants(mod) -> Counter:
-    """Counter of ``(dtype, shape)`` over every constant of the module's Relax functions."""
+    """Counter of ``(dtype, shape)`` over every tensor constant of the module's Relax functions
+    (not the integer immediates of shapes and type annotations, which the visitor also reaches)."""
     from tvm import ir, relax
 
     found = Counter()
 
     def visit(e):
-        if isinstance(e, ir.expr.Constant):
-            v = e.value
-            arr = v.numpy() if hasattr(v, "numpy") else np.asarray(v)
+        if isinstance(e, ir.expr.Constant) and hasattr(e.value, "numpy"):
+            arr = e.value.numpy()
             found[(str(arr.dtype), tuple(arr.shape))] += 1
 
     for _, func in mod.functions_items():

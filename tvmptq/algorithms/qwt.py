@@ -6,8 +6,9 @@ disabled where the fit's R^2 on calibration data is <= 0 (QwT's safeguard). ``W`
 C_out x C_in matrix: a 1x1 convolution (stride = the block's downsampling) on conv maps, a linear
 on token features. It stays in float, as in QwT (FP16 there): the plan declares it as a float
 branch on the residual add that ends the block (``attrs["float_branch"]``, arrays
-``branch_weight``/``branch_bias``), the PyTorch simulation and the NumPy reference run it, and
-the Relax lowering refuses it, naming the branch (a float island there is not done yet).
+``branch_weight``/``branch_bias``); the PyTorch simulation and the NumPy reference run it, and
+the Relax lowering emits it as a declared float64 island after the add's integer output
+(relay_passes.quantize_layers, ops listed in relay_passes.islands.FLOAT_BRANCH_OPS).
 
 Choices (seeds.md section 1, [INF] where not from QwT's code):
 * Block = residual add. Its input ``x`` is the add's older operand (the skip), followed back
@@ -45,10 +46,6 @@ class QwTConfig:
     samples: int = 256
     batch_size: int = 32
     max_rows: int = 4096      # rows (pixels/tokens) per batch used in the Gram sums (subsampled)
-
-
-class FloatBranchError(ValueError):
-    """A plan with QwT float branches cannot be lowered to an integer-only program (yet)."""
 
 
 def branches(plan: QuantPlan) -> list[str]:
@@ -206,7 +203,7 @@ def fit_qwt(graph: LayerGraph, plan: QuantPlan, calibration, cfg: QwTConfig = Qw
             lp.arrays["branch_weight"] = wb[:-1].T.astype(np.float32).copy()
             lp.arrays["branch_bias"] = wb[-1].astype(np.float64).copy()
             lp.attrs["float_branch"] = {"kind": "qwt_v1", "input": x_name, "stride": stride,
-                                        "params": int(wb.size)}
+                                        "features": "conv1x1" if conv else "linear", "params": int(wb.size)}
             extra += int(wb.size)
             _attach(sim, plan, lp)
         report[lp.name] = row

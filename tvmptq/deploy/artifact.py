@@ -4,7 +4,8 @@ An artifact is a folder:
   model.so       the TVM-compiled integer-only Relax program (static batch, see manifest)
   plan.npz       the plan it was lowered from; its sha256 is in the manifest, so a plan swapped
                  after compiling is caught instead of silently describing another program
-  manifest.json  inputs, outputs, preprocessing, target, versions, hashes, op counts
+  manifest.json  inputs, outputs, preprocessing, target, versions, hashes, op counts, float
+                 islands (including the float branches of a QwT v1 plan and their Relax ops)
   report.md      the same facts for people (op counts, float ops, per-layer summary)
   tokenizer.json text models only: sentences are encoded without the model package
 
@@ -72,6 +73,13 @@ def _output_grids(plan: QuantPlan) -> list:
         grids.append(None if t is None else {"tensor": t.name, "scale": t.scale, "zero_point": t.zero_point,
                                              "qmin": t.qmin, "qmax": t.qmax})
     return grids
+
+
+def _float_branches(plan: QuantPlan) -> list[dict]:
+    """The plan's declared float branches (QwT v1), each with the Relax float ops it lowers to."""
+    from relay_passes.islands import float_branch_ops
+    return [{"layer": lp.name, **lp.attrs["float_branch"], "relax_ops": list(float_branch_ops(lp))}
+            for lp in plan.layers if lp.attrs.get("float_branch")]
 
 
 def _lower(model, plan: QuantPlan, batch: int):
@@ -170,6 +178,7 @@ def compile_artifact(model, plan: QuantPlan, out_dir, batch: int = 8, target: st
                  "observer": plan.config.get("observer"), "layers": len(plan.layers)},
         "op_counts": {"before": dict(sorted(before.items())), "after": dict(sorted(rp.op_counts(mod).items()))},
         "float_islands": list(plan.float_islands),
+        "float_branches": _float_branches(plan),
         "float_layers": list(plan.float_layers),
         "float_ops": rp.float_ops(mod),  # float ops beyond the input quantize / output dequantize
     }

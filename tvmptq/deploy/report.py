@@ -34,6 +34,12 @@ def format_report(manifest: dict, plan: QuantPlan) -> str:
         lines += [f"- `{f}`" for f in m["float_ops"]]
     if m["float_islands"]:
         lines += ["", f"Declared float islands ({len(m['float_islands'])}): {', '.join(m['float_islands'])}"]
+    if m.get("float_branches"):
+        head = f"Declared float branches ({len(m['float_branches'])}), float64 islands after their layer's output:"
+        lines += ["", head, ""]
+        lines += [f"- {b['layer']}: {b['kind']} {b['features']} on `{b['input']}` (stride {b['stride']}, "
+                  f"{b['params']} float parameters), Relax ops {', '.join(b['relax_ops'])}"
+                  for b in m["float_branches"]]
     if m["float_layers"]:
         lines += ["", f"Layers kept in float ({len(m['float_layers'])}): {', '.join(m['float_layers'])}"]
 
