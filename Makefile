@@ -4,7 +4,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 
-.PHONY: demo test test-slow bench bench-targets arm-setup venv clean
+.PHONY: demo test test-slow bench bench-targets bench-cwac arm-setup venv clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,11 @@ arm-setup: $(STAMP)
 # results/targets.md (EfficientNet-Lite0 and digits; see scripts/bench_targets.py)
 bench-targets: $(STAMP) arm-setup
 	$(PY) scripts/bench_targets.py
+
+# results/cwac.md (issue 4): about 1.5 h on 2 cores
+bench-cwac: $(STAMP)
+	$(PY) scripts/bench_cwac.py --models digits_resnet efficientnet_lite0 minilm_l6 --fit-samples 64 \
+	  --ablation --ablation-bits digits_resnet:W2A4 digits_resnet:W4A4 efficientnet_lite0:W4A4 --latency-bits W4A4
 
 clean:
 	rm -rf .venv build *.egg-info

@@ -42,7 +42,9 @@ ABLATION = {"default (all, fp_stream, all rows)": {},
             "rows active only": {"rows": "active"},
             "layers: block outputs only": {"layers": "block"},
             "ridge 1.0": {"ridge": 1.0},
-            "no fallback": {"fallback": False}}
+            "no fallback": {"fallback": False},
+            "solver moments (match mean and sd, no OLS shrinkage)": {"solver": "moments"},
+            "target same_input + solver moments": {"target": "same_input", "solver": "moments"}}
 
 
 def _bits(tag: str) -> tuple[int, int]:
@@ -60,11 +62,20 @@ def _latency(run, x, repeats=5) -> float:
     return 1000 * float(np.median(t)) / len(x)
 
 
-def _compiled(model, plan, imported):
+def _compiled(model, plan, imported, build: bool):
+    """Lowered op counts and parameter count; the compiled callable too when ``build``."""
     import relay_passes as rp
     from tvmptq.algorithms.cost import parameter_count
     mod = rp.lowering_passes(plan)(imported)
-    return rp.compile_integer(mod), rp.op_counts(mod), parameter_count(mod)
+    return rp.compile_integer(mod) if build else None, rp.op_counts(mod), parameter_count(mod)
+
+
+def _layer_mse_drop(st: dict) -> float:
+    """Median over CWAC layers of the calibration MSE removed by the fitted affine (percent):
+    how much of each layer's error is a per-channel gain/offset at all."""
+    drops = [1 - r["clipped_mse_after"] / r["clipped_mse_before"] for r in st.get("layers", {}).values()
+             if r.get("clipped_mse_before", 0) > 0]
+    return 100 * float(np.median(drops)) if drops else float("nan")
 
 
 def bench_model(name, bits, args) -> list[dict]:
@@ -114,11 +125,15 @@ def bench_model(name, bits, args) -> list[dict]:
                    "extra_params": st.get("extra_params", 0)}
             if method == "cwac":
                 row["layers"] = {k: v["non_identity"] for k, v in st["layers"].items()}
-            row["sim_latency_ms"] = _latency(qm.runner(), lat_x[0]) if not args.no_latency else float("nan")
+                row["layer_mse_drop"] = _layer_mse_drop(st)
+            timed = not args.no_latency and (args.latency_bits is None or tag in args.latency_bits)
+            row["sim_latency_ms"] = _latency(qm.runner(), lat_x[0]) if timed else float("nan")
             if imported is not None:
                 try:
-                    run, ops, params = _compiled(model, qm.plan, imported)
-                    row["compiled_latency_ms"] = _latency(run, lat_x[0])
+                    timed = args.latency_bits is None or tag in args.latency_bits
+                    run, ops, params = _compiled(model, qm.plan, imported, build=timed)
+                    if timed:
+                        row["compiled_latency_ms"] = _latency(run, lat_x[0])
                     row["relax_params"] = params
                     row["relax_ops"] = sum(ops.values())
                     if method == "baseline":
@@ -130,7 +145,11 @@ def bench_model(name, bits, args) -> list[dict]:
                     row["compiled"] = f"{type(err).__name__}: {str(err)[:120]}"
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "layers"}, default=float), flush=True)
-        if args.ablation:
+        if args.ablation and (args.ablation_bits is None or tag in args.ablation_bits
+                              or f"{name}:{tag}" in args.ablation_bits):
+            rows.append(_sqnr_profile(name, tag, graph, variants, evals, args))
+            rows += _first_last_8bit_rows(name, tag, graph, observers, probe, model, calib, evals, ref, labels,
+                                          evalset.task, key, fp, args)
             for label, opts in ABLATION.items():
                 qm = apply_method(base, calib, "cwac", {"samples": args.fit_samples, **opts})
                 out = run_outputs(qm.runner(), evals, args.batch_size, f"{name} {tag} {label}", False)
@@ -140,9 +159,45 @@ def bench_model(name, bits, args) -> list[dict]:
                              "primary": key, "gap_recovery": (s[key] - scores["baseline"][key]) / gap if abs(gap) > 1e-12 else float("nan"),
                              "non_identity": qm.plan.stats["cwac"]["non_identity_channels"],
                              "channels": qm.plan.stats["cwac"]["channels"],
-                             "fit_seconds": qm.plan.stats["cwac"]["fit_seconds"]})
+                             "fit_seconds": qm.plan.stats["cwac"]["fit_seconds"],
+                             "layer_mse_drop": _layer_mse_drop(qm.plan.stats["cwac"])})
                 print(label, s[key], flush=True)
     return rows
+
+
+def _sqnr_profile(name, tag, graph, variants, evals, args, samples=32) -> dict:
+    """Per-layer SQNR (dB) of each conv/linear output against the FP32 model on evaluation
+    samples, for the baseline and CWAC: where the quantized stream loses the signal."""
+    from tvmptq.quant.report import layer_sqnr
+    x = tuple(a[:samples] for a in evals)
+    prof = {}
+    for method in ("baseline", "cwac"):
+        qm = variants[method]
+        reps = layer_sqnr(graph, qm.simulated, qm.plan, batches(x, args.batch_size))
+        got = {r.layer: r.sqnr_db for r in reps if r.kind in ("conv2d", "linear")}
+        prof[method] = {lay.name: got[lay.name] for lay in graph.layers if lay.name in got}  # program order
+    return {"model": name, "bits": tag, "method": "sqnr profile", "profile": prof, "primary": "-", "samples": samples}
+
+
+def _first_last_8bit_rows(name, tag, graph, observers, probe, model, calib, evals, ref, labels, task, key, fp, args):
+    """The same width with the first and last layer at 8 bits (QwT's ResNet baseline does this),
+    then CWAC on that baseline: gap recovery against this row's own baseline."""
+    w, a = _bits(tag)
+    cfg = tvmptq.make_config(w, a, "minmax", first_last_8bit=True)
+    _, plan, sim, _ = select_observer(graph, observers, cfg, probe, args.batch_size, model.name)
+    base = QuantizedModel(model, graph, plan, sim)
+    cwac = apply_method(base, calib, "cwac", {"samples": args.fit_samples})
+    out = []
+    for label, qm in (("baseline, first/last layer 8-bit", base), ("cwac on first/last 8-bit baseline", cwac)):
+        s = score(task, ref, run_outputs(qm.runner(), evals, args.batch_size, f"{name} {tag} {label}", False), labels)
+        out.append({"model": name, "bits": tag, "method": label, **s, "primary": key})
+    gap = fp[key] - out[0][key]
+    out[1]["gap_recovery"] = (out[1][key] - out[0][key]) / gap if abs(gap) > 1e-12 else float("nan")
+    st = cwac.plan.stats["cwac"]
+    out[1].update(non_identity=st["non_identity_channels"], channels=st["channels"], fit_seconds=st["fit_seconds"],
+                  layer_mse_drop=_layer_mse_drop(st))
+    print(label, [r[key] for r in out], flush=True)
+    return out
 
 
 def _fmt(v, d=2):
@@ -158,17 +213,24 @@ def write_md(rows, args, path: Path, seconds: float):
              f"Calibration samples {args.calib_samples}, fitting samples {args.fit_samples}, evaluation "
              f"samples {args.eval_samples}. Latency: llvm host, **untuned**, batch {args.lat_batch}, ms per "
              "sample (median of 5); QwT v1 compiles its declared float branches as float64 islands "
-             "(counted in extra Relax ops).", "",
+             "(counted in extra Relax ops). Compiled and timed widths: "
+             f"{', '.join(args.latency_bits) if args.latency_bits else 'all'} (the other widths lower to the "
+             "same op structure; their op and parameter counts are still taken).", "",
+             "Layer MSE drop = median over CWAC layers of the calibration MSE (to the FP32 activation) that "
+             "the fitted per-channel affine removes: the share of a layer's error that is a gain/offset at all.", "",
              "Gap recovery = (method - baseline) / (fp32 - baseline) on the primary metric "
              "(top-1 agreement with FP32, %; cosine for MiniLM).", "",
-             "| model | bits | method | primary | acc | gap recovery | non-identity ch | extra params | "
+             "| model | bits | method | primary | acc | gap recovery | non-identity ch | layer MSE drop % | extra params | "
              "extra Relax ops | fit s | state B | peak RSS MB | compiled ms | sim ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    profiles = [r for r in rows if r["method"] == "sqnr profile"]
+    rows = [r for r in rows if r["method"] != "sqnr profile"]
     for r in rows:
         lines.append("| " + " | ".join([
             r["model"], r["bits"], r["method"], _fmt(r.get(r["primary"], float("nan")), 4),
             _fmt(r.get("accuracy", float("nan")), 4), _fmt(r.get("gap_recovery", float("nan"))),
             f"{r.get('non_identity', 0)}/{r.get('channels', 0)}" if r["method"].startswith("cwac") else "-",
+            _fmt(r.get("layer_mse_drop", float("nan")), 1),
             str(r.get("extra_relax_params", r.get("extra_params", 0))),  # compiled constants, else the fit's
             str(r.get("extra_int_ops", "-")), _fmt(r.get("fit_seconds", float("nan")), 1),
             str(r.get("state_bytes", "-")), _fmt(r.get("peak_rss_mb", float("nan")), 0),
@@ -178,6 +240,11 @@ def write_md(rows, args, path: Path, seconds: float):
     for r in rows:
         if r["method"] == "cwac" and "layers" in r:
             lines.append(f"- {r['model']} {r['bits']}: " + ", ".join(f"{k} {v}" for k, v in r["layers"].items()))
+    for r in profiles:
+        b, c = r["profile"]["baseline"], r["profile"]["cwac"]
+        lines += ["", f"## Per-layer SQNR, {r['model']} {r['bits']} ({r['samples']} evaluation samples, dB vs FP32)", "",
+                  "| layer | baseline | CWAC | change |", "|---|---|---|---|"]
+        lines += [f"| {k} | {b[k]:.2f} | {c[k]:.2f} | {c[k] - b[k]:+.2f} |" for k in b if k in c]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     path.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=float))
@@ -194,6 +261,9 @@ def main():
     p.add_argument("--lat-batch", type=int, default=8)
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--ablation", action="store_true", help="CWAC placement/target/ridge ablation rows")
+    p.add_argument("--ablation-bits", nargs="+", default=None, help="widths (W4A4) or model:width pairs (efficientnet_lite0:W4A4) that get ablation rows; default all")
+    p.add_argument("--latency-bits", nargs="+", default=None,
+                   help="widths whose compiled programs are built and timed (default all; op counts always)")
     p.add_argument("--out", default=str(REPO / "results" / "cwac.md"))
     args = p.parse_args()
     t0 = time.perf_counter()

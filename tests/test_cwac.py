@@ -111,3 +111,36 @@ def test_compiled_cwac_is_zero_cost_and_bit_exact(digits_cwac):
     assert np.array_equal(got, torch_runner(sim)(x))
     assert np.array_equal(got, run_plan(plan, x))
     assert not np.array_equal(got, rp.compile_integer(base_mod)(x))
+
+
+def test_stepped_stream_equals_recomputed_stream(digits_w2a4):
+    """One stepped forward gives the same fit as re-running the graph for every layer."""
+    _, graph, calib, _, qm = digits_w2a4
+    stepped = fit_cwac(graph, qm.plan, calib, CWACConfig(samples=48, batch_size=16))[0]
+    again = fit_cwac(graph, qm.plan, calib, CWACConfig(samples=48, batch_size=16, stream="recompute"))[0]
+    assert stepped.stats["cwac"]["non_identity_channels"] > 0
+    for a, b in zip(stepped.layers, again.layers):
+        assert set(a.arrays) == set(b.arrays)
+        for k in a.arrays:
+            assert np.array_equal(a.arrays[k], b.arrays[k]), (a.name, k)
+
+
+@pytest.mark.slow
+def test_cwac_on_minilm_token_features():
+    """CWAC on a transformer: linear layers fitted per output feature over tokens, folded in."""
+    model = tvmptq.load("minilm_l6")
+    data = tvmptq.get_set("sentences")
+    calib = tuple(a[:32] for a in data.calibration())
+    graph = tvmptq.prepare(model)
+    qm = tvmptq.quantize(model, calib, tvmptq.make_config(8, 8, "minmax"), graph=graph, progress=False)
+    plan, sim = fit_cwac(graph, qm.plan, calib, CWACConfig(samples=16, batch_size=8))
+    st = plan.stats["cwac"]
+    assert len(st["layers"]) == sum(lp.kind == "linear" for lp in plan.layers) > 30
+    assert st["non_identity_channels"] > 0
+    for b, c in zip(qm.plan.layers, plan.layers):
+        for k in b.arrays:
+            if k not in ("multiplier", "shift", "bias"):
+                assert np.array_equal(b.arrays[k], c.arrays[k]), (b.name, k)
+    with torch.no_grad():
+        out = sim(*(torch.as_tensor(np.asarray(a[:4])) for a in calib))
+    assert np.isfinite(np.asarray(out)).all()

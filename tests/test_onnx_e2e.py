@@ -188,3 +188,27 @@ def test_api_user_onnx_with_resize(tmp_path, data):
     out = qm.runner()(evals)
     assert float(np.mean(out.argmax(1) == ref.argmax(1))) >= 0.9
     assert sqnr_db(ref, out) > 20.0
+
+
+@pytest.mark.parametrize("method", ["cwac", "qwt"])
+def test_cli_compensation_methods_on_user_onnx(capsys, tmp_path, exported, calib_npy, method):
+    """`--method cwac|qwt` on a user's ONNX file: the plan records the fit, and CWAC keeps the
+    baseline's arrays except requantize parameters (it folds in)."""
+    path, _ = exported["mean"]
+    plans = {}
+    for m in ("baseline", method):
+        plans[m] = tmp_path / f"{m}.npz"
+        rc = main(["quantize", str(path), "--calib", str(calib_npy), "--wbits", "4", "--abits", "4",
+                   "--out", str(plans[m]), "--observer", "minmax", "--report", "0", "--method", m,
+                   "--method-samples", "32"])
+        out, err = capsys.readouterr()
+        assert rc == 0, err[-2000:]
+    base, fitted = (tvmptq.QuantPlan.load(plans[m]) for m in ("baseline", method))
+    assert fitted.config["method"] == method
+    if method == "cwac":
+        assert fitted.stats["cwac"]["non_identity_channels"] > 0
+        assert [set(lp.arrays) for lp in base.layers] == [set(lp.arrays) for lp in fitted.layers]
+    else:
+        assert fitted.stats["qwt"]["blocks"], "the residual block was not found"
+        assert "qwt_v1" in {lp.attrs.get("float_branch", {}).get("kind") for lp in fitted.layers} \
+            or not any(b["enabled"] for b in fitted.stats["qwt"]["blocks"].values())

@@ -133,10 +133,13 @@ class QKernel(_IntLayer):
             if self.b is not None:
                 y = y + (self.b.view(1, -1, 1, 1) if self.lp.kind == "conv2d" else self.b)
             return self._finish(torch.round(y / self.tout.scale).to(torch.float64))
+        return self._finish(self.requant(self.accumulate(x)))
+
+    def accumulate(self, x):
+        """The exact integer accumulator ``sum w (q - z)`` (float32 where provably exact, else float64)."""
         xc = _centered(x, self.tin[0])
         exact32 = self.always_exact32 or float(xc.abs().max()) * self.w_l1 < EXACT_F32
-        acc = self._op(xc, self.w) if exact32 else self._op(xc.double(), self.w.double())
-        return self._finish(self.requant(acc))
+        return self._op(xc, self.w) if exact32 else self._op(xc.double(), self.w.double())
 
 
 class QMatmul(_IntLayer):
