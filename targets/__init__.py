@@ -13,7 +13,8 @@ read from LLVM and corrected with /proc/cpuinfo flags (see :func:`host_cpu`).
 
 Submodules: ``targets.build`` (compile/export/cross-compile), ``targets.qemu`` (aarch64 under
 qemu-user), ``targets.profile`` (local and RPC-tracker latency), ``targets.tune`` (MetaSchedule with an
-on-disk database), ``targets.cuda`` (nvcc validation of generated CUDA source).
+on-disk database), ``targets.cuda`` (nvcc validation of generated CUDA source), ``targets.x86_int8`` (tensorized
+VNNI int8 dense kernels and the LLVM-22 fix of TVM's VNNI intrinsic).
 """
 from __future__ import annotations
 
