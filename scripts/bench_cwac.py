@@ -148,9 +148,9 @@ def bench_model(name, bits, args) -> list[dict]:
         if args.ablation and (args.ablation_bits is None or tag in args.ablation_bits
                               or f"{name}:{tag}" in args.ablation_bits):
             rows.append(_sqnr_profile(name, tag, graph, variants, evals, args))
-            rows += _first_last_8bit_rows(name, tag, graph, observers, probe, model, calib, evals, ref, labels,
-                                          evalset.task, key, fp, args)
-            for label, opts in ABLATION.items():
+            rows += _stronger_base_rows(name, tag, graph, observers, probe, model, calib, evals, ref, labels,
+                                        evalset.task, key, fp, args)
+            for label, opts in (ABLATION.items() if args.ablation_set == "all" else ()):
                 qm = apply_method(base, calib, "cwac", {"samples": args.fit_samples, **opts})
                 out = run_outputs(qm.runner(), evals, args.batch_size, f"{name} {tag} {label}", False)
                 s = score(evalset.task, ref, out, labels)
@@ -179,24 +179,37 @@ def _sqnr_profile(name, tag, graph, variants, evals, args, samples=32) -> dict:
     return {"model": name, "bits": tag, "method": "sqnr profile", "profile": prof, "primary": "-", "samples": samples}
 
 
-def _first_last_8bit_rows(name, tag, graph, observers, probe, model, calib, evals, ref, labels, task, key, fp, args):
-    """The same width with the first and last layer at 8 bits (QwT's ResNet baseline does this),
-    then CWAC on that baseline: gap recovery against this row's own baseline."""
+def _depthwise_w8(graph) -> dict:
+    """Overrides putting every depthwise conv's weights at 8 bits (their 9 weights per channel
+    are where 4-bit rounding hurts most)."""
+    return {lay.name: {"weight_bits": 8} for lay in graph.layers
+            if lay.kind == "conv2d" and lay.attrs.get("groups", 1) > 1}
+
+
+def _stronger_base_rows(name, tag, graph, observers, probe, model, calib, evals, ref, labels, task, key, fp, args):
+    """CWAC on stronger baselines of the same width: first and last layer at 8 bits (QwT's ResNet
+    baseline does this) and, where the model has them, depthwise weights at 8 bits. Gap recovery
+    is against each row's own baseline."""
     w, a = _bits(tag)
-    cfg = tvmptq.make_config(w, a, "minmax", first_last_8bit=True)
-    _, plan, sim, _ = select_observer(graph, observers, cfg, probe, args.batch_size, model.name)
-    base = QuantizedModel(model, graph, plan, sim)
-    cwac = apply_method(base, calib, "cwac", {"samples": args.fit_samples})
+    bases = {"first/last layer 8-bit": tvmptq.make_config(w, a, "minmax", first_last_8bit=True)}
+    if _depthwise_w8(graph):
+        bases["depthwise weights 8-bit"] = tvmptq.make_config(w, a, "minmax", overrides=_depthwise_w8(graph))
     out = []
-    for label, qm in (("baseline, first/last layer 8-bit", base), ("cwac on first/last 8-bit baseline", cwac)):
-        s = score(task, ref, run_outputs(qm.runner(), evals, args.batch_size, f"{name} {tag} {label}", False), labels)
-        out.append({"model": name, "bits": tag, "method": label, **s, "primary": key})
-    gap = fp[key] - out[0][key]
-    out[1]["gap_recovery"] = (out[1][key] - out[0][key]) / gap if abs(gap) > 1e-12 else float("nan")
-    st = cwac.plan.stats["cwac"]
-    out[1].update(non_identity=st["non_identity_channels"], channels=st["channels"], fit_seconds=st["fit_seconds"],
-                  layer_mse_drop=_layer_mse_drop(st))
-    print(label, [r[key] for r in out], flush=True)
+    for base_label, cfg in bases.items():
+        _, plan, sim, _ = select_observer(graph, observers, cfg, probe, args.batch_size, model.name)
+        base = QuantizedModel(model, graph, plan, sim)
+        cwac = apply_method(base, calib, "cwac", {"samples": args.fit_samples})
+        pair = []
+        for label, qm in ((f"baseline, {base_label}", base), (f"cwac on baseline, {base_label}", cwac)):
+            s = score(task, ref, run_outputs(qm.runner(), evals, args.batch_size, f"{name} {tag} {label}", False), labels)
+            pair.append({"model": name, "bits": tag, "method": label, **s, "primary": key})
+        gap = fp[key] - pair[0][key]
+        pair[1]["gap_recovery"] = (pair[1][key] - pair[0][key]) / gap if abs(gap) > 1e-12 else float("nan")
+        st = cwac.plan.stats["cwac"]
+        pair[1].update(non_identity=st["non_identity_channels"], channels=st["channels"],
+                       fit_seconds=st["fit_seconds"], layer_mse_drop=_layer_mse_drop(st))
+        print(base_label, [r[key] for r in pair], flush=True)
+        out += pair
     return out
 
 
@@ -262,6 +275,8 @@ def main():
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--ablation", action="store_true", help="CWAC placement/target/ridge ablation rows")
     p.add_argument("--ablation-bits", nargs="+", default=None, help="widths (W4A4) or model:width pairs (efficientnet_lite0:W4A4) that get ablation rows; default all")
+    p.add_argument("--ablation-set", choices=["all", "bases"], default="all",
+                   help="bases: only the stronger-baseline rows and the SQNR profile")
     p.add_argument("--latency-bits", nargs="+", default=None,
                    help="widths whose compiled programs are built and timed (default all; op counts always)")
     p.add_argument("--out", default=str(REPO / "results" / "cwac.md"))
