@@ -144,3 +144,21 @@ def test_cwac_on_minilm_token_features():
     with torch.no_grad():
         out = sim(*(torch.as_tensor(np.asarray(a[:4])) for a in calib))
     assert np.isfinite(np.asarray(out)).all()
+
+
+def test_padded_tokens_are_not_regression_rows():
+    from torch import fx
+
+    from tvmptq.algorithms.rows import mask_input_index, token_rows
+
+    class Encoder(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):
+            return input_ids * attention_mask
+
+    gm = fx.symbolic_trace(Encoder())
+    assert mask_input_index(gm) == 1
+    assert mask_input_index(fx.symbolic_trace(torch.nn.ReLU())) is None
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    rows = token_rows(mask, torch.zeros(2, 3, 5))
+    assert rows.tolist() == [True, True, False, True, False, False]
+    assert token_rows(mask, torch.zeros(2, 5, 3, 3)) is None and token_rows(None, torch.zeros(2, 3, 5)) is None

@@ -59,6 +59,7 @@ from ..quant.graph import LayerGraph
 from ..quant.plan import LayerPlan, QuantPlan
 from ..quant.simulate import QKernel, Requantize, simulate
 from ..util import peak_rss_mb
+from .rows import mask_input_index, token_rows
 
 INT32 = (-(2 ** 31), 2 ** 31 - 1)
 
@@ -234,15 +235,17 @@ def _activation_bounds(layer, t, lp) -> tuple[float, float]:
 
 def _fit_layer(mod: QKernel, layer, lp: LayerPlan, plan: QuantPlan, stream, cfg: CWACConfig) -> dict:
     """Fit and fold one layer's ``a_c, b_c`` (updates ``lp.arrays``); returns its report row.
-    ``stream()`` yields (layer input on the quantized stream, FP32 target rows) per batch."""
+    ``stream()`` yields (layer input on the quantized stream, FP32 target rows, real-token rows or
+    None) per batch; padded tokens do not count (see rows.py)."""
     t = plan.tensors[lp.output]
     lo, hi = _activation_bounds(layer, t, lp)
     stats = ChannelStats(lp.arrays["weight"].shape[0])
-    for x, yf in stream():                                            # pass 1: sufficient statistics
+    for x, yf, real in stream():                                      # pass 1: sufficient statistics
         yq = _rows(mod.requant(mod.accumulate(x)), lp.kind) * t.scale
-        mask = None
+        mask = None if real is None else real[:, None].expand_as(yf)
         if cfg.rows == "active":
-            mask = ((yf > lo) & (yf < hi)) | ((yq > lo) & (yq < hi))
+            active = ((yf > lo) & (yf < hi)) | ((yq > lo) & (yq < hi))
+            mask = active if mask is None else mask & active
         stats.update(yq, yf, mask)
     a, b = stats.solve(cfg.ridge, cfg.solver)
     keep = np.isfinite(a) & np.isfinite(b) & (a > 0) & ~((a == 1) & (b == 0))
@@ -253,11 +256,12 @@ def _fit_layer(mod: QKernel, layer, lp: LayerPlan, plan: QuantPlan, stream, cfg:
     if cfg.fallback and keep.any():                                   # pass 2: identity where no gain
         r_id, r_new = mod.requant, _requant_for(mod, trial)
         sse = np.zeros((2, len(a)))
-        for x, yf in stream():
+        for x, yf, real in stream():
             acc, target = mod.accumulate(x), yf.clamp(lo, hi)
             for j, req in enumerate((r_id, r_new)):
                 y = _rows(req(acc).clamp(*mod.centered_clip), lp.kind) * t.scale
-                sse[j] += ((y - target) ** 2).sum(0).numpy()
+                err = (y - target) ** 2
+                sse[j] += (err if real is None else err[real]).sum(0).numpy()
         keep = keep & (sse[1] < sse[0])
     final = fold(lp, t.scale, a, b, keep)
     lp.arrays.update({k: final[k] for k in ("multiplier", "shift", "bias")})
@@ -279,6 +283,7 @@ def _streams(sim, graph: LayerGraph, data, cfg: CWACConfig):
     keeps the live activations of all ``cfg.samples`` between layers). ``recompute``: each pass
     re-runs the graph from the inputs, batch by batch (memory of one batch; O(layers^2) time)."""
     inputs = [tuple(torch.as_tensor(np.asarray(b)) for b in batch) for batch in batches(data, cfg.batch_size)]
+    mask_at = mask_input_index(graph.gm)
     fp_target = cfg.target == "fp_stream"
     pairs = [(_Stepper(sim, *x), _Stepper(graph.gm, *x) if fp_target else None) for x in inputs] \
         if cfg.stream == "stepped" else None
@@ -289,7 +294,8 @@ def _streams(sim, graph: LayerGraph, data, cfg: CWACConfig):
                 q_st, fp_st = pairs[k] if pairs else (_Stepper(sim, *x_in), _Stepper(graph.gm, *x_in) if fp_target else None)
                 x = q_st.advance(node, before=True)
                 yf = fp_st.advance(layer.node.name, before=False) if fp_target else _fp_output(layer, x)
-                yield x, _rows(yf.double(), layer.kind)
+                keep = token_rows(None if mask_at is None else x_in[mask_at], yf)
+                yield x, _rows(yf.double(), layer.kind), keep
         return stream
     return for_layer
 

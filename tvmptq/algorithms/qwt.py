@@ -38,6 +38,7 @@ from ..quant.graph import LayerGraph
 from ..quant.plan import QuantPlan
 from ..quant.simulate import simulate
 from ..util import peak_rss_mb
+from .rows import mask_input_index, token_rows
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ def fit_qwt(graph: LayerGraph, plan: QuantPlan, calibration, cfg: QwTConfig = Qw
     data = tuple(a[:cfg.samples] for a in calibration)
     sim = simulate(graph, plan)
     report, extra, state = {}, 0, 0
+    mask_at = mask_input_index(graph.gm)
     for layer, x_name, stride in _blocks(graph, plan):
         lp = plan.layer(layer.name)
         where = _tensor_nodes(sim, plan)
@@ -181,6 +183,9 @@ def fit_qwt(graph: LayerGraph, plan: QuantPlan, calibration, cfg: QwTConfig = Qw
                 rows_y = _features(yq, 1, conv)
                 rows_t = _features(target.double(), 1, conv)
                 rows_x = _features(x, stride, conv)
+                real = token_rows(None if mask_at is None else inputs[mask_at], target)
+                if real is not None:                                     # padded tokens do not count
+                    rows_x, rows_y, rows_t = rows_x[real], rows_y[real], rows_t[real]
                 if len(rows_x) > cfg.max_rows:
                     pick = torch.from_numpy(np.sort(rng.choice(len(rows_x), cfg.max_rows, replace=False)))
                     rows_x, rows_y, rows_t = rows_x[pick], rows_y[pick], rows_t[pick]
