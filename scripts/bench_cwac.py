@@ -52,14 +52,15 @@ def _bits(tag: str) -> tuple[int, int]:
     return int(w), int(a)
 
 
-def _latency(run, x, repeats=5) -> float:
-    run(x)
+def _latency(run, xs, repeats=5) -> float:
+    """Median ms per sample of ``run(*xs)`` (all model inputs, e.g. MiniLM's ids and mask)."""
+    run(*xs)
     t = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        run(x)
+        run(*xs)
         t.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(t)) / len(x)
+    return 1000 * float(np.median(t)) / len(xs[0])
 
 
 def _compiled(model, plan, imported, build: bool):
@@ -127,13 +128,13 @@ def bench_model(name, bits, args) -> list[dict]:
                 row["layers"] = {k: v["non_identity"] for k, v in st["layers"].items()}
                 row["layer_mse_drop"] = _layer_mse_drop(st)
             timed = not args.no_latency and (args.latency_bits is None or tag in args.latency_bits)
-            row["sim_latency_ms"] = _latency(qm.runner(), lat_x[0]) if timed else float("nan")
+            row["sim_latency_ms"] = _latency(qm.runner(), lat_x) if timed else float("nan")
             if imported is not None:
                 try:
                     timed = args.latency_bits is None or tag in args.latency_bits
                     run, ops, params = _compiled(model, qm.plan, imported, build=timed)
                     if timed:
-                        row["compiled_latency_ms"] = _latency(run, lat_x[0])
+                        row["compiled_latency_ms"] = _latency(run, lat_x)
                     row["relax_params"] = params
                     row["relax_ops"] = sum(ops.values())
                     if method == "baseline":
@@ -231,6 +232,7 @@ def write_md(rows, args, path: Path, seconds: float):
              "same op structure; their op and parameter counts are still taken).", "",
              "Layer MSE drop = median over CWAC layers of the calibration MSE (to the FP32 activation) that "
              "the fitted per-channel affine removes: the share of a layer's error that is a gain/offset at all.", "",
+             *([f"Note: {args.note}", ""] if args.note else []),
              "Gap recovery = (method - baseline) / (fp32 - baseline) on the primary metric "
              "(top-1 agreement with FP32, %; cosine for MiniLM).", "",
              "| model | bits | method | primary | acc | gap recovery | non-identity ch | layer MSE drop % | extra params | "
@@ -279,6 +281,7 @@ def main():
                    help="bases: only the stronger-baseline rows and the SQNR profile")
     p.add_argument("--latency-bits", nargs="+", default=None,
                    help="widths whose compiled programs are built and timed (default all; op counts always)")
+    p.add_argument("--note", default="", help="a line for the report header (e.g. machine load)")
     p.add_argument("--out", default=str(REPO / "results" / "cwac.md"))
     args = p.parse_args()
     t0 = time.perf_counter()
