@@ -52,6 +52,12 @@ def _bits(tag: str) -> tuple[int, int]:
     return int(w), int(a)
 
 
+def _gap_recovery(score: float, base: float, fp32: float) -> float:
+    """(method - baseline) / (fp32 - baseline); NaN where the baseline already matches FP32."""
+    gap = fp32 - base
+    return (score - base) / gap if abs(gap) > 1e-12 else float("nan")
+
+
 def _latency(run, xs, repeats=5) -> float:
     """Median ms per sample of ``run(*xs)`` (all model inputs, e.g. MiniLM's ids and mask)."""
     run(*xs)
@@ -115,11 +121,10 @@ def bench_model(name, bits, args) -> list[dict]:
         base_cost = None
         for method, qm in variants.items():
             s = scores[method]
-            gap = fp[key] - scores["baseline"][key]
             st = qm.plan.stats.get(method, {})
             row = {"model": name, "bits": tag, "observer": rule, "method": method, **s,
                    "primary": key, "fp32": fp[key],
-                   "gap_recovery": (s[key] - scores["baseline"][key]) / gap if abs(gap) > 1e-12 else float("nan"),
+                   "gap_recovery": _gap_recovery(s[key], scores["baseline"][key], fp[key]),
                    "fit_seconds": st.get("fit_seconds", 0.0), "state_bytes": st.get("state_bytes", 0),
                    "peak_rss_mb": st.get("peak_rss_mb", float("nan")),
                    "non_identity": st.get("non_identity_channels", 0), "channels": st.get("channels", 0),
@@ -155,9 +160,8 @@ def bench_model(name, bits, args) -> list[dict]:
                 qm = apply_method(base, calib, "cwac", {"samples": args.fit_samples, **opts})
                 out = run_outputs(qm.runner(), evals, args.batch_size, f"{name} {tag} {label}", False)
                 s = score(evalset.task, ref, out, labels)
-                gap = fp[key] - scores["baseline"][key]
                 rows.append({"model": name, "bits": tag, "method": f"cwac ablation: {label}", **s,
-                             "primary": key, "gap_recovery": (s[key] - scores["baseline"][key]) / gap if abs(gap) > 1e-12 else float("nan"),
+                             "primary": key, "gap_recovery": _gap_recovery(s[key], scores["baseline"][key], fp[key]),
                              "non_identity": qm.plan.stats["cwac"]["non_identity_channels"],
                              "channels": qm.plan.stats["cwac"]["channels"],
                              "fit_seconds": qm.plan.stats["cwac"]["fit_seconds"],
@@ -204,8 +208,7 @@ def _stronger_base_rows(name, tag, graph, observers, probe, model, calib, evals,
         for label, qm in ((f"baseline, {base_label}", base), (f"cwac on baseline, {base_label}", cwac)):
             s = score(task, ref, run_outputs(qm.runner(), evals, args.batch_size, f"{name} {tag} {label}", False), labels)
             pair.append({"model": name, "bits": tag, "method": label, **s, "primary": key})
-        gap = fp[key] - pair[0][key]
-        pair[1]["gap_recovery"] = (pair[1][key] - pair[0][key]) / gap if abs(gap) > 1e-12 else float("nan")
+        pair[1]["gap_recovery"] = _gap_recovery(pair[1][key], pair[0][key], fp[key])
         st = cwac.plan.stats["cwac"]
         pair[1].update(non_identity=st["non_identity_channels"], channels=st["channels"],
                        fit_seconds=st["fit_seconds"], layer_mse_drop=_layer_mse_drop(st))
