@@ -35,3 +35,14 @@ def digits_qwt(digits_w2a4):
     model, graph, calib, evaluation, qm = digits_w2a4
     plan, sim = fit_qwt(graph, qm.plan, calib, QwTConfig(samples=64))
     return model, graph, evaluation, qm, plan, sim
+
+
+@pytest.fixture(scope="session")
+def digits_cli_plan(tmp_path_factory):
+    """A digits W8A8 plan made by `tvmptq quantize` (64 calibration samples, minmax): the plan the
+    artifact and target tests compile."""
+    from tvmptq.cli import main
+    plan = tmp_path_factory.mktemp("digits_cli_plan") / "plan.npz"
+    assert main(["quantize", "digits_resnet", "--calib-samples", "64", "--observer", "minmax", "--report", "0",
+                 "--out", str(plan)]) == 0
+    return plan

@@ -25,12 +25,10 @@ MODEL = "digits_resnet"
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
+def digits(tmp_path_factory, digits_cli_plan):
     """(plan path, artifact folder, evaluation images, simulated outputs of the plan)."""
     tmp = tmp_path_factory.mktemp("artifact")
-    plan = tmp / "plan.npz"
-    assert main(["quantize", MODEL, "--calib-samples", "64", "--observer", "minmax", "--report", "0",
-                 "--out", str(plan)]) == 0
+    plan = digits_cli_plan
     assert main(["compile", MODEL, "--plan", str(plan), "-o", str(tmp / "art"), "--batch", "8"]) == 0
     x = np.array(tvmptq.get_set("digits").evaluation()[0][:20])  # 20: the last chunk of 8 is padded
     qm = tvmptq.from_plan(tvmptq.load(MODEL), tvmptq.QuantPlan.load(plan))

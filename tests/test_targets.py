@@ -140,12 +140,10 @@ def test_unknown_target_is_a_clear_error(capsys, tmp_path):
 
 # ------------------------------------------------------------------ compile, cross-compile, profile
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
+def digits(tmp_path_factory, digits_cli_plan):
     """(tmp folder, plan path, x86-host artifact, evaluation inputs, x86 outputs)."""
     tmp = tmp_path_factory.mktemp("targets")
-    plan = tmp / "plan.npz"
-    assert main(["quantize", MODEL, "--calib-samples", "64", "--observer", "minmax", "--report", "0",
-                 "--out", str(plan)]) == 0
+    plan = digits_cli_plan
     assert main(["compile", MODEL, "--plan", str(plan), "-o", str(tmp / "x86"), "--target", "x86-host",
                  "--untuned"]) == 0
     from tvmptq.deploy import load_artifact
