@@ -43,10 +43,10 @@ arm-setup: $(STAMP)
 bench-targets: $(STAMP) arm-setup
 	$(PY) scripts/bench_targets.py
 
-# results/cwac.md (issue 4): about 1.5 h on 2 cores
+# results/cwac.md (issue 4): about 2 h on 2 cores
 bench-cwac: $(STAMP)
 	$(PY) scripts/bench_cwac.py --models digits_resnet efficientnet_lite0 minilm_l6 --fit-samples 64 \
-	  --ablation --ablation-bits digits_resnet:W2A4 digits_resnet:W4A4 efficientnet_lite0:W4A4 --latency-bits W4A4
+	  --ablation --ablation-bits digits_resnet:W2A4 digits_resnet:W4A4 efficientnet_lite0:W4A4 minilm_l6:W8A8 --latency-bits W4A4
 
 clean:
 	rm -rf .venv build *.egg-info

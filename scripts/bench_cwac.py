@@ -37,14 +37,20 @@ BITS = {"efficientnet_lite0": ["W8A8", "W6A6", "W4A8", "W4A4"],
         "minilm_l6": ["W8A8", "W6A6", "W4A8", "W4A4"],
         "digits_resnet": ["W8A8", "W6A6", "W4A8", "W4A4", "W2A4"]}
 PRIMARY = {"classification": "top1_agreement", "embedding": "cosine_mean"}
-ABLATION = {"default (all, fp_stream, all rows)": {},
+# Ablations are variations of the FP32-stream fit (the default before target="auto"), so each
+# row changes one thing; the two target rows are the candidates "auto" chooses between.
+FP = {"target": "fp_stream"}
+ABLATION = {"target fp_stream (all layers, all rows)": FP,
             "target same_input (QwT convention)": {"target": "same_input"},
-            "rows active only": {"rows": "active"},
-            "layers: block outputs only": {"layers": "block"},
-            "ridge 1.0": {"ridge": 1.0},
-            "no fallback": {"fallback": False},
-            "solver moments (match mean and sd, no OLS shrinkage)": {"solver": "moments"},
-            "target same_input + solver moments": {"target": "same_input", "solver": "moments"}}
+            "rows active only": {**FP, "rows": "active"},
+            "layers: block outputs only": {**FP, "layers": "block"},
+            "ridge 1.0": {**FP, "ridge": 1.0},
+            "no fallback": {**FP, "fallback": False},
+            "solver moments (match mean and sd, no OLS shrinkage)": {**FP, "solver": "moments"},
+            "target same_input + solver moments": {"target": "same_input", "solver": "moments"},
+            # not a method: fitted on the very samples it is scored on, the most a per-layer
+            # closed-form affine can do with this baseline
+            "oracle: fp_stream fitted on 256 of the scored evaluation samples": {"oracle": True}}
 
 
 def _bits(tag: str) -> tuple[int, int]:
@@ -131,6 +137,7 @@ def bench_model(name, bits, args) -> list[dict]:
                    "extra_params": st.get("extra_params", 0)}
             if method == "cwac":
                 row["layers"] = {k: v["non_identity"] for k, v in st["layers"].items()}
+                row["selection"] = st.get("selection")
                 row["layer_mse_drop"] = _layer_mse_drop(st)
             timed = not args.no_latency and (args.latency_bits is None or tag in args.latency_bits)
             row["sim_latency_ms"] = _latency(qm.runner(), lat_x) if timed else float("nan")
@@ -156,8 +163,15 @@ def bench_model(name, bits, args) -> list[dict]:
             rows.append(_sqnr_profile(name, tag, graph, variants, evals, args))
             rows += _stronger_base_rows(name, tag, graph, observers, probe, model, calib, evals, ref, labels,
                                         evalset.task, key, fp, args)
+            if args.ablation_set == "all" and args.calib_samples > args.fit_samples:
+                rows.append(_qwt_all_samples(name, tag, base, calib, evals, ref, labels, evalset.task, key,
+                                             scores["baseline"][key], fp, args))
             for label, opts in (ABLATION.items() if args.ablation_set == "all" else ()):
-                qm = apply_method(base, calib, "cwac", {"samples": args.fit_samples, **opts})
+                if opts.get("oracle"):
+                    seen = tuple(a[:256] for a in evals)       # 256: the stepped stream holds them all
+                    qm = apply_method(base, seen, "cwac", {"samples": 256, **FP})
+                else:
+                    qm = apply_method(base, calib, "cwac", {"samples": args.fit_samples, **opts})
                 out = run_outputs(qm.runner(), evals, args.batch_size, f"{name} {tag} {label}", False)
                 s = score(evalset.task, ref, out, labels)
                 rows.append({"model": name, "bits": tag, "method": f"cwac ablation: {label}", **s,
@@ -168,6 +182,18 @@ def bench_model(name, bits, args) -> list[dict]:
                              "layer_mse_drop": _layer_mse_drop(qm.plan.stats["cwac"])})
                 print(label, s[key], flush=True)
     return rows
+
+
+def _qwt_all_samples(name, tag, base, calib, evals, ref, labels, task, key, base_score, fp, args) -> dict:
+    """QwT v1 fitted on every calibration sample instead of ``--fit-samples``: whether its full
+    C_out x C_in maps are starved of rows (its R^2 safeguard is measured on the fitting rows)."""
+    qm = apply_method(base, calib, "qwt", {"samples": len(calib[0])})
+    s = score(task, ref, run_outputs(qm.runner(), evals, args.batch_size, f"{name} {tag} qwt all", False), labels)
+    st = qm.plan.stats["qwt"]
+    print("qwt on all calibration samples", s[key], flush=True)
+    return {"model": name, "bits": tag, "method": f"qwt ablation: fitted on all {len(calib[0])} calibration samples",
+            **s, "primary": key, "gap_recovery": _gap_recovery(s[key], base_score, fp[key]),
+            "fit_seconds": st["fit_seconds"], "extra_params": st["extra_params"]}
 
 
 def _sqnr_profile(name, tag, graph, variants, evals, args, samples=32) -> dict:
@@ -197,6 +223,8 @@ def _stronger_base_rows(name, tag, graph, observers, probe, model, calib, evals,
     is against each row's own baseline."""
     w, a = _bits(tag)
     bases = {"first/last layer 8-bit": tvmptq.make_config(w, a, "minmax", first_last_8bit=True)}
+    if w < 8:  # how much of the gap is the weights': all weights at 8 bits, activations unchanged
+        bases[f"all weights 8-bit (W8A{a})"] = tvmptq.make_config(8, a, "minmax")
     if _depthwise_w8(graph):
         bases["depthwise weights 8-bit"] = tvmptq.make_config(w, a, "minmax", overrides=_depthwise_w8(graph))
     out = []
@@ -254,6 +282,16 @@ def write_md(rows, args, path: Path, seconds: float):
             str(r.get("state_bytes", "-")), _fmt(r.get("peak_rss_mb", float("nan")), 0),
             _fmt(r.get("compiled_latency_ms", float("nan")), 3) if "compiled" not in r else r["compiled"],
             _fmt(r.get("sim_latency_ms", float("nan")), 3)]) + " |")
+    lines += ["", "## CWAC target chosen on held-out calibration data (default `target=\"auto\"`)", "",
+              "Model-output SQNR (dB) against FP32 of each candidate on calibration samples the fit did not "
+              "see; the best one is kept (identity = the baseline's requantize parameters, unchanged).", "",
+              "| model | bits | chosen | fp_stream | same_input | identity | fit / probe samples |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sel = r.get("selection") if r["method"] == "cwac" else None
+        if sel:
+            q = sel["probe_sqnr_db"]
+            lines.append(f"| {r['model']} | {r['bits']} | {sel['chosen']} | {q['fp_stream']:.2f} | {q['same_input']:.2f} | "
+                         f"{q['identity']:.2f} | {sel['fit_samples']} / {sel['probe_samples']} |")
     lines += ["", "## Non-identity channels per layer (CWAC)", ""]
     for r in rows:
         if r["method"] == "cwac" and "layers" in r:

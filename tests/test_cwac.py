@@ -1,5 +1,6 @@
 """CWAC (QwT-v2): closed-form streaming fit, zero-cost folding, bit-exact integer program."""
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -39,8 +40,8 @@ def test_fit_memory_does_not_depend_on_samples(digits_graph):
     model, graph = digits_graph
     calib = tuple(a[:128] for a in tvmptq.get_set("digits").calibration())
     qm = tvmptq.quantize(model, calib, tvmptq.make_config(4, 4, "mse"), graph=graph, progress=False)
-    few = fit_cwac(graph, qm.plan, calib, CWACConfig(samples=16, fallback=False))[0]
-    many = fit_cwac(graph, qm.plan, calib, CWACConfig(samples=128, fallback=False))[0]
+    few = fit_cwac(graph, qm.plan, calib, CWACConfig(samples=16, fallback=False, target="fp_stream"))[0]
+    many = fit_cwac(graph, qm.plan, calib, CWACConfig(samples=128, fallback=False, target="fp_stream"))[0]
     assert few.stats["cwac"]["samples"] == 16 and many.stats["cwac"]["samples"] == 128
     assert few.stats["cwac"]["state_bytes"] == many.stats["cwac"]["state_bytes"]
 
@@ -116,13 +117,51 @@ def test_compiled_cwac_is_zero_cost_and_bit_exact(digits_cwac):
 def test_stepped_stream_equals_recomputed_stream(digits_w2a4):
     """One stepped forward gives the same fit as re-running the graph for every layer."""
     _, graph, calib, _, qm = digits_w2a4
-    stepped = fit_cwac(graph, qm.plan, calib, CWACConfig(samples=48, batch_size=16))[0]
-    again = fit_cwac(graph, qm.plan, calib, CWACConfig(samples=48, batch_size=16, stream="recompute"))[0]
+    cfg = CWACConfig(samples=48, batch_size=16, target="fp_stream")
+    stepped = fit_cwac(graph, qm.plan, calib, cfg)[0]
+    again = fit_cwac(graph, qm.plan, calib, dataclasses.replace(cfg, stream="recompute"))[0]
     assert stepped.stats["cwac"]["non_identity_channels"] > 0
     for a, b in zip(stepped.layers, again.layers):
         assert set(a.arrays) == set(b.arrays)
         for k in a.arrays:
             assert np.array_equal(a.arrays[k], b.arrays[k]), (a.name, k)
+
+
+def test_auto_target_is_chosen_on_held_out_calibration(digits_cwac):
+    """The default fits both targets on the first samples and keeps the best of them and of the
+    uncompensated plan by output SQNR on the last quarter of the calibration set."""
+    from tvmptq.eval.metrics import sqnr_db
+    from tvmptq.eval.sets import torch_runner
+    _, graph, calib, _, qm, plan, sim = digits_cwac               # 128 samples, samples=64
+    sel = plan.stats["cwac"]["selection"]
+    assert sel["probe_held_out"] and sel["fit_samples"] == 64 and sel["probe_samples"] == 32
+    probe = tuple(a[96:] for a in calib)
+    fp = torch_runner(graph.gm)(*probe)
+    assert sqnr_db(fp, torch_runner(sim)(*probe)) == pytest.approx(sel["probe_sqnr_db"][sel["chosen"]])
+    assert sel["probe_sqnr_db"][sel["chosen"]] == max(sel["probe_sqnr_db"].values())
+    assert sqnr_db(fp, qm.runner()(*probe)) == pytest.approx(sel["probe_sqnr_db"]["identity"])
+    # on digits W2A4 the FP32 stream target is far better (results/cwac.md ablation)
+    assert sel["chosen"] == "fp_stream" and sel["probe_sqnr_db"]["fp_stream"] > sel["probe_sqnr_db"]["same_input"]
+    direct = fit_cwac(graph, qm.plan, tuple(a[:64] for a in calib), CWACConfig(samples=64, target="fp_stream"))[0]
+    for a, b in zip(direct.layers, plan.layers):
+        for k in a.arrays:
+            assert np.array_equal(a.arrays[k], b.arrays[k]), (a.name, k)
+
+
+def test_auto_target_keeps_the_baseline_when_compensation_hurts(digits_w2a4, monkeypatch):
+    """A fit that makes the held-out output worse is not kept: the plan's requantize parameters
+    stay the baseline's, and the report says so."""
+    from tvmptq.algorithms import cwac
+    _, graph, calib, _, qm = digits_w2a4
+    monkeypatch.setattr(cwac.ChannelStats, "solve", lambda self, ridge=0.0, solver="ols": (
+        np.full(len(self.n), 3.0), np.full(len(self.n), 5.0)))   # absurd gains and offsets
+    plan, _ = fit_cwac(graph, qm.plan, calib, CWACConfig(samples=64, fallback=False))
+    sel = plan.stats["cwac"]["selection"]
+    assert sel["chosen"] == "identity" and plan.stats["cwac"]["non_identity_channels"] == 0
+    assert sel["probe_sqnr_db"]["identity"] > max(sel["probe_sqnr_db"]["fp_stream"], sel["probe_sqnr_db"]["same_input"])
+    for b, c in zip(qm.plan.layers, plan.layers):
+        for k in b.arrays:
+            assert np.array_equal(b.arrays[k], c.arrays[k]), (b.name, k)
 
 
 @pytest.mark.slow

@@ -109,13 +109,19 @@ def cmd_quantize(args) -> int:
     calib = _calibration_arrays(args, model)
     t0 = time.perf_counter()
     quantize = tvmptq.quantize_auto if args.observer == "auto" else tvmptq.quantize
-    opts = {"samples": args.method_samples} | ({"ridge": args.cwac_ridge} if args.method == "cwac" else {})
+    opts = {"samples": args.method_samples} | (
+        {"ridge": args.cwac_ridge, "target": args.cwac_target} if args.method == "cwac" else {})
     qm = quantize(model, calib, config, batch_size=args.batch_size, method=args.method, method_options=opts)
     plan = qm.plan
     if args.method == "cwac":
         st = plan.stats["cwac"]
         print(f"CWAC: {st['non_identity_channels']}/{st['channels']} channels compensated in "
               f"{st['fit_seconds']:.1f} s (folded into requantize multipliers and int32 biases)")
+        if "selection" in st:
+            sel = st["selection"]
+            print(f"CWAC target chosen: {sel['chosen']} (output SQNR dB on {sel['probe_samples']} "
+                  f"{'held-out ' if sel['probe_held_out'] else ''}calibration samples: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in sel["probe_sqnr_db"].items()) + ")")
     elif args.method == "qwt":
         print(f"QwT v1: {plan.stats['qwt']['extra_params']} extra float parameters (float branches: "
               f"{', '.join(lp.name for lp in plan.layers if lp.attrs.get('float_branch'))})")
@@ -373,6 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "float64 island)")
     q.add_argument("--method-samples", type=int, default=256, help="calibration samples used to fit --method")
     q.add_argument("--cwac-ridge", type=float, default=0.0, help="CWAC ridge towards identity (0: least squares)")
+    q.add_argument("--cwac-target", default="auto", choices=["auto", "fp_stream", "same_input"],
+                   help="CWAC fit target: the FP32 model's activation (fp_stream), the FP32 layer on the "
+                        "quantized input (same_input), or auto: the better of both and of no compensation "
+                        "on held-out calibration samples")
     q.add_argument("--layer", action="append", metavar="NAME=SPEC",
                    help="per-layer override: NAME=float, NAME=w4a8, NAME=w6 (repeatable)")
     q.add_argument("--out", help="write the plan (.npz)")

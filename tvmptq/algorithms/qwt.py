@@ -16,8 +16,8 @@ Choices (seeds.md section 1, [INF] where not from QwT's code):
 * Branch output: ``q = clip(round_half_even((y + W x + b) / s) + z)`` on the add's output grid
   and clip, in float64, with ``y`` the add's dequantized output (after its fused ReLU, where QwT
   adds its compensation: the block output).
-* Target: the FP32 model's block output on the FP32 stream (the same choice as CWAC's default,
-  so the two methods are compared on equal terms; QwT's code uses the FP block on the quantized
+* Target: the FP32 model's block output on the FP32 stream (CWAC's ``fp_stream`` target, so the
+  two methods are compared on equal terms; QwT's code uses the FP block on the quantized
   input, which needs the FP sub-graph re-run from a quantized tensor).
 * Solver: ``[W b] = (X~'X~ + ridge * mean(diag) * I)^-1 X~'Y`` from streaming Gram matrices
   (memory (C_in+1)^2 + (C_in+1) C_out, independent of the number of samples).
