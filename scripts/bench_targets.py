@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from targets.compare import run_compare  # noqa: E402
+from targets.tune import SHIPPED  # noqa: E402
 
 
 def main():
@@ -25,9 +26,13 @@ def main():
     p.add_argument("--chunk", type=int, default=16)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--out", default="results/targets.md")
+    p.add_argument("--db", default=str(SHIPPED),
+                   help="tuning database root (default: the committed targets/tuned, so that tuning resumes "
+                        "where the last run stopped and `tvmptq compile` starts tuned)")
     a = p.parse_args()
     out = Path(a.out)
-    r = run_compare(a.models, a.targets, Path("build") / "bench_targets", a.trials, a.chunk, a.batch, out_md=out)
+    r = run_compare(a.models, a.targets, Path("build") / "bench_targets", a.trials, a.chunk, a.batch, out_md=out,
+                    db_root=a.db)
     print(f"wrote {out} ({len(r['rows'])} rows, {r['seconds'] / 60:.1f} min)")
 
 

@@ -61,7 +61,9 @@ def _x86_latency(ex, args, repeat, number, warmup):
 
 
 def run_compare(models, target_names, work, trials=0, chunk=8, batch=1, calib_samples=64, repeat=20, number=5,
-                warmup=3, variants=("fp32", "int8"), out_md=None, log=_log) -> dict:
+                warmup=3, variants=("fp32", "int8"), out_md=None, log=_log, db_root=None) -> dict:
+    """``db_root``: where the tuning databases live (default ``work/tune``; the benchmark uses the
+    committed ``targets/tuned``, so tuning done once, in chunks over several runs, is kept)."""
     import tvm
 
     import targets
@@ -111,12 +113,13 @@ def run_compare(models, target_names, work, trials=0, chunk=8, batch=1, calib_sa
                     reference.setdefault(var, out)
                     row["untuned_ms"], row["untuned_iqr_ms"] = stats["median_ms"], stats["iqr_ms"]
                     if trials > 0:
-                        folder = db_dir(work / "tune", f"{t.name}-{name}-{var}-b{batch}")
+                        folder = db_dir(Path(db_root) if db_root else work / "tune", f"{t.name}-{name}-{var}-b{batch}")
                         r = tune(mod, T, folder, trials, chunk, log=log)
                         from .tune import apply_database
                         stats, out_t = _x86_latency(apply_database(mod, T, folder), args, repeat, number, warmup)
                         row["tuned_ms"], row["tuned_iqr_ms"] = stats["median_ms"], stats["iqr_ms"]
                         row["trials"] = r["trials_in_db"]
+                        row["tuning_s"] = r["tuning_seconds_total"]
                         row["tuned_same_output"] = bool(np.array_equal(out_t, out)) if var == "int8" else \
                             float(np.max(np.abs(out_t - out)))
                 elif t.arch == "aarch64":
@@ -165,13 +168,13 @@ def write_report(result: dict, out_md: Path) -> None:
     x86 = [r for r in rows if "untuned_ms" in r]
     if x86:
         lines += ["## x86 latency (median over repeats after warm-up, IQR in brackets)\n",
-                  "| model | variant | target | untuned ms | tuned ms | trials | tuned output vs untuned |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| model | variant | target | untuned ms | tuned ms | trials | tuning s (all runs) | tuned output vs untuned |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in x86:
             lines.append(f"| {r['model']} | {r['variant']} | {r['target']} | {_fmt(r['untuned_ms'])} "
                          f"({_fmt(r['untuned_iqr_ms'])}) | {_fmt(r.get('tuned_ms'))}"
                          f"{' (' + _fmt(r['tuned_iqr_ms']) + ')' if 'tuned_iqr_ms' in r else ''} | "
-                         f"{_fmt(r.get('trials'))} | {_fmt(r.get('tuned_same_output'), '.2e')} |")
+                         f"{_fmt(r.get('trials'))} | {_fmt(r.get('tuning_s'))} | {_fmt(r.get('tuned_same_output'), '.2e')} |")
         lines.append("")
     arm = [r for r in rows if r["arch"] == "aarch64"]
     if arm:

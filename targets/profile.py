@@ -200,7 +200,9 @@ class LoopbackRPC:
         _wait_port(self.port, p, 30)
         return self
 
-    def add_server(self, key: str, qemu: bool = False, timeout: float = 120) -> None:
+    def add_server(self, key: str, qemu: bool = False, timeout: float = 120, log=None) -> None:
+        """Start an RPC server registered under ``key``; ``log``: a file for its output (it logs
+        every session it serves), else discarded."""
         port = free_port()
         args = ["--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1),
                 "--tracker", self.tracker, "--key", key]
@@ -215,7 +217,8 @@ class LoopbackRPC:
         else:
             cmd = [self.python, "-m", "tvm.exec.rpc_server"] + args
         # own session: the server forks popen workers, which teardown must end with it (by group id)
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        sink = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it open
+        p = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT if log else subprocess.DEVNULL, env=env,
                              start_new_session=True)
         self.procs.append(p)
         _wait_port(port, p, timeout)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -26,6 +27,29 @@ WORKLOADS, RECORDS, META = "database_workload.json", "database_tuning_record.jso
 
 class TuneDatabaseError(DataError):
     """A tuning database that cannot be read (exit code 3)."""
+
+
+SHIPPED = Path(__file__).resolve().parent / "tuned"   # committed databases: the zoo on the x86-host we tuned on
+SECONDS = "seconds.json"
+
+
+def shipped_folder(target_name: str, model: str, variant: str, batch: int) -> Path:
+    """Where the committed database of a zoo model's program lives (the benchmark tunes into it)."""
+    return db_dir(SHIPPED, f"{target_name}-{model}-{variant}-b{batch}")
+
+
+def usable_database(folder, tvm_target) -> str | None:
+    """None when ``folder`` holds tuning records made for exactly ``tvm_target`` (cores included),
+    else the reason it cannot be used."""
+    folder = Path(folder)
+    if not (folder / RECORDS).is_file() or (folder / RECORDS).stat().st_size == 0:
+        return f"no tuning records in {folder}"
+    want = str(with_cores(tvm_target))
+    try:
+        have = json.loads((folder / META).read_text())["target"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{folder / META} is missing or unreadable"
+    return None if have == want else f"{folder} was tuned for {have}; this machine's target is {want}"
 
 
 def default_root() -> Path:
@@ -132,6 +156,7 @@ def _flops(task) -> float:
 
 
 PROGRESS = "progress.json"
+BUILD_TIMEOUT_S, RUN_TIMEOUT_S = 300.0, 120.0
 
 
 def _progress(folder: Path) -> dict:
@@ -148,9 +173,13 @@ def _progress(folder: Path) -> dict:
 
 
 def _save_progress(folder: Path, data: dict) -> None:
-    tmp = folder / (PROGRESS + ".tmp")
+    _save_json(folder / PROGRESS, data)
+
+
+def _save_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(folder / PROGRESS)  # atomic: a kill never leaves half a file
+    tmp.replace(path)  # atomic: a kill never leaves half a file
 
 
 def _search(trials: int):
@@ -184,12 +213,15 @@ def tune(mod, tvm_target, folder, trials: int, chunk: int = 8, seed: int = 0, tr
     prepared = prepare(mod, tvm_target)
     extracted = ms.relax_integration.extract_tasks(prepared, tvm_target)
     extracted = sorted(extracted, key=lambda t: -t.weight * _flops(t))
-    runner = "local"
+    # Generous timeouts: on a loaded 2-core machine one build can take over the default 30 s,
+    # and a timed-out trial is stored as a failure (1e10 s), not retried.
+    builder = ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S)
+    runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
     if tracker:
         from .profile import parse_tracker
         host, port = parse_tracker(tracker)
         runner = ms.runner.RPCRunner(ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
-                                                         session_timeout_sec=600))
+                                                         session_timeout_sec=RUN_TIMEOUT_S * 5))
     per_task = chunk
     budget, ran = trials, 0
     plan = []  # (task, trials wanted for it), in order, until the budget is spent
@@ -201,6 +233,7 @@ def tune(mod, tvm_target, folder, trials: int, chunk: int = 8, seed: int = 0, tr
         budget -= n
     import tvm_ffi
     progress = _progress(folder)
+    spent = _seconds(folder)
     for t, want in plan:
         wkey = f"{t.task_name}:{tvm_ffi.structural_hash(t.dispatched[0]) & 0xFFFFFFFFFFFF:012x}"
         have = max(_records_for(db, t.dispatched[0]), progress.get(wkey, 0))
@@ -209,16 +242,30 @@ def tune(mod, tvm_target, folder, trials: int, chunk: int = 8, seed: int = 0, tr
             log(f"  {t.task_name}: {have} record(s) on disk, skipped")
             continue
         log(f"  {t.task_name}: tuning {todo} trial(s) ({have} on disk)")
+        t0 = time.perf_counter()
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             [t], str(folder), strategy=_search(trials), seed=seed)
         ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(folder), max_trials_global=todo,
-                      num_trials_per_iter=num_trials_per_iter or min(todo, 8), runner=runner, database=db,
+                      num_trials_per_iter=num_trials_per_iter or min(todo, 8), builder=builder, runner=runner, database=db,
                       cost_model="xgb")
         ran += todo
         progress[wkey] = want  # this chunk is finished (its records are already on disk)
         _save_progress(folder, progress)
+        spent += time.perf_counter() - t0
+        _save_json(folder / SECONDS, {"tuning_seconds": spent})
     return {"tasks": len(extracted), "tasks_tuned": len(plan), "trials_run": ran,
-            "trials_in_db": len(db.get_all_tuning_records()), "folder": str(folder)}
+            "trials_in_db": len(db.get_all_tuning_records()), "folder": str(folder),
+            "tuning_seconds_total": spent}
+
+
+def _seconds(folder: Path) -> float:
+    """Tuning time spent on this database over all runs (chunks may span sessions)."""
+    try:
+        return float(json.loads((folder / SECONDS).read_text())["tuning_seconds"])
+    except FileNotFoundError:
+        return 0.0
+    except (OSError, ValueError, KeyError, TypeError):
+        raise TuneDatabaseError(f"corrupt tuning database {folder}: {SECONDS} is unreadable") from None
 
 
 def apply_database(mod, tvm_target, folder):

@@ -300,3 +300,17 @@ def test_compare_writes_a_table_and_a_chart(capsys, tmp_path):
 def test_tune_refuses_what_it_cannot_measure(capsys, tmp_path, name, needle):
     line = expect_error(capsys, 2, "tune", MODEL, "--plan", tmp_path / "p.npz", "--target", name, "--trials", "1")
     assert needle in line
+
+
+def test_committed_database_is_used_only_for_the_target_it_was_tuned_for(tmp_path):
+    from targets.tune import META, RECORDS, usable_database, with_cores
+    t = targets.get("x86-host").tvm_target()
+    folder = tmp_path / "x86-host-digits_resnet-int8-b1"
+    assert "no tuning records" in usable_database(folder, t)
+    folder.mkdir()
+    (folder / RECORDS).write_text("[0, [[], [0.001], {}, []]]\n")
+    assert "missing or unreadable" in usable_database(folder, t)
+    (folder / META).write_text(json.dumps({"target": str(with_cores(t))}))
+    assert usable_database(folder, t) is None
+    (folder / META).write_text(json.dumps({"target": str(with_cores(t, 64))}))
+    assert "was tuned for" in usable_database(folder, t)

@@ -193,7 +193,7 @@ def cmd_compile(args) -> int:
     path = Path(args.model)
     source = f"{path.resolve()} (sha256 {sha256_file(path)})" if path.is_file() else f"zoo:{model.name}"
     pre = preprocessing_for(model, args.image_size, args.resize, _floats(args.mean, "--mean"), _floats(args.std, "--std"))
-    database = _tuning_database(args)
+    database = _tuning_database(args, model.name)
     t0 = time.perf_counter()
     m = compile_artifact(model, plan, args.out, args.batch, args.target, pre, source, plan_file=args.plan,
                          database=database, targets_file=args.targets_file or ())
@@ -211,17 +211,25 @@ def cmd_compile(args) -> int:
     return 0
 
 
-def _tuning_database(args):
+def _tuning_database(args, model_name: str):
     """The tuning database folder a compile reuses: --db ROOT/<target> when it holds records (named
-    targets only), None with --untuned or when nothing was tuned for this target."""
+    targets only), else the committed database of this zoo model (targets/tuned) when it was tuned
+    for exactly this target; None with --untuned or when nothing fits (said, with the reason)."""
     import targets
     if args.untuned or not targets.is_name(args.target, args.targets_file or ()):
         return None
-    from targets.tune import RECORDS, db_dir, default_root
+    from targets.tune import RECORDS, db_dir, default_root, shipped_folder, usable_database
     folder = db_dir(args.db or default_root(), args.target)
     if (folder / RECORDS).is_file() and (folder / RECORDS).stat().st_size > 0:
         print(f"using tuned schedules from {folder} (--untuned to ignore)")
         return folder
+    shipped = shipped_folder(args.target, model_name, "int8", args.batch)
+    if shipped.is_dir():
+        why = usable_database(shipped, targets.get(args.target, args.targets_file or ()).tvm_target())
+        if why is None:
+            print(f"using the committed tuned schedules from {shipped} (--untuned to ignore)")
+            return shipped
+        print(f"not using the committed tuning database: {why}; compiling untuned (`tvmptq tune` to tune)")
     return None
 
 
