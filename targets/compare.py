@@ -157,7 +157,7 @@ def write_report(result: dict, out_md: Path) -> None:
     rows = result["rows"]
     out_md.parent.mkdir(parents=True, exist_ok=True)
     chart = out_md.with_suffix(".png")
-    lines = [f"# Targets: latency, bit-exactness and nvcc validation\n",
+    lines = ["# Targets: latency, bit-exactness and nvcc validation\n",
              f"TVM {result['tvm']}, x86-host = `{result['host_cpu']}` (LLVM host CPU corrected with /proc/cpuinfo), "
              f"tuning: {result['trials']} MetaSchedule trials (XGBoost cost model) per model and variant; "
              f"run took {result['seconds'] / 60:.1f} min. Batch {rows[0]['batch'] if rows else '-'}.\n",

@@ -1,5 +1,4 @@
 """CWAC (QwT-v2): closed-form streaming fit, zero-cost folding, bit-exact integer program."""
-import copy
 import dataclasses
 
 import numpy as np

@@ -66,29 +66,6 @@ def test_tune_killed_then_resumed_then_reused_by_compile(tmp_path, capsys, monke
     m = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
     assert m["target"]["tuning_database"] == str(folder)
     assert np.array_equal(load_artifact(tmp_path / "tuned").run(x), load_artifact(tmp_path / "untuned").run(x))
-
-
-def test_tune_measures_on_a_remote_device_through_the_tracker(tmp_path):
-    """`tune --rpc-tracker`: MetaSchedule's RPC runner asks a real tracker on loopback for a server
-    with the key and times every trial there; no server means no measurements, not local ones."""
-    from targets.profile import LoopbackRPC
-    plan, db = tmp_path / "plan.npz", tmp_path / "db"
-    assert main(["quantize", MODEL, "--calib-samples", "32", "--observer", "minmax", "--report", "0",
-                 "--out", str(plan)]) == 0
-    cmd = [sys.executable, "-m", "tvmptq", "tune", MODEL, "--plan", str(plan), "--target", "x86-host",
-           "--trials", "2", "--chunk", "2", "--batch", "1", "--db", str(db)]
-    with LoopbackRPC() as rpc:
-        rpc.add_server("remote-x86", log=tmp_path / "server.log")
-        res = subprocess.run(cmd + ["--rpc-tracker", rpc.tracker, "--rpc-key", "remote-x86"],
-                             capture_output=True, text=True, timeout=1200)
-        assert res.returncode == 0, res.stdout + res.stderr
-    records = [json.loads(r) for r in (db / "x86-host" / "database_tuning_record.json").read_text().splitlines()]
-    assert len(records) >= 2
-    run_secs = [float(s) for r in records for s in r[1][1]]
-    assert run_secs and max(run_secs) < 1.0, run_secs          # real timings, not the failure value 1e10
-    served = (tmp_path / "server.log").read_text()
-    assert served.count("connected from") >= 1, served           # the server ran the measurements
-
     assert json.loads((folder / "seconds.json").read_text())["tuning_seconds"] > 0  # summed over both runs
 
     # a committed database (targets/tuned/<target>-<model>-int8-b<batch>) is used when the user has none
@@ -107,3 +84,26 @@ def test_tune_measures_on_a_remote_device_through_the_tracker(tmp_path):
     assert main(cmd + ["-o", str(tmp_path / "other_cpu")]) == 0
     out = capsys.readouterr().out
     assert "not using the committed tuning database" in out and "znver4" in out and "compiling untuned" in out
+
+
+def test_tune_measures_on_a_remote_device_through_the_tracker(tmp_path):
+    """`tune --rpc-tracker`: MetaSchedule's RPC runner asks a real tracker on loopback for a server
+    with the key and times every trial there (the server's log shows the sessions)."""
+    from targets.profile import LoopbackRPC
+    plan, db = tmp_path / "plan.npz", tmp_path / "db"
+    assert main(["quantize", MODEL, "--calib-samples", "32", "--observer", "minmax", "--report", "0",
+                 "--out", str(plan)]) == 0
+    cmd = [sys.executable, "-m", "tvmptq", "tune", MODEL, "--plan", str(plan), "--target", "x86-host",
+           "--trials", "2", "--chunk", "2", "--batch", "1", "--db", str(db)]
+    with LoopbackRPC() as rpc:
+        rpc.add_server("remote-x86", log=tmp_path / "server.log")
+        res = subprocess.run(cmd + ["--rpc-tracker", rpc.tracker, "--rpc-key", "remote-x86"],
+                             capture_output=True, text=True, timeout=1200)
+        assert res.returncode == 0, res.stdout + res.stderr
+    records = [json.loads(r) for r in (db / "x86-host" / "database_tuning_record.json").read_text().splitlines()]
+    assert len(records) >= 2
+    run_secs = [float(s) for r in records for s in r[1][1]]
+    assert run_secs and max(run_secs) < 1.0, run_secs          # real timings, not the failure value 1e10
+    served = (tmp_path / "server.log").read_text()
+    assert served.count("connected from") >= 1, served           # the server ran the measurements
+

@@ -852,7 +852,7 @@ def _reduce(onnx_op: str, float_only: bool = False):
 
 
 def _f_vector_norm(b, name, x, ord=2, dim=None, keepdim=False, *, dtype=None):
-    ops = {2: "ReduceL2", 2.0: "ReduceL2", 1: "ReduceL1", 1.0: "ReduceL1"}
+    ops = {2: "ReduceL2", 1: "ReduceL1"}  # 2.0 and 1.0 hash to the same keys
     if ord == float("inf"):
         x = b.unary("Abs", f"{name}_abs", x)
         return _reduce("ReduceMax", True)(b, name, x, dim, keepdim, dtype=dtype)
