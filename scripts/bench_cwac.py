@@ -48,6 +48,7 @@ ABLATION = {"target fp_stream (all layers, all rows)": FP,
             "no fallback": {**FP, "fallback": False},
             "solver moments (match mean and sd, no OLS shrinkage)": {**FP, "solver": "moments"},
             "target same_input + solver moments": {"target": "same_input", "solver": "moments"},
+            "auto, chosen by the task metric on held-out calibration (not SQNR)": {"select_by": "task"},
             # not a method: fitted on the very samples it is scored on, the most a per-layer
             # closed-form affine can do with this baseline
             "oracle: fp_stream fitted on 256 of the scored evaluation samples": {"oracle": True}}

@@ -147,6 +147,23 @@ def test_auto_target_is_chosen_on_held_out_calibration(digits_cwac):
             assert np.array_equal(a.arrays[k], b.arrays[k]), (a.name, k)
 
 
+def test_auto_target_can_rank_by_the_task_metric(digits_w2a4):
+    """select_by="task": the candidate with the best top-1 agreement with FP32 on the held-out
+    samples (SQNR breaks ties); the metric is recomputable from the chosen simulation."""
+    from tvmptq.eval.sets import score, torch_runner
+    _, graph, calib, _, qm = digits_w2a4
+    plan, sim = fit_cwac(graph, qm.plan, calib, CWACConfig(samples=64, select_by="task", task="classification"))
+    sel = plan.stats["cwac"]["selection"]
+    assert sel["by"] == "task" and set(sel["probe_metric"]) == {"fp_stream", "same_input", "identity"}
+    best = max(sel["probe_metric"], key=lambda t: (sel["probe_metric"][t], sel["probe_sqnr_db"][t]))
+    assert sel["chosen"] == best
+    probe = tuple(a[96:] for a in calib)
+    fp = torch_runner(graph.gm)(*probe)
+    assert score("classification", fp, torch_runner(sim)(*probe))["top1_agreement"] == sel["probe_metric"][best]
+    with pytest.raises(ValueError):
+        fit_cwac(graph, qm.plan, calib, CWACConfig(select_by="task"))          # no task to rank by
+
+
 def test_auto_target_keeps_the_baseline_when_compensation_hurts(digits_w2a4, monkeypatch):
     """A fit that makes the held-out output worse is not kept: the plan's requantize parameters
     stay the baseline's, and the report says so."""

@@ -129,7 +129,8 @@ def apply_method(qm: QuantizedModel, calibration, method: str = "baseline", opti
     calibration = check_inputs(qm.model, calibration)
     if method == "cwac":
         from .algorithms.cwac import CWACConfig, fit_cwac
-        plan, sim = fit_cwac(qm.graph, qm.plan, calibration, CWACConfig(**(options or {})), progress)
+        opts = {"task": qm.model.task, **(options or {})}     # what select_by="task" ranks by
+        plan, sim = fit_cwac(qm.graph, qm.plan, calibration, CWACConfig(**opts), progress)
     else:
         from .algorithms.qwt import QwTConfig, fit_qwt
         plan, sim = fit_qwt(qm.graph, qm.plan, calibration, QwTConfig(**(options or {})), progress)

@@ -110,7 +110,8 @@ def cmd_quantize(args) -> int:
     t0 = time.perf_counter()
     quantize = tvmptq.quantize_auto if args.observer == "auto" else tvmptq.quantize
     opts = {"samples": args.method_samples} | (
-        {"ridge": args.cwac_ridge, "target": args.cwac_target} if args.method == "cwac" else {})
+        {"ridge": args.cwac_ridge, "target": args.cwac_target, "select_by": args.cwac_select}
+        if args.method == "cwac" else {})
     qm = quantize(model, calib, config, batch_size=args.batch_size, method=args.method, method_options=opts)
     plan = qm.plan
     if args.method == "cwac":
@@ -119,9 +120,10 @@ def cmd_quantize(args) -> int:
               f"{st['fit_seconds']:.1f} s (folded into requantize multipliers and int32 biases)")
         if "selection" in st:
             sel = st["selection"]
-            print(f"CWAC target chosen: {sel['chosen']} (output SQNR dB on {sel['probe_samples']} "
-                  f"{'held-out ' if sel['probe_held_out'] else ''}calibration samples: "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in sel["probe_sqnr_db"].items()) + ")")
+            print(f"CWAC target chosen by {sel['by']}: {sel['chosen']} (on {sel['probe_samples']} "
+                  f"{'held-out ' if sel['probe_held_out'] else ''}calibration samples, output SQNR dB "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in sel["probe_sqnr_db"].items())
+                  + "".join(f"; task metric {k} {v:.4f}" for k, v in sel["probe_metric"].items()) + ")")
     elif args.method == "qwt":
         print(f"QwT v1: {plan.stats['qwt']['extra_params']} extra float parameters (float branches: "
               f"{', '.join(lp.name for lp in plan.layers if lp.attrs.get('float_branch'))})")
@@ -391,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CWAC fit target: the FP32 model's activation (fp_stream), the FP32 layer on the "
                         "quantized input (same_input), or auto: the better of both and of no compensation "
                         "on held-out calibration samples")
+    q.add_argument("--cwac-select", default="sqnr", choices=["sqnr", "task"],
+                   help="what --cwac-target auto ranks by on the held-out samples: model-output SQNR, or the "
+                        "task's fidelity metric (top-1 agreement with FP32; mean cosine for embeddings)")
     q.add_argument("--layer", action="append", metavar="NAME=SPEC",
                    help="per-layer override: NAME=float, NAME=w4a8, NAME=w6 (repeatable)")
     q.add_argument("--out", help="write the plan (.npz)")
