@@ -161,13 +161,16 @@ def bench_model(name, bits, args) -> list[dict]:
             print(json.dumps({k: v for k, v in row.items() if k != "layers"}, default=float), flush=True)
         if args.ablation and (args.ablation_bits is None or tag in args.ablation_bits
                               or f"{name}:{tag}" in args.ablation_bits):
-            rows.append(_sqnr_profile(name, tag, graph, variants, evals, args))
-            rows += _stronger_base_rows(name, tag, graph, observers, probe, model, calib, evals, ref, labels,
-                                        evalset.task, key, fp, args)
+            if args.ablation_set != "select":
+                rows.append(_sqnr_profile(name, tag, graph, variants, evals, args))
+                rows += _stronger_base_rows(name, tag, graph, observers, probe, model, calib, evals, ref, labels,
+                                            evalset.task, key, fp, args)
             if args.ablation_set == "all" and args.calib_samples > args.fit_samples:
                 rows.append(_qwt_all_samples(name, tag, base, calib, evals, ref, labels, evalset.task, key,
                                              scores["baseline"][key], fp, args))
-            for label, opts in (ABLATION.items() if args.ablation_set == "all" else ()):
+            chosen = {"all": ABLATION, "bases": {},
+                      "select": {k: v for k, v in ABLATION.items() if "select_by" in v}}[args.ablation_set]
+            for label, opts in chosen.items():
                 if opts.get("oracle"):
                     seen = tuple(a[:256] for a in evals)       # 256: the stepped stream holds them all
                     qm = apply_method(base, seen, "cwac", {"samples": 256, **FP})
@@ -175,6 +178,8 @@ def bench_model(name, bits, args) -> list[dict]:
                     qm = apply_method(base, calib, "cwac", {"samples": args.fit_samples, **opts})
                 out = run_outputs(qm.runner(), evals, args.batch_size, f"{name} {tag} {label}", False)
                 s = score(evalset.task, ref, out, labels)
+                sel = qm.plan.stats["cwac"].get("selection")
+                label += f" [chose {sel['chosen']}]" if sel else ""
                 rows.append({"model": name, "bits": tag, "method": f"cwac ablation: {label}", **s,
                              "primary": key, "gap_recovery": _gap_recovery(s[key], scores["baseline"][key], fp[key]),
                              "non_identity": qm.plan.stats["cwac"]["non_identity_channels"],
@@ -319,8 +324,9 @@ def main():
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--ablation", action="store_true", help="CWAC placement/target/ridge ablation rows")
     p.add_argument("--ablation-bits", nargs="+", default=None, help="widths (W4A4) or model:width pairs (efficientnet_lite0:W4A4) that get ablation rows; default all")
-    p.add_argument("--ablation-set", choices=["all", "bases"], default="all",
-                   help="bases: only the stronger-baseline rows and the SQNR profile")
+    p.add_argument("--ablation-set", choices=["all", "bases", "select"], default="all",
+                   help="bases: only the stronger-baseline rows and the SQNR profile; select: only the "
+                        "task-metric selection row (no profile or bases)")
     p.add_argument("--latency-bits", nargs="+", default=None,
                    help="widths whose compiled programs are built and timed (default all; op counts always)")
     p.add_argument("--note", default="", help="a line for the report header (e.g. machine load)")
