@@ -43,10 +43,14 @@ arm-setup: $(STAMP)
 bench-targets: $(STAMP) arm-setup
 	$(PY) scripts/bench_targets.py
 
-# results/cwac.md (issue 4): about 2 h on 2 cores
+# results/cwac.md (issue 4; about 85 min on 2 cores), then EfficientNet W4A4 fitted on all
+# calibration samples and the cross-scene check that explains it (about 35 min more)
 bench-cwac: $(STAMP)
 	$(PY) scripts/bench_cwac.py --models digits_resnet efficientnet_lite0 minilm_l6 --fit-samples 64 \
 	  --ablation --ablation-bits digits_resnet:W2A4 digits_resnet:W4A4 efficientnet_lite0:W4A4 minilm_l6:W8A8 --latency-bits W4A4
+	$(PY) scripts/bench_cwac.py --models efficientnet_lite0 --bits W4A4 --fit-samples 256 --ablation --ablation-set select \
+	  --no-latency --out results/cwac_efficientnet_w4a4_fit256.md
+	$(PY) scripts/cwac_scene_shift.py
 
 clean:
 	rm -rf .venv build *.egg-info

@@ -291,13 +291,16 @@ def write_md(rows, args, path: Path, seconds: float):
     lines += ["", "## CWAC target chosen on held-out calibration data (default `target=\"auto\"`)", "",
               "Model-output SQNR (dB) against FP32 of each candidate on calibration samples the fit did not "
               "see; the best one is kept (identity = the baseline's requantize parameters, unchanged).", "",
-              "| model | bits | chosen | fp_stream | same_input | identity | fit / probe samples |", "|---|---|---|---|---|---|---|"]
+              "| model | bits | chosen | fp_stream | same_input | identity | task metric fp_stream / same_input / identity "
+              "| fit / probe samples |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sel = r.get("selection") if r["method"] == "cwac" else None
         if sel:
             q = sel["probe_sqnr_db"]
+            m = sel.get("probe_metric") or {}
+            task = " / ".join(f"{m[k]:.4g}" for k in ("fp_stream", "same_input", "identity")) if m else "-"
             lines.append(f"| {r['model']} | {r['bits']} | {sel['chosen']} | {q['fp_stream']:.2f} | {q['same_input']:.2f} | "
-                         f"{q['identity']:.2f} | {sel['fit_samples']} / {sel['probe_samples']} |")
+                         f"{q['identity']:.2f} | {task} | {sel['fit_samples']} / {sel['probe_samples']} |")
     lines += ["", "## Non-identity channels per layer (CWAC)", ""]
     for r in rows:
         if r["method"] == "cwac" and "layers" in r:
