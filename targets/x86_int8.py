@@ -13,6 +13,9 @@ What is here:
 * :func:`pack_dense_weight`: the VNNI weight layout ``[N/16, K/4, 16, 4]`` (also the AMX B-tile layout).
 * :func:`dense_u8s8_vnni`: ``C[M, N] int32 = X[M, K] uint8 . W[N, K]^T int8`` with W pre-packed.
 * :func:`dense_s8s8_vnni`: the same for int8 activations through the uint8 shift (see there).
+* :func:`dense_requant_vnni`: the same accumulation with the plan's fixed-point requantize (bias,
+  multiplier, shift, zero point, clip) in the epilogue: the kernel that relay_passes.tensorize_x86
+  puts in place of each quantized linear layer.
 * :func:`schedule_dense_vnni`: a hand schedule with ``sch.tensorize`` (no tuning).
 * :func:`dense_s8s8_via_u8` / :func:`dense_u8s8`: compile (cached) and run from NumPy.
 
@@ -171,8 +174,11 @@ def shift_correction(w: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- workloads
-def _dense_te(X, M: int, N: int, K: int, corr=None):
-    """Shared TE body: [optional pad/shift stage] -> compute (padded N) -> epilogue (logical N)."""
+def _dense_te(X, M: int, N: int, K: int, corr=None, epilogue=None):
+    """Shared TE body: [optional pad/shift stage] -> compute (padded N) -> epilogue (logical N).
+
+    ``epilogue(acc_value, i, j)``, when given, is block ``C``'s body (a PrimExpr of the output dtype)
+    instead of the plain copy / ``- corr``."""
     from tvm import te
     Np, Kp = _ceil(N, 16), _ceil(K, 4)
     Wp = te.placeholder(packed_shape(N, K), "int8", name="Wp")
@@ -190,7 +196,9 @@ def _dense_te(X, M: int, N: int, K: int, corr=None):
     k = te.reduce_axis((0, Kp), name="k")
     acc = te.compute((M, Np), lambda i, j: te.sum(
         Xu[i, k].astype("int32") * Wp[j // 16, k // 4, j % 16, k % 4].astype("int32"), axis=k), name="compute")
-    if corr is None:
+    if epilogue is not None:
+        C = te.compute((M, N), lambda i, j: epilogue(acc[i, j], i, j), name="C")
+    elif corr is None:
         C = te.compute((M, N), lambda i, j: acc[i, j], name="C")
     else:
         C = te.compute((M, N), lambda i, j: acc[i, j] - corr[j], name="C")
@@ -224,6 +232,41 @@ def dense_s8s8_vnni(M: int, N: int, K: int):
     corr = te.placeholder((N,), "int32", name="corr")
     Wp, C = _dense_te(X, M, N, K, corr=corr)
     return te.create_prim_func([X, Wp, corr, C]).with_attr("global_symbol", "main")
+
+
+REQUANT_ROWS = ("bias", "mult", "rnd", "shift", "zero_point", "lo", "hi")   # rows of dense_requant_vnni's qp
+
+
+def dense_requant_vnni(M: int, N: int, K: int, x_dtype: str, out_dtype: str):
+    """Dense with the fixed-point requantize fused into the epilogue: one kernel per quantized linear.
+
+    TIR ``main(X: x_dtype[M, K], Wp: int8[packed_shape(N, K)], qp: int64[7, N], Y: out_dtype[M, N])``
+    where the rows of ``qp`` are :data:`REQUANT_ROWS` (bias, mult, rnd, shift, zero_point, lo, hi), per
+    output channel j::
+
+        Y[i, j] = clip(((int64(acc[i, j]) + bias[j]) * mult[j] + rnd[j]) >> shift[j] + zero_point[j], lo[j], hi[j])
+
+    ``acc`` is the tensorized u8 x s8 accumulation (block ``compute``). ``x_dtype`` "uint8" or
+    "int8"; int8 activations go through the ``X_u8`` shift stage of :func:`dense_s8s8_vnni`, so for
+    them ``bias`` must already include ``- 128 * rowsum(W)`` (:func:`shift_correction`): no separate
+    correction pass. ``rnd`` is ``2^(shift-1)``, the round-half-up constant; the shift is arithmetic
+    and all arithmetic after the accumulation is int64, exactly as the Relax lowering's requantize
+    (relay_passes/integer_ops.requantize). Every requantize number is data, so layers of the same
+    shape share one kernel. Schedule with :func:`schedule_dense_vnni` (block ``C`` is the epilogue
+    it places after each tile)."""
+    from tvm import te
+    if x_dtype not in ("uint8", "int8"):
+        raise ValueError(f"dense_requant_vnni: activations must be uint8 or int8, got {x_dtype}")
+    X = te.placeholder((M, K), x_dtype, name="X")
+    qp = te.placeholder((len(REQUANT_ROWS), N), "int64", name="qp")
+    bias, mult, rnd, shift, zp, lo, hi = range(len(REQUANT_ROWS))
+
+    def epilogue(a, i, j):
+        v = (((a.astype("int64") + qp[bias, j]) * qp[mult, j] + qp[rnd, j]) >> qp[shift, j]) + qp[zp, j]
+        return te.max(te.min(v, qp[hi, j]), qp[lo, j]).astype(out_dtype)
+
+    Wp, C = _dense_te(X, M, N, K, epilogue=epilogue)
+    return te.create_prim_func([X, Wp, qp, C]).with_attr("global_symbol", "main")
 
 
 # ------------------------------------------------------------------------------------- schedule
@@ -335,6 +378,7 @@ def dense_s8s8_via_u8(x_s8: np.ndarray, w: np.ndarray, target=None) -> np.ndarra
     return _run("s8", np.asarray(x_s8), np.asarray(w), target)
 
 
-__all__ = ["DEFAULT_TARGET", "STOCK_VNNI_INTRIN", "VNNI_INTRIN", "dense_s8s8_via_u8", "dense_s8s8_vnni", "dense_u8s8",
+__all__ = ["DEFAULT_TARGET", "REQUANT_ROWS", "STOCK_VNNI_INTRIN", "VNNI_INTRIN", "dense_requant_vnni", "dense_s8s8_via_u8",
+           "dense_s8s8_vnni", "dense_u8s8",
            "dense_u8s8_vnni", "host_has_avx512_vnni", "pack_dense_weight", "packed_shape", "register_vnni_intrinsic",
            "schedule_dense_vnni", "shift_correction", "target_has_vnni", "tile_sizes"]
