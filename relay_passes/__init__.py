@@ -4,7 +4,9 @@
     run = relay_passes.compile_integer(mod)                                     # numpy in, numpy out
 
 Passes, in order (each usable alone, composed by ``lowering_passes``):
-Canonicalize -> MatchPlanLayers -> QuantizeLayers -> CancelQDQ -> VerifyIntegerOnly -> Float64Islands.
+Canonicalize -> MatchPlanLayers -> QuantizeLayers -> CancelQDQ -> VerifyIntegerOnly -> Float64Islands,
+then, for a target with AVX-512 VNNI (``lowering_passes(plan, target=...)`` or ``tensorize_for``),
+TensorizeDenseVNNI: each linear layer as one tensorized ``vpdpbusd`` kernel with the requantize fused.
 """
 from .cancel_qdq import CancelQDQ
 from .canonicalize import Canonicalize
@@ -15,9 +17,11 @@ from .lower import compile_integer, lower, lowering_passes
 from .match import MatchPlanLayers, match_layers
 from .quantize_layers import QuantizeLayers
 from .report import format_op_counts, op_counts
+from .tensorize_x86 import TensorizeDenseVNNI, TensorizeRecord, dense_requant_pattern, tensorize_for, tensorize_report
 from .verify import VerifyIntegerOnly, float_ops
 
 __all__ = ["lower", "compile_integer", "lowering_passes", "import_model", "import_onnx", "Canonicalize",
            "MatchPlanLayers", "QuantizeLayers", "CancelQDQ", "VerifyIntegerOnly", "float_ops", "match_layers",
-           "plan_islands", "Float64Islands",
+           "plan_islands", "Float64Islands", "TensorizeDenseVNNI", "TensorizeRecord", "dense_requant_pattern",
+           "tensorize_for", "tensorize_report",
            "op_counts", "format_op_counts", "LoweringError", "LayerMatchError", "IntegerOnlyError"]

@@ -14,15 +14,19 @@ from .frontend import import_model
 from .islands import FLOAT_BRANCH_OPS, Float64Islands, float_branch_key, plan_islands
 from .match import MatchPlanLayers
 from .quantize_layers import QuantizeLayers
+from .tensorize_x86 import TensorizeDenseVNNI
 from .verify import VerifyIntegerOnly
 
 
 def lowering_passes(plan: QuantPlan, requantize: str = "int64", leave_float=(), islands=(),
-                    verify: bool = True, precise_islands: bool = True) -> tvm.transform.Pass:
+                    verify: bool = True, precise_islands: bool = True, target=None) -> tvm.transform.Pass:
     """The lowering pipeline. ``precise_islands``: compute LayerNorm/softmax/GELU islands in
     float64 (see islands.Float64Islands) so they round like PyTorch's; off for speed. Declared
     float branches (QwT v1) are lowered as float64 islands and declared to the verifier with the
-    plan's other islands (islands.plan_islands)."""
+    plan's other islands (islands.plan_islands). ``target`` (a registry name or targets.Target):
+    when given, the target-specific kernel passes run last (tensorize_x86.TensorizeDenseVNNI:
+    linear layers as tensorized VNNI kernels where the target has VNNI; otherwise the module is
+    unchanged and a warning names every layer left as it is, and why)."""
     unknown = [f"{lp.name} ({lp.attrs['float_branch'].get('kind')}, features "
                f"{lp.attrs['float_branch'].get('features')})" for lp in plan.layers
                if lp.attrs.get("float_branch") and float_branch_key(lp) not in FLOAT_BRANCH_OPS]
@@ -37,6 +41,8 @@ def lowering_passes(plan: QuantPlan, requantize: str = "int64", leave_float=(), 
         passes.append(VerifyIntegerOnly(allowed))
     if precise_islands:
         passes.append(Float64Islands())
+    if target is not None:
+        passes.append(TensorizeDenseVNNI(target, plan))
     return tvm.transform.Sequential(passes, name="tvmptq.Lower")
 
 
@@ -50,11 +56,24 @@ def lower(model_module, example_inputs, plan: QuantPlan, *, requantize: str = "i
     return lowering_passes(plan, requantize, leave_float, islands, verify, precise_islands)(mod)
 
 
-def compile_integer(mod: tvm.IRModule, target="llvm"):
+def compile_integer(mod: tvm.IRModule, target="llvm", tensorize: bool = False):
     """Build ``mod`` and return ``run(*arrays) -> array`` (a tuple for several outputs).
+
+    ``target``: a TVM target (or its string / dict), or a registry target name such as
+    ``x86-host`` (targets/registry.toml). ``tensorize=True`` first applies
+    ``tensorize_x86.TensorizeDenseVNNI(target)``: linear layers as tensorized VNNI kernels when the
+    registry target has VNNI; otherwise nothing changes and a warning names every layer and why.
 
     The module has a static batch size; ``run`` takes any number of samples and feeds them in
     chunks of that size (the last chunk padded by repeating its last sample, then trimmed)."""
+    named = None  # a registry target; plain TVM targets ("llvm", "llvm -mcpu=...", JSON) never read the registry
+    if isinstance(target, str) and target.split(" ")[0] not in ("llvm", "c", "cuda") and not target.startswith("{"):
+        import targets as tg
+        named = tg.get(target) if tg.is_name(target) else None
+    if tensorize:
+        mod = TensorizeDenseVNNI(named if named is not None else target)(mod)
+    if named is not None:
+        target = named.tvm_target()
     target = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
     vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
     shapes = [tuple(int(d) for d in p.ty.shape) for p in mod["main"].params]

@@ -1,0 +1,352 @@
+"""Optional pass 7 (x86 with AVX-512 VNNI): each quantized linear layer becomes one tensorized kernel.
+
+After the lowering (QuantizeLayers, CancelQDQ) a linear layer with a constant int8 weight is the
+chain of Relax ops (integer_ops.requantize)
+
+    acc = matmul(x, W^T) -> int32            x: uint8 or int8 activations (containers)
+    [acc + bias (int32)]                     zero point folded into the bias
+    astype int64, [+ bias (int64)], [* m], + 2^(k-1), >> k, [+ z_out], clip(lo, hi), astype u8/i8
+
+``TensorizeDenseVNNI`` finds that chain (``dense_requant_pattern``, a ``tvm.relax.dpl`` pattern)
+and replaces it by a single ``call_tir`` to the hand-scheduled kernel of
+targets.x86_int8.dense_requant_vnni: the weight packed at compile time into the VNNI layout
+``[N/16, K/4, 16, 4]`` (a constant argument, zero padded for N % 16, K % 4), the accumulation in
+``vpdpbusd`` (u8 x s8), and the whole requantize (bias, multiplier, rounding, shift, zero point,
+clip, cast) in the kernel's epilogue, right after each output tile. int8 activations are shifted
+to uint8 (x + 128) inside the kernel and ``128 * rowsum(W)`` is subtracted from the per-channel
+bias at compile time. Leading dimensions ([B, T, K] inputs) are flattened with a reshape.
+The arithmetic is the chain's own, in int64, so the result is bit-identical.
+
+The kernel PrimFunc carries ``tirx.is_scheduled`` (DLight and MetaSchedule's task extraction skip
+it) and ``op_pattern`` = kOpaque (AnnotateTIROpPattern keeps an existing pattern, and FuseOps never
+fuses an opaque call, so FuseTIR cannot merge it into an unscheduled function).
+
+Which targets: a registry target (targets/registry.toml) whose capabilities include ``vnni`` and
+``avx512`` (the kernel uses the 512-bit ``vpdpbusd``; ``avx_vnni`` alone is the 256-bit form).
+Every integer kernel the pass does not rewrite is named in ``report`` with the reason, and a
+warning lists them: other targets, conv2d (not handled yet), activation x activation matmuls,
+chains in another form (requantize="fixed_point_multiply", a float branch after the layer),
+and accumulators that could overflow int32 after the +128 shift.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax import op as R
+from tvm.relax.dpl import is_const, is_op, wildcard
+
+from tvmptq.quant.plan import QuantPlan
+
+from .match import _is_const, op_name
+from .mutate import mutate_functions
+
+KERNEL_PREFIX = "vnni_dense_requant"
+REPORT_ATTR = "tvmptq_tensorize_report"
+OP_PATTERN_OPAQUE = 8          # tvm::relax::OpPatternKind::kOpaque
+INT32_LIMIT = 2 ** 31
+
+
+# --------------------------------------------------------------------------------------- pattern
+def dense_requant_pattern():
+    """The lowered quantized linear, as a dpl pattern; returns (pattern, named sub-patterns).
+
+    Names: ``x`` (activation), ``w`` (constant weight, [K, N]), ``acc`` (the int32 matmul),
+    ``bias32``/``bias64`` (optional bias adds before/after widening), ``mult`` (optional multiply),
+    ``rnd`` (the rounding add), ``shift``, ``zp`` (optional zero-point add), ``clip``, ``out``.
+    Alternatives list the longer form first, so an optional op is taken when present."""
+    x, w = wildcard(), is_const()
+    acc = is_op("relax.matmul")(x, w).has_dtype("int32")
+    bias32 = is_op("relax.add")(acc, is_const()).has_dtype("int32")
+    wide = is_op("relax.astype")(bias32 | acc).has_dtype("int64")
+    bias64 = is_op("relax.add")(wide, is_const())
+    mult = is_op("relax.multiply")(bias64 | wide, is_const())
+    rnd = is_op("relax.add")(mult | bias64 | wide, is_const())
+    shift = is_op("relax.right_shift")(rnd, is_const())
+    zp = is_op("relax.add")(shift, is_const())
+    clip = is_op("relax.clip")(zp | shift, wildcard(), wildcard())
+    out = is_op("relax.astype")(clip)
+    names = dict(x=x, w=w, acc=acc, bias32=bias32, wide=wide, bias64=bias64, mult=mult, rnd=rnd, shift=shift,
+                 zp=zp, clip=clip, out=out)
+    return out, names
+
+
+# --------------------------------------------------------------------------------------- report
+@dataclass
+class TensorizeRecord:
+    """One integer kernel of the module: rewritten or not, and why."""
+
+    layer: str                  # the plan's layer name, or the Relax binding when no plan is given
+    kind: str                   # linear | conv2d | matmul (activation x activation)
+    tensorized: bool
+    reason: str = ""            # why not (empty when tensorized)
+    kernel: str = ""            # the PrimFunc's name when tensorized
+    shape: tuple = ()           # (M, N, K) of the dense
+
+    def __str__(self) -> str:
+        if self.tensorized:
+            return f"{self.layer}: tensorized ({self.kernel}, M N K = {' '.join(map(str, self.shape))})"
+        return f"{self.layer} ({self.kind}): not tensorized: {self.reason}"
+
+
+def vnni_target_reason(target) -> str:
+    """'' if ``target`` (a registry name or targets.Target) can run the kernel, else why not."""
+    import targets as tg
+    from targets.x86_int8 import target_has_vnni
+    if target is None:
+        return "no target given"
+    if isinstance(target, str):
+        if not tg.is_name(target):
+            return (f"target {target!r} is not a registry target (targets/registry.toml), so its int8 "
+                    "capabilities are unknown")
+        target = tg.get(target)
+    if not isinstance(target, tg.Target):
+        return (f"target {target} is not a registry target (targets/registry.toml), so its int8 capabilities "
+                "are unknown")
+    if not target_has_vnni(target):
+        return (f"target {target.name!r} ({target.arch}, capabilities {', '.join(target.caps()) or 'none'}) "
+                "lacks the 'vnni' capability")
+    if "avx512" not in target.caps():
+        return (f"target {target.name!r} has 'vnni' but not 'avx512': the kernel uses the 512-bit vpdpbusd "
+                "(avx_vnni alone is the 256-bit form)")
+    return ""
+
+
+# --------------------------------------------------------------------------------------- the pass
+def _layer_names(plan: QuantPlan | None):
+    """(by weight bytes -> layer name, names of activation x activation matmuls in order)."""
+    by_weight, matmuls = {}, []
+    if plan is None:
+        return by_weight, matmuls
+    for lp in plan.layers:
+        if lp.kind in ("linear", "conv2d"):
+            w = np.asarray(lp.arrays["weight"], np.int64)
+            by_weight.setdefault((lp.kind, w.shape, w.tobytes()), []).append(lp.name)
+        elif lp.kind == "matmul":
+            matmuls.append(lp.name)
+    return by_weight, matmuls
+
+
+def _const(e) -> np.ndarray:
+    return e.value.numpy()
+
+
+def _per_channel(e, n: int, ndim: int, what: str) -> np.ndarray:
+    """A scalar, or a [1, ..., 1, N] constant (the last axis) -> int64 [N]; ValueError otherwise."""
+    a = _const(e).astype(np.int64)
+    if a.size == 1:
+        return np.full(n, a.reshape(()), np.int64)
+    if a.ndim > ndim or a.shape[-1] != n or a.size != n:
+        raise ValueError(f"its {what} constant has shape {list(a.shape)}, not per output channel (last axis, {n})")
+    return a.reshape(n)
+
+
+@dataclass
+class _Plan:
+    """One rewrite: what the kernel needs, at the chain's final binding."""
+
+    x: relax.Expr
+    x_dtype: str
+    out_dtype: str
+    lead: tuple        # leading dims of x / y
+    M: int
+    N: int
+    K: int
+    w: np.ndarray      # int8 [N, K]
+    qp: np.ndarray     # int64 [7, N]: targets.x86_int8.REQUANT_ROWS, the shift correction in the bias
+
+
+def _analyse(mt: dict, names: dict) -> _Plan:
+    """The matched chain's numbers; ValueError with the reason when the kernel cannot compute it."""
+    acc, x, wc = mt[names["acc"]], mt[names["x"]], mt[names["w"]]
+    x_dtype, out_dtype = str(x.ty.dtype), str(mt[names["out"]].ty.dtype)
+    if x_dtype not in ("uint8", "int8"):
+        raise ValueError(f"activations are {x_dtype}, the kernel takes uint8 or int8")
+    if out_dtype not in ("uint8", "int8"):
+        raise ValueError(f"the output is {out_dtype}, the kernel writes uint8 or int8")
+    if str(wc.ty.dtype) != "int8":
+        raise ValueError(f"the weight is {wc.ty.dtype}, vpdpbusd takes int8")
+    wt = _const(wc)                                 # [K, N]
+    if wt.ndim != 2:
+        raise ValueError(f"the weight has {wt.ndim} dims, expected [K, N]")
+    K, N = wt.shape
+    shape = [int(d) for d in x.ty.shape]
+    if shape[-1] != K:
+        raise ValueError(f"activation shape {shape} does not end in K = {K}")
+    ndim = len(acc.ty.shape)
+    w = np.ascontiguousarray(wt.T)
+    l1 = int(np.abs(w.astype(np.int64)).sum(1).max())
+    if 255 * l1 >= INT32_LIMIT:  # the u8 accumulation: |sum (x+128) w| <= 255 * l1
+        raise ValueError(f"the uint8 accumulation may overflow int32 (255 * max row L1 = {255 * l1})")
+    bias = np.zeros(N, np.int64)
+    for key in ("bias32", "bias64"):
+        if names[key] in mt:
+            bias += _per_channel(mt[names[key]].args[1], N, ndim, key)
+    if x_dtype == "int8":  # x + 128 in the kernel: sum (x+128) w = sum x w + 128 rowsum(w)
+        bias -= 128 * w.astype(np.int64).sum(1)
+    mult = _per_channel(mt[names["mult"]].args[1], N, ndim, "multiplier") if names["mult"] in mt \
+        else np.ones(N, np.int64)
+    rnd = _per_channel(mt[names["rnd"]].args[1], N, ndim, "rounding")
+    shift = _per_channel(mt[names["shift"]].args[1], N, ndim, "shift")
+    zp = 0
+    if names["zp"] in mt:
+        z = _const(mt[names["zp"]].args[1])
+        if z.size != 1:
+            raise ValueError("its output zero point is not a scalar")
+        zp = int(z.reshape(()))
+    clip = mt[names["clip"]]
+    lo, hi = (int(a.value) for a in clip.args[1:3])
+    if (shift < 0).any() or (shift > 63).any():
+        raise ValueError("its shifts are outside [0, 63]")
+    lead = tuple(shape[:-1])
+    qp = np.stack([bias, mult, rnd, shift, np.full(N, zp), np.full(N, lo), np.full(N, hi)]).astype(np.int64)
+    return _Plan(x, x_dtype, out_dtype, lead, int(np.prod(lead)) if lead else 1, N, K, w, qp)
+
+
+def build_kernel(p: _Plan, tile=(4, 4, 128)) -> tvm.tirx.PrimFunc:
+    """The scheduled, tensorized PrimFunc for one rewrite (targets.x86_int8.dense_requant_vnni)."""
+    from targets import x86_int8 as xi
+    func = xi.dense_requant_vnni(p.M, p.N, p.K, p.x_dtype, p.out_dtype)
+    sch = xi.schedule_dense_vnni(func, *tile)
+    prim = sch.mod["main"]
+    if "global_symbol" in (prim.attrs or {}):
+        prim = prim.without_attr("global_symbol")  # AttachGlobalSymbol names it after its GlobalVar
+    return prim.with_attrs({"tirx.is_scheduled": True, "op_pattern": OP_PATTERN_OPAQUE})
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    def __init__(self, mod, plans: dict, tile):
+        super().__init__(mod)
+        self.plans, self.tile = plans, tile
+        self.kernels: dict[tuple, relax.GlobalVar] = {}
+        self.names: dict[relax.Var, str] = {}
+
+    def _kernel(self, p: _Plan) -> relax.GlobalVar:
+        key = (p.M, p.N, p.K, p.x_dtype, p.out_dtype)  # the requantize numbers are arguments
+        if key not in self.kernels:
+            name = f"{KERNEL_PREFIX}_{p.x_dtype[0]}8_{p.out_dtype[0]}8_{p.M}x{p.N}x{p.K}"
+            self.kernels[key] = self.builder_.add_func(build_kernel(p, self.tile), name)
+        return self.kernels[key]
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        p = self.plans.get(binding.var)
+        if p is None:
+            return super().visit_var_binding_(binding)
+        from targets.x86_int8 import pack_dense_weight
+        bb = self.builder_
+        x = self.visit_expr(p.x)
+        if len(p.lead) != 1:
+            x = bb.emit(R.reshape(x, [p.M, p.K]))
+        gv = self._kernel(p)
+        args = [x, relax.const(pack_dense_weight(p.w), "int8"), relax.const(p.qp, "int64")]
+        y = relax.call_tir(gv, args, relax.TensorType([p.M, p.N], p.out_dtype))
+        if len(p.lead) != 1:
+            y = R.reshape(bb.emit(y), list(p.lead) + [p.N])
+        self.names[binding.var] = gv.name_hint
+        super().visit_var_binding_(relax.VarBinding(binding.var, y))
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvmptq.TensorizeDenseVNNI")
+class TensorizeDenseVNNI:
+    """Rewrite every lowered quantized linear layer to one tensorized VNNI kernel (see the module doc).
+
+    ``target``: a registry target name or targets.Target; without the ``vnni`` and ``avx512``
+    capabilities the module is returned unchanged. ``plan``: optional, only to report layers by
+    their plan names. ``tile``: (rows, 16-column groups, k) of the hand schedule. After the pass,
+    ``report`` holds a TensorizeRecord per integer kernel (tensorized or not, and why), also kept
+    as text in the module attribute ``REPORT_ATTR`` (:func:`tensorize_report`); kernels not
+    tensorized are listed in a warning unless ``warn=False``."""
+
+    def __init__(self, target, plan: QuantPlan | None = None, tile=(4, 4, 128), warn: bool = True):
+        self.target, self.plan, self.tile, self.warn = target, plan, tuple(tile), warn
+        self.report: list[TensorizeRecord] = []
+
+    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        target_reason = vnni_target_reason(self.target)
+        pattern, names = dense_requant_pattern()
+        by_weight, matmul_names = _layer_names(self.plan)
+        report, plans = [], {}  # plans: final var of a chain -> (_Plan, its record)
+        for _, func in mod.functions_items():
+            if not isinstance(func, relax.Function):
+                continue
+            var2val = relax.analysis.get_var2val(func)
+            bindings = [b for block in func.body.blocks for b in block.bindings]
+            chains = {}  # matmul var -> (final var, matched dict)
+            for b in bindings:
+                if op_name(b.value) == "relax.astype" and str(b.value.ty.dtype) in ("uint8", "int8"):
+                    mt = pattern.extract_matched_expr(b.value, var2val)
+                    if mt is not None:
+                        acc = mt[names["acc"]]
+                        chains[next(c.var for c in bindings if c.value.same_as(acc))] = (b.var, mt)
+            n_mm = 0
+            for b in bindings:
+                kind, name = _kernel_kind(b, by_weight, matmul_names, n_mm)
+                if kind is None:
+                    continue
+                rec = TensorizeRecord(name, kind, False)
+                report.append(rec)
+                if kind == "matmul":
+                    n_mm += 1
+                    rec.reason = "activation x activation matmul: only matmuls with a constant weight are tensorized"
+                elif kind == "conv2d":
+                    rec.reason = "conv2d is not tensorized yet (only linear layers; the NCHW16c conv is a later step)"
+                elif target_reason:
+                    rec.reason = target_reason
+                elif b.var not in chains:
+                    rec.reason = ("its int32 accumulator is not followed by the int64 fixed-point requantize chain "
+                                  "(requantize='fixed_point_multiply', or a float branch after the layer?)")
+                else:
+                    final, mt = chains[b.var]
+                    try:
+                        p = _analyse(mt, names)
+                    except ValueError as err:
+                        rec.reason = str(err)
+                        continue
+                    rec.tensorized, rec.shape = True, (p.M, p.N, p.K)
+                    plans[final] = (p, rec)
+        if plans:
+            rewriter = _Rewriter(mod, {v: p for v, (p, _) in plans.items()}, self.tile)
+            mod = relax.transform.DeadCodeElimination()(mutate_functions(mod, rewriter))
+            for v, (_, rec) in plans.items():
+                rec.kernel = rewriter.names[v]
+        self.report = report
+        skipped = [r for r in report if not r.tensorized]
+        if skipped and self.warn:
+            warnings.warn(f"TensorizeDenseVNNI: {len(report) - len(skipped)} of {len(report)} integer kernels "
+                          "tensorized; not tensorized:\n  " + "\n  ".join(str(r) for r in skipped), stacklevel=2)
+        return mod.with_attr(REPORT_ATTR, [str(r) for r in report])
+
+
+def _kernel_kind(b, by_weight, matmul_names, n_mm):
+    """(kind, name) of an integer conv/matmul binding, (None, None) for anything else."""
+    call, name = b.value, op_name(b.value)
+    if name not in ("relax.matmul", "relax.nn.conv2d") or str(getattr(call.ty, "dtype", "")) != "int32":
+        return None, None
+    args = call.args
+    if name == "relax.matmul" and not _is_const(args[1]):
+        return "matmul", matmul_names[n_mm] if n_mm < len(matmul_names) else b.var.name
+    if not _is_const(args[1]):
+        return None, None
+    kind = "conv2d" if name == "relax.nn.conv2d" else "linear"
+    w = _const(args[1]).astype(np.int64)
+    if kind == "linear":
+        w = w.T
+    found = by_weight.get((kind, w.shape, np.ascontiguousarray(w).tobytes()))
+    return kind, (" or ".join(found) if found else b.var.name)
+
+
+def tensorize_for(target, plan: QuantPlan | None = None, **kw) -> tvm.transform.Pass:
+    """The x86 int8 tensorization passes for ``target`` (a registry name or targets.Target), as a
+    Sequential: TensorizeDenseVNNI (a no-op, with a warning naming every layer, when the target
+    lacks VNNI). Apply after the lowering (lowering_passes(plan, target=...) does)."""
+    return tvm.transform.Sequential([TensorizeDenseVNNI(target, plan, **kw)], name="tvmptq.TensorizeX86")
+
+
+def tensorize_report(mod: tvm.IRModule) -> list[str]:
+    """What TensorizeDenseVNNI did to ``mod``: one line per integer kernel ([] if it never ran)."""
+    attrs = mod.attrs
+    return [str(s) for s in attrs[REPORT_ATTR]] if attrs is not None and REPORT_ATTR in attrs else []
