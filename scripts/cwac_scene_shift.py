@@ -5,7 +5,8 @@ The protocol's photo views come from 10 calibration scenes and 12 different eval
 fp_stream) is fitted on views of some scenes and scored (top-1 agreement with FP32) on views it
 did not see, from the same scenes and from other scenes, next to the baseline on the same views:
 
-  A. fit: calibration scenes 0-7;   score: calibration scenes 8-9, and the evaluation split
+  A. fit: calibration views 0-191;  score: calibration views 192-255 (seen scenes; what the
+     held-out probe of target="auto" sees), and the evaluation split (12 unseen scenes)
   B. fit: evaluation scenes 0-5;    score: evaluation scenes 6-11 (unseen scenes)
   C. fit: evaluation views 0-191;   score: evaluation views 256-511 (unseen views, seen scenes)
 
@@ -46,17 +47,17 @@ def main():
     model, evalset = tvmptq.load(MODEL), tvmptq.get_set(DEFAULT_SET[MODEL])
     graph = tvmptq.prepare(model)
     calib, evals = evalset.calibration(), evalset.evaluation()
-    c_scene, e_scene = np.arange(len(calib[0])) % 10, np.arange(len(evals[0])) % 12   # EVAL_PROTOCOL round robin
+    e_scene = np.arange(len(evals[0])) % 12          # EVAL_PROTOCOL: view i is from scene i mod 12
     w, a = (int(v) for v in args.bits[1:].split("A"))
     observers, _ = collect_statistics(graph, batches(calib, 32))
     probe = tuple(x[:AUTO_SELECT_SAMPLES] for x in calib)
     rule, plan, sim, _ = select_observer(graph, observers, tvmptq.make_config(w, a, "minmax"), probe, 32, MODEL)
     fp = torch_runner(graph.gm)
-    idx_e = np.arange(len(evals[0]))
+    idx_c, idx_e = np.arange(len(calib[0])), np.arange(len(evals[0]))
     experiments = {
-        "A. fit calibration scenes 0-7": (_views(calib, c_scene < 8), {
-            "calibration scenes 8-9 (unseen views, seen distribution)": _views(calib, c_scene >= 8),
-            "evaluation split (12 other scenes)": evals}),
+        "A. fit calibration views 0-191": (_views(calib, idx_c < 192), {
+            "calibration views 192-255 (unseen views, seen scenes)": _views(calib, idx_c >= 192),
+            "evaluation split (12 unseen scenes)": evals}),
         "B. fit evaluation scenes 0-5": (_views(evals, e_scene < 6), {
             "evaluation scenes 6-11 (unseen scenes)": _views(evals, e_scene >= 6)}),
         "C. fit evaluation views 0-191": (_views(evals, idx_e < 192), {
