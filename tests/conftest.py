@@ -16,6 +16,19 @@ def digits_graph():
 
 
 @pytest.fixture(scope="session")
+def digits_relax(digits_graph):
+    """digits as the lowering tests use it: (model, graph, 128 calibration samples, 64 evaluation
+    samples, the Relax import at static batch 8). Imported and canonicalized once; each plan then
+    only runs the plan-specific passes on it."""
+    import relay_passes as rp
+    import tvmptq
+    model, graph = digits_graph
+    s = tvmptq.get_set("digits")
+    imported = rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(8)))
+    return model, graph, tuple(a[:128] for a in s.calibration()), s.evaluation()[0][:64], imported
+
+
+@pytest.fixture(scope="session")
 def digits_w2a4(digits_graph):
     """The digits W2A4 baseline plan (128 calibration samples) that CWAC and QwT start from,
     with the calibration and 64 evaluation samples."""
