@@ -42,14 +42,32 @@ def usable_database(folder, tvm_target) -> str | None:
     """None when ``folder`` holds tuning records made for exactly ``tvm_target`` (cores included),
     else the reason it cannot be used."""
     folder = Path(folder)
-    if not (folder / RECORDS).is_file() or (folder / RECORDS).stat().st_size == 0:
+    if not has_records(folder):
         return f"no tuning records in {folder}"
     want = str(with_cores(tvm_target))
     try:
-        have = json.loads((folder / META).read_text())["target"]
-    except (OSError, ValueError, KeyError, TypeError):
+        have = _tuned_for(folder)
+    except TuneDatabaseError:
+        have = None
+    if have is None:
         return f"{folder / META} is missing or unreadable"
     return None if have == want else f"{folder} was tuned for {have}; this machine's target is {want}"
+
+
+def has_records(folder) -> bool:
+    path = Path(folder) / RECORDS
+    return path.is_file() and path.stat().st_size > 0
+
+
+def _tuned_for(folder: Path) -> str | None:
+    """The TVM target (JSON) a database was made for; None when it does not say."""
+    meta = folder / META
+    if not meta.exists():
+        return None
+    try:
+        return json.loads(meta.read_text())["target"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise TuneDatabaseError(f"corrupt tuning database {folder}: {META} is unreadable") from None
 
 
 def default_root() -> Path:
@@ -128,18 +146,12 @@ def open_database(folder, tvm_target=None, create: bool = False):
         folder.mkdir(parents=True)
     _check_lines(folder / WORKLOADS, "workload entry", _is_workload)
     _check_lines(folder / RECORDS, "tuning record", _is_record)
-    meta = folder / META
     if tvm_target is not None:
-        want = str(tvm_target)
-        if meta.exists():
-            try:
-                have = json.loads(meta.read_text())["target"]
-            except (OSError, ValueError, KeyError, TypeError):
-                raise TuneDatabaseError(f"corrupt tuning database {folder}: {META} is unreadable") from None
-            if have != want:
-                raise TuneDatabaseError(f"tuning database {folder} was made for target {have}, not {want}")
-        elif create:
-            meta.write_text(json.dumps({"target": want}, indent=2) + "\n")
+        want, have = str(tvm_target), _tuned_for(folder)
+        if have is not None and have != want:
+            raise TuneDatabaseError(f"tuning database {folder} was made for target {have}, not {want}")
+        if have is None and create:
+            (folder / META).write_text(json.dumps({"target": want}, indent=2) + "\n")
     try:
         return ms.database.JSONDatabase(str(folder / WORKLOADS), str(folder / RECORDS), allow_missing=True)
     except Exception as err:

@@ -220,9 +220,9 @@ def _tuning_database(args, model_name: str):
     import targets
     if args.untuned or not targets.is_name(args.target, args.targets_file or ()):
         return None
-    from targets.tune import RECORDS, db_dir, default_root, shipped_folder, usable_database
+    from targets.tune import db_dir, default_root, has_records, shipped_folder, usable_database
     folder = db_dir(args.db or default_root(), args.target)
-    if (folder / RECORDS).is_file() and (folder / RECORDS).stat().st_size > 0:
+    if has_records(folder):
         print(f"using tuned schedules from {folder} (--untuned to ignore)")
         return folder
     shipped = shipped_folder(args.target, model_name, "int8", args.batch)
