@@ -1,21 +1,25 @@
-"""Optional pass 7 (x86 with AVX-512 VNNI): each quantized linear layer becomes one tensorized kernel.
+"""Optional pass 7 (x86 with AVX-512 VNNI): each quantized linear layer and 1x1 conv becomes one
+tensorized kernel.
 
-After the lowering (QuantizeLayers, CancelQDQ) a linear layer with a constant int8 weight is the
-chain of Relax ops (integer_ops.requantize)
+After the lowering (QuantizeLayers, CancelQDQ) a linear layer (or conv) with a constant int8 weight
+is the chain of Relax ops (integer_ops.requantize)
 
-    acc = matmul(x, W^T) -> int32            x: uint8 or int8 activations (containers)
-    [acc + bias (int32)]                     zero point folded into the bias
+    acc = matmul(x, W^T) | conv2d(x, W) -> int32   x: uint8 or int8 activations (containers)
+    [acc + bias (int32)]                           zero point folded into the bias
     astype int64, [+ bias (int64)], [* m], + 2^(k-1), >> k, [+ z_out], clip(lo, hi), astype u8/i8
 
 ``TensorizeDenseVNNI`` finds that chain (``dense_requant_pattern``, a ``tvm.relax.dpl`` pattern)
-and replaces it by a single ``call_tir`` to the hand-scheduled kernel of
-targets.x86_int8.dense_requant_vnni: the weight packed at compile time into the VNNI layout
-``[N/16, K/4, 16, 4]`` (a constant argument, zero padded for N % 16, K % 4), the accumulation in
-``vpdpbusd`` (u8 x s8), and the whole requantize (bias, multiplier, rounding, shift, zero point,
-clip, cast) in the kernel's epilogue, right after each output tile. int8 activations are shifted
-to uint8 (x + 128) inside the kernel and ``128 * rowsum(W)`` is subtracted from the per-channel
-bias at compile time. Leading dimensions ([B, T, K] inputs) are flattened with a reshape.
-The arithmetic is the chain's own, in int64, so the result is bit-identical.
+and replaces it by a single ``call_tir`` to a hand-scheduled kernel of targets.x86_int8:
+``dense_requant_vnni`` for a linear layer, ``conv1x1_requant_vnni`` for a 1x1, stride-1,
+unpadded NCHW conv (the dense over pixels; pointwise convs are most of a MobileNet/EfficientNet's
+multiply-adds). The weight is packed at compile time into the VNNI layout ``[N/16, K/4, 16, 4]``
+(a constant argument, zero padded for N % 16, K % 4), the accumulation runs in ``vpdpbusd``
+(u8 x s8), and the whole requantize (bias, multiplier, rounding, shift, zero point, clip, cast)
+runs in the kernel's epilogue, right after each output tile. int8 activations are shifted to
+uint8 (x + 128) inside the kernel and ``128 * rowsum(W)`` is subtracted from the per-channel bias
+at compile time. Leading dimensions ([B, T, K] inputs) are flattened, and NCHW tensors viewed as
+[B, C, H * W], with reshapes. The arithmetic is the chain's own, in int64, so the result is
+bit-identical.
 
 The kernel PrimFunc carries ``tirx.is_scheduled`` (DLight and MetaSchedule's task extraction skip
 it) and ``op_pattern`` = kOpaque (AnnotateTIROpPattern keeps an existing pattern, and FuseOps never
@@ -24,9 +28,10 @@ fuses an opaque call, so FuseTIR cannot merge it into an unscheduled function).
 Which targets: a registry target (targets/registry.toml) whose capabilities include ``vnni`` and
 ``avx512`` (the kernel uses the 512-bit ``vpdpbusd``; ``avx_vnni`` alone is the 256-bit form).
 Every integer kernel the pass does not rewrite is named in ``report`` with the reason, and a
-warning lists them: other targets, conv2d (not handled yet), activation x activation matmuls,
-chains in another form (requantize="fixed_point_multiply", a float branch after the layer),
-and accumulators that could overflow int32 after the +128 shift.
+warning lists them: other targets, convs other than 1x1 stride-1 (k x k, strided, depthwise:
+left to MetaSchedule), activation x activation matmuls, chains in another form
+(requantize="fixed_point_multiply", a float branch after the layer), and accumulators that could
+overflow int32 after the +128 shift.
 """
 from __future__ import annotations
 
@@ -45,6 +50,8 @@ from .match import _is_const, op_name
 from .mutate import mutate_functions
 
 KERNEL_PREFIX = "vnni_dense_requant"
+CONV_PREFIX = "vnni_conv1x1_requant"
+KERNEL_PREFIXES = (KERNEL_PREFIX, CONV_PREFIX)   # every kernel this pass adds starts with one of them
 REPORT_ATTR = "tvmptq_tensorize_report"
 OP_PATTERN_OPAQUE = 8          # tvm::relax::OpPatternKind::kOpaque
 INT32_LIMIT = 2 ** 31
@@ -54,12 +61,12 @@ INT32_LIMIT = 2 ** 31
 def dense_requant_pattern():
     """The lowered quantized linear, as a dpl pattern; returns (pattern, named sub-patterns).
 
-    Names: ``x`` (activation), ``w`` (constant weight, [K, N]), ``acc`` (the int32 matmul),
+    Names: ``x`` (activation), ``w`` (constant weight, [K, N] or OIHW), ``acc`` (the int32 matmul or conv2d),
     ``bias32``/``bias64`` (optional bias adds before/after widening), ``mult`` (optional multiply),
     ``rnd`` (the rounding add), ``shift``, ``zp`` (optional zero-point add), ``clip``, ``out``.
     Alternatives list the longer form first, so an optional op is taken when present."""
     x, w = wildcard(), is_const()
-    acc = is_op("relax.matmul")(x, w).has_dtype("int32")
+    acc = (is_op("relax.matmul")(x, w) | is_op("relax.nn.conv2d")(x, w)).has_dtype("int32")
     bias32 = is_op("relax.add")(acc, is_const()).has_dtype("int32")
     wide = is_op("relax.astype")(bias32 | acc).has_dtype("int64")
     bias64 = is_op("relax.add")(wide, is_const())
@@ -134,13 +141,14 @@ def _const(e) -> np.ndarray:
     return e.value.numpy()
 
 
-def _per_channel(e, n: int, ndim: int, what: str) -> np.ndarray:
-    """A scalar, or a [1, ..., 1, N] constant (the last axis) -> int64 [N]; ValueError otherwise."""
+def _per_channel(e, n: int, ndim: int, what: str, axis: int = -1) -> np.ndarray:
+    """A scalar, or a constant of N values along the output's channel ``axis`` (the last one of a
+    linear, 1 of an NCHW conv) -> int64 [N]; ValueError otherwise."""
     a = _const(e).astype(np.int64)
     if a.size == 1:
         return np.full(n, a.reshape(()), np.int64)
-    if a.ndim > ndim or a.shape[-1] != n or a.size != n:
-        raise ValueError(f"its {what} constant has shape {list(a.shape)}, not per output channel (last axis, {n})")
+    if a.ndim != ndim or a.shape[axis] != n or a.size != n:
+        raise ValueError(f"its {what} constant has shape {list(a.shape)}, not per output channel (axis {axis}, {n})")
     return a.reshape(n)
 
 
@@ -151,12 +159,13 @@ class _Plan:
     x: relax.Expr
     x_dtype: str
     out_dtype: str
-    lead: tuple        # leading dims of x / y
-    M: int
+    lead: tuple        # leading dims of x / y (linear); (B, H, W) of a 1x1 conv
+    M: int             # GEMM rows: samples (linear), pixels H * W per image (conv)
     N: int
     K: int
     w: np.ndarray      # int8 [N, K]
     qp: np.ndarray     # int64 [7, N]: targets.x86_int8.REQUANT_ROWS, the shift correction in the bias
+    conv: bool = False  # a 1x1 NCHW conv: targets.x86_int8.conv1x1_requant_vnni, batch lead[0]
 
 
 def _analyse(mt: dict, names: dict) -> _Plan:
@@ -169,28 +178,34 @@ def _analyse(mt: dict, names: dict) -> _Plan:
         raise ValueError(f"the output is {out_dtype}, the kernel writes uint8 or int8")
     if str(wc.ty.dtype) != "int8":
         raise ValueError(f"the weight is {wc.ty.dtype}, vpdpbusd takes int8")
-    wt = _const(wc)                                 # [K, N]
-    if wt.ndim != 2:
-        raise ValueError(f"the weight has {wt.ndim} dims, expected [K, N]")
-    K, N = wt.shape
     shape = [int(d) for d in x.ty.shape]
-    if shape[-1] != K:
-        raise ValueError(f"activation shape {shape} does not end in K = {K}")
+    conv = op_name(acc) == "relax.nn.conv2d"
+    if conv:
+        w, lead = _conv1x1_weight(acc, shape), (shape[0], shape[2], shape[3])
+        N, K, axis, M = w.shape[0], w.shape[1], 1, shape[2] * shape[3]
+    else:
+        wt = _const(wc)                                 # [K, N]
+        if wt.ndim != 2:
+            raise ValueError(f"the weight has {wt.ndim} dims, expected [K, N]")
+        K, N = wt.shape
+        if shape[-1] != K:
+            raise ValueError(f"activation shape {shape} does not end in K = {K}")
+        w, lead, axis = np.ascontiguousarray(wt.T), tuple(shape[:-1]), -1
+        M = int(np.prod(lead)) if lead else 1
     ndim = len(acc.ty.shape)
-    w = np.ascontiguousarray(wt.T)
     l1 = int(np.abs(w.astype(np.int64)).sum(1).max())
     if 255 * l1 >= INT32_LIMIT:  # the u8 accumulation: |sum (x+128) w| <= 255 * l1
         raise ValueError(f"the uint8 accumulation may overflow int32 (255 * max row L1 = {255 * l1})")
     bias = np.zeros(N, np.int64)
     for key in ("bias32", "bias64"):
         if names[key] in mt:
-            bias += _per_channel(mt[names[key]].args[1], N, ndim, key)
+            bias += _per_channel(mt[names[key]].args[1], N, ndim, key, axis)
     if x_dtype == "int8":  # x + 128 in the kernel: sum (x+128) w = sum x w + 128 rowsum(w)
         bias -= 128 * w.astype(np.int64).sum(1)
-    mult = _per_channel(mt[names["mult"]].args[1], N, ndim, "multiplier") if names["mult"] in mt \
+    mult = _per_channel(mt[names["mult"]].args[1], N, ndim, "multiplier", axis) if names["mult"] in mt \
         else np.ones(N, np.int64)
-    rnd = _per_channel(mt[names["rnd"]].args[1], N, ndim, "rounding")
-    shift = _per_channel(mt[names["shift"]].args[1], N, ndim, "shift")
+    rnd = _per_channel(mt[names["rnd"]].args[1], N, ndim, "rounding", axis)
+    shift = _per_channel(mt[names["shift"]].args[1], N, ndim, "shift", axis)
     zp = 0
     if names["zp"] in mt:
         z = _const(mt[names["zp"]].args[1])
@@ -201,16 +216,39 @@ def _analyse(mt: dict, names: dict) -> _Plan:
     lo, hi = (int(a.value) for a in clip.args[1:3])
     if (shift < 0).any() or (shift > 63).any():
         raise ValueError("its shifts are outside [0, 63]")
-    lead = tuple(shape[:-1])
     qp = np.stack([bias, mult, rnd, shift, np.full(N, zp), np.full(N, lo), np.full(N, hi)]).astype(np.int64)
-    return _Plan(x, x_dtype, out_dtype, lead, int(np.prod(lead)) if lead else 1, N, K, w, qp)
+    return _Plan(x, x_dtype, out_dtype, lead, M, N, K, w, qp, conv)
+
+
+def _conv1x1_weight(conv, x_shape) -> np.ndarray:
+    """The int8 [N, K] weight of a conv2d the 1x1 kernel computes; ValueError naming what differs."""
+    at = conv.attrs
+    w = _const(conv.args[1])
+    layouts = (str(at.data_layout), str(at.kernel_layout), str(at.out_layout))
+    if layouts != ("NCHW", "OIHW", "NCHW"):
+        raise ValueError(f"conv2d layouts {'/'.join(layouts)}: the kernel takes NCHW/OIHW/NCHW")
+    if int(at.groups) != 1:
+        raise ValueError(f"a grouped conv2d (groups={int(at.groups)}, depthwise when it equals the channels): "
+                         "only 1x1 convs with groups=1 are tensorized")
+    if tuple(w.shape[2:]) != (1, 1):
+        raise ValueError(f"a {w.shape[2]}x{w.shape[3]} conv2d: only 1x1 convs are tensorized")
+    if any(int(v) != 1 for v in at.strides) or any(int(v) != 1 for v in at.dilation) \
+            or any(int(v) for v in at.padding):
+        raise ValueError(f"a 1x1 conv2d with strides {[int(v) for v in at.strides]}, padding "
+                         f"{[int(v) for v in at.padding]}: only stride 1, no padding is tensorized")
+    if len(x_shape) != 4 or x_shape[1] != w.shape[1]:
+        raise ValueError(f"activation shape {x_shape} is not NCHW with {w.shape[1]} channels")
+    return np.ascontiguousarray(w.reshape(w.shape[0], w.shape[1]))
 
 
 def build_kernel(p: _Plan, tile=(4, 4, 128)) -> tvm.tirx.PrimFunc:
-    """The scheduled, tensorized PrimFunc for one rewrite (targets.x86_int8.dense_requant_vnni)."""
+    """The scheduled, tensorized PrimFunc for one rewrite (targets.x86_int8.dense_requant_vnni, or
+    conv1x1_requant_vnni with its own default tiles for a 1x1 conv)."""
     from targets import x86_int8 as xi
-    func = xi.dense_requant_vnni(p.M, p.N, p.K, p.x_dtype, p.out_dtype)
-    sch = xi.schedule_dense_vnni(func, *tile)
+    if p.conv:
+        sch = xi.schedule_conv1x1_vnni(xi.conv1x1_requant_vnni(p.lead[0], p.M, p.N, p.K, p.x_dtype, p.out_dtype))
+    else:
+        sch = xi.schedule_dense_vnni(xi.dense_requant_vnni(p.M, p.N, p.K, p.x_dtype, p.out_dtype), *tile)
     prim = sch.mod["main"]
     if "global_symbol" in (prim.attrs or {}):
         prim = prim.without_attr("global_symbol")  # AttachGlobalSymbol names it after its GlobalVar
@@ -226,9 +264,10 @@ class _Rewriter(relax.PyExprMutator):
         self.names: dict[relax.Var, str] = {}
 
     def _kernel(self, p: _Plan) -> relax.GlobalVar:
-        key = (p.M, p.N, p.K, p.x_dtype, p.out_dtype)  # the requantize numbers are arguments
+        key = (p.conv, p.lead[0] if p.conv else 0, p.M, p.N, p.K, p.x_dtype, p.out_dtype)  # requantize numbers are arguments
         if key not in self.kernels:
-            name = f"{KERNEL_PREFIX}_{p.x_dtype[0]}8_{p.out_dtype[0]}8_{p.M}x{p.N}x{p.K}"
+            prefix = f"{CONV_PREFIX}_b{p.lead[0]}" if p.conv else KERNEL_PREFIX
+            name = f"{prefix}_{p.x_dtype[0]}8_{p.out_dtype[0]}8_{p.M}x{p.N}x{p.K}"
             self.kernels[key] = self.builder_.add_func(build_kernel(p, self.tile), name)
         return self.kernels[key]
 
@@ -239,13 +278,19 @@ class _Rewriter(relax.PyExprMutator):
         from targets.x86_int8 import pack_dense_weight
         bb = self.builder_
         x = self.visit_expr(p.x)
-        if len(p.lead) != 1:
-            x = bb.emit(R.reshape(x, [p.M, p.K]))
         gv = self._kernel(p)
+        if p.conv:  # NCHW <-> [B, C, H * W]: reshapes of contiguous tensors, no copies
+            B, H, W = p.lead
+            x = bb.emit(R.reshape(x, [B, p.K, p.M]))
+            out_shape, final_shape = [B, p.N, p.M], [B, p.N, H, W]
+        else:
+            if len(p.lead) != 1:
+                x = bb.emit(R.reshape(x, [p.M, p.K]))
+            out_shape, final_shape = [p.M, p.N], (None if len(p.lead) == 1 else list(p.lead) + [p.N])
         args = [x, relax.const(pack_dense_weight(p.w), "int8"), relax.const(p.qp, "int64")]
-        y = relax.call_tir(gv, args, relax.TensorType([p.M, p.N], p.out_dtype))
-        if len(p.lead) != 1:
-            y = R.reshape(bb.emit(y), list(p.lead) + [p.N])
+        y = relax.call_tir(gv, args, relax.TensorType(out_shape, p.out_dtype))
+        if final_shape is not None:
+            y = R.reshape(bb.emit(y), final_shape)
         self.names[binding.var] = gv.name_hint
         super().visit_var_binding_(relax.VarBinding(binding.var, y))
 
@@ -292,8 +337,6 @@ class TensorizeDenseVNNI:
                 if kind == "matmul":
                     n_mm += 1
                     rec.reason = "activation x activation matmul: only matmuls with a constant weight are tensorized"
-                elif kind == "conv2d":
-                    rec.reason = "conv2d is not tensorized yet (only linear layers; the NCHW16c conv is a later step)"
                 elif target_reason:
                     rec.reason = target_reason
                 elif b.var not in chains:
@@ -306,7 +349,7 @@ class TensorizeDenseVNNI:
                     except ValueError as err:
                         rec.reason = str(err)
                         continue
-                    rec.tensorized, rec.shape = True, (p.M, p.N, p.K)
+                    rec.tensorized, rec.shape = True, ((p.lead[0] * p.M) if p.conv else p.M, p.N, p.K)
                     plans[final] = (p, rec)
         if plans:
             rewriter = _Rewriter(mod, {v: p for v, (p, _) in plans.items()}, self.tile)

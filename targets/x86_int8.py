@@ -16,6 +16,8 @@ What is here:
 * :func:`dense_requant_vnni`: the same accumulation with the plan's fixed-point requantize (bias,
   multiplier, shift, zero point, clip) in the epilogue: the kernel that relay_passes.tensorize_x86
   puts in place of each quantized linear layer.
+* :func:`conv1x1_requant_vnni` / :func:`schedule_conv1x1_vnni`: a 1x1 NCHW convolution as that
+  dense over pixels, reading and writing NCHW (what EfficientNet's pointwise convs become).
 * :func:`schedule_dense_vnni`: a hand schedule with ``sch.tensorize`` (no tuning).
 * :func:`dense_s8s8_via_u8` / :func:`dense_u8s8`: compile (cached) and run from NumPy.
 
@@ -259,13 +261,54 @@ def dense_requant_vnni(M: int, N: int, K: int, x_dtype: str, out_dtype: str):
         raise ValueError(f"dense_requant_vnni: activations must be uint8 or int8, got {x_dtype}")
     X = te.placeholder((M, K), x_dtype, name="X")
     qp = te.placeholder((len(REQUANT_ROWS), N), "int64", name="qp")
+    requant = _requantize(qp, out_dtype)
+    Wp, C = _dense_te(X, M, N, K, epilogue=lambda a, i, j: requant(a, j))
+    return te.create_prim_func([X, Wp, qp, C]).with_attr("global_symbol", "main")
+
+
+def _requantize(qp, out_dtype: str):
+    """``f(acc, j)``: the fixed-point requantize of output channel ``j`` from the rows of ``qp``
+    (:data:`REQUANT_ROWS`), all in int64, as relay_passes/integer_ops.requantize computes it."""
+    from tvm import te
     bias, mult, rnd, shift, zp, lo, hi = range(len(REQUANT_ROWS))
 
-    def epilogue(a, i, j):
+    def f(a, j):
         v = (((a.astype("int64") + qp[bias, j]) * qp[mult, j] + qp[rnd, j]) >> qp[shift, j]) + qp[zp, j]
         return te.max(te.min(v, qp[hi, j]), qp[lo, j]).astype(out_dtype)
+    return f
 
-    Wp, C = _dense_te(X, M, N, K, epilogue=epilogue)
+
+def conv1x1_requant_vnni(B: int, M: int, N: int, K: int, x_dtype: str, out_dtype: str):
+    """A 1x1, stride-1 NCHW convolution with the requantize epilogue: one kernel per pointwise conv.
+
+    TIR ``main(X: x_dtype[B, K, M], Wp: int8[packed_shape(N, K)], qp: int64[7, N], Y: out_dtype[B, N, M])``
+    with ``M = H * W`` (the NCHW tensors reshaped, which costs nothing), ``K`` input and ``N`` output
+    channels. Per image it is the dense ``Y^T = X^T . W^T``: the GEMM rows are pixels. ``vpdpbusd``
+    wants 4 consecutive k of one pixel in a 32-bit word, which NCHW keeps ``M`` bytes apart, so stage
+    ``X_t`` first writes the image as ``[B, M, Kp]`` uint8 (transposed, shifted by +128 for int8
+    inputs, zero padded to K % 4): one pass over the input, against K / 4 vpdpbusd per element after
+    it. The accumulation (block ``compute``, [B, M, Np]) is the tensorized u8 x s8 reduction of
+    :func:`dense_requant_vnni`, and the epilogue ``C`` writes each tile straight back to NCHW
+    (``Y[b, j, m]``, contiguous in m). The requantize is :func:`dense_requant_vnni`'s, with the same
+    ``qp`` rows (``bias`` includes ``- 128 * rowsum(W)`` for int8 inputs). Schedule with
+    :func:`schedule_conv1x1_vnni`."""
+    from tvm import te
+    if x_dtype not in ("uint8", "int8"):
+        raise ValueError(f"conv1x1_requant_vnni: activations must be uint8 or int8, got {x_dtype}")
+    Np, Kp = _ceil(N, 16), _ceil(K, 4)
+    X = te.placeholder((B, K, M), x_dtype, name="X")
+    Wp = te.placeholder(packed_shape(N, K), "int8", name="Wp")
+    qp = te.placeholder((len(REQUANT_ROWS), N), "int64", name="qp")
+
+    def transposed(b, m, k):
+        v = X[b, k, m] if x_dtype == "uint8" else (X[b, k, m].astype("int32") + SHIFT).astype("uint8")
+        return v if Kp == K else te.if_then_else(k < K, v, te.const(0, "uint8"))
+    Xt = te.compute((B, M, Kp), transposed, name="X_t")
+    k = te.reduce_axis((0, Kp), name="k")
+    acc = te.compute((B, M, Np), lambda b, i, j: te.sum(
+        Xt[b, i, k].astype("int32") * Wp[j // 16, k // 4, j % 16, k % 4].astype("int32"), axis=k), name="compute")
+    requant = _requantize(qp, out_dtype)
+    C = te.compute((B, N, M), lambda b, j, i: requant(acc[b, i, j], j), name="C")
     return te.create_prim_func([X, Wp, qp, C]).with_attr("global_symbol", "main")
 
 
@@ -326,6 +369,41 @@ def schedule_dense_vnni(func, mb: int = 4, nb: int = 4, kb: int = 128, intrin: s
     return sch
 
 
+def schedule_conv1x1_vnni(func, mb: int = 8, nb: int = 2, kb: int = 256):
+    """Hand schedule for :func:`conv1x1_requant_vnni`; returns the ``Schedule``.
+
+    Tiles of ``mb`` pixels x ``nb`` x 16 output channels (mb * nb = 16 zmm accumulators by default,
+    half the register file), k in chunks of ``kb``; loop order b, mo, jo | ko, kt | mi, jn,
+    [16 x 4 tensorized], the (b, mo, jo) tiles fused and parallel. The epilogue writes each tile to
+    NCHW right after it, vectorized over its pixels. Why mb = 8: the spatial sizes of pointwise convs
+    (112^2 ... 7^2) have divisors 8 or 7 (49), and :func:`tile_sizes` takes the largest divisor
+    <= mb, so 7x7 maps still get 7-pixel tiles. Stage ``X_t`` (the transpose) is parallel over pixels."""
+    import tvm
+    intrin = register_vnni_intrinsic(stock=False)
+    sch = tvm.s_tir.Schedule(func)
+    blk = sch.get_sblock("compute")
+    b, i, j, k = sch.get_loops(blk)
+    M, Np, Kp = (int(sch.get(x).extent) for x in (i, j, k))
+    mb, nb, kb = tile_sizes(M, Np, Kp, mb, nb, kb)
+    mo, mi = sch.split(i, [None, mb])
+    jo, jn, ji = sch.split(j, [None, nb, 16])
+    ko, kt, ki = sch.split(k, [None, kb // 4, 4])
+    sch.reorder(b, mo, jo, ko, kt, mi, jn, ji, ki)
+    outer = sch.fuse(b, mo, jo)
+    sch.parallel(outer)
+    epi = sch.get_sblock("C")
+    sch.reverse_compute_at(epi, outer)
+    init = sch.decompose_reduction(blk, ko)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(mi)
+    sch.unroll(jn)
+    sch.tensorize(ji, intrin)
+    sch.vectorize(sch.get_loops(epi)[-1])
+    tb, tm, tk = sch.get_loops(sch.get_sblock("X_t"))
+    sch.parallel(sch.fuse(tb, tm))
+    return sch
+
+
 # ------------------------------------------------------------------------------------- NumPy entry
 @functools.lru_cache(maxsize=32)
 def _build(kind: str, M: int, N: int, K: int, target_json: str):
@@ -378,7 +456,8 @@ def dense_s8s8_via_u8(x_s8: np.ndarray, w: np.ndarray, target=None) -> np.ndarra
     return _run("s8", np.asarray(x_s8), np.asarray(w), target)
 
 
-__all__ = ["DEFAULT_TARGET", "REQUANT_ROWS", "STOCK_VNNI_INTRIN", "VNNI_INTRIN", "dense_requant_vnni", "dense_s8s8_via_u8",
+__all__ = ["DEFAULT_TARGET", "REQUANT_ROWS", "STOCK_VNNI_INTRIN", "VNNI_INTRIN", "conv1x1_requant_vnni",
+           "dense_requant_vnni", "schedule_conv1x1_vnni", "dense_s8s8_via_u8",
            "dense_s8s8_vnni", "dense_u8s8",
            "dense_u8s8_vnni", "host_has_avx512_vnni", "pack_dense_weight", "packed_shape", "register_vnni_intrinsic",
            "schedule_dense_vnni", "shift_correction", "target_has_vnni", "tile_sizes"]

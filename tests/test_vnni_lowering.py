@@ -1,8 +1,9 @@
 """TensorizeDenseVNNI: quantized linear layers lowered to one tensorized ``vpdpbusd`` kernel each,
 with the requantize in the kernel's epilogue, bit for bit equal to the NumPy reference.
 
-Models: the digits ResNet at W8A8 and W4A4 (its final linear layer; the convs stay as they are and
-are reported), and a small synthetic model of two linears on [B, T, K] inputs with awkward N and
+Models: the digits ResNet at W8A8 and W4A4 (its final linear layer; its 3x3 and strided 1x1 convs
+stay as they are and are reported), a small conv model (1x1 convs tensorized, depthwise, strided and
+3x3 convs reported), and a small synthetic model of two linears on [B, T, K] inputs with awkward N and
 K (K=50, N=37: N % 16 != 0, K % 4 != 0), with uint8 (asymmetric) and int8 (symmetric)
 activations, with and without bias. A hand-built Relax function covers 3-D matmuls (leading dims
 flattened by the pass). Tests that run a kernel need the ``avx512_vnni`` cpuinfo flag; the
@@ -26,7 +27,7 @@ tvm = pytest.importorskip("tvm")
 from tvm_ffi import structural_equal  # noqa: E402
 
 import relay_passes as rp  # noqa: E402  (needs tvm)
-from relay_passes.tensorize_x86 import KERNEL_PREFIX  # noqa: E402
+from relay_passes.tensorize_x86 import KERNEL_PREFIX, KERNEL_PREFIXES  # noqa: E402
 from targets import x86_int8 as xi  # noqa: E402
 
 HAS_VNNI = xi.host_has_avx512_vnni()
@@ -45,7 +46,7 @@ def _quiet(pass_, mod):
 
 
 def _vnni_kernels(mod):
-    return {gv.name_hint: f for gv, f in mod.functions_items() if gv.name_hint.startswith(KERNEL_PREFIX)}
+    return {gv.name_hint: f for gv, f in mod.functions_items() if gv.name_hint.startswith(KERNEL_PREFIXES)}
 
 
 # --- the kernel alone: full ranges, per-channel everything ------------------------------------------
@@ -211,7 +212,8 @@ def test_digits_final_linear(digits, w, a):
     with pytest.warns(UserWarning, match=r"1 of 10 integer kernels tensorized") as caught:
         mod = rp.lowering_passes(qm.plan, target=target)(imported)
     text = str(caught[0].message)
-    assert "conv2d_8 (conv2d): not tensorized: conv2d is not tensorized yet" in text and "(linear)" not in text
+    assert "conv2d_8 (conv2d): not tensorized: a 3x3 conv2d: only 1x1 convs are tensorized" in text
+    assert "conv2d_3 (conv2d): not tensorized: a 1x1 conv2d with strides [2, 2]" in text and "(linear)" not in text
     report = rp.tensorize_report(mod)
     assert report[-1].startswith("linear: tensorized") and sum("not tensorized" in r for r in report) == 9
     base = rp.lowering_passes(qm.plan)(imported)
@@ -256,3 +258,80 @@ def test_fixed_point_multiply_chain_is_reported(digits):
     assert "linear (linear): not tensorized: its int32 accumulator is not followed by the int64 fixed-point" \
         in caught[0]
     assert not _vnni_kernels(new)
+
+
+# --- 1x1 convs (NCHW): conv1x1_requant_vnni -------------------------------------------------------
+@needs_vnni
+@pytest.mark.parametrize("x_dtype,out_dtype", [("uint8", "uint8"), ("int8", "int8")])
+def test_conv1x1_kernel_bit_exact_at_the_extremes(x_dtype, out_dtype):
+    B, M, N, K = 2, 49, 40, 30  # 7x7 maps (7-pixel tiles), N % 16 != 0, K % 4 != 0, two images
+    rng = np.random.default_rng(12)
+    lo_x, hi_x = (0, 255) if x_dtype == "uint8" else (-128, 127)
+    x = rng.integers(lo_x, hi_x + 1, (B, K, M)).astype(x_dtype)
+    x[0, :, 0], x[1, :, -1] = lo_x, hi_x
+    w = rng.integers(-127, 128, (N, K)).astype(np.int8)
+    w[0], w[-1] = -127, 127
+    lo_o, hi_o = (0, 255) if out_dtype == "uint8" else (-128, 127)
+    bias, mult, shift = rng.integers(-2 ** 18, 2 ** 18, N), rng.integers(2 ** 30, 2 ** 31, N), rng.integers(28, 36, N)
+    rnd, zp = np.left_shift(np.int64(1), shift - 1), rng.integers(lo_o, hi_o + 1, N)
+    acc = np.einsum("bkm,nk->bnm", x.astype(np.int64), w.astype(np.int64))
+    c = lambda v: v[None, :, None]  # noqa: E731  per output channel, NCHW
+    want = np.clip((((acc + c(bias)) * c(mult) + c(rnd)) >> c(shift)) + c(zp), lo_o, hi_o)
+    assert (want == lo_o).any() and (want == hi_o).any() and ((want > lo_o) & (want < hi_o)).any()
+    corr = xi.shift_correction(w).astype(np.int64) if x_dtype == "int8" else 0
+    qp = np.stack([bias - corr, mult, rnd, shift, zp, np.full(N, lo_o), np.full(N, hi_o)]).astype(np.int64)
+    sch = xi.schedule_conv1x1_vnni(xi.conv1x1_requant_vnni(B, M, N, K, x_dtype, out_dtype))
+    f = tvm.compile(sch.mod, target=tvm.target.Target(xi.DEFAULT_TARGET)).jit()
+    out = tvm.runtime.tensor(np.zeros((B, N, M), out_dtype))
+    f["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(xi.pack_dense_weight(w)), tvm.runtime.tensor(qp), out)
+    assert np.array_equal(out.numpy(), want.astype(out_dtype))
+
+
+class ConvNet(nn.Module):
+    """1x1 convs (tensorized) around a depthwise 3x3, a strided 1x1 and a 3x3 conv (reported)."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand, self.dw = nn.Conv2d(6, 30, 1), nn.Conv2d(30, 30, 3, padding=1, groups=30)
+        self.project, self.down = nn.Conv2d(30, 37, 1, bias=False), nn.Conv2d(37, 20, 1, stride=2)
+        self.full = nn.Conv2d(20, 8, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.relu(self.dw(torch.relu(self.expand(x))))
+        return self.full(torch.relu(self.down(self.project(x))))
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["uint8-asym", "int8-sym"])
+def convnet(request):
+    torch.manual_seed(4)
+    x = (torch.randn(12, 6, 7, 9) + 0.2).numpy()
+    model = from_module(ConvNet().eval(), (torch.from_numpy(x[:1]),))
+    qm = tvmptq.quantize(model, (x[:6],), tvmptq.make_config(8, 8, "minmax", symmetric=request.param), progress=False)
+    imported = rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(2)))
+    base = rp.lowering_passes(qm.plan)(imported)
+    tensorize = rp.TensorizeDenseVNNI(RUN_TARGET if HAS_VNNI else BUILD_TARGET, qm.plan)
+    mod, caught = _quiet(tensorize, base)
+    return dict(x=x[6:], plan=qm.plan, base=base, mod=mod, report=tensorize.report, warnings=caught)
+
+
+def test_convnet_pointwise_convs_are_kernels_and_the_rest_is_named(convnet):
+    report = {r.layer: r for r in convnet["report"]}
+    assert [(n, r.tensorized, r.shape) for n, r in report.items() if r.tensorized] == [
+        ("conv2d", True, (2 * 63, 30, 6)), ("conv2d_2", True, (2 * 63, 37, 30))]
+    assert "grouped conv2d (groups=30" in report["conv2d_1"].reason
+    assert "strides [2, 2]" in report["conv2d_3"].reason and "a 3x3 conv2d" in report["conv2d_4"].reason
+    assert len(convnet["warnings"]) == 1 and "2 of 5 integer kernels tensorized" in convnet["warnings"][0]
+    kernels = _vnni_kernels(convnet["mod"])
+    assert sorted(kernels) == sorted(r.kernel for r in report.values() if r.tensorized)
+    assert all(n.startswith("vnni_conv1x1_requant_b2_") for n in kernels)
+    for f in kernels.values():
+        assert "vpdpbusd" in f.script() and int(f.attrs["op_pattern"]) == 8
+    before, after = rp.op_counts(convnet["base"]), rp.op_counts(convnet["mod"])
+    assert before["nn.conv2d -> int32"] - after["nn.conv2d -> int32"] == 2
+    assert before["right_shift -> int64"] - after["right_shift -> int64"] == 2  # their requantize went with them
+
+
+@needs_vnni
+def test_convnet_equals_reference(convnet):
+    got = rp.compile_integer(convnet["mod"], RUN_TARGET)(convnet["x"])
+    assert np.array_equal(got, run_plan(convnet["plan"], convnet["x"]))
