@@ -75,7 +75,8 @@ def compile_integer(mod: tvm.IRModule, target="llvm", tensorize: bool = False):
     if named is not None:
         target = named.tvm_target()
     target = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
-    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    from targets.build import compile_module  # fused, as every CPU build of the project
+    vm = relax.VirtualMachine(compile_module(mod, target), tvm.cpu())
     shapes = [tuple(int(d) for d in p.ty.shape) for p in mod["main"].params]
     dtypes = [str(p.ty.dtype) for p in mod["main"].params]
     batch = shapes[0][0]
