@@ -1,13 +1,16 @@
 """Writes results/targets.md (issue 5): EfficientNet-Lite0 and digits, FP32 and int8 (W8A8 integer-only
-program), untuned and MetaSchedule-tuned x86-host latency, two ARM targets under qemu-user (bit-exact
-vs x86 + guest instruction counts, a proxy), two CUDA archs validated with nvcc (no GPU latency).
+program; on x86-host with the tensorized VNNI kernels, as `tvmptq compile` builds it), untuned and
+MetaSchedule-tuned x86-host latency, two ARM targets under qemu-user (bit-exact vs x86 + guest
+instruction counts, a proxy), two CUDA archs validated with nvcc (no GPU latency).
 
-    python scripts/bench_targets.py                      # full: both models, 64 trials per model/variant
+    python scripts/bench_targets.py                      # full: both models, each at its ZOO_BUDGETS
     python scripts/bench_targets.py --models digits_resnet --trials 8 --out results/targets_digits.md
 
-Needs `make arm-setup` (qemu-user, aarch64 cross compiler, build/arm64) and nvcc for the CUDA rows.
-Estimate on 2 cores: digits ~10 min with 8 trials; EfficientNet-Lite0 with 64 trials per variant
-~1.5-2.5 h (tuning dominates: 64 trials ~ 25-40 min per variant; qemu runs of EfficientNet ~5 min each).
+Tuning goes into the committed databases (targets/tuned) and resumes there: with them at their
+budgets (scripts/tune_zoo.py) the run measures only. Needs `make arm-setup` (qemu-user, aarch64
+cross compiler, build/arm64) and nvcc for the CUDA rows. On 2 cores, with the databases tuned:
+about 30 min (qemu runs of EfficientNet take ~5 min each); tuning from scratch adds the
+tune_zoo times (about 5 s a trial: EfficientNet-Lite0 256 trials ~20-25 min per variant).
 """
 import argparse
 import sys
@@ -15,15 +18,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from targets.compare import run_compare  # noqa: E402
-from targets.tune import SHIPPED  # noqa: E402
+from targets.tune import SHIPPED, ZOO_BUDGETS  # noqa: E402
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["digits_resnet", "efficientnet_lite0"])
     p.add_argument("--targets", nargs="+", default=["x86-host", "cortex-a72", "neoverse-v1", "sm_87", "sm_90"])
-    p.add_argument("--trials", type=int, default=64)
+    p.add_argument("--trials", type=int, default=None,
+                   help="trials per model and variant (default: each model's targets.tune.ZOO_BUDGETS, "
+                        "the budget the committed databases were tuned with)")
     p.add_argument("--chunk", type=int, default=16)
+    p.add_argument("--cover", type=int, default=0, help="trials every task gets first (targets.tune.tune)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--out", default="results/targets.md")
     p.add_argument("--db", default=str(SHIPPED),
@@ -31,8 +37,8 @@ def main():
                         "where the last run stopped and `tvmptq compile` starts tuned)")
     a = p.parse_args()
     out = Path(a.out)
-    r = run_compare(a.models, a.targets, Path("build") / "bench_targets", a.trials, a.chunk, a.batch, out_md=out,
-                    db_root=a.db)
+    r = run_compare(a.models, a.targets, Path("build") / "bench_targets", a.trials or 0, a.chunk, a.batch, out_md=out,
+                    db_root=a.db, cover=a.cover, budgets=None if a.trials is not None else ZOO_BUDGETS)
     print(f"wrote {out} ({len(r['rows'])} rows, {r['seconds'] / 60:.1f} min)")
 
 

@@ -1,7 +1,8 @@
 """One model across several targets and quantization variants: a markdown report with a table and a
 bar chart (``tvmptq compare``; ``scripts/bench_targets.py`` writes results/targets.md with it).
 
-Per model and variant (FP32, int8 = W8A8 plan lowered to the integer-only program):
+Per model and variant (FP32, int8 = W8A8 plan lowered to the integer-only program; on x86 targets
+with VNNI with the tensorized kernels of relay_passes.tensorize_x86, as ``tvmptq compile`` builds it):
   * x86 targets: latency here (median and IQR after warm-up), untuned and, with ``trials`` > 0,
     MetaSchedule-tuned (database under ``<work>/tune``, reused on the next run);
   * aarch64 targets: cross-compiled, run under qemu-user with the aarch64 TVM wheel, outputs
@@ -42,9 +43,27 @@ def _modules(model, plan, batch):
     return {"fp32": fp32, "int8": int8}
 
 
-def _inputs(mod, x):
+def _inputs(mod, xs):
+    """One array per parameter of ``main`` (a model may take several, e.g. MiniLM's ids and mask)."""
     params = mod["main"].params
-    return [np.ascontiguousarray(x[: int(params[0].ty.shape[0])]).astype(str(params[0].ty.dtype))]
+    if len(xs) < len(params):
+        raise ConfigError(f"the module takes {len(params)} inputs, the evaluation set gives {len(xs)}")
+    return [np.ascontiguousarray(x[: int(p.ty.shape[0])]).astype(str(p.ty.dtype)) for p, x in zip(params, xs)]
+
+
+def _for_target(mods, var, t, plan):
+    """The variant's module as ``tvmptq compile`` builds it for ``t``: int8 on an x86 target with
+    VNNI gets the tensorized kernels (relay_passes.tensorize_x86); returns (module, kernels note)."""
+    mod = mods[var]
+    if var != "int8" or t.arch != "x86_64":
+        return mod, ""
+    from relay_passes.tensorize_x86 import TensorizeDenseVNNI, vnni_target_reason
+    if vnni_target_reason(t):
+        return mod, "no VNNI"
+    tensorize = TensorizeDenseVNNI(t, plan, warn=False)
+    mod = tensorize(mod)
+    done = sum(r.tensorized for r in tensorize.report)
+    return mod, f"VNNI {done}/{len(tensorize.report)}"
 
 
 def _x86_latency(ex, args, repeat, number, warmup):
@@ -61,9 +80,12 @@ def _x86_latency(ex, args, repeat, number, warmup):
 
 
 def run_compare(models, target_names, work, trials=0, chunk=8, batch=1, calib_samples=64, repeat=20, number=5,
-                warmup=3, variants=("fp32", "int8"), out_md=None, log=_log, db_root=None) -> dict:
+                warmup=3, variants=("fp32", "int8"), out_md=None, log=_log, db_root=None, cover=0,
+                budgets=None) -> dict:
     """``db_root``: where the tuning databases live (default ``work/tune``; the benchmark uses the
-    committed ``targets/tuned``, so tuning done once, in chunks over several runs, is kept)."""
+    committed ``targets/tuned``, so tuning done once, in chunks over several runs, is kept).
+    ``budgets``: {model: (trials, cover, chunk)} overriding ``trials``/``cover``/``chunk`` per model
+    (targets.tune.ZOO_BUDGETS, the budgets the committed databases were tuned with)."""
     import tvm
 
     import targets
@@ -71,7 +93,7 @@ def run_compare(models, target_names, work, trials=0, chunk=8, batch=1, calib_sa
     from tvmptq.eval.sets import DEFAULT_SET
 
     from . import cuda, qemu
-    from .build import export
+    from .build import compile_module, export
     from .tune import db_dir, tune
 
     work = Path(work)
@@ -86,18 +108,21 @@ def run_compare(models, target_names, work, trials=0, chunk=8, batch=1, calib_sa
         t0 = time.perf_counter()
         plan = _plan(model, set_name, calib_samples)
         mods = _modules(model, plan, batch)
-        x = np.asarray(tvmptq.get_set(set_name).evaluation()[0][:batch])
+        xs = [np.asarray(a[:batch]) for a in tvmptq.get_set(set_name).evaluation()]
+        m_trials, m_cover, m_chunk = (budgets or {}).get(name, (trials, cover, chunk))
         log(f"{name}: plan and modules in {time.perf_counter() - t0:.0f} s")
         reference = {}
         for t in tlist:
             for var in variants:
-                mod = mods[var]
-                args = _inputs(mod, x)
+                mod, kernels = _for_target(mods, var, t, plan)
+                args = _inputs(mod, xs)
                 row = {"model": name, "variant": var, "target": t.name, "arch": t.arch, "batch": batch}
+                if kernels:
+                    row["int8_kernels"] = kernels
                 T = t.tvm_target()
                 t0 = time.perf_counter()
                 if t.arch == "cuda":
-                    ex = tvm.compile(mod, target=T)
+                    ex = compile_module(mod, T)
                     src = cuda.cuda_source(ex)
                     f = work / f"{name}_{var}_{t.name}.cu"
                     f.write_text(src or "")
@@ -108,22 +133,23 @@ def run_compare(models, target_names, work, trials=0, chunk=8, batch=1, calib_sa
                         row["nvcc"] = f"ok ({r['cubin_bytes']} B cubin)"
                     row["latency"] = "not measured (no GPU)"
                 elif t.arch == platform.machine() or (t.arch == "x86_64" and platform.machine() == "x86_64"):
-                    ex = tvm.compile(mod, target=T)
+                    ex = compile_module(mod, T)
                     stats, out = _x86_latency(ex, args, repeat, number, warmup)
                     reference.setdefault(var, out)
                     row["untuned_ms"], row["untuned_iqr_ms"] = stats["median_ms"], stats["iqr_ms"]
-                    if trials > 0:
+                    if m_trials > 0:
                         folder = db_dir(Path(db_root) if db_root else work / "tune", f"{t.name}-{name}-{var}-b{batch}")
-                        r = tune(mod, T, folder, trials, chunk, log=log)
+                        r = tune(mod, T, folder, m_trials, m_chunk, cover=m_cover, log=log)
                         from .tune import apply_database
                         stats, out_t = _x86_latency(apply_database(mod, T, folder), args, repeat, number, warmup)
                         row["tuned_ms"], row["tuned_iqr_ms"] = stats["median_ms"], stats["iqr_ms"]
                         row["trials"] = r["trials_in_db"]
+                        row["budget"] = f"{m_trials} (cover {m_cover}, chunk {m_chunk})"
                         row["tuning_s"] = r["tuning_seconds_total"]
                         row["tuned_same_output"] = bool(np.array_equal(out_t, out)) if var == "int8" else \
                             float(np.max(np.abs(out_t - out)))
                 elif t.arch == "aarch64":
-                    ex = tvm.compile(mod, target=T)
+                    ex = compile_module(mod, T)
                     lib = work / f"{name}_{var}_{t.name}.so"
                     export(ex, lib, t)
                     outs = qemu.run_library(lib, args, batch)
@@ -138,7 +164,8 @@ def run_compare(models, target_names, work, trials=0, chunk=8, batch=1, calib_sa
                                                            for k, v in row.items() if k not in ("model", "variant",
                                                                                                 "target", "arch")))
                 rows.append(row)
-    result = {"rows": rows, "host_cpu": targets.host_cpu(), "tvm": tvm.__version__, "trials": trials,
+    budget = {r["model"]: r["budget"] for r in rows if "budget" in r}
+    result = {"rows": rows, "host_cpu": targets.host_cpu(), "tvm": tvm.__version__, "trials": trials, "budget": budget,
               "seconds": time.perf_counter() - t_start}
     if out_md:
         write_report(result, Path(out_md))
@@ -159,7 +186,9 @@ def write_report(result: dict, out_md: Path) -> None:
     chart = out_md.with_suffix(".png")
     lines = ["# Targets: latency, bit-exactness and nvcc validation\n",
              f"TVM {result['tvm']}, x86-host = `{result['host_cpu']}` (LLVM host CPU corrected with /proc/cpuinfo), "
-             f"tuning: {result['trials']} MetaSchedule trials (XGBoost cost model) per model and variant; "
+             "tuning: MetaSchedule (XGBoost cost model), the same budget for FP32 and int8: "
+             + ("; ".join(f"{m} {b} trials" for m, b in result.get("budget", {}).items()) or f"{result['trials']} trials")
+             + " (cover: trials every kernel gets first; chunk: trials per kernel after that, largest first); "
              f"run took {result['seconds'] / 60:.1f} min. Batch {rows[0]['batch'] if rows else '-'}.\n",
              "Guest instructions are counted by a qemu-user TCG plugin: **a proxy for work, not an ARM latency** "
              "(caches, memory and pipelines are ignored). Emulated wall time is never reported. CUDA builds are "
@@ -171,7 +200,8 @@ def write_report(result: dict, out_md: Path) -> None:
                   "| model | variant | target | untuned ms | tuned ms | trials | tuning s (all runs) | tuned output vs untuned |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in x86:
-            lines.append(f"| {r['model']} | {r['variant']} | {r['target']} | {_fmt(r['untuned_ms'])} "
+            variant = f"{r['variant']} ({r['int8_kernels']})" if r.get("int8_kernels") else r["variant"]
+            lines.append(f"| {r['model']} | {variant} | {r['target']} | {_fmt(r['untuned_ms'])} "
                          f"({_fmt(r['untuned_iqr_ms'])}) | {_fmt(r.get('tuned_ms'))}"
                          f"{' (' + _fmt(r['tuned_iqr_ms']) + ')' if 'tuned_iqr_ms' in r else ''} | "
                          f"{_fmt(r.get('trials'))} | {_fmt(r.get('tuning_s'))} | {_fmt(r.get('tuned_same_output'), '.2e')} |")
