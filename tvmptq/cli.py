@@ -198,7 +198,7 @@ def cmd_compile(args) -> int:
     database = _tuning_database(args, model.name)
     t0 = time.perf_counter()
     m = compile_artifact(model, plan, args.out, args.batch, args.target, pre, source, plan_file=args.plan,
-                         database=database, targets_file=args.targets_file or ())
+                         database=database, targets_file=args.targets_file or (), tensorize=not args.no_tensorize)
     after = m["op_counts"]["after"]
     integer = sum(v for k, v in after.items() if k.split(" -> ")[0] in ("nn.conv2d", "matmul") and "int" in k)
     print(f"compiled {model.name} {m['plan']['config']} for {args.target} (static batch {m['batch']}) in "
@@ -251,9 +251,6 @@ def cmd_targets(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    import warnings
-
-    import relay_passes as rp
     import targets
     import tvmptq
     from targets.tune import db_dir, default_root, tune
@@ -269,15 +266,14 @@ def cmd_tune(args) -> int:
     model = tvmptq.load(args.model, _input_shapes(args.input_shape))
     if plan.model != model.name:
         raise ConfigError(f"plan was made for model {plan.model!r}; it does not fit {model.name!r}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        mod = rp.lower(model.build(), model.example_inputs(args.batch), plan)
+    from tvmptq.deploy.artifact import _lower
+    _, mod = _lower(model, plan, args.batch, target, not args.no_tensorize)  # what compile builds
     folder = db_dir(args.db or default_root(), target.name)
     print(f"tuning {model.name} {plan.config.get('name')} (batch {args.batch}) for {target.name}: {args.trials} "
           f"trial(s) in chunks of {args.chunk}, database {folder}")
     t0 = time.perf_counter()
     r = tune(mod, target.tvm_target(), folder, args.trials, args.chunk, tracker=args.rpc_tracker,
-             key=args.rpc_key or target.rpc_key)
+             key=args.rpc_key or target.rpc_key, cover=args.cover)
     print(f"tuned {r['tasks_tuned']} of {r['tasks']} task(s): {r['trials_run']} trial(s) run now, "
           f"{r['trials_in_db']} record(s) in the database, {time.perf_counter() - t0:.0f} s. "
           f"`tvmptq compile ... --target {target.name}` now uses them.")
@@ -302,7 +298,7 @@ def cmd_compare(args) -> int:
     out = Path(args.out)
     r = run_compare(args.models, args.targets, out.parent / (out.stem + "_work"), args.trials, args.chunk,
                     args.batch, args.calib_samples, args.repeat, args.number, args.warmup,
-                    tuple(args.variants), out_md=out)
+                    tuple(args.variants), out_md=out, cover=args.cover)
     print(f"{len(r['rows'])} row(s) in {r['seconds'] / 60:.1f} min: report written to {out} "
           f"(chart {out.with_suffix('.png')}, data {out.with_suffix('.json')})")
     return 0
@@ -425,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--db", help="tuning database root (default $TVMPTQ_TUNE_DB or ~/.cache/tvmptq/tune); "
                                 "schedules tuned for --target there are used")
     c.add_argument("--untuned", action="store_true", help="ignore any tuning database")
+    c.add_argument("--no-tensorize", action="store_true",
+                   help="build the plain lowering, without the target's tensorized int8 kernels (x86 VNNI)")
     _add_data_flags(c)
     c.set_defaults(func=cmd_compile)
 
@@ -452,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--trials", type=int, default=64, help="measured trials in total (default 64)")
     tu.add_argument("--chunk", type=int, default=8, help="trials per task and chunk (default 8); finished "
                                                          "chunks survive an interrupted run")
+    tu.add_argument("--cover", type=int, default=0, help="first give every task this many trials, then top the "
+                                                          "largest up to --chunk (default 0: largest tasks only)")
+    tu.add_argument("--no-tensorize", action="store_true", help="tune the plain lowering (as compile --no-tensorize)")
     tu.add_argument("--batch", type=int, default=8, help="static batch, as for compile (default 8)")
     tu.add_argument("--db", help="database root (default $TVMPTQ_TUNE_DB or ~/.cache/tvmptq/tune)")
     tu.add_argument("--rpc-tracker", help="HOST:PORT of a TVM RPC tracker to measure on remote devices")
@@ -480,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--variants", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
     cp.add_argument("--trials", type=int, default=0, help="MetaSchedule trials per model and variant on x86 (0: untuned only)")
     cp.add_argument("--chunk", type=int, default=8)
+    cp.add_argument("--cover", type=int, default=0, help="trials every task gets first (see tune --cover)")
     cp.add_argument("--batch", type=int, default=1)
     cp.add_argument("--calib-samples", type=int, default=64)
     cp.add_argument("--repeat", type=int, default=20)

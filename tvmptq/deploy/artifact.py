@@ -82,14 +82,23 @@ def _float_branches(plan: QuantPlan) -> list[dict]:
             for lp in plan.layers if lp.attrs.get("float_branch")]
 
 
-def _lower(model, plan: QuantPlan, batch: int):
-    """(float op counts, lowered module): lowering failures become ModelError (exit code 4)."""
+def _lower(model, plan: QuantPlan, batch: int, target=None, tensorize: bool = True):
+    """(float op counts, lowered module): lowering failures become ModelError (exit code 4).
+
+    ``target``: the registry Target compiled for (None for plain TVM targets). With ``tensorize``
+    and an x86 target, the target's kernel passes run too (relay_passes.tensorize_x86: VNNI
+    kernels where the target has VNNI; what stays untensorized is in the module's report, which
+    the manifest keeps). ``tvmptq compile`` and ``tvmptq tune`` both lower through here, so the
+    database a tune writes is keyed on the very kernels compile builds."""
     import relay_passes as rp
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.export's deprecation chatter
             imported = rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(batch)))
-            return rp.op_counts(imported), rp.lowering_passes(plan)(imported)
+            mod = rp.lowering_passes(plan)(imported)
+            if tensorize and target is not None and target.arch == "x86_64":
+                mod = rp.TensorizeDenseVNNI(target, plan, warn=False)(mod)
+            return rp.op_counts(imported), mod
     except TvmptqError:
         raise
     except Exception as err:
@@ -99,13 +108,14 @@ def _lower(model, plan: QuantPlan, batch: int):
 
 def compile_artifact(model, plan: QuantPlan, out_dir, batch: int = 8, target: str = "llvm",
                      preprocess: dict | None = None, source: str | None = None, plan_file=None,
-                     database=None, targets_file=()) -> dict:
+                     database=None, targets_file=(), tensorize: bool = True) -> dict:
     """Lower ``plan`` on ``model`` at a static ``batch``, compile for ``target`` and write the
     artifact folder. Returns the manifest. ``plan_file``: the .npz ``plan`` was loaded from, copied
     byte for byte so the manifest's hash is that of the user's file (a re-save would differ in
     its zip timestamps). ``target``: a registry name (``tvmptq targets``; cross-compiled where the
     target names a cross compiler), a TVM target string or a JSON dict. ``database``: a tuning
-    database folder (targets.tune) whose schedules are applied; None: untuned."""
+    database folder (targets.tune) whose schedules are applied; None: untuned. ``tensorize``: the
+    target's int8 kernels (x86 VNNI, see ``_lower``); False builds the plain lowering."""
     import tvm
     import relay_passes as rp
     from targets.build import compile_module, export, resolve
@@ -122,7 +132,7 @@ def compile_artifact(model, plan: QuantPlan, out_dir, batch: int = 8, target: st
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output path exists and is not a folder: {out}")
     named, tvm_target = resolve(target, targets_file)
-    before, mod = _lower(model, plan, batch)
+    before, mod = _lower(model, plan, batch, named, tensorize)
     try:
         executable = compile_module(mod, tvm_target, database)
     except ModelError as err:
@@ -177,6 +187,7 @@ def compile_artifact(model, plan: QuantPlan, out_dir, batch: int = 8, target: st
         "plan": {"file": PLAN, "sha256": sha256_file(out / PLAN), "config": plan.config.get("name"),
                  "observer": plan.config.get("observer"), "layers": len(plan.layers)},
         "op_counts": {"before": dict(sorted(before.items())), "after": dict(sorted(rp.op_counts(mod).items()))},
+        "kernels": rp.tensorize_report(mod),
         "float_islands": list(plan.float_islands),
         "float_branches": _float_branches(plan),
         "float_layers": list(plan.float_layers),

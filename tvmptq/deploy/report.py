@@ -25,6 +25,12 @@ def format_report(manifest: dict, plan: QuantPlan) -> str:
     for key in sorted(set(counts["before"]) | set(counts["after"])):
         lines.append(f"| {key} | {counts['before'].get(key, 0)} | {counts['after'].get(key, 0)} |")
 
+    kernels = m.get("kernels") or []
+    if kernels:
+        done = sum(": tensorized" in k for k in kernels)
+        lines += ["", f"## Tensorized int8 kernels ({done} of {len(kernels)} conv/matmul layers)", ""]
+        lines += [f"- {k}" for k in kernels]
+
     floats = {k: v for k, v in counts["after"].items() if "float" in k}
     lines += ["", "## Float ops after lowering", ""]
     lines += [f"- {k}: {v}" for k, v in sorted(floats.items())] or ["- none"]
