@@ -160,6 +160,26 @@ def test_x86_host_artifact_records_the_target(digits):
     assert "vnni" in m["target"]["capabilities"] or "avx2" in m["target"]["capabilities"]
 
 
+def test_x86_host_compile_tensorizes_unless_told_not_to(digits):
+    """compile --target x86-host applies the VNNI kernels (the digits linear; its convs are 3x3 or
+    strided) and lists every conv/linear with what became of it; --no-tensorize builds the plain
+    lowering, whose outputs are the same bit for bit."""
+    from tvmptq.deploy import load_artifact
+    m = json.loads((digits[2] / "manifest.json").read_text())
+    assert len(m["kernels"]) == 10 and all(" (conv2d): not tensorized: " in k for k in m["kernels"][:9])
+    report = (digits[2] / "report.md").read_text()
+    if "vnni" in m["target"]["capabilities"] and "avx512" in m["target"]["capabilities"]:
+        assert m["kernels"][-1].startswith("linear: tensorized (vnni_dense_requant_")
+        assert "## Tensorized int8 kernels (1 of 10 conv/matmul layers)" in report
+    else:
+        assert "lacks the 'vnni' capability" in m["kernels"][-1] or "not 'avx512'" in m["kernels"][-1]
+    plain = digits[0] / "x86_plain"
+    assert main(["compile", MODEL, "--plan", str(digits[1]), "-o", str(plain), "--target", "x86-host", "--untuned",
+                 "--no-tensorize"]) == 0
+    assert json.loads((plain / "manifest.json").read_text())["kernels"] == []
+    assert np.array_equal(load_artifact(plain).run(digits[3]), digits[4])
+
+
 @pytest.fixture(scope="module")
 def a72(digits):
     if _arm_missing():
