@@ -49,9 +49,9 @@ from tvmptq.quant.plan import QuantPlan
 from .match import _is_const, op_name
 from .mutate import mutate_functions
 
-KERNEL_PREFIX = "vnni_dense_requant"
+KERNEL_PREFIX = "vnni_dense_requant"           # kernel names: <isa>_dense_requant..., <isa>_conv1x1_requant...
 CONV_PREFIX = "vnni_conv1x1_requant"
-KERNEL_PREFIXES = (KERNEL_PREFIX, CONV_PREFIX)   # every kernel this pass adds starts with one of them
+KERNEL_PREFIXES = tuple(f"{isa}_{kind}_requant" for isa in ("vnni", "sdot") for kind in ("dense", "conv1x1"))
 REPORT_ATTR = "tvmptq_tensorize_report"
 OP_PATTERN_OPAQUE = 8          # tvm::relax::OpPatternKind::kOpaque
 INT32_LIMIT = 2 ** 31
@@ -99,27 +99,30 @@ class TensorizeRecord:
         return f"{self.layer} ({self.kind}): not tensorized: {self.reason}"
 
 
-def vnni_target_reason(target) -> str:
-    """'' if ``target`` (a registry name or targets.Target) can run the kernel, else why not."""
+def target_isa(target, isas=None) -> tuple:
+    """(targets.int8_dot.DotISA or None, reason): the dot-product kernels ``target`` (a registry
+    name or targets.Target) can run, from ``isas`` (default: every ISA of int8_dot.ISAS), else why
+    none. VNNI needs the ``vnni`` and ``avx512`` capabilities (the kernels use the 512-bit
+    ``vpdpbusd``; ``avx_vnni`` alone is the 256-bit form); sdot needs ``dotprod``."""
     import targets as tg
-    from targets.x86_int8 import target_has_vnni
+    from targets.int8_dot import isa_for
     if target is None:
-        return "no target given"
+        return None, "no target given"
     if isinstance(target, str):
         if not tg.is_name(target):
-            return (f"target {target!r} is not a registry target (targets/registry.toml), so its int8 "
-                    "capabilities are unknown")
+            return None, (f"target {target!r} is not a registry target (targets/registry.toml), so its int8 "
+                          "capabilities are unknown")
         target = tg.get(target)
     if not isinstance(target, tg.Target):
-        return (f"target {target} is not a registry target (targets/registry.toml), so its int8 capabilities "
-                "are unknown")
-    if not target_has_vnni(target):
-        return (f"target {target.name!r} ({target.arch}, capabilities {', '.join(target.caps()) or 'none'}) "
-                "lacks the 'vnni' capability")
-    if "avx512" not in target.caps():
-        return (f"target {target.name!r} has 'vnni' but not 'avx512': the kernel uses the 512-bit vpdpbusd "
-                "(avx_vnni alone is the 256-bit form)")
-    return ""
+        return None, (f"target {target} is not a registry target (targets/registry.toml), so its int8 "
+                      "capabilities are unknown")
+    return isa_for(target, isas)
+
+
+def vnni_target_reason(target) -> str:
+    """'' if ``target`` (a registry name or targets.Target) can run the VNNI kernels, else why not."""
+    from targets.x86_int8 import VNNI
+    return target_isa(target, (VNNI,))[1]
 
 
 # --------------------------------------------------------------------------------------- the pass
@@ -165,11 +168,13 @@ class _Plan:
     K: int
     w: np.ndarray      # int8 [N, K]
     qp: np.ndarray     # int64 [7, N]: targets.x86_int8.REQUANT_ROWS, the shift correction in the bias
-    conv: bool = False  # a 1x1 NCHW conv: targets.x86_int8.conv1x1_requant_vnni, batch lead[0]
+    conv: bool = False  # a 1x1 NCHW conv: targets.int8_dot.conv1x1_requant, batch lead[0]
+    isa: object = None  # the targets.int8_dot.DotISA the kernel runs on
 
 
-def _analyse(mt: dict, names: dict) -> _Plan:
+def _analyse(mt: dict, names: dict, isa) -> _Plan:
     """The matched chain's numbers; ValueError with the reason when the kernel cannot compute it."""
+    from targets.int8_dot import shift_of
     acc, x, wc = mt[names["acc"]], mt[names["x"]], mt[names["w"]]
     x_dtype, out_dtype = str(x.ty.dtype), str(mt[names["out"]].ty.dtype)
     if x_dtype not in ("uint8", "int8"):
@@ -177,7 +182,7 @@ def _analyse(mt: dict, names: dict) -> _Plan:
     if out_dtype not in ("uint8", "int8"):
         raise ValueError(f"the output is {out_dtype}, the kernel writes uint8 or int8")
     if str(wc.ty.dtype) != "int8":
-        raise ValueError(f"the weight is {wc.ty.dtype}, vpdpbusd takes int8")
+        raise ValueError(f"the weight is {wc.ty.dtype}, {isa.instruction} takes int8")
     shape = [int(d) for d in x.ty.shape]
     conv = op_name(acc) == "relax.nn.conv2d"
     if conv:
@@ -194,14 +199,15 @@ def _analyse(mt: dict, names: dict) -> _Plan:
         M = int(np.prod(lead)) if lead else 1
     ndim = len(acc.ty.shape)
     l1 = int(np.abs(w.astype(np.int64)).sum(1).max())
-    if 255 * l1 >= INT32_LIMIT:  # the u8 accumulation: |sum (x+128) w| <= 255 * l1
-        raise ValueError(f"the uint8 accumulation may overflow int32 (255 * max row L1 = {255 * l1})")
+    x_max = 255 if isa.act_dtype == "uint8" else 128  # |x| as the instruction sees it, after the shift
+    if x_max * l1 >= INT32_LIMIT:
+        raise ValueError(f"the {isa.act_dtype} accumulation may overflow int32 ({x_max} * max row L1 = {x_max * l1})")
     bias = np.zeros(N, np.int64)
     for key in ("bias32", "bias64"):
         if names[key] in mt:
             bias += _per_channel(mt[names[key]].args[1], N, ndim, key, axis)
-    if x_dtype == "int8":  # x + 128 in the kernel: sum (x+128) w = sum x w + 128 rowsum(w)
-        bias -= 128 * w.astype(np.int64).sum(1)
+    # x + s in the kernel (s = +128 or -128 to reach the instruction's dtype): sum (x+s) w = sum x w + s rowsum(w)
+    bias -= shift_of(x_dtype, isa) * w.astype(np.int64).sum(1)
     mult = _per_channel(mt[names["mult"]].args[1], N, ndim, "multiplier", axis) if names["mult"] in mt \
         else np.ones(N, np.int64)
     rnd = _per_channel(mt[names["rnd"]].args[1], N, ndim, "rounding", axis)
@@ -217,7 +223,7 @@ def _analyse(mt: dict, names: dict) -> _Plan:
     if (shift < 0).any() or (shift > 63).any():
         raise ValueError("its shifts are outside [0, 63]")
     qp = np.stack([bias, mult, rnd, shift, np.full(N, zp), np.full(N, lo), np.full(N, hi)]).astype(np.int64)
-    return _Plan(x, x_dtype, out_dtype, lead, M, N, K, w, qp, conv)
+    return _Plan(x, x_dtype, out_dtype, lead, M, N, K, w, qp, conv, isa)
 
 
 def _conv1x1_weight(conv, x_shape) -> np.ndarray:
@@ -242,13 +248,13 @@ def _conv1x1_weight(conv, x_shape) -> np.ndarray:
 
 
 def build_kernel(p: _Plan, tile=(4, 4, 128)) -> tvm.tirx.PrimFunc:
-    """The scheduled, tensorized PrimFunc for one rewrite (targets.x86_int8.dense_requant_vnni, or
-    conv1x1_requant_vnni with its own default tiles for a 1x1 conv)."""
-    from targets import x86_int8 as xi
+    """The scheduled, tensorized PrimFunc for one rewrite (targets.int8_dot.dense_requant, or
+    conv1x1_requant with its own default tiles for a 1x1 conv), on the rewrite's ISA."""
+    from targets import int8_dot as dot
     if p.conv:
-        sch = xi.schedule_conv1x1_vnni(xi.conv1x1_requant_vnni(p.lead[0], p.M, p.N, p.K, p.x_dtype, p.out_dtype))
+        sch = dot.schedule_conv1x1(dot.conv1x1_requant(p.lead[0], p.M, p.N, p.K, p.x_dtype, p.out_dtype, p.isa), p.isa)
     else:
-        sch = xi.schedule_dense_vnni(xi.dense_requant_vnni(p.M, p.N, p.K, p.x_dtype, p.out_dtype), *tile)
+        sch = dot.schedule_dense(dot.dense_requant(p.M, p.N, p.K, p.x_dtype, p.out_dtype, p.isa), p.isa, *tile)
     prim = sch.mod["main"]
     if "global_symbol" in (prim.attrs or {}):
         prim = prim.without_attr("global_symbol")  # AttachGlobalSymbol names it after its GlobalVar
@@ -264,9 +270,9 @@ class _Rewriter(relax.PyExprMutator):
         self.names: dict[relax.Var, str] = {}
 
     def _kernel(self, p: _Plan) -> relax.GlobalVar:
-        key = (p.conv, p.lead[0] if p.conv else 0, p.M, p.N, p.K, p.x_dtype, p.out_dtype)  # requantize numbers are arguments
+        key = (p.isa.name, p.conv, p.lead[0] if p.conv else 0, p.M, p.N, p.K, p.x_dtype, p.out_dtype)  # requantize numbers are arguments
         if key not in self.kernels:
-            prefix = f"{CONV_PREFIX}_b{p.lead[0]}" if p.conv else KERNEL_PREFIX
+            prefix = f"{p.isa.name}_conv1x1_requant_b{p.lead[0]}" if p.conv else f"{p.isa.name}_dense_requant"
             name = f"{prefix}_{p.x_dtype[0]}8_{p.out_dtype[0]}8_{p.M}x{p.N}x{p.K}"
             self.kernels[key] = self.builder_.add_func(build_kernel(p, self.tile), name)
         return self.kernels[key]
@@ -275,7 +281,7 @@ class _Rewriter(relax.PyExprMutator):
         p = self.plans.get(binding.var)
         if p is None:
             return super().visit_var_binding_(binding)
-        from targets.x86_int8 import pack_dense_weight
+        from targets.int8_dot import pack_weight
         bb = self.builder_
         x = self.visit_expr(p.x)
         gv = self._kernel(p)
@@ -287,7 +293,7 @@ class _Rewriter(relax.PyExprMutator):
             if len(p.lead) != 1:
                 x = bb.emit(R.reshape(x, [p.M, p.K]))
             out_shape, final_shape = [p.M, p.N], (None if len(p.lead) == 1 else list(p.lead) + [p.N])
-        args = [x, relax.const(pack_dense_weight(p.w), "int8"), relax.const(p.qp, "int64")]
+        args = [x, relax.const(pack_weight(p.w, p.isa.lanes), "int8"), relax.const(p.qp, "int64")]
         y = relax.call_tir(gv, args, relax.TensorType(out_shape, p.out_dtype))
         if final_shape is not None:
             y = R.reshape(bb.emit(y), final_shape)
@@ -295,23 +301,17 @@ class _Rewriter(relax.PyExprMutator):
         super().visit_var_binding_(relax.VarBinding(binding.var, y))
 
 
-@tvm.transform.module_pass(opt_level=0, name="tvmptq.TensorizeDenseVNNI")
-class TensorizeDenseVNNI:
-    """Rewrite every lowered quantized linear layer to one tensorized VNNI kernel (see the module doc).
+class _Tensorize:
+    """The rewrite behind TensorizeDot and TensorizeDenseVNNI; ``isas`` limits the ISAs considered."""
 
-    ``target``: a registry target name or targets.Target; without the ``vnni`` and ``avx512``
-    capabilities the module is returned unchanged. ``plan``: optional, only to report layers by
-    their plan names. ``tile``: (rows, 16-column groups, k) of the hand schedule. After the pass,
-    ``report`` holds a TensorizeRecord per integer kernel (tensorized or not, and why), also kept
-    as text in the module attribute ``REPORT_ATTR`` (:func:`tensorize_report`); kernels not
-    tensorized are listed in a warning unless ``warn=False``."""
+    name = "TensorizeDot"
 
-    def __init__(self, target, plan: QuantPlan | None = None, tile=(4, 4, 128), warn: bool = True):
-        self.target, self.plan, self.tile, self.warn = target, plan, tuple(tile), warn
+    def __init__(self, target, plan: QuantPlan | None = None, tile=(4, 4, 128), warn: bool = True, isas=None):
+        self.target, self.plan, self.tile, self.warn, self.isas = target, plan, tuple(tile), warn, isas
         self.report: list[TensorizeRecord] = []
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
-        target_reason = vnni_target_reason(self.target)
+        isa, target_reason = target_isa(self.target, self.isas)
         pattern, names = dense_requant_pattern()
         by_weight, matmul_names = _layer_names(self.plan)
         report, plans = [], {}  # plans: final var of a chain -> (_Plan, its record)
@@ -345,7 +345,7 @@ class TensorizeDenseVNNI:
                 else:
                     final, mt = chains[b.var]
                     try:
-                        p = _analyse(mt, names)
+                        p = _analyse(mt, names, isa)
                     except ValueError as err:
                         rec.reason = str(err)
                         continue
@@ -359,9 +359,38 @@ class TensorizeDenseVNNI:
         self.report = report
         skipped = [r for r in report if not r.tensorized]
         if skipped and self.warn:
-            warnings.warn(f"TensorizeDenseVNNI: {len(report) - len(skipped)} of {len(report)} integer kernels "
+            warnings.warn(f"{self.name}: {len(report) - len(skipped)} of {len(report)} integer kernels "
                           "tensorized; not tensorized:\n  " + "\n  ".join(str(r) for r in skipped), stacklevel=2)
         return mod.with_attr(REPORT_ATTR, [str(r) for r in report])
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvmptq.TensorizeDot")
+class TensorizeDot(_Tensorize):
+    """Rewrite every lowered quantized linear layer and 1x1 conv to one tensorized kernel on the
+    target's dot-product instruction (see the module doc): VNNI ``vpdpbusd`` on x86 targets with
+    ``vnni`` and ``avx512``, ``sdot`` on Arm targets with ``dotprod``.
+
+    ``target``: a registry target name or targets.Target; without such an instruction the module is
+    returned unchanged. ``plan``: optional, only to report layers by their plan names. ``tile``:
+    (rows, lane groups, k) of the dense hand schedule. After the pass, ``report`` holds a
+    TensorizeRecord per integer kernel (tensorized or not, and why), also kept as text in the
+    module attribute ``REPORT_ATTR`` (:func:`tensorize_report`); kernels not tensorized are listed
+    in a warning unless ``warn=False``."""
+
+    def __init__(self, target, plan: QuantPlan | None = None, tile=(4, 4, 128), warn: bool = True):
+        super().__init__(target, plan, tile, warn)
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvmptq.TensorizeDenseVNNI")
+class TensorizeDenseVNNI(_Tensorize):
+    """TensorizeDot limited to x86 VNNI (the same rewrite; any other target is left unchanged and
+    said to lack ``vnni``)."""
+
+    name = "TensorizeDenseVNNI"
+
+    def __init__(self, target, plan: QuantPlan | None = None, tile=(4, 4, 128), warn: bool = True):
+        from targets.x86_int8 import VNNI
+        super().__init__(target, plan, tile, warn, (VNNI,))
 
 
 def _kernel_kind(b, by_weight, matmul_names, n_mm):
@@ -384,9 +413,10 @@ def _kernel_kind(b, by_weight, matmul_names, n_mm):
 
 def tensorize_for(target, plan: QuantPlan | None = None, **kw) -> tvm.transform.Pass:
     """The x86 int8 tensorization passes for ``target`` (a registry name or targets.Target), as a
-    Sequential: TensorizeDenseVNNI (a no-op, with a warning naming every layer, when the target
-    lacks VNNI). Apply after the lowering (lowering_passes(plan, target=...) does)."""
-    return tvm.transform.Sequential([TensorizeDenseVNNI(target, plan, **kw)], name="tvmptq.TensorizeX86")
+    Sequential: TensorizeDot (a no-op, with a warning naming every layer, when the target has no
+    dot-product instruction the kernels use). Apply after the lowering (lowering_passes(plan,
+    target=...) does)."""
+    return tvm.transform.Sequential([TensorizeDot(target, plan, **kw)], name="tvmptq.Tensorize")
 
 
 def tensorize_report(mod: tvm.IRModule) -> list[str]:

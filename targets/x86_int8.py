@@ -34,6 +34,9 @@ import functools
 
 import numpy as np
 
+from . import int8_dot as dot
+from .int8_dot import REQUANT_ROWS, DotISA  # noqa: F401 - REQUANT_ROWS: the kernels' qp rows, re-exported
+
 VNNI_INTRIN = "dot_16x4_vnni_llvm22"
 STOCK_VNNI_INTRIN = "dot_16x4_vnni"       # tvm.s_tir.tensor_intrin.x86.VNNI_DOT_16x4_INTRIN
 DEFAULT_TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "sapphirerapids", "num-cores": 2}
@@ -137,271 +140,90 @@ def target_has_vnni(target) -> bool:
     return t.arch == "x86_64" and "vnni" in t.caps()
 
 
-# ------------------------------------------------------------------------------------- layout
-def _ceil(n: int, m: int) -> int:
-    return -(-n // m) * m
+# ------------------------------------------------------------------------------------- the ISA row
+# 512-bit vpdpbusd: 16 int32 lanes, uint8 activations x int8 weights (int8 activations get +128).
+VNNI = DotISA(name="vnni", arch="x86_64", lanes=16, act_dtype="uint8", caps=("vnni", "avx512"),
+              register=lambda: register_vnni_intrinsic(stock=False), instruction="vpdpbusd")
 
 
+# ------------------------------------------------------------------------------------- VNNI wrappers
+# The VNNI names of the generic kernels of targets/int8_dot.py (lanes 16, uint8 activations).
 def packed_shape(N: int, K: int) -> tuple:
     """Shape of the packed weight for a logical ``[N, K]`` weight: ``(ceil(N/16), ceil(K/4), 16, 4)``."""
-    return (_ceil(N, 16) // 16, _ceil(K, 4) // 4, 16, 4)
+    return dot.packed_shape(N, K, VNNI.lanes)
 
 
 def pack_dense_weight(w: np.ndarray) -> np.ndarray:
-    """int8 weight ``[N, K]`` (output channels x reduction) -> VNNI layout ``[N/16, K/4, 16, 4]``.
-
-    ``packed[no, ko, ni, ki] = w[no*16 + ni, ko*4 + ki]``: for one (no, ko) the 64 bytes are 16 output
-    channels x 4 consecutive k, exactly one ``vpdpbusd`` operand (and one row of an AMX B tile).
-    N is padded to a multiple of 16 and K to a multiple of 4 **with zeros**; zero weights make the
-    padded k contribute nothing whatever the activation holds there, and the padded output channels
-    are computed but never stored (the kernels' outputs are ``[M, N]`` with the logical N).
-    """
-    w = np.asarray(w)
-    if w.ndim != 2 or w.dtype != np.int8:
-        raise ValueError(f"pack_dense_weight needs an int8 [N, K] array, got {w.dtype} {w.shape}")
-    N, K = w.shape
-    Np, Kp = _ceil(N, 16), _ceil(K, 4)
-    if (Np, Kp) != (N, K):
-        w = np.pad(w, ((0, Np - N), (0, Kp - K)))
-    return np.ascontiguousarray(w.reshape(Np // 16, 16, Kp // 4, 4).transpose(0, 2, 1, 3))
+    """int8 weight ``[N, K]`` -> VNNI layout ``[N/16, K/4, 16, 4]`` (zero padded; also the AMX
+    B-tile layout). See int8_dot.pack_weight."""
+    return dot.pack_weight(w, VNNI.lanes)
 
 
 def shift_correction(w: np.ndarray) -> np.ndarray:
-    """``128 * rowsum(W)`` as int32 ``[N]``: what the uint8 shift adds to each output channel.
-
-    sum_k (x_k + 128) w_k = sum_k x_k w_k + 128 sum_k w_k, so C_s8 = C_u8 - 128 * rowsum(W).
-    |128 * rowsum| <= 128 * 128 * K, which fits int32 for K < 131072."""
-    w = np.asarray(w)
-    return (SHIFT * w.astype(np.int64).sum(axis=1)).astype(np.int32)
+    """``128 * rowsum(W)`` as int32 ``[N]``: what the uint8 shift adds to each output channel
+    (sum_k (x_k + 128) w_k = sum_k x_k w_k + 128 sum_k w_k)."""
+    return dot.shift_correction(w, SHIFT)
 
 
-# ------------------------------------------------------------------------------------- workloads
-def _dense_te(X, M: int, N: int, K: int, corr=None, epilogue=None):
-    """Shared TE body: [optional pad/shift stage] -> compute (padded N) -> epilogue (logical N).
-
-    ``epilogue(acc_value, i, j)``, when given, is block ``C``'s body (a PrimExpr of the output dtype)
-    instead of the plain copy / ``- corr``."""
-    from tvm import te
-    Np, Kp = _ceil(N, 16), _ceil(K, 4)
-    Wp = te.placeholder(packed_shape(N, K), "int8", name="Wp")
-    if X.dtype == "int8":
-        # int8 -> uint8 shift as its own elementwise stage (materialized, not fused into the load:
-        # the tensorized load must be a plain uint8 buffer access). Padded k hold 0 (weights are 0 there).
-        def shifted(i, k):
-            v = (X[i, k].astype("int32") + SHIFT).astype("uint8")
-            return v if Kp == K else te.if_then_else(k < K, v, te.const(0, "uint8"))
-        Xu = te.compute((M, Kp), shifted, name="X_u8")
-    elif Kp != K:
-        Xu = te.compute((M, Kp), lambda i, k: te.if_then_else(k < K, X[i, k], te.const(0, "uint8")), name="X_pad")
-    else:
-        Xu = X
-    k = te.reduce_axis((0, Kp), name="k")
-    acc = te.compute((M, Np), lambda i, j: te.sum(
-        Xu[i, k].astype("int32") * Wp[j // 16, k // 4, j % 16, k % 4].astype("int32"), axis=k), name="compute")
-    if epilogue is not None:
-        C = te.compute((M, N), lambda i, j: epilogue(acc[i, j], i, j), name="C")
-    elif corr is None:
-        C = te.compute((M, N), lambda i, j: acc[i, j], name="C")
-    else:
-        C = te.compute((M, N), lambda i, j: acc[i, j] - corr[j], name="C")
-    return Wp, C
+def tile_sizes(M: int, N: int, K: int, mb: int = 4, nb: int = 4, kb: int = 128) -> tuple:
+    """int8_dot.tile_sizes with 16 lanes."""
+    return dot.tile_sizes(M, N, K, mb, nb, kb, VNNI.lanes)
 
 
 def dense_u8s8_vnni(M: int, N: int, K: int):
     """TIR ``main(X: uint8[M, K], Wp: int8[packed_shape(N, K)], C: int32[M, N])``, C = X . W^T.
 
-    The reduction runs over the padded K (a zero-padding stage ``X_pad`` is added when K % 4 != 0)
+    The reduction runs over the padded K (a zero-padding stage ``X_s`` is added when K % 4 != 0)
     and the accumulation over the padded N (block ``compute``, [M, Np]); block ``C`` copies the
     logical N columns out. Unscheduled: pass it to :func:`schedule_dense_vnni`."""
     from tvm import te
     X = te.placeholder((M, K), "uint8", name="X")
-    Wp, C = _dense_te(X, M, N, K)
+    Wp, C = dot.dense_te(X, M, N, K, VNNI)
     return te.create_prim_func([X, Wp, C]).with_attr("global_symbol", "main")
 
 
 def dense_s8s8_vnni(M: int, N: int, K: int):
     """TIR ``main(X: int8[M, K], Wp: int8[packed], corr: int32[N], C: int32[M, N])``, C = X . W^T exactly.
 
-    The int8 -> uint8 trick: VNNI needs uint8 activations, so stage ``X_u8`` computes
-    ``x + 128`` (a separate elementwise op over [M, K], not fused into the tensorized load), the
-    tensorized u8 x s8 reduction gives ``sum_k x w + 128 * sum_k w``, and the epilogue ``C``
-    subtracts ``corr = 128 * rowsum(W)`` (:func:`shift_correction`, an int32 per output channel
-    computed at compile time from the constant weight). Exact for every int8 input, -128 and 127
-    included; works for symmetric and zero-point int8 activations alike (the zero point is handled
-    outside, as before)."""
+    The int8 -> uint8 trick: VNNI needs uint8 activations, so stage ``X_s`` computes ``x + 128``
+    (a separate elementwise op over [M, K], not fused into the tensorized load), the tensorized
+    u8 x s8 reduction gives ``sum_k x w + 128 * sum_k w``, and the epilogue ``C`` subtracts
+    ``corr = 128 * rowsum(W)`` (:func:`shift_correction`, computed at compile time from the constant
+    weight). Exact for every int8 input, -128 and 127 included."""
     from tvm import te
     X = te.placeholder((M, K), "int8", name="X")
     corr = te.placeholder((N,), "int32", name="corr")
-    Wp, C = _dense_te(X, M, N, K, corr=corr)
+    Wp, C = dot.dense_te(X, M, N, K, VNNI, corr=corr)
     return te.create_prim_func([X, Wp, corr, C]).with_attr("global_symbol", "main")
 
 
-REQUANT_ROWS = ("bias", "mult", "rnd", "shift", "zero_point", "lo", "hi")   # rows of dense_requant_vnni's qp
-
-
 def dense_requant_vnni(M: int, N: int, K: int, x_dtype: str, out_dtype: str):
-    """Dense with the fixed-point requantize fused into the epilogue: one kernel per quantized linear.
-
-    TIR ``main(X: x_dtype[M, K], Wp: int8[packed_shape(N, K)], qp: int64[7, N], Y: out_dtype[M, N])``
-    where the rows of ``qp`` are :data:`REQUANT_ROWS` (bias, mult, rnd, shift, zero_point, lo, hi), per
-    output channel j::
-
-        Y[i, j] = clip(((int64(acc[i, j]) + bias[j]) * mult[j] + rnd[j]) >> shift[j] + zero_point[j], lo[j], hi[j])
-
-    ``acc`` is the tensorized u8 x s8 accumulation (block ``compute``). ``x_dtype`` "uint8" or
-    "int8"; int8 activations go through the ``X_u8`` shift stage of :func:`dense_s8s8_vnni`, so for
-    them ``bias`` must already include ``- 128 * rowsum(W)`` (:func:`shift_correction`): no separate
-    correction pass. ``rnd`` is ``2^(shift-1)``, the round-half-up constant; the shift is arithmetic
-    and all arithmetic after the accumulation is int64, exactly as the Relax lowering's requantize
-    (relay_passes/integer_ops.requantize). Every requantize number is data, so layers of the same
-    shape share one kernel. Schedule with :func:`schedule_dense_vnni` (block ``C`` is the epilogue
-    it places after each tile)."""
-    from tvm import te
+    """Dense with the fixed-point requantize fused into the epilogue: one kernel per quantized linear
+    (int8_dot.dense_requant on VNNI). For int8 activations ``bias`` must already include
+    ``- 128 * rowsum(W)`` (:func:`shift_correction`)."""
     if x_dtype not in ("uint8", "int8"):
         raise ValueError(f"dense_requant_vnni: activations must be uint8 or int8, got {x_dtype}")
-    X = te.placeholder((M, K), x_dtype, name="X")
-    qp = te.placeholder((len(REQUANT_ROWS), N), "int64", name="qp")
-    requant = _requantize(qp, out_dtype)
-    Wp, C = _dense_te(X, M, N, K, epilogue=lambda a, i, j: requant(a, j))
-    return te.create_prim_func([X, Wp, qp, C]).with_attr("global_symbol", "main")
-
-
-def _requantize(qp, out_dtype: str):
-    """``f(acc, j)``: the fixed-point requantize of output channel ``j`` from the rows of ``qp``
-    (:data:`REQUANT_ROWS`), all in int64, as relay_passes/integer_ops.requantize computes it."""
-    from tvm import te
-    bias, mult, rnd, shift, zp, lo, hi = range(len(REQUANT_ROWS))
-
-    def f(a, j):
-        v = (((a.astype("int64") + qp[bias, j]) * qp[mult, j] + qp[rnd, j]) >> qp[shift, j]) + qp[zp, j]
-        return te.max(te.min(v, qp[hi, j]), qp[lo, j]).astype(out_dtype)
-    return f
+    return dot.dense_requant(M, N, K, x_dtype, out_dtype, VNNI)
 
 
 def conv1x1_requant_vnni(B: int, M: int, N: int, K: int, x_dtype: str, out_dtype: str):
-    """A 1x1, stride-1 NCHW convolution with the requantize epilogue: one kernel per pointwise conv.
-
-    TIR ``main(X: x_dtype[B, K, M], Wp: int8[packed_shape(N, K)], qp: int64[7, N], Y: out_dtype[B, N, M])``
-    with ``M = H * W`` (the NCHW tensors reshaped, which costs nothing), ``K`` input and ``N`` output
-    channels. Per image it is the dense ``Y^T = X^T . W^T``: the GEMM rows are pixels. ``vpdpbusd``
-    wants 4 consecutive k of one pixel in a 32-bit word, which NCHW keeps ``M`` bytes apart, so stage
-    ``X_t`` first writes the image as ``[B, M, Kp]`` uint8 (transposed, shifted by +128 for int8
-    inputs, zero padded to K % 4): one pass over the input, against K / 4 vpdpbusd per element after
-    it. The accumulation (block ``compute``, [B, M, Np]) is the tensorized u8 x s8 reduction of
-    :func:`dense_requant_vnni`, and the epilogue ``C`` writes each tile straight back to NCHW
-    (``Y[b, j, m]``, contiguous in m). The requantize is :func:`dense_requant_vnni`'s, with the same
-    ``qp`` rows (``bias`` includes ``- 128 * rowsum(W)`` for int8 inputs). Schedule with
-    :func:`schedule_conv1x1_vnni`."""
-    from tvm import te
+    """A 1x1, stride-1 NCHW conv with the requantize epilogue (int8_dot.conv1x1_requant on VNNI):
+    ``main(X: x_dtype[B, K, H*W], Wp, qp, Y: out_dtype[B, N, H*W])``."""
     if x_dtype not in ("uint8", "int8"):
         raise ValueError(f"conv1x1_requant_vnni: activations must be uint8 or int8, got {x_dtype}")
-    Np, Kp = _ceil(N, 16), _ceil(K, 4)
-    X = te.placeholder((B, K, M), x_dtype, name="X")
-    Wp = te.placeholder(packed_shape(N, K), "int8", name="Wp")
-    qp = te.placeholder((len(REQUANT_ROWS), N), "int64", name="qp")
-
-    def transposed(b, m, k):
-        v = X[b, k, m] if x_dtype == "uint8" else (X[b, k, m].astype("int32") + SHIFT).astype("uint8")
-        return v if Kp == K else te.if_then_else(k < K, v, te.const(0, "uint8"))
-    Xt = te.compute((B, M, Kp), transposed, name="X_t")
-    k = te.reduce_axis((0, Kp), name="k")
-    acc = te.compute((B, M, Np), lambda b, i, j: te.sum(
-        Xt[b, i, k].astype("int32") * Wp[j // 16, k // 4, j % 16, k % 4].astype("int32"), axis=k), name="compute")
-    requant = _requantize(qp, out_dtype)
-    C = te.compute((B, N, M), lambda b, j, i: requant(acc[b, i, j], j), name="C")
-    return te.create_prim_func([X, Wp, qp, C]).with_attr("global_symbol", "main")
-
-
-# ------------------------------------------------------------------------------------- schedule
-def _divisor_at_most(n: int, cap: int) -> int:
-    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
-
-
-def tile_sizes(M: int, N: int, K: int, mb: int = 4, nb: int = 4, kb: int = 128) -> tuple:
-    """(mb, nb, kb) actually used: the largest divisors of M, ceil(N/16) and ceil(K/4)*4 that do not
-    exceed the requested sizes. ``sch.tensorize`` needs exact splits (a predicated tail fails with
-    ``comparator.rhs_buffer_map_.count(desc)``), so a prime M such as 7 runs with mb=1 (correct, slower)
-    rather than padding M. kb counts k elements and is a multiple of 4."""
-    mb = _divisor_at_most(M, mb)
-    nb = _divisor_at_most(_ceil(N, 16) // 16, nb)
-    kb = 4 * _divisor_at_most(_ceil(K, 4) // 4, max(1, kb // 4))
-    return mb, nb, kb
+    return dot.conv1x1_requant(B, M, N, K, x_dtype, out_dtype, VNNI)
 
 
 def schedule_dense_vnni(func, mb: int = 4, nb: int = 4, kb: int = 128, intrin: str | None = None):
-    """Hand schedule for :func:`dense_u8s8_vnni` / :func:`dense_s8s8_vnni`; returns the ``Schedule``.
-
-    Tiles: rows ``mb``, output columns ``nb`` x 16 (one ``vpdpbusd`` per 16 columns), k in chunks of
-    ``kb``; loop order io, jo | ko, kt | ii, jn, [16 x 4 tensorized]. The (io, jo) tiles are fused and
-    parallel; the int32 tile accumulates in the compact ``compute`` buffer (vectorized zero init) and
-    the epilogue (copy / ``- corr``) runs right after its tile, vectorized over the columns. The
-    pad/shift stage, when present, is its own parallel + vectorized loop nest. Tile sizes are reduced
-    to divisors (:func:`tile_sizes`). ``intrin`` defaults to :data:`VNNI_INTRIN`; it, or the stock name
-    when asked for, is registered here.
-    """
-    import tvm
-    name = register_vnni_intrinsic(stock=(intrin == STOCK_VNNI_INTRIN))   # the stock name: overridden here
-    intrin = intrin or name
-    sch = tvm.s_tir.Schedule(func)
-    blk = sch.get_sblock("compute")
-    i, j, k = sch.get_loops(blk)
-    M, Np, Kp = (int(sch.get(x).extent) for x in (i, j, k))
-    mb, nb, kb = tile_sizes(M, Np, Kp, mb, nb, kb)
-    io, ii = sch.split(i, [None, mb])
-    jo, jn, ji = sch.split(j, [None, nb, 16])
-    ko, kt, ki = sch.split(k, [None, kb // 4, 4])
-    sch.reorder(io, jo, ko, kt, ii, jn, ji, ki)
-    outer = sch.fuse(io, jo)
-    sch.parallel(outer)
-    epi = sch.get_sblock("C")
-    sch.reverse_compute_at(epi, outer)
-    init = sch.decompose_reduction(blk, ko)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.unroll(ii)
-    sch.unroll(jn)
-    sch.tensorize(ji, intrin)
-    sch.vectorize(sch.get_loops(epi)[-1])
-    stages = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
-    for pre in (stages[n] for n in ("X_u8", "X_pad") if n in stages):   # absent: uint8 input, K % 4 == 0
-        pi, pk = sch.get_loops(pre)
-        sch.parallel(pi)
-        sch.vectorize(pk)
-    return sch
+    """int8_dot.schedule_dense on VNNI; returns the ``Schedule``. ``intrin`` defaults to
+    :data:`VNNI_INTRIN`; the stock name, when asked for, is registered (overridden) here."""
+    name = register_vnni_intrinsic(stock=(intrin == STOCK_VNNI_INTRIN))
+    return dot.schedule_dense(func, VNNI, mb, nb, kb, intrin=intrin or name)
 
 
 def schedule_conv1x1_vnni(func, mb: int = 8, nb: int = 2, kb: int = 256):
-    """Hand schedule for :func:`conv1x1_requant_vnni`; returns the ``Schedule``.
-
-    Tiles of ``mb`` pixels x ``nb`` x 16 output channels (mb * nb = 16 zmm accumulators by default,
-    half the register file), k in chunks of ``kb``; loop order b, mo, jo | ko, kt | mi, jn,
-    [16 x 4 tensorized], the (b, mo, jo) tiles fused and parallel. The epilogue writes each tile to
-    NCHW right after it, vectorized over its pixels. Why mb = 8: the spatial sizes of pointwise convs
-    (112^2 ... 7^2) have divisors 8 or 7 (49), and :func:`tile_sizes` takes the largest divisor
-    <= mb, so 7x7 maps still get 7-pixel tiles. Stage ``X_t`` (the transpose) is parallel over pixels."""
-    import tvm
-    intrin = register_vnni_intrinsic(stock=False)
-    sch = tvm.s_tir.Schedule(func)
-    blk = sch.get_sblock("compute")
-    b, i, j, k = sch.get_loops(blk)
-    M, Np, Kp = (int(sch.get(x).extent) for x in (i, j, k))
-    mb, nb, kb = tile_sizes(M, Np, Kp, mb, nb, kb)
-    mo, mi = sch.split(i, [None, mb])
-    jo, jn, ji = sch.split(j, [None, nb, 16])
-    ko, kt, ki = sch.split(k, [None, kb // 4, 4])
-    sch.reorder(b, mo, jo, ko, kt, mi, jn, ji, ki)
-    outer = sch.fuse(b, mo, jo)
-    sch.parallel(outer)
-    epi = sch.get_sblock("C")
-    sch.reverse_compute_at(epi, outer)
-    init = sch.decompose_reduction(blk, ko)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.unroll(mi)
-    sch.unroll(jn)
-    sch.tensorize(ji, intrin)
-    sch.vectorize(sch.get_loops(epi)[-1])
-    tb, tm, tk = sch.get_loops(sch.get_sblock("X_t"))
-    sch.parallel(sch.fuse(tb, tm))
-    return sch
+    """int8_dot.schedule_conv1x1 on VNNI; returns the ``Schedule``."""
+    return dot.schedule_conv1x1(func, VNNI, mb, nb, kb)
 
 
 # ------------------------------------------------------------------------------------- NumPy entry

@@ -1,0 +1,280 @@
+"""int8 GEMM kernels on a CPU dot-product instruction, written once for every such instruction.
+
+x86 AVX-512 VNNI ``vpdpbusd`` and Arm ``sdot`` (dotprod) have the same shape: each of ``lanes``
+int32 accumulators adds the dot product of 4 activation bytes (one 32-bit word, broadcast to every
+lane) with its own 4 weight bytes. So one TE workload and one hand schedule serve both; a
+:class:`DotISA` row says what differs (lanes, the activation dtype the instruction takes, the
+tensor intrinsic, the capabilities a registry target needs). ``ISAS`` is that table
+(targets/x86_int8.py and targets/arm_int8.py define the rows and register the intrinsics).
+
+* weights are packed at compile time to ``[N/lanes, K/4, lanes, 4]`` (:func:`pack_weight`, zero padded);
+* activations whose dtype is not the instruction's are shifted by 128 in a stage of their own
+  (int8 + 128 -> uint8 for VNNI's u8 x s8; uint8 - 128 -> int8 for sdot's s8 x s8) and the shift's
+  contribution, ``shift * rowsum(W)``, is subtracted from the bias at compile time (:func:`shift_of`);
+* :func:`dense_requant` (``Y[M, N]``) and :func:`conv1x1_requant` (NCHW ``Y[B, N, H*W]``) put the
+  plan's fixed-point requantize (:data:`REQUANT_ROWS`, int64, exactly as
+  relay_passes/integer_ops.requantize) in the epilogue of each output tile;
+* :func:`schedule_dense` / :func:`schedule_conv1x1` tile, parallelize and ``sch.tensorize``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+REQUANT_ROWS = ("bias", "mult", "rnd", "shift", "zero_point", "lo", "hi")   # rows of the kernels' qp argument
+
+
+@dataclass(frozen=True)
+class DotISA:
+    """One dot-product instruction as the kernels use it."""
+
+    name: str                    # kernel name prefix: vnni, sdot
+    arch: str                    # registry arch of the targets that have it
+    lanes: int                   # int32 accumulators per instruction (16 for 512-bit vpdpbusd, 4 for sdot)
+    act_dtype: str               # the activation operand's dtype (VNNI: uint8; sdot: int8)
+    caps: tuple                  # registry capabilities a target needs
+    register: Callable[[], str]  # registers the tensor intrinsic (idempotent); returns its name
+    instruction: str             # the mnemonic to look for in the assembly
+
+    def reason_missing(self, target) -> str:
+        """'' if a registry Target can run the kernels, else why not."""
+        missing = [c for c in self.caps if c not in target.caps()]
+        if missing:
+            more = f" (and {', '.join(repr(c) for c in missing[1:])})" if len(missing) > 1 else ""
+            return (f"target {target.name!r} ({target.arch}, capabilities {', '.join(target.caps()) or 'none'}) "
+                    f"lacks the {missing[0]!r} capability{more} of the {self.name} kernels")
+        if target.arch != self.arch:
+            return f"target {target.name!r} is {target.arch}, the {self.name} kernels are {self.arch}"
+        return ""
+
+
+def _ceil(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+# ------------------------------------------------------------------------------------- layout
+def packed_shape(N: int, K: int, lanes: int) -> tuple:
+    """``(ceil(N/lanes), ceil(K/4), lanes, 4)``: the packed weight of a logical ``[N, K]`` weight."""
+    return (_ceil(N, lanes) // lanes, _ceil(K, 4) // 4, lanes, 4)
+
+
+def pack_weight(w: np.ndarray, lanes: int) -> np.ndarray:
+    """int8 ``[N, K]`` -> ``[N/lanes, K/4, lanes, 4]``: ``packed[no, ko, ni, ki] = w[no*lanes + ni, ko*4 + ki]``.
+
+    For one (no, ko) the ``lanes * 4`` bytes are one instruction's weight operand. N and K are
+    padded **with zeros**: padded k then contribute nothing whatever the activation holds there, and
+    padded output channels are computed but never stored."""
+    w = np.asarray(w)
+    if w.ndim != 2 or w.dtype != np.int8:
+        raise ValueError(f"pack_weight needs an int8 [N, K] array, got {w.dtype} {w.shape}")
+    N, K = w.shape
+    Np, Kp = _ceil(N, lanes), _ceil(K, 4)
+    if (Np, Kp) != (N, K):
+        w = np.pad(w, ((0, Np - N), (0, Kp - K)))
+    return np.ascontiguousarray(w.reshape(Np // lanes, lanes, Kp // 4, 4).transpose(0, 2, 1, 3))
+
+
+def shift_of(x_dtype: str, isa: DotISA) -> int:
+    """What the kernel adds to each activation to reach the instruction's dtype: 0, +128 or -128.
+    ``sum (x + s) w = sum x w + s * rowsum(w)``, so the bias takes ``- s * rowsum(w)``."""
+    if x_dtype == isa.act_dtype:
+        return 0
+    if (x_dtype, isa.act_dtype) == ("int8", "uint8"):
+        return 128
+    if (x_dtype, isa.act_dtype) == ("uint8", "int8"):
+        return -128
+    raise ValueError(f"{isa.name} kernels take uint8 or int8 activations, got {x_dtype}")
+
+
+def shift_correction(w: np.ndarray, shift: int = 128) -> np.ndarray:
+    """``shift * rowsum(W)`` as int32 ``[N]``: what shifting the activations adds to each output channel.
+    ``|128 * rowsum| <= 128 * 128 * K`` fits int32 for K < 131072."""
+    return (shift * np.asarray(w).astype(np.int64).sum(axis=1)).astype(np.int32)
+
+
+# ------------------------------------------------------------------------------------- workloads
+def _shifted(x_load, x_dtype: str, isa: DotISA, k, K: int, Kp: int):
+    """The activation as the instruction takes it: shifted to its dtype, 0 in the padded k."""
+    from tvm import te
+    s = shift_of(x_dtype, isa)
+    v = x_load if s == 0 else (x_load.astype("int32") + s).astype(isa.act_dtype)
+    return v if Kp == K else te.if_then_else(k < K, v, te.const(0, isa.act_dtype))
+
+
+def _requantize(qp, out_dtype: str):
+    """``f(acc, j)``: the fixed-point requantize of output channel ``j`` from the rows of ``qp``."""
+    from tvm import te
+    bias, mult, rnd, shift, zp, lo, hi = range(len(REQUANT_ROWS))
+
+    def f(a, j):
+        v = (((a.astype("int64") + qp[bias, j]) * qp[mult, j] + qp[rnd, j]) >> qp[shift, j]) + qp[zp, j]
+        return te.max(te.min(v, qp[hi, j]), qp[lo, j]).astype(out_dtype)
+    return f
+
+
+def dense_te(X, M: int, N: int, K: int, isa: DotISA, corr=None, epilogue=None):
+    """TE body ``[shift/pad stage X_s] -> compute [M, Np] (int32) -> C [M, N]``; returns (Wp, C).
+
+    The shift/pad stage is materialized (the tensorized load must be a plain buffer access) and is
+    absent when X already has the instruction's dtype and K % 4 == 0. ``epilogue(acc, i, j)``, when
+    given, is block ``C``'s body; else ``C`` copies the accumulator (minus ``corr[j]`` if given)."""
+    from tvm import te
+    lanes = isa.lanes
+    Np, Kp = _ceil(N, lanes), _ceil(K, 4)
+    Wp = te.placeholder(packed_shape(N, K, lanes), "int8", name="Wp")
+    if X.dtype != isa.act_dtype or Kp != K:
+        Xs = te.compute((M, Kp), lambda i, k: _shifted(X[i, k], X.dtype, isa, k, K, Kp), name="X_s")
+    else:
+        Xs = X
+    k = te.reduce_axis((0, Kp), name="k")
+    acc = te.compute((M, Np), lambda i, j: te.sum(
+        Xs[i, k].astype("int32") * Wp[j // lanes, k // 4, j % lanes, k % 4].astype("int32"), axis=k), name="compute")
+    if epilogue is not None:
+        C = te.compute((M, N), lambda i, j: epilogue(acc[i, j], i, j), name="C")
+    elif corr is None:
+        C = te.compute((M, N), lambda i, j: acc[i, j], name="C")
+    else:
+        C = te.compute((M, N), lambda i, j: acc[i, j] - corr[j], name="C")
+    return Wp, C
+
+
+def dense_requant(M: int, N: int, K: int, x_dtype: str, out_dtype: str, isa: DotISA):
+    """TIR ``main(X: x_dtype[M, K], Wp: int8[packed_shape(N, K, lanes)], qp: int64[7, N], Y: out_dtype[M, N])``::
+
+        Y[i, j] = clip(((int64(acc[i, j]) + bias[j]) * mult[j] + rnd[j]) >> shift[j] + zero_point[j], lo[j], hi[j])
+
+    ``qp``'s rows are :data:`REQUANT_ROWS`; ``bias`` must include ``- shift_of(x_dtype) * rowsum(W)``.
+    Every requantize number is data, so layers of one shape share one kernel."""
+    from tvm import te
+    shift_of(x_dtype, isa)  # validates the dtype
+    X = te.placeholder((M, K), x_dtype, name="X")
+    qp = te.placeholder((len(REQUANT_ROWS), N), "int64", name="qp")
+    requant = _requantize(qp, out_dtype)
+    Wp, C = dense_te(X, M, N, K, isa, epilogue=lambda a, i, j: requant(a, j))
+    return te.create_prim_func([X, Wp, qp, C]).with_attr("global_symbol", "main")
+
+
+def conv1x1_requant(B: int, M: int, N: int, K: int, x_dtype: str, out_dtype: str, isa: DotISA):
+    """A 1x1, stride-1 NCHW convolution with the requantize epilogue.
+
+    TIR ``main(X: x_dtype[B, K, M], Wp: int8[packed], qp: int64[7, N], Y: out_dtype[B, N, M])``,
+    ``M = H * W`` (NCHW reshaped, which costs nothing). Per image it is the dense ``Y^T = X^T W^T``
+    with pixels as GEMM rows. The instruction wants 4 consecutive k of one pixel in a 32-bit word,
+    which NCHW keeps ``M`` bytes apart, so stage ``X_t`` first writes the image as ``[B, M, Kp]``
+    (transposed, shifted, zero padded): one pass over the input, against K / 4 dot instructions per
+    element after it. The epilogue ``C`` writes each tile straight back to NCHW (contiguous in m)."""
+    from tvm import te
+    shift_of(x_dtype, isa)
+    lanes = isa.lanes
+    Np, Kp = _ceil(N, lanes), _ceil(K, 4)
+    X = te.placeholder((B, K, M), x_dtype, name="X")
+    Wp = te.placeholder(packed_shape(N, K, lanes), "int8", name="Wp")
+    qp = te.placeholder((len(REQUANT_ROWS), N), "int64", name="qp")
+    Xt = te.compute((B, M, Kp), lambda b, m, k: _shifted(X[b, k, m], x_dtype, isa, k, K, Kp), name="X_t")
+    k = te.reduce_axis((0, Kp), name="k")
+    acc = te.compute((B, M, Np), lambda b, i, j: te.sum(
+        Xt[b, i, k].astype("int32") * Wp[j // lanes, k // 4, j % lanes, k % 4].astype("int32"), axis=k),
+        name="compute")
+    requant = _requantize(qp, out_dtype)
+    C = te.compute((B, N, M), lambda b, j, i: requant(acc[b, i, j], j), name="C")
+    return te.create_prim_func([X, Wp, qp, C]).with_attr("global_symbol", "main")
+
+
+# ------------------------------------------------------------------------------------- schedules
+def _divisor_at_most(n: int, cap: int) -> int:
+    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+
+
+def tile_sizes(M: int, N: int, K: int, mb: int = 4, nb: int = 4, kb: int = 128, lanes: int = 16) -> tuple:
+    """(mb, nb, kb) actually used: the largest divisors of M, ceil(N/lanes) and ceil(K/4)*4 that do
+    not exceed the requested sizes. ``sch.tensorize`` needs exact splits (a predicated tail fails
+    with ``comparator.rhs_buffer_map_.count(desc)``), so a prime M such as 7 runs with mb=1 (correct,
+    slower) rather than padding M. kb counts k elements and is a multiple of 4."""
+    mb = _divisor_at_most(M, mb)
+    nb = _divisor_at_most(_ceil(N, lanes) // lanes, nb)
+    kb = 4 * _divisor_at_most(_ceil(K, 4) // 4, max(1, kb // 4))
+    return mb, nb, kb
+
+
+def _tensorized_tiles(sch, blk, loops, isa: DotISA, mb: int, nb: int, kb: int, intrin: str | None):
+    """Shared tiling of block ``compute``: ``loops`` = its (batch loops..., i, j, k). Order
+    outer (batch, io, jo) | ko, kt | ii, jn, [lanes x 4 tensorized]; outer fused and parallel, the
+    int32 tile initialized vectorized, the epilogue ``C`` right after each tile. Returns the
+    epilogue block."""
+    *batch, i, j, k = loops
+    M, Np, Kp = (int(sch.get(x).extent) for x in (i, j, k))
+    mb, nb, kb = tile_sizes(M, Np, Kp, mb, nb, kb, isa.lanes)
+    io, ii = sch.split(i, [None, mb])
+    jo, jn, ji = sch.split(j, [None, nb, isa.lanes])
+    ko, kt, ki = sch.split(k, [None, kb // 4, 4])
+    sch.reorder(*batch, io, jo, ko, kt, ii, jn, ji, ki)
+    outer = sch.fuse(*batch, io, jo)
+    sch.parallel(outer)
+    epi = sch.get_sblock("C")
+    sch.reverse_compute_at(epi, outer)
+    init = sch.decompose_reduction(blk, ko)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(ii)
+    sch.unroll(jn)
+    sch.tensorize(ji, intrin or isa.register())
+    sch.vectorize(sch.get_loops(epi)[-1])
+    return epi
+
+
+def schedule_dense(func, isa: DotISA, mb: int = 4, nb: int = 4, kb: int = 128, intrin: str | None = None):
+    """Hand schedule for :func:`dense_te` workloads (plain, ``- corr`` or requantize epilogue);
+    returns the ``Schedule``. Tiles: ``mb`` rows x ``nb`` x lanes columns (mb * nb accumulators:
+    16 of the 32 vector registers), k in chunks of ``kb``; the shift/pad stage, when present, is
+    its own parallel, vectorized loop nest. ``intrin`` defaults to the ISA's registered intrinsic."""
+    import tvm
+    sch = tvm.s_tir.Schedule(func)
+    blk = sch.get_sblock("compute")
+    _tensorized_tiles(sch, blk, sch.get_loops(blk), isa, mb, nb, kb, intrin)
+    stages = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    if "X_s" in stages:
+        pi, pk = sch.get_loops(stages["X_s"])
+        sch.parallel(pi)
+        sch.vectorize(pk)
+    return sch
+
+
+def schedule_conv1x1(func, isa: DotISA, mb: int = 8, nb: int = 2, kb: int = 256):
+    """Hand schedule for :func:`conv1x1_requant`; returns the ``Schedule``.
+
+    Tiles of ``mb`` pixels x ``nb`` x lanes output channels, k in chunks of ``kb``; the epilogue
+    writes each tile to NCHW right after it, vectorized over its pixels. Why mb = 8: the spatial
+    sizes of pointwise convs (112^2 ... 7^2) have divisors 8 or 7 (49), and :func:`tile_sizes` takes
+    the largest divisor <= mb, so 7x7 maps still get 7-pixel tiles. Stage ``X_t`` (the transpose)
+    is parallel over pixels."""
+    import tvm
+    sch = tvm.s_tir.Schedule(func)
+    blk = sch.get_sblock("compute")
+    _tensorized_tiles(sch, blk, sch.get_loops(blk), isa, mb, nb, kb, None)
+    tb, tm, _ = sch.get_loops(sch.get_sblock("X_t"))
+    sch.parallel(sch.fuse(tb, tm))
+    return sch
+
+
+def isa_for(target, isas=None) -> tuple:
+    """(DotISA or None, reason): the first ISA of ``isas`` (default :data:`ISAS`) a registry Target
+    can run, else None and why none fits."""
+    if isas is None:  # every ISA of the target's architecture
+        isas = [isa for isa in ISAS() if isa.arch == target.arch]
+        if not isas:
+            return None, f"target {target.name!r} is {target.arch}: no dot-product kernels for it"
+    reasons = []
+    for isa in isas:
+        why = isa.reason_missing(target)
+        if not why:
+            return isa, ""
+        reasons.append(why)
+    return None, "; ".join(dict.fromkeys(reasons))
+
+
+def ISAS() -> tuple:  # noqa: N802 - a table, built on first use (the rows import their modules)
+    """The dot-product ISAs, most specific first."""
+    from .arm_int8 import SDOT
+    from .x86_int8 import VNNI
+    return (VNNI, SDOT)
