@@ -5,8 +5,9 @@
 
 Passes, in order (each usable alone, composed by ``lowering_passes``):
 Canonicalize -> MatchPlanLayers -> QuantizeLayers -> CancelQDQ -> VerifyIntegerOnly -> Float64Islands,
-then, for a target with AVX-512 VNNI (``lowering_passes(plan, target=...)`` or ``tensorize_for``),
-TensorizeDenseVNNI: each linear layer as one tensorized ``vpdpbusd`` kernel with the requantize fused.
+then, for a target with a dot-product instruction (``lowering_passes(plan, target=...)`` or
+``tensorize_for``), TensorizeDot: each linear layer and 1x1 conv as one tensorized kernel (x86 VNNI
+``vpdpbusd``, Arm ``sdot``) with the requantize fused.
 """
 from .cancel_qdq import CancelQDQ
 from .canonicalize import Canonicalize
@@ -17,11 +18,12 @@ from .lower import compile_integer, lower, lowering_passes
 from .match import MatchPlanLayers, match_layers
 from .quantize_layers import QuantizeLayers
 from .report import format_op_counts, op_counts
-from .tensorize_x86 import TensorizeDenseVNNI, TensorizeRecord, dense_requant_pattern, tensorize_for, tensorize_report
+from .tensorize_x86 import (TensorizeDenseVNNI, TensorizeDot, TensorizeRecord, dense_requant_pattern, tensorize_for,
+                            tensorize_report)
 from .verify import VerifyIntegerOnly, float_ops
 
 __all__ = ["lower", "compile_integer", "lowering_passes", "import_model", "import_onnx", "Canonicalize",
            "MatchPlanLayers", "QuantizeLayers", "CancelQDQ", "VerifyIntegerOnly", "float_ops", "match_layers",
-           "plan_islands", "Float64Islands", "TensorizeDenseVNNI", "TensorizeRecord", "dense_requant_pattern",
+           "plan_islands", "Float64Islands", "TensorizeDenseVNNI", "TensorizeDot", "TensorizeRecord", "dense_requant_pattern",
            "tensorize_for", "tensorize_report",
            "op_counts", "format_op_counts", "LoweringError", "LayerMatchError", "IntegerOnlyError"]

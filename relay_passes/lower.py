@@ -14,7 +14,7 @@ from .frontend import import_model
 from .islands import FLOAT_BRANCH_OPS, Float64Islands, float_branch_key, plan_islands
 from .match import MatchPlanLayers
 from .quantize_layers import QuantizeLayers
-from .tensorize_x86 import TensorizeDenseVNNI
+from .tensorize_x86 import TensorizeDot
 from .verify import VerifyIntegerOnly
 
 
@@ -24,9 +24,9 @@ def lowering_passes(plan: QuantPlan, requantize: str = "int64", leave_float=(), 
     float64 (see islands.Float64Islands) so they round like PyTorch's; off for speed. Declared
     float branches (QwT v1) are lowered as float64 islands and declared to the verifier with the
     plan's other islands (islands.plan_islands). ``target`` (a registry name or targets.Target):
-    when given, the target-specific kernel passes run last (tensorize_x86.TensorizeDenseVNNI:
-    linear layers as tensorized VNNI kernels where the target has VNNI; otherwise the module is
-    unchanged and a warning names every layer left as it is, and why)."""
+    when given, the target-specific kernel passes run last (tensorize_x86.TensorizeDot: linear
+    layers and 1x1 convs as tensorized kernels where the target has VNNI or Arm dotprod; otherwise
+    the module is unchanged and a warning names every layer left as it is, and why)."""
     unknown = [f"{lp.name} ({lp.attrs['float_branch'].get('kind')}, features "
                f"{lp.attrs['float_branch'].get('features')})" for lp in plan.layers
                if lp.attrs.get("float_branch") and float_branch_key(lp) not in FLOAT_BRANCH_OPS]
@@ -42,7 +42,7 @@ def lowering_passes(plan: QuantPlan, requantize: str = "int64", leave_float=(), 
     if precise_islands:
         passes.append(Float64Islands())
     if target is not None:
-        passes.append(TensorizeDenseVNNI(target, plan))
+        passes.append(TensorizeDot(target, plan))
     return tvm.transform.Sequential(passes, name="tvmptq.Lower")
 
 
@@ -61,8 +61,9 @@ def compile_integer(mod: tvm.IRModule, target="llvm", tensorize: bool = False):
 
     ``target``: a TVM target (or its string / dict), or a registry target name such as
     ``x86-host`` (targets/registry.toml). ``tensorize=True`` first applies
-    ``tensorize_x86.TensorizeDenseVNNI(target)``: linear layers as tensorized VNNI kernels when the
-    registry target has VNNI; otherwise nothing changes and a warning names every layer and why.
+    ``tensorize_x86.TensorizeDot(target)``: linear layers and 1x1 convs as tensorized VNNI kernels
+    when the registry target has VNNI; otherwise nothing changes and a warning names every layer
+    and why. (It runs here, so only x86 kernels make sense; Arm ones run under qemu, targets.qemu.)
 
     The module has a static batch size; ``run`` takes any number of samples and feeds them in
     chunks of that size (the last chunk padded by repeating its last sample, then trimmed)."""
@@ -71,7 +72,7 @@ def compile_integer(mod: tvm.IRModule, target="llvm", tensorize: bool = False):
         import targets as tg
         named = tg.get(target) if tg.is_name(target) else None
     if tensorize:
-        mod = TensorizeDenseVNNI(named if named is not None else target)(mod)
+        mod = TensorizeDot(named if named is not None else target)(mod)
     if named is not None:
         target = named.tvm_target()
     target = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)

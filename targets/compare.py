@@ -52,18 +52,20 @@ def _inputs(mod, xs):
 
 
 def _for_target(mods, var, t, plan):
-    """The variant's module as ``tvmptq compile`` builds it for ``t``: int8 on an x86 target with
-    VNNI gets the tensorized kernels (relay_passes.tensorize_x86); returns (module, kernels note)."""
+    """The variant's module as ``tvmptq compile`` builds it for ``t``: int8 on a CPU target with a
+    dot-product instruction (x86 VNNI, Arm dotprod) gets the tensorized kernels
+    (relay_passes.tensorize_x86.TensorizeDot); returns (module, kernels note)."""
     mod = mods[var]
-    if var != "int8" or t.arch != "x86_64":
+    if var != "int8" or t.arch not in ("x86_64", "aarch64"):
         return mod, ""
-    from relay_passes.tensorize_x86 import TensorizeDenseVNNI, vnni_target_reason
-    if vnni_target_reason(t):
-        return mod, "no VNNI"
-    tensorize = TensorizeDenseVNNI(t, plan, warn=False)
+    from relay_passes.tensorize_x86 import TensorizeDot, target_isa
+    isa, _ = target_isa(t)
+    if isa is None:
+        return mod, "no dot-product kernels"
+    tensorize = TensorizeDot(t, plan, warn=False)
     mod = tensorize(mod)
     done = sum(r.tensorized for r in tensorize.report)
-    return mod, f"VNNI {done}/{len(tensorize.report)}"
+    return mod, f"{isa.name} {done}/{len(tensorize.report)}"
 
 
 def _x86_latency(ex, args, repeat, number, warmup):

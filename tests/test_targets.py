@@ -172,7 +172,7 @@ def test_x86_host_compile_tensorizes_unless_told_not_to(digits):
         assert m["kernels"][-1].startswith("linear: tensorized (vnni_dense_requant_")
         assert "## Tensorized int8 kernels (1 of 10 conv/matmul layers)" in report
     else:
-        assert "lacks the 'vnni' capability" in m["kernels"][-1] or "not 'avx512'" in m["kernels"][-1]
+        assert "lacks the " in m["kernels"][-1] and " capability" in m["kernels"][-1]
     plain = digits[0] / "x86_plain"
     assert main(["compile", MODEL, "--plan", str(digits[1]), "-o", str(plain), "--target", "x86-host", "--untuned",
                  "--no-tensorize"]) == 0

@@ -1,0 +1,91 @@
+"""Arm dotprod (``sdot``) kernels: the lowering's linear layers and 1x1 convs tensorized for Arm
+targets with the ``dotprod`` capability, cross-compiled for aarch64 and run under qemu-user, bit for
+bit equal to the NumPy reference (uint8 activations through the -128 shift, int8 ones as they are).
+Targets without dotprod (Cortex-A72) are left unchanged and say why. Needs `make arm-setup`."""
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+import tvmptq
+from tvmptq.reference import run_plan
+from tvmptq.zoo import from_module
+
+tvm = pytest.importorskip("tvm")
+import relay_passes as rp  # noqa: E402
+import targets  # noqa: E402
+from targets import int8_dot as dot  # noqa: E402
+from targets.arm_int8 import SDOT  # noqa: E402
+
+from test_vnni_lowering import ConvNet, TwoLinears  # noqa: E402
+
+
+def _arm_missing():
+    from targets import qemu
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        return "aarch64-linux-gnu-gcc missing (make arm-setup)"
+    return qemu.missing()
+
+
+needs_arm = pytest.mark.skipif(_arm_missing() is not None, reason=str(_arm_missing()))
+TARGET = "cortex-a76"  # Raspberry Pi 5: dotprod
+
+
+def _model(kind, symmetric):
+    torch.manual_seed(4)
+    if kind == "convnet":
+        x, net, batch = (torch.randn(10, 6, 7, 9) + 0.2).numpy(), ConvNet(), 2
+    else:
+        x, net, batch = (torch.randn(10, 6, 50) + 0.3).numpy(), TwoLinears(True), 2
+    model = from_module(net.eval(), (torch.from_numpy(x[:1]),))
+    qm = tvmptq.quantize(model, (x[:6],), tvmptq.make_config(8, 8, "minmax", symmetric=symmetric), progress=False)
+    base = rp.lowering_passes(qm.plan)(rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(batch))))
+    return x[6:], qm.plan, base, batch
+
+
+def test_isa_table_picks_the_instruction_per_target():
+    from relay_passes.tensorize_x86 import target_isa
+    assert target_isa("cortex-a76")[0] is SDOT and target_isa("neoverse-v1")[0] is SDOT
+    isa, why = target_isa("cortex-a72")
+    assert isa is None and "lacks the 'dotprod' capability of the sdot kernels" in why
+    assert target_isa("sm_90") == (None, "target 'sm_90' is cuda: no dot-product kernels for it")
+    assert dot.packed_shape(37, 50, SDOT.lanes) == (10, 13, 4, 4)
+    w = np.arange(-60, 60, dtype=np.int8).reshape(6, 20)
+    p = dot.pack_weight(w, 4)
+    assert p[1, 2, 1, 3] == w[5, 11] and p[1, 0, 2, 0] == 0  # zero padded channels
+    assert (dot.shift_of("uint8", SDOT), dot.shift_of("int8", SDOT)) == (-128, 0)
+
+
+@pytest.mark.parametrize("kind", ["convnet", "linears"])
+def test_a72_has_no_dotprod_and_nothing_changes(kind):
+    _, plan, base, _ = _model(kind, False)
+    t = rp.TensorizeDot("cortex-a72", plan, warn=False)
+    mod = t(base)
+    assert not any(r.tensorized for r in t.report) and len(mod.functions_items()) == len(base.functions_items())
+    assert all("lacks the 'dotprod'" in r.reason for r in t.report if r.kind == "linear")
+
+
+@needs_arm
+@pytest.mark.parametrize("symmetric", [False, True], ids=["uint8-asym", "int8-sym"])
+@pytest.mark.parametrize("kind", ["convnet", "linears"])
+def test_sdot_program_is_bit_exact_under_qemu(kind, symmetric, tmp_path):
+    from targets import qemu
+    from targets.build import compile_module, export
+    x, plan, base, batch = _model(kind, symmetric)
+    t = targets.get(TARGET)
+    tensorize = rp.TensorizeDot(t, plan, warn=False)
+    mod = tensorize(base)
+    done = [r for r in tensorize.report if r.tensorized]
+    assert len(done) == 2 and all(r.kernel.startswith("sdot_") for r in done)
+    act = "i8" if symmetric else "u8"
+    assert all(f"_{act}_" in r.kernel for r in done)
+    lib = tmp_path / "model.so"
+    export(compile_module(mod, t.tvm_target()), lib, t)
+    got = qemu.run_library(lib, [x.astype(np.float32)], batch)[0]
+    assert np.array_equal(got, run_plan(plan, x))
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    if objdump:
+        dis = subprocess.run([objdump, "-d", str(lib)], capture_output=True, text=True, check=True).stdout
+        assert "\tsdot\t" in dis
