@@ -159,6 +159,25 @@ def open_database(folder, tvm_target=None, create: bool = False):
         raise TuneDatabaseError(f"corrupt tuning database {folder}: {msg[-1] if msg else type(err).__name__}") from None
 
 
+def tuning_tasks(mod, tvm_target) -> list:
+    """MetaSchedule's tasks for ``mod`` (the fused kernels of :func:`prepare`), largest first.
+
+    Hand-scheduled kernels (the tensorized int8 ones) are not tasks: extract_tasks keeps them, and
+    MetaSchedule's own "already scheduled" check looks at the module's attributes, not the
+    function's, so without the filter it would try to tune (and fail to count the flops of) them."""
+    from tvm.s_tir import meta_schedule as ms
+    extracted = [t for t in ms.relax_integration.extract_tasks(prepare(mod, tvm_target), tvm_target)
+                 if not _scheduled(t)]
+    return sorted(extracted, key=lambda t: -t.weight * _flops(t))
+
+
+def _scheduled(task) -> bool:
+    """Whether the task's function is hand-scheduled (``tirx.is_scheduled``, e.g. a VNNI kernel)."""
+    import tvm
+    return any(isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and bool(f.attrs.get("tirx.is_scheduled"))
+               for _, f in task.dispatched[0].functions_items())
+
+
 def _flops(task) -> float:
     try:
         from tvm.s_tir.analysis import estimate_tir_flops
@@ -249,9 +268,7 @@ def tune(mod, tvm_target, folder, trials: int, chunk: int = 8, seed: int = 0, tr
     tvm_target = with_cores(tvm_target)
     folder = Path(folder)
     db = open_database(folder, tvm_target, create=True)
-    prepared = prepare(mod, tvm_target)
-    extracted = ms.relax_integration.extract_tasks(prepared, tvm_target)
-    extracted = sorted(extracted, key=lambda t: -t.weight * _flops(t))
+    extracted = tuning_tasks(mod, tvm_target)
     # Generous timeouts: on a loaded 2-core machine one build can take over the default 30 s,
     # and a timed-out trial is stored as a failure (1e10 s), not retried.
     builder = ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S)

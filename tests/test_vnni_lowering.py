@@ -335,3 +335,12 @@ def test_convnet_pointwise_convs_are_kernels_and_the_rest_is_named(convnet):
 def test_convnet_equals_reference(convnet):
     got = rp.compile_integer(convnet["mod"], RUN_TARGET)(convnet["x"])
     assert np.array_equal(got, run_plan(convnet["plan"], convnet["x"]))
+
+
+def test_tuning_leaves_the_kernels_alone(synthetic):
+    """MetaSchedule never gets a hand-scheduled kernel as a task (it would fail to count its flops)."""
+    from targets.tune import tuning_tasks
+    names = [t.task_name for t in tuning_tasks(synthetic["mod"], tvm.target.Target(xi.DEFAULT_TARGET))]
+    assert names and not any(n.startswith(KERNEL_PREFIXES) for n in names)
+    base = [t.task_name for t in tuning_tasks(synthetic["base"], tvm.target.Target(xi.DEFAULT_TARGET))]
+    assert any("matmul" in n for n in base)  # the untensorized program's linears are tasks
