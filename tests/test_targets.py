@@ -313,7 +313,7 @@ def test_compare_writes_a_table_and_a_chart(capsys, tmp_path):
     text = out.read_text()
     assert "| digits_resnet | fp32 | x86-host |" in text
     # int8 on x86-host is what `tvmptq compile` builds: its linear tensorized where the CPU has VNNI
-    assert re.search(r"\| digits_resnet \| int8 \((VNNI 1/10|no VNNI)\) \| x86-host \|", text)
+    assert re.search(r"\| digits_resnet \| int8 \((vnni 1/10|no dot-product kernels)\) \| x86-host \|", text)
     assert out.with_suffix(".png").stat().st_size > 1000 and "![x86 latency](cmp.png)" in text
     if len(names) > 1:
         assert "| digits_resnet | int8 | sm_90 | ok (" in text and "not measured (no GPU)" in text
