@@ -162,12 +162,15 @@ def open_database(folder, tvm_target=None, create: bool = False):
 def tuning_tasks(mod, tvm_target) -> list:
     """MetaSchedule's tasks for ``mod`` (the fused kernels of :func:`prepare`), largest first.
 
-    Hand-scheduled kernels (the tensorized int8 ones) are not tasks: extract_tasks keeps them, and
+    Not tasks: hand-scheduled kernels (the tensorized int8 ones; extract_tasks keeps them, and
     MetaSchedule's own "already scheduled" check looks at the module's attributes, not the
-    function's, so without the filter it would try to tune (and fail to count the flops of) them."""
+    function's, so it would try to tune, and fail to count the flops of, them) and pure reshapes
+    (the build turns them into free views, RewriteDataflowReshape; the tensorized program has one
+    around every kernel, and measuring them would eat the budget of real kernels)."""
+    from tvm import relax
     from tvm.s_tir import meta_schedule as ms
     extracted = [t for t in ms.relax_integration.extract_tasks(prepare(mod, tvm_target), tvm_target)
-                 if not _scheduled(t)]
+                 if not _scheduled(t) and not relax.analysis.has_reshape_pattern(t.dispatched[0]["main"])]
     return sorted(extracted, key=lambda t: -t.weight * _flops(t))
 
 
