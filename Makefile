@@ -4,7 +4,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 
-.PHONY: demo test test-slow bench bench-targets bench-cwac arm-setup venv clean
+.PHONY: demo test test-slow bench bench-targets bench-speed bench-cwac arm-setup venv clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,11 @@ arm-setup: $(STAMP)
 # results/targets.md (EfficientNet-Lite0 and digits; see scripts/bench_targets.py)
 bench-targets: $(STAMP) arm-setup
 	$(PY) scripts/bench_targets.py
+
+# results/speed.md (issue 6): PyTorch, ONNX Runtime and TVM FP32/int8 at batch 1, 1 and 2 threads,
+# kernel proof, bit-exactness, Arm instruction counts (see scripts/bench_speed.py; about an hour)
+bench-speed: $(STAMP) arm-setup
+	$(PY) scripts/bench_speed.py
 
 # results/cwac.md (issue 4; about 85 min on 2 cores), then EfficientNet W4A4 fitted on all
 # calibration samples and the cross-scene check that explains it (about 35 min more)

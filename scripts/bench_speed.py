@@ -1,0 +1,417 @@
+"""Writes results/speed.md (+ .json, .png): batch-1 latency of the zoo on this machine, in one run.
+
+    python scripts/bench_speed.py                                   # make bench-speed: everything
+    python scripts/bench_speed.py --models digits_resnet --no-tune --no-arm --repeat 5 --out /tmp/speed.md
+
+Per model (EfficientNet-Lite0, MiniLM at sequence length 128, digits), batch 1, 1 and 2 threads, each
+(engine, model, thread count) measured in a fresh process (targets/speed.py): PyTorch FP32, ONNX
+Runtime FP32, ONNX Runtime int8 (its own ``quantize_static``: QDQ, uint8 activations, per-channel
+symmetric int8 weights, MinMax on 64 protocol calibration samples), ONNX Runtime on tvmptq's QDQ export
+of the W8A8 plan, TVM FP32 tuned, TVM int8 untuned and tuned (the program ``tvmptq compile`` builds for
+x86-host: linears and 1x1 convs as VNNI kernels), and TVM int8 without the dot-product kernels.
+Then the ratios, the kernel proof (targets/kernel_proof.py: share of conv/matmul multiply-adds in
+tensorized kernels, confirmed in the built library's assembly, and the standalone requantize kernels
+left), bit-exactness of every TVM int8 build against the NumPy reference, guest instruction counts of
+FP32 vs int8 on two Arm targets under qemu-user (a proxy) with the dot-product instructions in the
+aarch64 code, and a per-layer TVM vs ONNX Runtime profile of EfficientNet-Lite0.
+
+Tuning: the model's budget (targets.tune.ZOO_BUDGETS, FP32 and int8 alike: digits 64, EfficientNet-Lite0
+256, MiniLM 128 trials; ``--trials``/``--cover``/``--chunk`` override it) tops up the committed databases ``targets/tuned/x86-host-<model>-<fp32|int8>-b1`` (it resumes; a
+database already holding the trials is skipped in seconds), then builds with them; ``--no-tune`` uses
+what is on disk (untuned where nothing is).
+
+Expected run time on the 2-core host, with the databases already tuned: about 45-60 min (model
+preparation and ONNX/QDQ exports ~5 min, 48 latency processes ~15 min, the Arm instruction counts
+~20-25 min, most of it EfficientNet-Lite0 and MiniLM under qemu; ``--no-arm`` skips them). Tuning from
+scratch adds about 5 s per trial and variant (64 trials: ~5 min per model and variant).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MODELS = ("efficientnet_lite0", "minilm_l6", "digits_resnet")
+ARM_TARGETS = ("cortex-a76", "neoverse-v1")
+T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:7.0f} s] {msg}", flush=True)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ------------------------------------------------------------------------------------- preparation
+def _onnx_input_names(path) -> list[str]:
+    import onnx
+    m = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    return [i.name for i in m.graph.input if i.name not in inits]
+
+
+def budget(name: str, args) -> tuple[int, int, int]:
+    """(trials, cover, chunk) of one model: targets.tune.ZOO_BUDGETS unless given on the command line."""
+    from targets.tune import ZOO_BUDGETS
+    trials, cover, chunk = ZOO_BUDGETS.get(name, (64, 4, 16))
+    return (args.trials or trials, cover if args.cover is None else args.cover, args.chunk or chunk)
+
+
+def _tvm_build(mod, T, folder, args, variant: str, tuning: dict, name: str):
+    """Compile ``mod`` for the x86 target, tuned with the database in ``folder`` (topped up to the
+    model's budget first unless --no-tune); records what the database holds in ``tuning``."""
+    from targets.build import compile_module
+    from targets.tune import apply_database, tune, usable_database
+    info = {"folder": str(folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder)}
+    if args.tune:
+        trials, cover, chunk = budget(name, args)
+        log(f"  tuning {variant}: top up {folder.name} to {trials} trials (cover {cover}, chunk {chunk})")
+        r = tune(mod, T, folder, trials, chunk, cover=cover, log=lambda m: log("  " + m))
+        info.update(trials_run=r["trials_run"], tuning_seconds_total=r["tuning_seconds_total"], tasks=r["tasks"])
+    why = usable_database(folder, T)
+    if why is None:
+        ex = apply_database(mod, T, folder)
+        info["records"] = sum(1 for line in (folder / "database_tuning_record.json").open() if line.strip())
+    else:
+        ex = compile_module(mod, T)
+        info.update(records=0, note=f"built untuned: {why}")
+    tuning[variant] = info
+    return ex
+
+
+def _vm(ex):
+    import tvm
+    from tvm import relax
+    return relax.VirtualMachine(ex, tvm.cpu())
+
+
+def _run_vm(vm, xs):
+    import tvm
+    out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(x)) for x in xs])
+    out = out if hasattr(out, "numpy") else out[0]
+    return out.numpy()
+
+
+def bit_exact(builds: dict, plan, samples: list[list[np.ndarray]]) -> list[dict]:
+    """Every TVM int8 build against the NumPy reference executor, one batch-1 call per sample."""
+    from tvmptq.reference import run_plan
+    refs = [run_plan(plan, *s) for s in samples]
+    rows = []
+    for variant, ex in builds.items():
+        vm = _vm(ex)
+        outs = [_run_vm(vm, s) for s in samples]
+        same = all(np.array_equal(o, r) for o, r in zip(outs, refs))
+        diff = max(float(np.max(np.abs(o.astype(np.float64) - np.asarray(r, np.float64)))) for o, r in zip(outs, refs))
+        rows.append({"variant": variant, "samples": len(samples), "bit_exact": bool(same), "max_abs_diff": diff})
+    return rows
+
+
+def kernel_proof(base, tensorized, fused_base, fused_tens, asm: dict, T) -> dict:
+    """targets.kernel_proof for the plain and the tensorized int8 program (see there)."""
+    from targets import kernel_proof as kp
+    mn = kp.DOT_MNEMONICS["x86_64"]
+    out = {}
+    share = kp.mac_share(base)
+    out["int8, no dot kernels"] = {
+        **{k: share[k] for k in ("layers", "tensorized_layers", "share", "consistent", "total_macs")},
+        "asm_share": {"untuned": kp.asm_mac_share(fused_base, asm["plain"], None, mn)},
+        "requantize": kp.standalone_requantize(fused_base)}
+    share = kp.mac_share(base, tensorized)
+    confirmed = {}
+    for build in ("untuned", "tuned"):
+        counts = kp.kernel_mnemonics(asm[build], share["kernels"], mn)
+        missing = [k for k, c in counts.items() if not c or not any(c.values())]
+        confirmed[build] = {"kernels": len(counts), "with_dot": len(counts) - len(missing), "missing": missing,
+                            "instructions": {k: (c or {}).get("vpdpbusd", 0) for k, c in counts.items()}}
+    out["int8 tensorized"] = {
+        **{k: share[k] for k in ("layers", "tensorized_layers", "share", "consistent", "total_macs", "kernels")},
+        "confirmed": confirmed,
+        "asm_share": {b: kp.asm_mac_share(fused_tens, asm[b], tensorized, mn) for b in ("untuned", "tuned")},
+        "requantize": kp.standalone_requantize(fused_tens)}
+    return out
+
+
+def prepare_model(name: str, args, work: Path, res: dict) -> dict:
+    """Plan, modules, ONNX files and TVM libraries of one model; the kernel proof, the bit-exactness
+    and the tuning databases' state go into ``res``. Returns ``{"specs": engine -> worker spec,
+    "mods", "plan", "xs"}``."""
+    import torch
+
+    import targets
+    import tvmptq
+    from targets import kernel_proof as kp
+    from targets.build import compile_module
+    from targets.compare import _for_target, _inputs, _modules, _plan
+    from targets.speed import describe_qdq
+    from targets.tune import db_dir
+    from tvmptq.eval.sets import DEFAULT_SET
+    from tvmptq.export import export_qdq_onnx
+    from tvmptq.peers import export_onnx, ort_quantize_static
+
+    t = targets.get("x86-host")
+    T = t.tvm_target()
+    d = work / name
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model = tvmptq.load(name)
+    data = tvmptq.get_set(DEFAULT_SET[name])
+    plan = _plan(model, DEFAULT_SET[name], args.calib_samples)
+    mods = _modules(model, plan, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the layers left as they are: in the report
+        tens, kernels = _for_target(mods, "int8", t, plan)
+    log(f"{name}: W8A8 plan ({args.calib_samples} calibration samples) and Relax modules in "
+        f"{time.perf_counter() - t0:.0f} s; int8 kernels on {t.name}: {kernels or 'none'}")
+    params = mods["fp32"]["main"].params
+    evaluation = [np.asarray(a) for a in data.evaluation()]
+    xs = _inputs(mods["fp32"], [a[:1] for a in evaluation])
+    np.savez(d / "inputs.npz", **{f"in{i}": x for i, x in enumerate(xs)})
+    res["inputs"] = ", ".join(f"{str(p.name)} {list(x.shape)} {x.dtype}" for p, x in zip(params, xs))
+    res["errors"] = {}
+    base = {"inputs": str(d / "inputs.npz"), "repeat": args.repeat, "number": args.number,
+            "warmup": args.warmup, "profile_dir": str(d / "profiles")}
+    specs = {"torch_fp32": {**base, "engine": "torch_fp32", "kind": "torch", "model": name}}
+
+    # ONNX Runtime: FP32 export, its own quantize_static, and tvmptq's QDQ export of the same plan
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fp32_onnx = export_onnx(model.build(), tuple(torch.from_numpy(np.array(x)) for x in xs), d / "fp32.onnx",
+                                    [str(p.name) for p in params])
+        specs["ort_fp32"] = {**base, "engine": "ort_fp32", "kind": "ort", "path": str(fp32_onnx)}
+        names = _onnx_input_names(fp32_onnx)
+        calib = [np.asarray(a[: args.ort_calib_samples]).astype(str(p.ty.dtype))
+                 for a, p in zip(data.calibration(), params)]
+        batches = [{nm: c[j:j + 1] for nm, c in zip(names, calib)} for j in range(len(calib[0]))]
+        q = ort_quantize_static(fp32_onnx, d / "ort_int8.onnx", batches, method="MinMax")
+        res["ort_int8_config"] = {**describe_qdq(q), "calibration": f"MinMax, {len(batches)} samples"}
+        specs["ort_int8"] = {**base, "engine": "ort_int8", "kind": "ort", "path": str(q)}
+    except Exception as err:  # noqa: BLE001 - reported, the other engines still run
+        res["errors"]["onnx export / quantize_static"] = f"{type(err).__name__}: {str(err)[:300]}"
+        log(f"  ONNX FP32 / quantize_static failed: {err}")
+    try:
+        qdq = export_qdq_onnx(plan, d / "tvmptq_qdq.onnx", batch=1)
+        specs["ort_tvmptq_qdq"] = {**base, "engine": "ort_tvmptq_qdq", "kind": "ort", "path": str(qdq)}
+    except Exception as err:  # noqa: BLE001
+        res["errors"]["tvmptq QDQ export"] = f"{type(err).__name__}: {str(err)[:300]}"
+        log(f"  tvmptq QDQ export failed: {err}")
+    log(f"{name}: ONNX files in {time.perf_counter() - t0:.0f} s")
+
+    # TVM: FP32 tuned, int8 (tensorized, as tvmptq compile builds it) untuned and tuned, plain int8
+    t0 = time.perf_counter()
+    tuning: dict = {}
+    root = Path(args.db)
+    ex = {"tvm_fp32_tuned": _tvm_build(mods["fp32"], T, db_dir(root, f"{t.name}-{name}-fp32-b1"), args, "fp32", tuning, name),
+          "tvm_int8_untuned": compile_module(tens, T),
+          "tvm_int8_tuned": _tvm_build(tens, T, db_dir(root, f"{t.name}-{name}-int8-b1"), args, "int8", tuning, name),
+          "tvm_int8_plain": compile_module(mods["int8"], T)}
+    res["tuning"] = tuning
+    for key, e in ex.items():
+        path = d / f"{key}.so"
+        e.export_library(str(path))
+        specs[key] = {**base, "engine": key, "kind": "tvm", "path": str(path)}
+    held = "; ".join(f"{v}: {i.get('records', 0)} records" for v, i in tuning.items())
+    log(f"{name}: TVM builds in {time.perf_counter() - t0:.0f} s ({held})")
+
+    t0 = time.perf_counter()
+    fused_base, fused_tens = kp.fused(mods["int8"], T), kp.fused(tens, T)
+    asm = {"plain": kp.library_asm(ex["tvm_int8_plain"]), "untuned": kp.library_asm(ex["tvm_int8_untuned"]),
+           "tuned": kp.library_asm(ex["tvm_int8_tuned"])}
+    res["kernel_proof"] = kernel_proof(mods["int8"], tens, fused_base, fused_tens, asm, T)
+    res["categories"] = {n: kp.kernel_category(s) for n, s in kp.kernel_table(fused_tens).items()}
+    del asm
+    samples = [[np.ascontiguousarray(a[j:j + 1]).astype(str(p.ty.dtype)) for a, p in zip(evaluation, params)]
+               for j in range(args.exact_samples)]
+    res["bit_exact"] = bit_exact({"untuned (tensorized)": ex["tvm_int8_untuned"],
+                                  "tuned (tensorized)": ex["tvm_int8_tuned"],
+                                  "untuned, no dot kernels": ex["tvm_int8_plain"]}, plan, samples)
+    tp = res["kernel_proof"]["int8 tensorized"]
+    log(f"{name}: kernel proof and bit-exactness in {time.perf_counter() - t0:.0f} s: MAC share "
+        f"{100 * tp['share']:.1f} %, confirmed {tp['confirmed']['tuned']['with_dot']}/{tp['confirmed']['tuned']['kernels']}, "
+        f"bit-exact {[b['bit_exact'] for b in res['bit_exact']]}")
+    return {"specs": specs, "mods": mods, "plan": plan, "xs": xs}
+
+
+def arm_rows(name: str, prep: dict, args, work: Path) -> list[dict]:
+    """FP32 vs int8 guest instructions per call on each Arm target (a proxy), with the dot-product
+    instructions of the aarch64 code."""
+    import targets
+    from targets import kernel_proof as kp
+    from targets import qemu
+    from targets.build import compile_module, export
+    from targets.compare import _for_target
+    rows = []
+    for tname in args.arm_targets:
+        t = targets.get(tname)
+        T = t.tvm_target()
+        row = {"model": name, "target": tname}
+        t0 = time.perf_counter()
+        try:
+            for var in ("fp32", "int8"):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    mod, note = _for_target(prep["mods"], var, t, prep["plan"])
+                ex = compile_module(mod, T)
+                lib = work / name / f"{var}_{tname}.so"
+                export(ex, lib, t)
+                ic = qemu.instruction_count(lib, prep["xs"], 1, calls=args.arm_calls)
+                row[f"{var}_minsns"] = ic["guest_insns_per_call"] / 1e6
+                row[f"{var}_objdump"] = kp.objdump_mnemonics(lib, kp.DOT_MNEMONICS["aarch64"])
+                if var == "int8":
+                    share = kp.mac_share(prep["mods"]["int8"], mod)
+                    row.update(tensorized=f"{share['tensorized_layers']}/{share['layers']}", share=share["share"],
+                               kernels_note=note, objdump=row["int8_objdump"],
+                               kernel_dot=kp.kernel_mnemonics(kp.library_asm(ex), share["kernels"],
+                                                              kp.DOT_MNEMONICS["aarch64"]))
+        except Exception as err:  # noqa: BLE001 - one failed target does not stop the benchmark
+            row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+        row["seconds"] = time.perf_counter() - t0
+        log(f"  arm {name} {tname}: " + (row["error"] if "error" in row else
+            f"FP32 {row['fp32_minsns']:.1f} M, int8 {row['int8_minsns']:.1f} M insns/call, "
+            f"int8 sdot {(row.get('objdump') or {}).get('sdot')}, {row['seconds']:.0f} s"))
+        rows.append(row)
+    return rows
+
+
+def run_profile(name: str, prep: dict, res: dict, args, work: Path) -> dict:
+    """Per-kernel TVM (int8 tuned) and per-node ORT (int8) profiles of one model."""
+    from targets.speed import measure_in_subprocess
+    out = {"model": name, "threads": args.profile_threads}
+    for key, engine in (("tvm", "tvm_int8_tuned"), ("ort", "ort_int8")):
+        spec = prep["specs"].get(engine)
+        if spec is None:
+            out[key] = {"engine": engine, "error": "engine not available"}
+            continue
+        r = measure_in_subprocess({**spec, "mode": "profile", "repeat": args.profile_runs, "number": 1},
+                                  args.profile_threads, work / "workers")
+        r["engine"] = engine
+        if key == "tvm" and "kernels" in r:
+            cats = res.get("categories", {})
+            for k in r["kernels"]:
+                k["category"] = "VM builtins (allocation, checks)" if k["name"].startswith("vm.builtin") else \
+                    cats.get(k["name"], "other")
+        out[key] = r
+        log(f"  profile {name} {engine}: " + (r["error"] if "error" in r else f"wall {r['wall_ms']:.3f} ms per run"))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--engines", nargs="+", default=None, help="only these engines (targets.speed.ENGINES keys)")
+    p.add_argument("--trials", type=int, default=None,
+                   help="tuning trials per model and variant, FP32 and int8 alike (default: targets.tune.ZOO_BUDGETS)")
+    p.add_argument("--cover", type=int, default=None, help="trials every task gets first (targets.tune.tune)")
+    p.add_argument("--chunk", type=int, default=None, help="trials per task after that, largest first")
+    p.add_argument("--no-tune", dest="tune", action="store_false", help="use the databases on disk as they are")
+    p.add_argument("--db", default=None, help="tuning database root (default: the committed targets/tuned)")
+    p.add_argument("--repeat", type=int, default=30)
+    p.add_argument("--number", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--calib-samples", type=int, default=64, help="calibration samples of the W8A8 plan")
+    p.add_argument("--ort-calib-samples", type=int, default=64, help="calibration samples of ORT's quantize_static")
+    p.add_argument("--exact-samples", type=int, default=8, help="evaluation samples of the bit-exactness check")
+    p.add_argument("--arm-targets", nargs="+", default=list(ARM_TARGETS))
+    p.add_argument("--arm-models", nargs="+", default=None, help="default: --models")
+    p.add_argument("--arm-calls", type=int, default=2, help="calls per qemu run (raised until 3e8 instructions)")
+    p.add_argument("--no-arm", action="store_true")
+    p.add_argument("--profile-model", default=None, help="default: efficientnet_lite0 if measured, else the first model")
+    p.add_argument("--profile-threads", type=int, default=1)
+    p.add_argument("--profile-runs", type=int, default=20)
+    p.add_argument("--work", default=str(REPO / "build" / "bench_speed"))
+    p.add_argument("--out", default=str(REPO / "results" / "speed.md"))
+    args = p.parse_args(argv)
+
+    import onnxruntime
+    import torch
+    import tvm
+    from tqdm import tqdm
+
+    import targets
+    from targets.speed import ENGINES, measure_in_subprocess, write_report
+    from targets.tune import SHIPPED
+    args.db = args.db or str(SHIPPED)
+    engines = [e for e in ENGINES if args.engines is None or e[0] in args.engines]
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    result = {"command": " ".join(["scripts/bench_speed.py"] + (sys.argv[1:] if argv is None else list(argv))),
+              "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "cpu_model": _cpu_model(),
+              "host_cpu": targets.host_cpu(), "cores": len(os.sched_getaffinity(0)),
+              "versions": {"tvm": tvm.__version__, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+                           "python": platform.python_version()},
+              "budgets": {n: dict(zip(("trials", "cover", "chunk"), budget(n, args))) for n in args.models},
+              "tune": args.tune,
+              "repeat": args.repeat, "number": args.number, "warmup": args.warmup, "threads": args.threads,
+              "batch": 1, "engines": [list(e) for e in engines], "models": {}}
+    preps = {}
+    for name in args.models:
+        log(f"== {name}: preparing")
+        res = result["models"].setdefault(name, {})
+        preps[name] = prepare_model(name, args, work, res)
+        if res.get("ort_int8_config") and "ort_int8_config" not in result:
+            c = res["ort_int8_config"]
+            result["ort_int8_config"] = (f"{c['format']}, activations {'/'.join(c['activation_dtypes'])}, "
+                                         f"{c['per_channel_weights']}/{c['int8_weights']} int8 weights per channel, "
+                                         f"symmetric weights: {c['symmetric_weights']}; calibration {c['calibration']}")
+
+    jobs = [(th, name, key) for th in args.threads for name in args.models for key, _ in engines
+            if key in preps[name]["specs"]]
+    log(f"== latency: {len(jobs)} measurements, each in a fresh process")
+    for th, name, key in tqdm(jobs, desc="latency", file=sys.stderr, dynamic_ncols=True):
+        r = measure_in_subprocess(preps[name]["specs"][key], th, work / "workers")
+        result["models"][name].setdefault("latency", {}).setdefault(str(th), {})[key] = r
+        log(f"  {name} {key} {th}t: " + (r["error"] if "error" in r else f"{r['median_ms']:.3f} ms (IQR {r['iqr_ms']:.3f})"))
+    for name in args.models:  # engines that could not be built are listed as failed, not left blank
+        for th in args.threads:
+            lat = result["models"][name].setdefault("latency", {}).setdefault(str(th), {})
+            for key, _ in engines:
+                if key not in lat:
+                    lat[key] = {"error": "; ".join(result["models"][name].get("errors", {}).values()) or "not built"}
+
+    prof_model = args.profile_model or ("efficientnet_lite0" if "efficientnet_lite0" in args.models else args.models[0])
+    if prof_model in preps:
+        log(f"== per-layer profile: {prof_model}")
+        result["profile"] = run_profile(prof_model, preps[prof_model], result["models"][prof_model], args, work)
+
+    if not args.no_arm:
+        from targets import qemu
+        why = qemu.missing()
+        if why:
+            log(f"== arm: skipped ({why})")
+            result["arm"] = [{"model": "-", "target": "-", "error": why}]
+        else:
+            log("== arm: instruction counts under qemu-user (a proxy)")
+            result["arm"] = []
+            for name in args.arm_models or args.models:
+                if name in preps:
+                    result["arm"] += arm_rows(name, preps[name], args, work)
+
+    result["seconds"] = time.perf_counter() - T0
+    out = write_report(result, Path(args.out))
+    log(f"wrote {out} ({result['seconds'] / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

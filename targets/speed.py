@@ -1,0 +1,515 @@
+"""Batch-1 latency across engines (PyTorch, ONNX Runtime, TVM) and per-kernel profiles, each in a fresh
+process with its thread count, and the ``results/speed.md`` report (scripts/bench_speed.py drives it).
+
+    r = measure_in_subprocess({"engine": "tvm_int8_tuned", "kind": "tvm", "path": "lib.so",
+                               "inputs": "x.npz", "repeat": 30, "number": 5, "warmup": 5}, threads=1, work=d)
+
+Why a process per measurement: TVM's runtime reads ``TVM_NUM_THREADS`` once, when its thread pool
+starts, and PyTorch / ONNX Runtime keep their pools for the life of the process too. The worker sets
+``TVM_NUM_THREADS``, ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` (environment, before any import),
+``torch.set_num_threads`` and ORT's ``intra_op_num_threads`` (``inter_op_num_threads`` = 1).
+
+Timing protocol, the same for every engine (targets.profile._measure for TVM, whose
+``time_evaluator`` does exactly this in C++): ``warmup`` untimed calls, then ``repeat`` timed
+samples, each the mean of ``number`` back-to-back calls; reported: median and IQR of the samples.
+
+Profiles: TVM through the Relax VM's instrument hook (wall time between the hook's before and after
+calls of every kernel; the hook's own Python cost is included, so the kernel sum exceeds the
+latency a little), ONNX Runtime through its own profiler (``SessionOptions.enable_profiling``;
+per-node ``*_kernel_time`` events, warm-up runs excluded by timestamp).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+
+# (key, column label); the first seven are the issue's engines, the last one shows what the
+# tensorized kernels bring (the plain lowering, LLVM's own vectorization, no hand kernels)
+ENGINES = (("torch_fp32", "PyTorch FP32"),
+           ("ort_fp32", "ORT FP32"),
+           ("ort_int8", "ORT int8 (quantize_static)"),
+           ("ort_tvmptq_qdq", "ORT on tvmptq QDQ"),
+           ("tvm_fp32_tuned", "TVM FP32 tuned"),
+           ("tvm_int8_untuned", "TVM int8 untuned"),
+           ("tvm_int8_tuned", "TVM int8 tuned"),
+           ("tvm_int8_plain", "TVM int8 untuned, no dot kernels"))
+LABELS = dict(ENGINES)
+THREAD_VARS = ("TVM_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+# ------------------------------------------------------------------------------------- worker side
+def _load_inputs(path) -> list[np.ndarray]:
+    data = np.load(path)
+    return [np.ascontiguousarray(data[f"in{i}"]) for i in range(len(data.files))]
+
+
+def time_calls(fn, repeat: int, number: int, warmup: int) -> dict:
+    """The timing protocol for engines without a time evaluator (see the module doc)."""
+    from .profile import summarize
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        samples.append((time.perf_counter() - t0) / number)
+    return summarize(samples)
+
+
+def _torch_fn(spec, xs, threads):
+    import torch
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
+    import tvmptq
+    module = tvmptq.load(spec["model"]).build().eval()
+    args = [torch.from_numpy(np.array(x)) for x in xs]
+
+    def run():
+        with torch.inference_mode():
+            return module(*args)
+    return run
+
+
+def _ort_session(path, threads, profile_prefix=None):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _ort_feed(sess, xs) -> dict:
+    from tvmptq.peers.onnxruntime_peer import _numpy_dtype
+    return {i.name: np.asarray(x, dtype=_numpy_dtype(i.type)) for i, x in zip(sess.get_inputs(), xs)}
+
+
+def _tvm_vm(path):
+    import tvm
+    from tvm import relax
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), dev)
+    return vm, dev
+
+
+def _tvm_args(vm, dev, xs):
+    import tvm
+    return [tvm.runtime.tensor(x, dev) for x in xs]
+
+
+def run_worker(spec: dict) -> dict:
+    """One measurement (``spec["mode"]`` "latency", the default) or profile ("profile") of one engine
+    in this process; the thread count comes from ``spec["threads"]`` (the environment is already set
+    by :func:`measure_in_subprocess`)."""
+    threads = int(spec["threads"])
+    xs = _load_inputs(spec["inputs"])
+    kind, mode = spec["kind"], spec.get("mode", "latency")
+    repeat, number, warmup = int(spec["repeat"]), int(spec["number"]), int(spec["warmup"])
+    out = {"engine": spec["engine"], "threads": threads, "mode": mode}
+    if kind == "torch":
+        out.update(time_calls(_torch_fn(spec, xs, threads), repeat, number, warmup))
+    elif kind == "ort":
+        if mode == "profile":
+            out.update(_profile_ort(spec, xs, threads, warmup, repeat * number))
+        else:
+            sess = _ort_session(spec["path"], threads)
+            feed = _ort_feed(sess, xs)
+            out.update(time_calls(lambda: sess.run(None, feed), repeat, number, warmup))
+    elif kind == "tvm":
+        vm, dev = _tvm_vm(spec["path"])
+        args = _tvm_args(vm, dev, xs)
+        if mode == "profile":
+            out.update(_profile_tvm(vm, args, warmup, repeat * number))
+        else:
+            from .profile import _measure
+            out.update(_measure(vm, dev, args, repeat, number, warmup))
+    else:
+        raise ValueError(f"unknown engine kind {kind!r}")
+    return out
+
+
+def _profile_tvm(vm, args, warmup: int, runs: int) -> dict:
+    """Mean wall time per inference of every function the VM calls (kernels and VM builtins)."""
+    for _ in range(warmup):
+        vm["main"](*args)
+    times, calls, start = {}, {}, {}
+
+    def instrument(func, symbol, before, ret, *rest):
+        now = time.perf_counter()
+        if before:
+            start[symbol] = now
+        else:
+            times[symbol] = times.get(symbol, 0.0) + now - start.pop(symbol, now)
+            calls[symbol] = calls.get(symbol, 0) + 1
+        return 0  # VMInstrumentReturnKind.NO_OP
+
+    vm.set_instrument(instrument)
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        vm["main"](*args)
+    wall = (time.perf_counter() - t0) / runs
+    return {"runs": runs, "wall_ms": wall * 1e3,
+            "kernels": [{"name": k, "ms": v * 1e3 / runs, "calls": calls[k] / runs} for k, v in times.items()]}
+
+
+def _profile_ort(spec, xs, threads, warmup: int, runs: int) -> dict:
+    prefix = Path(spec["profile_dir"]) / f"ort_{spec['engine']}_{threads}t"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    sess = _ort_session(spec["path"], threads, prefix)
+    feed = _ort_feed(sess, xs)
+    for _ in range(warmup):
+        sess.run(None, feed)
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        sess.run(None, feed)
+    wall = (time.perf_counter() - t0) / runs
+    path = sess.end_profiling()
+    return {"runs": runs, "wall_ms": wall * 1e3, **ort_profile_summary(path, skip_runs=warmup)}
+
+
+def ort_profile_summary(path, skip_runs: int = 0) -> dict:
+    """Per-node mean kernel time (ms per run) from an ONNX Runtime profile JSON, the first
+    ``skip_runs`` runs (warm-up) left out: ``{"nodes": [{"name", "op", "ms"}], "profiled_runs"}``."""
+    events = json.loads(Path(path).read_text())
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+    kept = runs[skip_runs:]
+    if not kept:
+        return {"nodes": [], "profiled_runs": 0}
+    t_from = kept[0][0]
+    per_node, ops = {}, {}
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or e["ts"] < t_from:
+            continue
+        name = e["name"][: -len("_kernel_time")]
+        per_node[name] = per_node.get(name, 0.0) + e["dur"]
+        ops[name] = e.get("args", {}).get("op_name", "?")
+    n = len(kept)
+    return {"profiled_runs": n,
+            "nodes": [{"name": k, "op": ops[k], "ms": v / 1e3 / n} for k, v in per_node.items()]}
+
+
+# ------------------------------------------------------------------------------------- parent side
+def measure_in_subprocess(spec: dict, threads: int, work, timeout: float = 1800) -> dict:
+    """Run :func:`run_worker` in a fresh Python with every thread knob set to ``threads``; returns
+    its result, or ``{"error": ...}`` when the worker fails."""
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    tag = f"{spec['engine']}_{spec.get('mode', 'latency')}_{threads}t_{os.getpid()}_{time.monotonic_ns()}"
+    spec_path, out_path = work / f"{tag}.spec.json", work / f"{tag}.out.json"
+    spec_path.write_text(json.dumps({**spec, "threads": threads, "result": str(out_path)}))
+    env = dict(os.environ)
+    env.update({v: str(threads) for v in THREAD_VARS})
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    cmd = [sys.executable, "-m", "targets.speed", str(spec_path)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO))
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    finally:
+        spec_path.unlink(missing_ok=True)
+    if res.returncode != 0 or not out_path.exists():
+        tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
+        return {"error": f"worker exit {res.returncode}: {' | '.join(tail)}"}
+    out = json.loads(out_path.read_text())
+    out_path.unlink()
+    return out
+
+
+def describe_qdq(path) -> dict:
+    """What a QDQ ONNX model quantizes and how: activation zero-point dtypes, and for weights
+    (DequantizeLinear of an int8 initializer) how many are per-channel and whether every weight
+    zero point is 0 (symmetric)."""
+    import onnx
+    from onnx import numpy_helper
+    m = onnx.load(str(path))
+    inits = {i.name: i for i in m.graph.initializer}
+    act_zp, weights, per_channel, symmetric = set(), 0, 0, True
+    for node in m.graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in inits:
+            act_zp.add(onnx.helper.tensor_dtype_to_np_dtype(inits[node.input[2]].data_type).name)
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            w = inits[node.input[0]]
+            if w.data_type != onnx.TensorProto.INT8:
+                continue
+            weights += 1
+            scale = inits.get(node.input[1])
+            if scale is not None and len(scale.dims) == 1 and scale.dims[0] > 1:
+                per_channel += 1
+            if len(node.input) > 2 and node.input[2] in inits:
+                symmetric &= bool(np.all(numpy_helper.to_array(inits[node.input[2]]) == 0))
+    return {"format": "QDQ" if any(n.op_type == "DequantizeLinear" for n in m.graph.node) else "other",
+            "activation_dtypes": sorted(act_zp), "int8_weights": weights, "per_channel_weights": per_channel,
+            "symmetric_weights": symmetric}
+
+
+# ------------------------------------------------------------------------------------- report
+def _ms(r) -> str:
+    if r is None:
+        return "-"
+    if "error" in r:
+        return "failed"
+    return f"{r['median_ms']:.3f} ({r['iqr_ms']:.3f})"
+
+
+def _ratio(a, b):
+    """a / b for two latency results, None when either is missing."""
+    if not a or not b or "median_ms" not in a or "median_ms" not in b or b["median_ms"] <= 0:
+        return None
+    return a["median_ms"] / b["median_ms"]
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
+def _fmt_ratio(x) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def ratios(result: dict) -> list[dict]:
+    """Per model and thread count: TVM FP32 tuned / TVM int8 tuned and ORT int8 / TVM int8 tuned
+    (above 1: the int8 TVM program is faster)."""
+    out = []
+    for name, m in result["models"].items():
+        for th, lat in m.get("latency", {}).items():
+            q = lat.get("tvm_int8_tuned")
+            out.append({"model": name, "threads": int(th), "vs_tvm_fp32": _ratio(lat.get("tvm_fp32_tuned"), q),
+                        "vs_ort_int8": _ratio(lat.get("ort_int8"), q), "vs_ort_fp32": _ratio(lat.get("ort_fp32"), q)})
+    return out
+
+
+def write_report(result: dict, out_md) -> Path:
+    """results/speed.md (and .json next to it, and the .png chart) from a benchmark result dict
+    (scripts/bench_speed.py builds it; the tests build a synthetic one)."""
+    out_md = Path(out_md)
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    engines = [tuple(e) for e in result.get("engines", ENGINES)]
+    models = result["models"]
+    threads = result.get("threads", [1, 2])
+    v = result.get("versions", {})
+    lines = ["# Speed: batch-1 latency, kernel proof, bit-exactness\n",
+             f"Host: `{result.get('cpu_model', '?')}` (TVM target CPU `{result.get('host_cpu', '?')}`), "
+             f"{result.get('cores', '?')} cores. TVM {v.get('tvm', '?')}, ONNX Runtime {v.get('onnxruntime', '?')}, "
+             f"PyTorch {v.get('torch', '?')}. Run on {result.get('date', '?')}, took "
+             f"{result.get('seconds', 0) / 60:.1f} min (`{result.get('command', 'scripts/bench_speed.py')}`).\n",
+             f"Batch 1; median of {result.get('repeat', '?')} timed samples, each the mean of "
+             f"{result.get('number', '?')} calls, after {result.get('warmup', '?')} warm-up calls; IQR in brackets; "
+             "ms. Every (engine, model, thread count) runs in a fresh process with TVM_NUM_THREADS / "
+             "OMP_NUM_THREADS, torch.set_num_threads and ORT intra_op_num_threads set.\n",
+             "Tuning: MetaSchedule (XGBoost cost model), the same trial budget for FP32 and int8: "
+             + ("trials per model (cover, chunk) " + ", ".join(
+                 f"{n} {b['trials']} ({b['cover']}, {b['chunk']})" for n, b in result.get("budgets", {}).items())
+                + ", topping up the committed databases (targets/tuned)" if result.get("tune", True) else
+                "`--no-tune`: the databases on disk as they are")
+             + "; records each database holds are listed under the tables (a database may hold more "
+               "than the budget from earlier runs).\n"]
+    cfg = result.get("ort_int8_config")
+    if cfg:
+        lines.append(f"ORT int8: `quantize_static` {cfg}.\n")
+    lines.append("Engines: " + "; ".join(f"**{label}**" for _, label in engines)
+                 + ". TVM int8 = the W8A8 plan's integer-only program; *untuned* / *tuned* are the program "
+                   "`tvmptq compile` builds for x86-host (linears and 1x1 convs as tensorized dot-product "
+                   "kernels); *no dot kernels* is the plain lowering (no hand kernels), untuned.\n")
+    for th in threads:
+        lines += [f"## Latency, {th} thread{'s' if th > 1 else ''} (ms, median (IQR))\n",
+                  "| model | " + " | ".join(label for _, label in engines) + " |",
+                  "|---|" + "---|" * len(engines)]
+        for name, m in models.items():
+            lat = m.get("latency", {}).get(str(th), {})
+            lines.append(f"| {name} | " + " | ".join(_ms(lat.get(k)) for k, _ in engines) + " |")
+        lines.append("")
+    errors = [(name, th, k, r["error"]) for name, m in models.items() for th, lat in m.get("latency", {}).items()
+              for k, r in lat.items() if r and "error" in r]
+    if errors:
+        lines += ["Failed measurements:\n"] + [f"- {n}, {LABELS.get(k, k)}, {th} thread(s): {e}" for n, th, k, e in errors]
+        lines.append("")
+    tuning = [(name, var, t) for name, m in models.items() for var, t in m.get("tuning", {}).items()]
+    if tuning:
+        lines.append("Tuning databases: " + "; ".join(
+            f"{name} {var}: {t.get('records', 0)} records{', ' + t['note'] if t.get('note') else ''}"
+            for name, var, t in tuning) + ".\n")
+
+    lines += ["## Ratios (TVM int8 tuned is faster when above 1)\n"]
+    for r in ratios(result):
+        lines.append(f"- {r['model']}, {r['threads']} thread(s): TVM FP32 tuned / TVM int8 tuned = "
+                     f"{_fmt_ratio(r['vs_tvm_fp32'])}; ORT int8 / TVM int8 tuned = {_fmt_ratio(r['vs_ort_int8'])}; "
+                     f"ORT FP32 / TVM int8 tuned = {_fmt_ratio(r['vs_ort_fp32'])}")
+    eff = [r for r in ratios(result) if r["model"] == "efficientnet_lite0"]
+    if eff:
+        wins = all((r["vs_tvm_fp32"] or 0) > 1 and (r["vs_ort_int8"] or 0) > 1 for r in eff)
+        lines.append("\nEfficientNet-Lite0: TVM int8 tuned " + ("beats" if wins else "does **not** beat")
+                     + " both TVM FP32 tuned and ORT int8 at every thread count measured"
+                     + ("." if wins else "; the per-layer profile below shows where the time goes."))
+    lines.append("")
+
+    lines += ["## Kernel proof (x86-host)\n",
+              "MAC share (report): multiply-adds of the conv/matmul layers TensorizeDot tensorized / all "
+              "conv/matmul multiply-adds, from shapes (`targets/kernel_proof.py`; *consistent*: tensorized "
+              "plus the conv/matmul left add up to the total). *dot kernels confirmed*: tensorized kernels "
+              "whose code in the built library holds `vpdpbusd` (untuned build / tuned build). *MACs in code "
+              "with vpdpbusd*: share of multiply-adds in kernels whose compiled code holds the instruction "
+              "at all (LLVM's own loop vectorizer also emits it, in its 128-bit `{vex}` form). *standalone "
+              "requantize*: fused kernels that shift right in int64 and read an int32 input but hold no "
+              "conv/matmul (after a conv/matmul / after another op, e.g. a mean's sum).\n",
+              "| model | variant | conv/matmul layers | tensorized | MAC share (report) | consistent | "
+              "dot kernels confirmed (untuned / tuned) | MACs in code with vpdpbusd (untuned / tuned) | "
+              "standalone requantize (after conv/matmul / other) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, m in models.items():
+        for var, p in m.get("kernel_proof", {}).items():
+            conf = p.get("confirmed", {})
+            conf_txt = " / ".join(f"{c['with_dot']}/{c['kernels']}" if c else "-"
+                                  for c in (conf.get("untuned"), conf.get("tuned")))
+            asm = p.get("asm_share", {})
+            asm_txt = " / ".join(_pct(asm[k]["share"]) if asm.get(k) else "-" for k in ("untuned", "tuned"))
+            rq = p.get("requantize", [])
+            n_conv = sum(r["after_conv_matmul"] for r in rq)
+            lines.append(f"| {name} | {var} | {p.get('layers', '-')} | {p.get('tensorized_layers', '-')} | "
+                         f"{_pct(p.get('share'))} | {p.get('consistent', '-')} | {conf_txt} | {asm_txt} | "
+                         f"{n_conv} / {len(rq) - n_conv} |")
+    lines.append("")
+    lone = [(name, var, r) for name, m in models.items() for var, p in m.get("kernel_proof", {}).items()
+            for r in p.get("requantize", [])]
+    if lone:
+        lines.append("Standalone requantize kernels: " + "; ".join(
+            f"{name} {var}: `{r['kernel']}` after `{r['producer']}`" for name, var, r in lone) + ".\n")
+    missing = [(name, var, k) for name, m in models.items() for var, p in m.get("kernel_proof", {}).items()
+               for build in ("untuned", "tuned") for k in (p.get("confirmed", {}).get(build) or {}).get("missing", [])]
+    if missing:
+        lines.append("Tensorized kernels **without** `vpdpbusd` in their code: "
+                     + "; ".join(f"{n} {v}: `{k}`" for n, v, k in missing) + ".\n")
+
+    lines += ["## Bit-exactness against the NumPy reference (`tvmptq.reference.run_plan`)\n",
+              "| model | TVM int8 build | samples | bit-exact | max abs diff |", "|---|---|---|---|---|"]
+    for name, m in models.items():
+        for b in m.get("bit_exact", []):
+            lines.append(f"| {name} | {b['variant']} | {b['samples']} | {'yes' if b['bit_exact'] else '**no**'} | "
+                         f"{b['max_abs_diff']:.3g} |")
+    lines.append("")
+
+    arm = result.get("arm", [])
+    if arm:
+        lines += ["## Arm (aarch64 under qemu-user; instruction counts are a **proxy for work, not a latency**)\n",
+                  "Guest instructions per batch-1 call counted by a qemu TCG plugin (single thread, untuned "
+                  "schedules). int8 on Arm targets with dotprod is the program `tvmptq compile` builds there "
+                  "(linears and 1x1 convs as `sdot` kernels). Dot-product instructions counted in the "
+                  "disassembly of the exported library (`aarch64-linux-gnu-objdump -d`).\n",
+                  "| model | target | FP32 M insns / call | int8 M insns / call | int8 / FP32 | tensorized (MAC share) | "
+                  "sdot | smmla | udot/usdot |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in arm:
+            if "error" in r:
+                lines.append(f"| {r['model']} | {r['target']} | failed: {r['error']} |  |  |  |  |  |  |")
+                continue
+            f, q = r.get("fp32_minsns"), r.get("int8_minsns")
+            od = r.get("objdump") or {}
+            lines.append(f"| {r['model']} | {r['target']} | {_num(f)} | {_num(q)} | "
+                         f"{_fmt_ratio(q / f) if f and q else '-'} | {r.get('tensorized', '-')} "
+                         f"({_pct(r.get('share'))}) | {od.get('sdot', '-')} | {od.get('smmla', '-')} | "
+                         f"{_sum(od, ('udot', 'usdot'))} |")
+        lines.append("")
+
+    prof = result.get("profile")
+    if prof:
+        lines += _profile_lines(prof)
+    chart = _chart(result, out_md.with_suffix(".png"))
+    if chart:
+        lines.append(f"![batch-1 latency]({chart.name})\n")
+    out_md.write_text("\n".join(lines) + "\n")
+    out_md.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return out_md
+
+
+def _num(x, spec=".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _sum(d: dict, keys) -> str:
+    vals = [d[k] for k in keys if k in d]
+    return str(sum(vals)) if vals else "-"
+
+
+def _profile_lines(prof: dict, top: int = 15) -> list[str]:
+    lines = [f"## Per-layer profile: {prof['model']}, {prof['threads']} thread(s)\n",
+             "TVM: Relax VM instrument hook around every call (hook overhead included); ORT: its own "
+             "profiler, per node. Times are ms per inference, averaged over the profiled runs.\n"]
+    for key, title in (("tvm", "TVM"), ("ort", "ONNX Runtime")):
+        p = prof.get(key)
+        if not p:
+            continue
+        if "error" in p:
+            lines.append(f"{title} ({LABELS.get(p.get('engine'), p.get('engine'))}): profile failed: {p['error']}\n")
+            continue
+        items = p.get("kernels") or p.get("nodes") or []
+        total = sum(i["ms"] for i in items) or 1.0
+        label = LABELS.get(p.get("engine"), p.get("engine"))
+        lines += [f"### {title}: {label} (sum of {len(items)} {'kernels' if key == 'tvm' else 'nodes'} "
+                  f"{total:.3f} ms, wall {p.get('wall_ms', 0):.3f} ms per run)\n"]
+        cats = {}
+        for i in items:
+            c = i.get("category") or i.get("op") or "?"
+            cats[c] = cats.get(c, 0.0) + i["ms"]
+        lines += ["| " + ("category" if key == "tvm" else "op type") + " | ms | share |", "|---|---|---|"]
+        lines += [f"| {c} | {ms:.3f} | {100 * ms / total:.1f} % |" for c, ms in sorted(cats.items(), key=lambda kv: -kv[1])]
+        lines += ["", f"Top {top}:\n", "| " + ("kernel" if key == "tvm" else "node") + " | "
+                  + ("category" if key == "tvm" else "op type") + " | ms | share |", "|---|---|---|---|"]
+        for i in sorted(items, key=lambda i: -i["ms"])[:top]:
+            name = i["name"] if len(i["name"]) <= 70 else i["name"][:67] + "..."
+            lines.append(f"| `{name}` | {i.get('category') or i.get('op')} | {i['ms']:.3f} | {100 * i['ms'] / total:.1f} % |")
+        lines.append("")
+    return lines
+
+
+def _chart(result: dict, path: Path) -> Path | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    engines = [tuple(e) for e in result.get("engines", ENGINES)]
+    models = list(result["models"])
+    threads = result.get("threads", [1, 2])
+    if not models:
+        return None
+    fig, axes = plt.subplots(1, len(threads), figsize=(max(6, 3.2 * len(models)) * len(threads) / 1.5, 4.2),
+                             squeeze=False)
+    width = 0.8 / len(engines)
+    for ax, th in zip(axes[0], threads):
+        idx = np.arange(len(models))
+        for j, (key, label) in enumerate(engines):
+            vals = [((result["models"][m].get("latency", {}).get(str(th), {}).get(key) or {}).get("median_ms") or 0)
+                    for m in models]
+            ax.bar(idx + (j - len(engines) / 2 + 0.5) * width, vals, width, label=label)
+        ax.set_xticks(idx, models, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms per call, batch 1 (median)")
+        ax.set_title(f"{th} thread{'s' if th > 1 else ''}")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    """Worker entry point: ``python -m targets.speed SPEC.json`` (see measure_in_subprocess)."""
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(argv[0]).read_text())
+    out = run_worker(spec)
+    Path(spec["result"]).write_text(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
