@@ -52,7 +52,7 @@ def main():
             t0 = time.perf_counter()
             r = tune(mod, t.tvm_target(), folder, trials, chunk, cover=cover)
             print(f"{name} {var}: {r['tasks_tuned']}/{r['tasks']} tasks, {r['trials_run']} trials run now, "
-                  f"{r['trials_in_db']} in the database, {time.perf_counter() - t0:.0f} s "
+                  f"{r['trials_in_db']} in the database, {r['rejected']} wrong schedule(s) removed, {time.perf_counter() - t0:.0f} s "
                   f"({r['tuning_seconds_total']:.0f} s over all runs)", flush=True)
 
 

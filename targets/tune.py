@@ -194,7 +194,8 @@ BUILD_TIMEOUT_S, RUN_TIMEOUT_S = 300.0, 120.0
 
 
 def _progress(folder: Path) -> dict:
-    """Trials finished per workload hash (tasks whose search space ran out early count as done)."""
+    """Trials finished per workload hash (tasks whose search space ran out early count as done), and
+    per ``<hash>+default`` whether the default schedule was stored as a record (1) or not (0)."""
     path = folder / PROGRESS
     if not path.exists():
         return {}
@@ -286,9 +287,15 @@ def tune(mod, tvm_target, folder, trials: int, chunk: int = 8, seed: int = 0, tr
     import tvm_ffi
     progress = _progress(folder)
     spent = _seconds(folder)
+    def task_key(t):
+        return f"{t.task_name}:{tvm_ffi.structural_hash(t.dispatched[0]) & 0xFFFFFFFFFFFF:012x}"
+
     for t, want in plan:
-        wkey = f"{t.task_name}:{tvm_ffi.structural_hash(t.dispatched[0]) & 0xFFFFFFFFFFFF:012x}"
-        have = max(_records_for(db, t.dispatched[0]), progress.get(wkey, 0))
+        wkey = task_key(t)
+        if wkey + DEFAULT_MARK not in progress:  # once per task, not counted as a trial of the budget
+            progress[wkey + DEFAULT_MARK] = int(measure_default(t, db, tvm_target, builder, runner, log))
+            _save_progress(folder, progress)
+        have = max(_records_for(db, t.dispatched[0]) - progress[wkey + DEFAULT_MARK], progress.get(wkey, 0))
         todo = want - have
         if todo <= 0:
             log(f"  {t.task_name}: {have} record(s) on disk, skipped")
@@ -305,9 +312,61 @@ def tune(mod, tvm_target, folder, trials: int, chunk: int = 8, seed: int = 0, tr
         _save_progress(folder, progress)
         spent += time.perf_counter() - t0
         _save_json(folder / SECONDS, {"tuning_seconds": spent})
+    from .verify import verify_tasks
+    checked = {k[: -len(VERIFIED_MARK)]: v for k, v in progress.items() if k.endswith(VERIFIED_MARK)}
+    rejected = verify_tasks(folder, extracted, tvm_target, checked, task_key, log)
+    progress.update({k + VERIFIED_MARK: v for k, v in checked.items()})
+    _save_progress(folder, progress)
     return {"tasks": len(extracted), "tasks_tuned": len({id(t) for t, _ in plan}), "trials_run": ran,
-            "trials_in_db": len(db.get_all_tuning_records()), "folder": str(folder),
+            "trials_in_db": len(db.get_all_tuning_records()) - sum(v for k, v in progress.items() if k.endswith(DEFAULT_MARK)),
+            "rejected": rejected, "folder": str(folder),
             "tuning_seconds_total": spent}
+
+
+DEFAULT_TRACE = [[["GetSBlock", [], ["root", "main"], ["b0"]]], []]  # a default record's trace, as stored
+DEFAULT_MARK = "+default"   # progress.json: the task's default schedule was measured (1) or failed to (0)
+VERIFIED_MARK = "+verified"  # progress.json: how many of the task's records passed targets.verify last time
+
+
+def measure_default(task, db, tvm_target, builder, runner, log=print) -> bool:
+    """Measure the task's kernel as the default build compiles it (no schedule: TVM's loop nest, which
+    LLVM vectorizes but nobody parallelizes) and store it as a record with an empty trace, so that
+    applying the database picks it wherever no sampled schedule beat it (its trace only looks up the root
+block, see DEFAULT_TRACE). Why: with a few trials per
+    task, MetaSchedule's best sample can be slower than the default, most of all for tiny kernels
+    where a parallel loop costs more than it saves (the digits ResNet's int8 program got 1.6x slower
+    from tuning before this). Measured as MetaSchedule's runner measures (its evaluator settings);
+    in this process for the local runner (its worker processes cost ~20 s of start-up per call),
+    through the runner for remote devices. Returns whether the measurement succeeded."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+    mod = task.dispatched[0]
+    args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+    try:
+        if isinstance(runner, ms.runner.LocalRunner):
+            from .verify import random_args
+            cfg, dev = runner.evaluator_config, tvm.cpu()
+            lib = tvm.compile(mod, target=tvm_target)
+            bufs = [tvm.runtime.tensor(a, dev) for a in random_args(mod["main"])]
+            secs = list(lib.jit().time_evaluator("main", dev, number=cfg.number, repeat=cfg.repeat,
+                                           min_repeat_ms=cfg.min_repeat_ms)(*bufs).results)
+        else:
+            built = builder.build([ms.builder.BuilderInput(mod, tvm_target)])[0]
+            if built.error_msg:
+                raise RuntimeError(built.error_msg)
+            device = {"llvm": "cpu"}.get(tvm_target.kind.name, tvm_target.kind.name)  # a device name
+            result = runner.run([ms.runner.RunnerInput(built.artifact_path, device, args_info)])[0].result()
+            if result.error_msg:
+                raise RuntimeError(result.error_msg)
+            secs = [float(x) for x in result.run_secs]
+    except Exception as err:  # noqa: BLE001 - a default that cannot run is simply not a candidate
+        log(f"  {task.task_name}: default schedule not measured ({str(err).strip().splitlines()[-1][:200]})")
+        return False
+    sch = tvm.s_tir.Schedule(mod)
+    sch.get_sblock("root")  # a record needs one instruction to count as valid (TuningRecord::IsValid)
+    db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(mod), secs, tvm_target, args_info))
+    log(f"  {task.task_name}: default schedule {1e3 * sum(secs) / len(secs):.4f} ms, stored as a candidate")
+    return True
 
 
 def _seconds(folder: Path) -> float:
