@@ -65,8 +65,9 @@ def compile_module(mod, tvm_target, database=None):
     which has no operator fusion, so every elementwise op of a requantize chain would be its own
     kernel and its own pass over memory (EfficientNet-Lite0 int8: 33 VNNI kernels plus about 300
     small ones). Tuned builds already run on the fused module (the tasks are the fused kernels), so
-    untuned and tuned programs now have the same kernels. GPU targets keep TVM's default GPU
-    pipeline (fusion plus DLight thread bindings)."""
+    untuned and tuned programs now have the same kernels. CUDA targets get TVM's GPU pipeline
+    (fusion plus DLight thread bindings), with a DLight rule that fails passing the kernel on to
+    the next rule (cuda.schedule_gpu) instead of failing the build."""
     import tvm
     try:
         if database is not None:
@@ -75,6 +76,9 @@ def compile_module(mod, tvm_target, database=None):
         if tvm_target.kind.name == "llvm":
             from .tune import prepare
             mod = prepare(mod, tvm_target)
+        elif tvm_target.kind.name == "cuda":
+            from .cuda import schedule_gpu
+            mod, _ = schedule_gpu(mod, tvm_target)
         return tvm.compile(mod, target=tvm_target)
     except (TargetError, DataError):  # a bad target or tuning database speaks for itself
         raise

@@ -52,3 +52,41 @@ def validate(source_file, arch: str, timeout: float = 600) -> dict:
         version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()
         return {"arch": arch, "ok": True, "cubin_bytes": out.stat().st_size, "seconds": seconds,
                 "nvcc": version[-1] if version else "?"}
+
+
+def schedule_gpu(mod, tvm_target):
+    """Legalize, fuse and thread-bind ``mod`` as TVM's CUDA pipeline does (DLight's default rules,
+    first that applies wins), except that a rule that raises passes the kernel on to the next rule
+    instead of failing the build. Why: DLight's Matmul rule asserts on a conv whose fused consumers
+    it cannot inline (EfficientNet-Lite0's conv + bias + ReLU6 + pad-for-the-next-depthwise kernels),
+    and one such kernel stopped the whole model from compiling for CUDA. Those kernels get the next
+    rule (GEMV, reductions, Fallback). The pipeline that ``tvm.compile`` runs afterwards skips the
+    kernels scheduled here (DLight marks them). Returns (module, the rule that raised, once per kernel it raised on)."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import dlight as dl
+
+    fell_through: list[str] = []
+
+    class PassOnErrors(dl.ScheduleRule):
+        def __init__(self, rule):
+            self.rule = rule
+
+        def is_target_available(self, target) -> bool:
+            return self.rule.is_target_available(target)
+
+        def apply(self, func, target, tunable):
+            try:
+                return self.rule.apply(func, target, tunable)
+            except Exception:  # noqa: BLE001 - DLight rules signal "not for me" by asserting
+                fell_through.append(type(self.rule).__name__)
+                return None
+
+    rules = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+    seq = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                                    relax.transform.FoldConstant(), relax.transform.FuseOps(),
+                                    relax.transform.FuseTIR(),
+                                    dl.ApplyDefaultSchedule(*[PassOnErrors(r) for r in rules[:-1]], rules[-1])])
+    with tvm_target:
+        mod = seq(mod)
+    return mod, fell_through

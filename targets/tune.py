@@ -293,8 +293,11 @@ def tune(mod, tvm_target, folder, trials: int, chunk: int = 8, seed: int = 0, tr
     for t, want in plan:
         wkey = task_key(t)
         if wkey + DEFAULT_MARK not in progress:  # once per task, not counted as a trial of the budget
+            t0 = time.perf_counter()
             progress[wkey + DEFAULT_MARK] = int(measure_default(t, db, tvm_target, builder, runner, log))
             _save_progress(folder, progress)
+            spent += time.perf_counter() - t0
+            _save_json(folder / SECONDS, {"tuning_seconds": spent})
         have = max(_records_for(db, t.dispatched[0]) - progress[wkey + DEFAULT_MARK], progress.get(wkey, 0))
         todo = want - have
         if todo <= 0:
@@ -314,9 +317,12 @@ def tune(mod, tvm_target, folder, trials: int, chunk: int = 8, seed: int = 0, tr
         _save_json(folder / SECONDS, {"tuning_seconds": spent})
     from .verify import verify_tasks
     checked = {k[: -len(VERIFIED_MARK)]: v for k, v in progress.items() if k.endswith(VERIFIED_MARK)}
+    t0 = time.perf_counter()
     rejected = verify_tasks(folder, extracted, tvm_target, checked, task_key, log)
     progress.update({k + VERIFIED_MARK: v for k, v in checked.items()})
     _save_progress(folder, progress)
+    spent += time.perf_counter() - t0  # tuning time includes measuring the defaults and verifying
+    _save_json(folder / SECONDS, {"tuning_seconds": spent})
     return {"tasks": len(extracted), "tasks_tuned": len({id(t) for t, _ in plan}), "trials_run": ran,
             "trials_in_db": len(db.get_all_tuning_records()) - sum(v for k, v in progress.items() if k.endswith(DEFAULT_MARK)),
             "rejected": rejected, "folder": str(folder),

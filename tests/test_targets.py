@@ -283,6 +283,36 @@ def test_cuda_build_validated_with_nvcc(digits, arch):
     assert r["ok"] and r["cubin_bytes"] > 1000
 
 
+@pytest.mark.skipif(_nvcc_missing() is not None, reason=str(_nvcc_missing()))
+def test_cuda_build_survives_a_dlight_rule_that_asserts(tmp_path):
+    """A 1x1 conv whose fused consumers end in a pad (EfficientNet-Lite0 has nine): TVM's own CUDA
+    pipeline fails on it (DLight's Matmul rule asserts); targets.cuda.schedule_gpu passes the kernel
+    on to the next rule, and the source compiles with nvcc."""
+    import torch
+    import tvm
+
+    import relay_passes as rp
+    import targets
+    from targets.build import compile_module
+    from targets.cuda import cuda_source, schedule_gpu, validate
+
+    class ConvPad(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(16, 96, 1)
+
+        def forward(self, x):
+            return torch.nn.functional.pad(torch.clamp(self.conv(x), 0, 6), (0, 1, 0, 1))
+
+    mod = rp.Canonicalize()(rp.import_model(ConvPad().eval(), (torch.randn(1, 16, 28, 28),)))
+    target = targets.get("sm_90").tvm_target()
+    with pytest.raises(Exception, match="not properly inlined"):
+        tvm.compile(mod, target=target)
+    assert schedule_gpu(mod, target)[1] == ["Matmul"]
+    (tmp_path / "k.cu").write_text(cuda_source(compile_module(mod, target)))
+    assert validate(tmp_path / "k.cu", "sm_90")["ok"]
+
+
 # ------------------------------------------------------------------------------ tuning database
 def test_corrupt_tuning_database_is_a_clear_error(capsys, digits, tmp_path):
     from targets.tune import RECORDS, WORKLOADS
