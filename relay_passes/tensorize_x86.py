@@ -49,6 +49,7 @@ from tvmptq.quant.plan import QuantPlan
 from .match import _is_const, op_name
 from .mutate import mutate_functions
 
+DEPTHWISE_PREFIX = "dw_requant"                # kernels of targets.depthwise_int8: dw_requant_b1_u8_i8_...
 KERNEL_PREFIX = "vnni_dense_requant"           # kernel names: <isa>_dense_requant..., <isa>_conv1x1_requant...
 CONV_PREFIX = "vnni_conv1x1_requant"
 KERNEL_PREFIXES = tuple(f"{isa}_{kind}_requant" for isa in ("vnni", "sdot") for kind in ("dense", "conv1x1"))
@@ -90,13 +91,15 @@ class TensorizeRecord:
     kind: str                   # linear | conv2d | matmul (activation x activation)
     tensorized: bool
     reason: str = ""            # why not (empty when tensorized)
-    kernel: str = ""            # the PrimFunc's name when tensorized
-    shape: tuple = ()           # (M, N, K) of the dense
+    kernel: str = ""            # the PrimFunc's name when tensorized, or when it runs in a SIMD kernel
+    shape: tuple = ()           # (M, N, K) of the dense; (pixels, channels, taps) of a depthwise conv
 
     def __str__(self) -> str:
+        mnk = f"M N K = {' '.join(map(str, self.shape))}"
         if self.tensorized:
-            return f"{self.layer}: tensorized ({self.kernel}, M N K = {' '.join(map(str, self.shape))})"
-        return f"{self.layer} ({self.kind}): not tensorized: {self.reason}"
+            return f"{self.layer}: tensorized ({self.kernel}, {mnk})"
+        simd = f"; runs in SIMD kernel {self.kernel}, {mnk}" if self.kernel else ""
+        return f"{self.layer} ({self.kind}): not tensorized: {self.reason}{simd}"
 
 
 def target_isa(target, isas=None) -> tuple:
@@ -170,12 +173,17 @@ class _Plan:
     qp: np.ndarray     # int64 [7, N]: targets.x86_int8.REQUANT_ROWS, the shift correction in the bias
     conv: bool = False  # a 1x1 NCHW conv: targets.int8_dot.conv1x1_requant, batch lead[0]
     isa: object = None  # the targets.int8_dot.DotISA the kernel runs on
+    depthwise: tuple = ()  # (B, C, H, W, KH, KW, stride, padding): targets.depthwise_int8 (w: int8 [C, KH*KW])
 
 
 def _analyse(mt: dict, names: dict, isa) -> _Plan:
     """The matched chain's numbers; ValueError with the reason when the kernel cannot compute it."""
     from targets.int8_dot import shift_of
-    acc, x, wc = mt[names["acc"]], mt[names["x"]], mt[names["w"]]
+    # x: the accumulator's argument as bound (a Var), not the matched expression, which the pattern
+    # resolved through the bindings: re-visiting that expression re-emits the producer's original
+    # chain, and the producer's own rewritten kernel would be dead code
+    acc, wc = mt[names["acc"]], mt[names["w"]]
+    x = acc.args[0]
     x_dtype, out_dtype = str(x.ty.dtype), str(mt[names["out"]].ty.dtype)
     if x_dtype not in ("uint8", "int8"):
         raise ValueError(f"activations are {x_dtype}, the kernel takes uint8 or int8")
@@ -185,6 +193,8 @@ def _analyse(mt: dict, names: dict, isa) -> _Plan:
         raise ValueError(f"the weight is {wc.ty.dtype}, {isa.instruction} takes int8")
     shape = [int(d) for d in x.ty.shape]
     conv = op_name(acc) == "relax.nn.conv2d"
+    if conv and int(acc.attrs.groups) != 1:
+        return _analyse_depthwise(mt, names, x, acc, shape, x_dtype, out_dtype, isa)
     if conv:
         w, lead = _conv1x1_weight(acc, shape), (shape[0], shape[2], shape[3])
         N, K, axis, M = w.shape[0], w.shape[1], 1, shape[2] * shape[3]
@@ -202,12 +212,18 @@ def _analyse(mt: dict, names: dict, isa) -> _Plan:
     x_max = 255 if isa.act_dtype == "uint8" else 128  # |x| as the instruction sees it, after the shift
     if x_max * l1 >= INT32_LIMIT:
         raise ValueError(f"the {isa.act_dtype} accumulation may overflow int32 ({x_max} * max row L1 = {x_max * l1})")
-    bias = np.zeros(N, np.int64)
+    # x + s in the kernel (s = +128 or -128 to reach the instruction's dtype): sum (x+s) w = sum x w + s rowsum(w)
+    qp = _requant_rows(mt, names, N, ndim, axis, -shift_of(x_dtype, isa) * w.astype(np.int64).sum(1))
+    return _Plan(x, x_dtype, out_dtype, lead, M, N, K, w, qp, conv, isa)
+
+
+def _requant_rows(mt: dict, names: dict, N: int, ndim: int, axis: int, bias_extra) -> np.ndarray:
+    """int64 [7, N]: the chain's requantize per output channel (targets.int8_dot.REQUANT_ROWS), with
+    ``bias_extra`` added to the bias."""
+    bias = np.zeros(N, np.int64) + bias_extra
     for key in ("bias32", "bias64"):
         if names[key] in mt:
             bias += _per_channel(mt[names[key]].args[1], N, ndim, key, axis)
-    # x + s in the kernel (s = +128 or -128 to reach the instruction's dtype): sum (x+s) w = sum x w + s rowsum(w)
-    bias -= shift_of(x_dtype, isa) * w.astype(np.int64).sum(1)
     mult = _per_channel(mt[names["mult"]].args[1], N, ndim, "multiplier", axis) if names["mult"] in mt \
         else np.ones(N, np.int64)
     rnd = _per_channel(mt[names["rnd"]].args[1], N, ndim, "rounding", axis)
@@ -222,8 +238,30 @@ def _analyse(mt: dict, names: dict, isa) -> _Plan:
     lo, hi = (int(a.value) for a in clip.args[1:3])
     if (shift < 0).any() or (shift > 63).any():
         raise ValueError("its shifts are outside [0, 63]")
-    qp = np.stack([bias, mult, rnd, shift, np.full(N, zp), np.full(N, lo), np.full(N, hi)]).astype(np.int64)
-    return _Plan(x, x_dtype, out_dtype, lead, M, N, K, w, qp, conv, isa)
+    return np.stack([bias, mult, rnd, shift, np.full(N, zp), np.full(N, lo), np.full(N, hi)]).astype(np.int64)
+
+
+def _analyse_depthwise(mt, names, x, acc, shape, x_dtype, out_dtype, isa) -> _Plan:
+    """A depthwise conv2d (groups = channels) for targets.depthwise_int8; ValueError naming what differs."""
+    at, w = acc.attrs, _const(acc.args[1])
+    layouts = (str(at.data_layout), str(at.kernel_layout), str(at.out_layout))
+    C = shape[1] if len(shape) == 4 else -1
+    if layouts != ("NCHW", "OIHW", "NCHW") or len(shape) != 4:
+        raise ValueError(f"conv2d layouts {'/'.join(layouts)}: the depthwise kernel takes NCHW/OIHW/NCHW")
+    if int(at.groups) != C or w.shape[:2] != (C, 1):
+        raise ValueError(f"a grouped conv2d (groups={int(at.groups)}, {C} channels, weight {list(w.shape)}): "
+                         "only 1x1 convs with groups=1 and depthwise convs have kernels")
+    if any(int(v) != 1 for v in at.dilation):
+        raise ValueError(f"a dilated depthwise conv2d ({[int(v) for v in at.dilation]}): no kernel for it")
+    B, _, H, W = shape
+    KH, KW = int(w.shape[2]), int(w.shape[3])
+    stride = tuple(int(v) for v in at.strides)
+    padding = tuple(int(v) for v in at.padding)
+    padding = padding * 2 if len(padding) == 2 else padding
+    out = [int(d) for d in acc.ty.shape]
+    qp = _requant_rows(mt, names, C, len(out), 1, 0)
+    return _Plan(x, x_dtype, out_dtype, (B, out[2], out[3]), out[2] * out[3], C, KH * KW,
+                 w.reshape(C, KH * KW).astype(np.int8), qp, True, isa, (B, C, H, W, KH, KW, stride, padding))
 
 
 def _conv1x1_weight(conv, x_shape) -> np.ndarray:
@@ -251,7 +289,11 @@ def build_kernel(p: _Plan, tile=(4, 4, 128)) -> tvm.tirx.PrimFunc:
     """The scheduled, tensorized PrimFunc for one rewrite (targets.int8_dot.dense_requant, or
     conv1x1_requant with its own default tiles for a 1x1 conv), on the rewrite's ISA."""
     from targets import int8_dot as dot
-    if p.conv:
+    if p.depthwise:
+        from targets import depthwise_int8 as dw
+        B, C, H, W, KH, KW, stride, padding = p.depthwise
+        sch = dw.schedule_depthwise(dw.depthwise_requant(B, C, H, W, KH, KW, stride, padding, p.x_dtype, p.out_dtype))
+    elif p.conv:
         sch = dot.schedule_conv1x1(dot.conv1x1_requant(p.lead[0], p.M, p.N, p.K, p.x_dtype, p.out_dtype, p.isa), p.isa)
     else:
         sch = dot.schedule_dense(dot.dense_requant(p.M, p.N, p.K, p.x_dtype, p.out_dtype, p.isa), p.isa, *tile)
@@ -270,10 +312,16 @@ class _Rewriter(relax.PyExprMutator):
         self.names: dict[relax.Var, str] = {}
 
     def _kernel(self, p: _Plan) -> relax.GlobalVar:
-        key = (p.isa.name, p.conv, p.lead[0] if p.conv else 0, p.M, p.N, p.K, p.x_dtype, p.out_dtype)  # requantize numbers are arguments
+        key = (p.isa.name, p.conv, p.lead[0] if p.conv else 0, p.M, p.N, p.K, p.x_dtype, p.out_dtype,
+               p.depthwise)  # requantize numbers are arguments
         if key not in self.kernels:
-            prefix = f"{p.isa.name}_conv1x1_requant_b{p.lead[0]}" if p.conv else f"{p.isa.name}_dense_requant"
-            name = f"{prefix}_{p.x_dtype[0]}8_{p.out_dtype[0]}8_{p.M}x{p.N}x{p.K}"
+            if p.depthwise:
+                B, C, H, W, KH, KW, (sh, sw), pad = p.depthwise
+                name = (f"{DEPTHWISE_PREFIX}_b{B}_{p.x_dtype[0]}8_{p.out_dtype[0]}8_{C}x{H}x{W}_k{KH}x{KW}_s{sh}x{sw}"
+                        f"_p{'_'.join(map(str, pad))}")
+            else:
+                prefix = f"{p.isa.name}_conv1x1_requant_b{p.lead[0]}" if p.conv else f"{p.isa.name}_dense_requant"
+                name = f"{prefix}_{p.x_dtype[0]}8_{p.out_dtype[0]}8_{p.M}x{p.N}x{p.K}"
             self.kernels[key] = self.builder_.add_func(build_kernel(p, self.tile), name)
         return self.kernels[key]
 
@@ -285,6 +333,12 @@ class _Rewriter(relax.PyExprMutator):
         bb = self.builder_
         x = self.visit_expr(p.x)
         gv = self._kernel(p)
+        if p.depthwise:  # NCHW in and out, the weight widened to int32 [C, KH, KW] at compile time
+            B, C, _, _, KH, KW, _, _ = p.depthwise
+            args = [x, relax.const(p.w.astype(np.int32).reshape(C, KH, KW), "int32"), relax.const(p.qp, "int64")]
+            y = relax.call_tir(gv, args, relax.TensorType([B, C, p.lead[1], p.lead[2]], p.out_dtype))
+            self.names[binding.var] = gv.name_hint
+            return super().visit_var_binding_(relax.VarBinding(binding.var, y))
         if p.conv:  # NCHW <-> [B, C, H * W]: reshapes of contiguous tensors, no copies
             B, H, W = p.lead
             x = bb.emit(R.reshape(x, [B, p.K, p.M]))
@@ -349,7 +403,12 @@ class _Tensorize:
                     except ValueError as err:
                         rec.reason = str(err)
                         continue
-                    rec.tensorized, rec.shape = True, ((p.lead[0] * p.M) if p.conv else p.M, p.N, p.K)
+                    rec.shape = ((p.lead[0] * p.M) if p.conv else p.M, p.N, p.K)
+                    if p.depthwise:  # a kernel of its own, but no dot-product instruction in it
+                        rec.reason = ("depthwise: no reduction over channels for the dot-product instruction; "
+                                      "hand-scheduled SIMD instead")
+                    else:
+                        rec.tensorized = True
                     plans[final] = (p, rec)
         if plans:
             rewriter = _Rewriter(mod, {v: p for v, (p, _) in plans.items()}, self.tile)

@@ -190,7 +190,9 @@ def write_report(result: dict, out_md: Path) -> None:
              f"TVM {result['tvm']}, x86-host = `{result['host_cpu']}` (LLVM host CPU corrected with /proc/cpuinfo), "
              "tuning: MetaSchedule (XGBoost cost model), the same budget for FP32 and int8: "
              + ("; ".join(f"{m} {b} trials" for m, b in result.get("budget", {}).items()) or f"{result['trials']} trials")
-             + " (cover: trials every kernel gets first; chunk: trials per kernel after that, largest first); "
+             + " (cover: trials every kernel gets first; chunk: trials per kernel after that, largest first; "
+             "each kernel's default schedule is measured too and kept where no sample beat it, and the applied "
+             "schedules are checked against the unscheduled kernels: targets/verify.py); "
              f"run took {result['seconds'] / 60:.1f} min. Batch {rows[0]['batch'] if rows else '-'}.\n",
              "Guest instructions are counted by a qemu-user TCG plugin: **a proxy for work, not an ARM latency** "
              "(caches, memory and pipelines are ignored). Emulated wall time is never reported. CUDA builds are "

@@ -40,7 +40,8 @@ import numpy as np
 DOT_MNEMONICS = {"x86_64": ("vpdpbusd",), "aarch64": ("sdot", "udot", "usdot", "smmla", "ummla", "usmmla")}
 
 _TENSORIZED = re.compile(r"^(?P<layer>.+): tensorized \((?P<kernel>[^,]+), M N K = (?P<m>\d+) (?P<n>\d+) (?P<k>\d+)\)$")
-_NOT_TENSORIZED = re.compile(r"^(?P<layer>.+) \((?P<kind>\w+)\): not tensorized: (?P<reason>.*)$")
+_NOT_TENSORIZED = re.compile(r"^(?P<layer>.+) \((?P<kind>\w+)\): not tensorized: (?P<reason>.*?)"
+                             r"(?:; runs in SIMD kernel (?P<kernel>\S+), M N K = (?P<m>\d+) (?P<n>\d+) (?P<k>\d+))?$")
 
 
 # --------------------------------------------------------------------------------- Relax-level MACs
@@ -81,7 +82,8 @@ def layer_macs(mod) -> list[dict]:
 def tensorize_records(mod) -> list[dict]:
     """TensorizeDot's report of ``mod`` (relay_passes.tensorize_x86.tensorize_report), parsed:
     ``{"layer", "tensorized", "kernel", "macs"}`` (M*N*K) for tensorized layers, ``{"layer",
-    "tensorized", "kind", "reason"}`` for the others."""
+    "tensorized", "kind", "reason"}`` for the others (plus ``"simd_kernel", "macs"`` when the layer
+    runs in a hand-scheduled kernel without the dot instruction, a depthwise conv)."""
     from relay_passes.tensorize_x86 import tensorize_report
     recs = []
     for line in tensorize_report(mod):
@@ -93,7 +95,10 @@ def tensorize_records(mod) -> list[dict]:
         m = _NOT_TENSORIZED.match(line)
         if m is None:
             raise ValueError(f"unrecognised tensorize report line: {line!r}")
-        recs.append({"layer": m["layer"], "tensorized": False, "kind": m["kind"], "reason": m["reason"]})
+        rec = {"layer": m["layer"], "tensorized": False, "kind": m["kind"], "reason": m["reason"]}
+        if m["kernel"]:  # a kernel of its own without the dot instruction (targets.depthwise_int8)
+            rec.update(simd_kernel=m["kernel"], macs=int(m["m"]) * int(m["n"]) * int(m["k"]))
+        recs.append(rec)
     return recs
 
 
@@ -110,6 +115,7 @@ def mac_share(base_mod, tensorized_mod=None) -> dict:
     done = [r for r in recs if r["tensorized"]]
     tens = sum(r["macs"] for r in done)
     left = sum(r["macs"] for r in layer_macs(tensorized_mod)) if tensorized_mod is not None else total
+    left += sum(r.get("macs", 0) for r in recs if not r["tensorized"])  # convs moved into SIMD kernels
     return {"total_macs": total, "tensorized_macs": tens, "share": tens / total if total else 0.0,
             "layers": len(layer_macs(base_mod)), "tensorized_layers": len(done), "left_macs": left,
             "consistent": tens + left == total, "kernels": sorted({r["kernel"] for r in done})}

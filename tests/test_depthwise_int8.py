@@ -1,0 +1,86 @@
+"""targets.depthwise_int8: the hand-scheduled int8 depthwise conv + requantize, bit-exact against an
+independent NumPy integer reference (zero padding, strides, asymmetric padding, both activation and
+output dtypes, batch 2, requantize numbers at the int64 extremes the lowering produces)."""
+import numpy as np
+import pytest
+import tvm
+
+import targets
+from targets.depthwise_int8 import depthwise_requant, output_size, schedule_depthwise, vector_width
+
+TARGET = targets.get("x86-host").tvm_target()
+
+
+def reference(x, w, qp, stride, padding, out_dtype):
+    """Direct NumPy: int64 sums over the taps of the zero-padded input, then the per-channel
+    fixed-point requantize ((acc + bias) * mult + rnd) >> shift + zp, clipped."""
+    B, C, H, W = x.shape
+    _, KH, KW = w.shape
+    pt, pl, pb, pr = padding
+    OH, OW = (H + pt + pb - KH) // stride[0] + 1, (W + pl + pr - KW) // stride[1] + 1
+    xp = np.zeros((B, C, H + pt + pb, W + pl + pr), np.int64)
+    xp[:, :, pt:pt + H, pl:pl + W] = x
+    acc = np.zeros((B, C, OH, OW), np.int64)
+    for i in range(OH):
+        for j in range(OW):
+            patch = xp[:, :, i * stride[0]:i * stride[0] + KH, j * stride[1]:j * stride[1] + KW]
+            acc[:, :, i, j] = (patch * w[None].astype(np.int64)).sum((2, 3))
+    bias, mult, rnd, shift, zp, lo, hi = (qp[r][None, :, None, None] for r in range(7))
+    return np.clip((((acc + bias) * mult + rnd) >> shift) + zp, lo, hi).astype(out_dtype)
+
+
+def _requant_numbers(rng, C, out_dtype):
+    info = np.iinfo(out_dtype)
+    shift = rng.integers(30, 40, C)
+    return np.stack([rng.integers(-5000, 5000, C), rng.integers(1 << 20, 1 << 30, C), np.int64(1) << (shift - 1),
+                     shift, rng.integers(-3, 4, C), np.full(C, info.min), np.full(C, info.max)]).astype(np.int64)
+
+
+CASES = [  # B, C, H, W, KH, KW, stride, padding (top, left, bottom, right), x dtype, out dtype
+    (1, 16, 12, 12, 3, 3, (1, 1), (1, 1, 1, 1), "uint8", "int8"),
+    (1, 8, 13, 13, 3, 3, (2, 2), (0, 0, 0, 0), "int8", "uint8"),      # TF-style "valid" stride 2
+    (2, 5, 10, 11, 5, 5, (1, 1), (2, 2, 2, 2), "int8", "int8"),       # batch 2, odd widths
+    (1, 12, 16, 16, 5, 5, (2, 2), (1, 1, 2, 2), "uint8", "uint8"),    # asymmetric "same" padding
+    (1, 7, 7, 7, 3, 5, (1, 2), (1, 2, 1, 2), "int8", "int8"),         # rectangular kernel and stride
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}c{c[1]}_{c[2]}x{c[3]}_k{c[4]}x{c[5]}_s{c[6][0]}{c[6][1]}")
+def test_depthwise_requant_is_bit_exact(case):
+    B, C, H, W, KH, KW, stride, padding, x_dtype, out_dtype = case
+    rng = np.random.default_rng(sum(case[:6]))
+    info = np.iinfo(x_dtype)
+    x = rng.integers(info.min, info.max + 1, (B, C, H, W)).astype(x_dtype)
+    x[0, 0] = info.max  # a whole channel at the extreme: the largest sums the int32 accumulator sees
+    w = rng.integers(-128, 128, (C, KH, KW)).astype(np.int32)
+    w[0] = -128
+    qp = _requant_numbers(rng, C, out_dtype)
+    OH, OW = output_size(H, W, KH, KW, stride, padding)
+    lib = tvm.compile(schedule_depthwise(depthwise_requant(B, C, H, W, KH, KW, stride, padding, x_dtype, out_dtype)).mod,
+                      target=TARGET)
+    bufs = [tvm.runtime.tensor(a) for a in (x, w, qp, np.zeros((B, C, OH, OW), out_dtype))]
+    lib["main"](*bufs)
+    want = reference(x, w, qp, stride, padding, out_dtype)
+    assert want.std() > 0  # the requantize does not clip everything to one value
+    assert np.array_equal(bufs[-1].numpy(), want)
+
+
+def test_output_size_matches_torch_convention():
+    assert output_size(113, 113, 3, 3, (2, 2), (0, 0, 0, 0)) == (56, 56)
+    assert output_size(56, 56, 3, 3, (1, 1), (1, 1, 1, 1)) == (56, 56)
+    assert output_size(28, 28, 5, 5, (2, 2), (1, 1, 2, 2)) == (14, 14)
+
+
+@pytest.mark.parametrize("ow,vec,want", [(56, 16, 8), (112, 16, 16), (14, 16, 14), (7, 16, 7), (28, 16, 4),
+                                         (30, 16, 15), (13, 4, 1)])
+def test_vector_width_divides_the_row(ow, vec, want):
+    v = vector_width(ow, vec)
+    assert v == want and ow % v == 0 and v <= vec
+
+
+def test_the_schedule_is_simd_and_parallel():
+    """The point of the kernel: the pixel loop is vectorized and (image, channel) is parallel."""
+    sch = schedule_depthwise(depthwise_requant(1, 8, 16, 16, 3, 3, (1, 1), (1, 1, 1, 1), "uint8", "int8"))
+    text = sch.mod.script()
+    assert "in T.parallel(8):" in text  # 1 image x 8 channels
+    assert "j_1 in T.vectorized(16):" in text  # the 16 output pixels of a row in one vector
