@@ -16,9 +16,10 @@ FP32 vs int8 on two Arm targets under qemu-user (a proxy) with the dot-product i
 aarch64 code, and a per-layer TVM vs ONNX Runtime profile of EfficientNet-Lite0.
 
 Tuning: the model's budget (targets.tune.ZOO_BUDGETS, FP32 and int8 alike: digits 64, EfficientNet-Lite0
-256, MiniLM 128 trials; ``--trials``/``--cover``/``--chunk`` override it) tops up the committed databases ``targets/tuned/x86-host-<model>-<fp32|int8>-b1`` (it resumes; a
-database already holding the trials is skipped in seconds), then builds with them; ``--no-tune`` uses
-what is on disk (untuned where nothing is).
+256, MiniLM 128 trials; ``--trials``/``--cover``/``--chunk`` override it) tops up this CPU's committed databases ``targets/tuned/<cpu>/x86-host-<model>-<fp32|int8>-b1`` (it
+resumes; a database already holding the trials is skipped in seconds), then builds with them;
+``--no-tune`` uses what is on disk: this CPU's database, else one tuned on another x86 CPU (the report
+names the CPU each was tuned on), else untuned.
 
 Expected run time on the 2-core host, with the databases already tuned: about 45-60 min (model
 preparation and ONNX/QDQ exports ~5 min, 48 latency processes ~15 min, the Arm instruction counts
@@ -76,24 +77,33 @@ def budget(name: str, args) -> tuple[int, int, int]:
     return (args.trials or trials, cover if args.cover is None else args.cover, args.chunk or chunk)
 
 
-def _tvm_build(mod, T, folder, args, variant: str, tuning: dict, name: str):
-    """Compile ``mod`` for the x86 target, tuned with the database in ``folder`` (topped up to the
-    model's budget first unless --no-tune); records what the database holds in ``tuning``."""
+def _tvm_build(mod, T, root, args, variant: str, tuning: dict, name: str):
+    """Compile ``mod`` for the x86 target, tuned with this CPU's database under ``root`` (topped up to
+    the model's budget first unless --no-tune; with --no-tune and none for this CPU, the one tuned on
+    another CPU of the same architecture, named in the report); records what it holds in ``tuning``."""
     from targets.build import compile_module
-    from targets.tune import apply_database, tune, usable_database
-    info = {"folder": str(folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder)}
+    from targets.tune import (apply_database, database_summary, target_cpu, transferable_database, tune,
+                              usable_database, zoo_folder)
+    folder = zoo_folder(root, "x86-host", name, variant, 1, T)
     if args.tune:
         trials, cover, chunk = budget(name, args)
-        log(f"  tuning {variant}: top up {folder.name} to {trials} trials (cover {cover}, chunk {chunk})")
+        log(f"  tuning {variant}: top up {folder} to {trials} trials (cover {cover}, chunk {chunk})")
         r = tune(mod, T, folder, trials, chunk, cover=cover, log=lambda m: log("  " + m))
-        info.update(trials_run=r["trials_run"], tuning_seconds_total=r["tuning_seconds_total"], tasks=r["tasks"])
-    why = usable_database(folder, T)
+        info = {"trials_run": r["trials_run"]}
+    else:
+        info = {}
+        other = transferable_database(root, "x86-host", name, variant, 1, T) if usable_database(folder, T) else None
+        if other is not None:
+            folder, info["tuned_on"] = other
+            log(f"  {variant}: schedules tuned on {other[1]} ({folder}), applied on {target_cpu(T)}")
+    info["folder"] = str(folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder)
+    why = usable_database(folder, T) if "tuned_on" not in info else None
     if why is None:
         ex = apply_database(mod, T, folder)
-        info["records"] = sum(1 for line in (folder / "database_tuning_record.json").open() if line.strip())
+        info.update(database_summary(folder), tuned_on=info.get("tuned_on", target_cpu(T)))
     else:
         ex = compile_module(mod, T)
-        info.update(records=0, note=f"built untuned: {why}")
+        info.update(trials_in_db=0, note=f"built untuned: {why}")
     tuning[variant] = info
     return ex
 
@@ -162,7 +172,6 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
     from targets.build import compile_module
     from targets.compare import _for_target, _inputs, _modules, _plan
     from targets.speed import describe_qdq
-    from targets.tune import db_dir
     from tvmptq.eval.sets import DEFAULT_SET
     from tvmptq.export import export_qdq_onnx
     from tvmptq.peers import export_onnx, ort_quantize_static
@@ -221,16 +230,16 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
     t0 = time.perf_counter()
     tuning: dict = {}
     root = Path(args.db)
-    ex = {"tvm_fp32_tuned": _tvm_build(mods["fp32"], T, db_dir(root, f"{t.name}-{name}-fp32-b1"), args, "fp32", tuning, name),
+    ex = {"tvm_fp32_tuned": _tvm_build(mods["fp32"], T, root, args, "fp32", tuning, name),
           "tvm_int8_untuned": compile_module(tens, T),
-          "tvm_int8_tuned": _tvm_build(tens, T, db_dir(root, f"{t.name}-{name}-int8-b1"), args, "int8", tuning, name),
+          "tvm_int8_tuned": _tvm_build(tens, T, root, args, "int8", tuning, name),
           "tvm_int8_plain": compile_module(mods["int8"], T)}
     res["tuning"] = tuning
     for key, e in ex.items():
         path = d / f"{key}.so"
         e.export_library(str(path))
         specs[key] = {**base, "engine": key, "kind": "tvm", "path": str(path)}
-    held = "; ".join(f"{v}: {i.get('records', 0)} records" for v, i in tuning.items())
+    held = "; ".join(f"{v}: {i.get('trials_in_db', 0)} trials" for v, i in tuning.items())
     log(f"{name}: TVM builds in {time.perf_counter() - t0:.0f} s ({held})")
 
     t0 = time.perf_counter()

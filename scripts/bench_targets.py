@@ -6,7 +6,8 @@ instruction counts, a proxy), two CUDA archs validated with nvcc (no GPU latency
     python scripts/bench_targets.py                      # full: both models, each at its ZOO_BUDGETS
     python scripts/bench_targets.py --models digits_resnet --trials 8 --out results/targets_digits.md
 
-Tuning goes into the committed databases (targets/tuned) and resumes there: with them at their
+Tuning goes into this CPU's committed databases (targets/tuned/<cpu>/) and resumes there (`--no-tune`:
+time what is on disk, a database tuned on another x86 CPU where this one has none, named in the table): with them at their
 budgets (scripts/tune_zoo.py) the run measures only. Needs `make arm-setup` (qemu-user, aarch64
 cross compiler, build/arm64) and nvcc for the CUDA rows. On 2 cores, with the databases tuned:
 about 30 min (qemu runs of EfficientNet take ~5 min each); tuning from scratch adds the
@@ -35,10 +36,14 @@ def main():
     p.add_argument("--db", default=str(SHIPPED),
                    help="tuning database root (default: the committed targets/tuned, so that tuning resumes "
                         "where the last run stopped and `tvmptq compile` starts tuned)")
+    p.add_argument("--no-tune", dest="tune", action="store_false",
+                   help="time what the databases hold (one tuned on another CPU of the same architecture "
+                        "when this CPU has none; the report names it) instead of topping them up first")
     a = p.parse_args()
     out = Path(a.out)
     r = run_compare(a.models, a.targets, Path("build") / "bench_targets", a.trials or 0, a.chunk, a.batch, out_md=out,
-                    db_root=a.db, cover=a.cover, budgets=None if a.trials is not None else ZOO_BUDGETS)
+                    db_root=a.db, cover=a.cover, budgets=None if a.trials is not None else ZOO_BUDGETS,
+                    tune_first=a.tune)
     print(f"wrote {out} ({len(r['rows'])} rows, {r['seconds'] / 60:.1f} min)")
 
 

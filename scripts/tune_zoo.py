@@ -1,4 +1,8 @@
-"""Tune the committed x86-host databases of the zoo (targets/tuned), FP32 and int8 with one budget.
+"""Tune the committed x86-host databases of the zoo (targets/tuned/<cpu>/), FP32 and int8 with one budget.
+
+A database belongs to the CPU its trials were timed on, so each CPU gets its own folder; on a
+machine whose CPU has none, `tvmptq compile` and the benchmarks (with --no-tune) fall back to one
+tuned on another x86 CPU and say so.
 
     python scripts/tune_zoo.py                                  # every model, both variants, BUDGETS
     python scripts/tune_zoo.py --models digits_resnet --variants int8
@@ -29,13 +33,14 @@ def main():
     p.add_argument("--variants", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
     p.add_argument("--target", default="x86-host")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--db", help="database root (default: the committed targets/tuned)")
+    p.add_argument("--db", help="database root (default: the committed targets/tuned; each CPU tunes "
+                                "<root>/<cpu>/<target>-<model>-<variant>-b<batch>)")
     a = p.parse_args()
 
     import targets
     import tvmptq
     from targets.compare import _for_target, _modules, _plan
-    from targets.tune import SHIPPED, db_dir, tune
+    from targets.tune import SHIPPED, tune, zoo_folder
     from tvmptq.eval.sets import DEFAULT_SET
 
     t = targets.get(a.target)
@@ -46,7 +51,7 @@ def main():
         mods = _modules(model, plan, a.batch)
         for var in a.variants:
             mod, kernels = _for_target(mods, var, t, plan)
-            folder = db_dir(Path(a.db) if a.db else SHIPPED, f"{t.name}-{name}-{var}-b{a.batch}")
+            folder = zoo_folder(Path(a.db) if a.db else SHIPPED, t.name, name, var, a.batch, t.tvm_target())
             print(f"{name} {var}{' (' + kernels + ')' if kernels else ''}: {trials} trials, cover {cover}, "
                   f"chunk {chunk} -> {folder}", flush=True)
             t0 = time.perf_counter()

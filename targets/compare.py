@@ -83,11 +83,14 @@ def _x86_latency(ex, args, repeat, number, warmup):
 
 def run_compare(models, target_names, work, trials=0, chunk=8, batch=1, calib_samples=64, repeat=20, number=5,
                 warmup=3, variants=("fp32", "int8"), out_md=None, log=_log, db_root=None, cover=0,
-                budgets=None) -> dict:
+                budgets=None, tune_first=None) -> dict:
     """``db_root``: where the tuning databases live (default ``work/tune``; the benchmark uses the
     committed ``targets/tuned``, so tuning done once, in chunks over several runs, is kept).
     ``budgets``: {model: (trials, cover, chunk)} overriding ``trials``/``cover``/``chunk`` per model
-    (targets.tune.ZOO_BUDGETS, the budgets the committed databases were tuned with)."""
+    (targets.tune.ZOO_BUDGETS, the budgets the committed databases were tuned with).
+    ``tune_first``: top the databases up to the budget before timing (default: when ``trials`` > 0
+    or ``budgets`` are given); False times what the databases hold, and where none was tuned on this
+    CPU, the one tuned on another CPU of the same architecture (the row says which)."""
     import tvm
 
     import targets
@@ -96,8 +99,9 @@ def run_compare(models, target_names, work, trials=0, chunk=8, batch=1, calib_sa
 
     from . import cuda, qemu
     from .build import compile_module, export
-    from .tune import db_dir, tune
 
+    if tune_first is None:
+        tune_first = trials > 0 or bool(budgets)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     tlist = [targets.get(n) for n in target_names]
@@ -139,15 +143,12 @@ def run_compare(models, target_names, work, trials=0, chunk=8, batch=1, calib_sa
                     stats, out = _x86_latency(ex, args, repeat, number, warmup)
                     reference.setdefault(var, out)
                     row["untuned_ms"], row["untuned_iqr_ms"] = stats["median_ms"], stats["iqr_ms"]
-                    if m_trials > 0:
-                        folder = db_dir(Path(db_root) if db_root else work / "tune", f"{t.name}-{name}-{var}-b{batch}")
-                        r = tune(mod, T, folder, m_trials, m_chunk, cover=m_cover, log=log)
+                    folder = _database(mod, db_root or work / "tune", t.name, name, var, batch, T, row,
+                                       (m_trials, m_cover, m_chunk) if tune_first else None, log)
+                    if folder is not None:
                         from .tune import apply_database
                         stats, out_t = _x86_latency(apply_database(mod, T, folder), args, repeat, number, warmup)
                         row["tuned_ms"], row["tuned_iqr_ms"] = stats["median_ms"], stats["iqr_ms"]
-                        row["trials"] = r["trials_in_db"]
-                        row["budget"] = f"{m_trials} (cover {m_cover}, chunk {m_chunk})"
-                        row["tuning_s"] = r["tuning_seconds_total"]
                         row["tuned_same_output"] = bool(np.array_equal(out_t, out)) if var == "int8" else \
                             float(np.max(np.abs(out_t - out)))
                 elif t.arch == "aarch64":
@@ -172,6 +173,33 @@ def run_compare(models, target_names, work, trials=0, chunk=8, batch=1, calib_sa
     if out_md:
         write_report(result, Path(out_md))
     return result
+
+
+def _database(mod, root, target_name, model, variant, batch, T, row, budget, log):
+    """The database folder a tuned x86 row is timed with (None: no tuned row). With ``budget``
+    (trials, cover, chunk) this CPU's folder is topped up first; without, an existing one is used, else
+    one tuned on another CPU of the same architecture (``row["tuned_on"]`` names that CPU)."""
+    from .tune import database_summary, target_cpu, transferable_database, tune, usable_database, zoo_folder
+    folder = zoo_folder(root, target_name, model, variant, batch, T)
+    if budget is not None:
+        trials, cover, chunk = budget
+        if trials <= 0:
+            return None
+        r = tune(mod, T, folder, trials, chunk, cover=cover, log=log)
+        row["budget"] = f"{trials} (cover {cover}, chunk {chunk})"
+        summary = {"trials_in_db": r["trials_in_db"], "tuning_seconds_total": r["tuning_seconds_total"]}
+    else:
+        if usable_database(folder, T) is not None:
+            other = transferable_database(root, target_name, model, variant, batch, T)
+            if other is None:
+                log(f"  {model} {variant}: no tuning database for {target_cpu(T)} or another CPU of its architecture")
+                return None
+            folder, row["tuned_on"] = other
+            log(f"  {model} {variant}: schedules tuned on {other[1]} ({folder}), applied on {target_cpu(T)}")
+        summary = database_summary(folder)
+    row["trials"], row["tuning_s"] = summary["trials_in_db"], summary["tuning_seconds_total"]
+    row["database"] = str(folder)
+    return folder
 
 
 def _fmt(v, spec=".3f"):
@@ -201,14 +229,14 @@ def write_report(result: dict, out_md: Path) -> None:
     x86 = [r for r in rows if "untuned_ms" in r]
     if x86:
         lines += ["## x86 latency (median over repeats after warm-up, IQR in brackets)\n",
-                  "| model | variant | target | untuned ms | tuned ms | trials | tuning s (all runs) | tuned output vs untuned |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| model | variant | target | untuned ms | tuned ms | tuned on | trials | tuning s (all runs) | tuned output vs untuned |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in x86:
             variant = f"{r['variant']} ({r['int8_kernels']})" if r.get("int8_kernels") else r["variant"]
             lines.append(f"| {r['model']} | {variant} | {r['target']} | {_fmt(r['untuned_ms'])} "
                          f"({_fmt(r['untuned_iqr_ms'])}) | {_fmt(r.get('tuned_ms'))}"
                          f"{' (' + _fmt(r['tuned_iqr_ms']) + ')' if 'tuned_iqr_ms' in r else ''} | "
-                         f"{_fmt(r.get('trials'))} | {_fmt(r.get('tuning_s'))} | {_fmt(r.get('tuned_same_output'), '.2e')} |")
+                         f"{r.get('tuned_on', result['host_cpu']) if 'tuned_ms' in r else '-'} | {_fmt(r.get('trials'))} | {_fmt(r.get('tuning_s'))} | {_fmt(r.get('tuned_same_output'), '.2e')} |")
         lines.append("")
     arm = [r for r in rows if r["arch"] == "aarch64"]
     if arm:

@@ -315,8 +315,8 @@ def write_report(result: dict, out_md) -> Path:
                  f"{n} {b['trials']} ({b['cover']}, {b['chunk']})" for n, b in result.get("budgets", {}).items())
                 + ", topping up the committed databases (targets/tuned)" if result.get("tune", True) else
                 "`--no-tune`: the databases on disk as they are")
-             + "; records each database holds are listed under the tables (a database may hold more "
-               "than the budget from earlier runs).\n"]
+             + "; the trials each database holds, and the CPU it was tuned on, are listed under the tables "
+               "(a database may hold more than the budget from earlier runs).\n"]
     cfg = result.get("ort_int8_config")
     if cfg:
         lines.append(f"ORT int8: `quantize_static` {cfg}.\n")
@@ -340,7 +340,11 @@ def write_report(result: dict, out_md) -> Path:
     tuning = [(name, var, t) for name, m in models.items() for var, t in m.get("tuning", {}).items()]
     if tuning:
         lines.append("Tuning databases: " + "; ".join(
-            f"{name} {var}: {t.get('records', 0)} records{', ' + t['note'] if t.get('note') else ''}"
+            f"{name} {var}: {t.get('trials_in_db', t.get('records', 0))} trials"
+            + (f" tuned on `{t['tuned_on']}` in {t.get('tuning_seconds_total', 0) / 60:.0f} min" if t.get("tuned_on") else "")
+            + (f" (**not this host's CPU**: its schedules applied here, not tuned for it)"
+               if t.get("tuned_on") and t["tuned_on"] != result.get("host_cpu") else "")
+            + (", " + t["note"] if t.get("note") else "")
             for name, var, t in tuning) + ".\n")
 
     lines += ["## Ratios (TVM int8 tuned is faster when above 1)\n"]

@@ -29,13 +29,65 @@ class TuneDatabaseError(DataError):
     """A tuning database that cannot be read (exit code 3)."""
 
 
-SHIPPED = Path(__file__).resolve().parent / "tuned"   # committed databases: the zoo on the x86-host we tuned on
+# Committed databases of the zoo: ``tuned/<cpu>/<target>-<model>-<variant>-b<batch>``, one folder per
+# CPU they were measured on (a trial's time, and so which schedule wins, belongs to that CPU).
+SHIPPED = Path(__file__).resolve().parent / "tuned"
 SECONDS = "seconds.json"
 
 
-def shipped_folder(target_name: str, model: str, variant: str, batch: int) -> Path:
-    """Where the committed database of a zoo model's program lives (the benchmark tunes into it)."""
-    return db_dir(SHIPPED, f"{target_name}-{model}-{variant}-b{batch}")
+def target_cpu(tvm_target) -> str:
+    """The CPU a database's measurements belong to: the target's LLVM ``mcpu`` ("generic" if unnamed)."""
+    return json.loads(str(tvm_target)).get("mcpu") or "generic"
+
+
+def _arch_key(target_json: str) -> tuple:
+    d = json.loads(target_json)
+    return d.get("kind"), d.get("mtriple")
+
+
+def zoo_folder(root, target_name: str, model: str, variant: str, batch: int, tvm_target) -> Path:
+    """Where the database of a zoo model's program for ``tvm_target`` lives under ``root`` (the
+    benchmarks and scripts/tune_zoo.py tune into it): a machine with another CPU tunes its own
+    folder next to the others instead of mixing measurements from two CPUs in one search."""
+    return Path(root) / target_cpu(tvm_target) / f"{target_name}-{model}-{variant}-b{batch}".replace("/", "_")
+
+
+def shipped_folder(target_name: str, model: str, variant: str, batch: int, tvm_target) -> Path:
+    """The committed database of a zoo model's program tuned on exactly this target's CPU."""
+    return zoo_folder(SHIPPED, target_name, model, variant, batch, tvm_target)
+
+
+def transferable_database(root, target_name: str, model: str, variant: str, batch: int, tvm_target):
+    """(folder, cpu) of the fullest database of the same program tuned on another CPU of the same
+    architecture (same target kind and triple), or None.
+
+    Why it is worth using: its schedules are valid TIR for this target and compute the same integers
+    (targets/verify.py checked each on the CPU it was tuned on; the int8 dot kernels are not in it,
+    they follow this target's own features). They are only not tuned for this CPU's timings, and an
+    untuned CPU build is 10-100x slower than a tuned one. Callers say that they use it."""
+    want = _arch_key(str(with_cores(tvm_target)))
+    here = target_cpu(tvm_target)
+    name = f"{target_name}-{model}-{variant}-b{batch}".replace("/", "_")
+    found = []
+    for folder in sorted(Path(root).glob(f"*/{name}")):
+        try:
+            have = _tuned_for(folder)
+        except TuneDatabaseError:
+            continue
+        if have is None or not has_records(folder) or _arch_key(have) != want:
+            continue
+        cpu = json.loads(have).get("mcpu") or "generic"
+        if cpu != here:
+            found.append((_count_lines(folder / RECORDS), folder, cpu))
+    if not found:
+        return None
+    _, folder, cpu = max(found, key=lambda f: f[0])
+    return folder, cpu
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(1 for line in f if line.strip())
 
 
 def usable_database(folder, tvm_target) -> str | None:
@@ -136,8 +188,9 @@ def _is_record(v) -> bool:
 
 
 def open_database(folder, tvm_target=None, create: bool = False):
-    """MetaSchedule's JSONDatabase in ``folder``, checked first (TuneDatabaseError when corrupt or
-    made for another target)."""
+    """MetaSchedule's JSONDatabase in ``folder``, checked first (TuneDatabaseError when corrupt, when
+    tuning (``create``) into a database of another target, or when reading one of another
+    architecture)."""
     from tvm.s_tir import meta_schedule as ms
     folder = Path(folder)
     if not folder.is_dir():
@@ -148,7 +201,9 @@ def open_database(folder, tvm_target=None, create: bool = False):
     _check_lines(folder / RECORDS, "tuning record", _is_record)
     if tvm_target is not None:
         want, have = str(tvm_target), _tuned_for(folder)
-        if have is not None and have != want:
+        # Tuning (create) adds measurements, which only compare within one CPU; reading schedules
+        # (apply) needs only the same architecture (transferable_database says why).
+        if have is not None and have != want and (create or _arch_key(have) != _arch_key(want)):
             raise TuneDatabaseError(f"tuning database {folder} was made for target {have}, not {want}")
         if have is None and create:
             (folder / META).write_text(json.dumps({"target": want}, indent=2) + "\n")
@@ -383,6 +438,15 @@ def _seconds(folder: Path) -> float:
         return 0.0
     except (OSError, ValueError, KeyError, TypeError):
         raise TuneDatabaseError(f"corrupt tuning database {folder}: {SECONDS} is unreadable") from None
+
+
+def database_summary(folder) -> dict:
+    """What a database holds, as tune() reports it: measured trials (the stored default schedules
+    not counted) and the tuning time summed over all runs."""
+    folder = Path(folder)
+    defaults = sum(v for k, v in _progress(folder).items() if k.endswith(DEFAULT_MARK))
+    trials = _count_lines(folder / RECORDS) if has_records(folder) else 0
+    return {"trials_in_db": trials - defaults, "tuning_seconds_total": _seconds(folder)}
 
 
 def apply_database(mod, tvm_target, folder):

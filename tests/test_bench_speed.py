@@ -255,3 +255,15 @@ def test_report_says_when_int8_does_not_win(tmp_path):
     r["models"]["efficientnet_lite0"]["latency"]["2"]["tvm_int8_tuned"] = _lat(50.0)
     text = speed.write_report(r, tmp_path / "speed.md").read_text()
     assert "does **not** beat" in text and "per-layer profile" in text
+
+
+def test_report_names_the_cpu_a_database_was_tuned_on(tmp_path):
+    r = synthetic_result()
+    r["models"]["efficientnet_lite0"]["tuning"] = {
+        "fp32": {"trials_in_db": 256, "tuned_on": "sapphirerapids", "tuning_seconds_total": 1200.0},
+        "int8": {"trials_in_db": 250, "tuned_on": "znver4", "tuning_seconds_total": 1800.0}}
+    text = speed.write_report(r, tmp_path / "speed.md").read_text()
+    line = next(x for x in text.splitlines() if x.startswith("Tuning databases:"))
+    assert "fp32: 256 trials tuned on `sapphirerapids` in 20 min;" in line
+    assert "int8: 250 trials tuned on `znver4` in 30 min (**not this host's CPU**" in line
+    assert line.count("not this host's CPU") == 1

@@ -370,6 +370,35 @@ def test_committed_database_is_used_only_for_the_target_it_was_tuned_for(tmp_pat
     assert "was tuned for" in usable_database(folder, t)
 
 
+def test_databases_are_kept_per_cpu_and_transferred_within_an_architecture(tmp_path):
+    """One folder per CPU (tuning never mixes two CPUs' measurements); reading schedules of another
+    CPU of the same architecture is allowed, of another architecture or for tuning it is refused."""
+    from targets.tune import (META, RECORDS, TuneDatabaseError, open_database, target_cpu, transferable_database,
+                              with_cores, zoo_folder)
+    t = with_cores(targets.get("x86-host").tvm_target())
+    here = target_cpu(t)
+    assert zoo_folder(tmp_path, "x86-host", "m", "int8", 1, t) == tmp_path / here / "x86-host-m-int8-b1"
+    assert transferable_database(tmp_path, "x86-host", "m", "int8", 1, t) is None
+
+    def make(cpu, records, **changes):
+        folder = tmp_path / cpu / "x86-host-m-int8-b1"
+        folder.mkdir(parents=True)
+        (folder / RECORDS).write_text("[0, [[], [0.001], {}, []]]\n" * records)
+        (folder / META).write_text(json.dumps({"target": json.dumps({**json.loads(str(t)), "mcpu": cpu, **changes})}))
+        return folder
+
+    make("armcpu", 9, mtriple="aarch64-linux-gnu")              # another architecture: never a candidate
+    small, big = make("cpu_a", 1), make("cpu_b", 3)
+    assert transferable_database(tmp_path, "x86-host", "m", "int8", 1, t) == (big, "cpu_b")   # the fullest
+    assert transferable_database(tmp_path, "x86-host", "m", "fp32", 1, t) is None
+    (small / RECORDS).write_text("")                           # (MetaSchedule would reject the fake record)
+    open_database(small, t)                                    # reading its schedules: allowed
+    with pytest.raises(TuneDatabaseError, match="was made for target"):
+        open_database(small, t, create=True)                   # tuning into it: refused
+    with pytest.raises(TuneDatabaseError, match="was made for target"):
+        open_database(tmp_path / "armcpu" / "x86-host-m-int8-b1", t)
+
+
 def test_trial_allocation_covers_every_task_then_deepens_the_largest():
     from targets.tune import allocate
     assert allocate(5, 8, 4) == [(0, 4), (1, 4)]                       # largest tasks only

@@ -75,22 +75,38 @@ def test_tune_killed_then_resumed_then_reused_by_compile(tmp_path, capsys, monke
     assert np.array_equal(load_artifact(tmp_path / "tuned").run(x), load_artifact(tmp_path / "untuned").run(x))
     assert json.loads((folder / "seconds.json").read_text())["tuning_seconds"] > 0  # summed over both runs
 
-    # a committed database (targets/tuned/<target>-<model>-int8-b<batch>) is used when the user has none
+    # a committed database (targets/tuned/<cpu>/<target>-<model>-int8-b<batch>) is used when the user has none
     import shutil
 
     import targets.tune
     shipped = tmp_path / "shipped"
-    shutil.copytree(folder, shipped / "x86-host-digits_resnet-int8-b1")
+    here = targets.tune.target_cpu(targets.get("x86-host").tvm_target())
+    shutil.copytree(folder, shipped / here / "x86-host-digits_resnet-int8-b1")
     monkeypatch.setattr(targets.tune, "SHIPPED", shipped)
     cmd = ["compile", MODEL, "--plan", str(plan), "--batch", "1", "--target", "x86-host", "--db", str(tmp_path / "none")]
     assert main(cmd + ["-o", str(tmp_path / "shipped_tuned")]) == 0
     assert "using the committed tuned schedules from" in capsys.readouterr().out
     assert np.array_equal(load_artifact(tmp_path / "shipped_tuned").run(x), load_artifact(tmp_path / "untuned").run(x))
-    meta = shipped / "x86-host-digits_resnet-int8-b1" / "target.json"
-    meta.write_text(json.dumps({"target": "{\"kind\": \"llvm\", \"mcpu\": \"znver4\"}"}))
+
+    # only one tuned on another x86 CPU: its schedules are applied, and the compile says so
+    other = shipped / "othercpu" / "x86-host-digits_resnet-int8-b1"
+    shutil.move(shipped / here, shipped / "othercpu")
+    meta = json.loads((other / "target.json").read_text())
+    t = json.loads(meta["target"])
+    (other / "target.json").write_text(json.dumps({"target": json.dumps({**t, "mcpu": "othercpu"})}))
     assert main(cmd + ["-o", str(tmp_path / "other_cpu")]) == 0
     out = capsys.readouterr().out
-    assert "not using the committed tuning database" in out and "znver4" in out and "compiling untuned" in out
+    assert "schedules tuned on othercpu" in out and f"this CPU ({here})" in out, out
+    m = json.loads((tmp_path / "other_cpu" / "manifest.json").read_text())
+    assert m["target"]["tuning_database"] == str(other)
+    assert np.array_equal(load_artifact(tmp_path / "other_cpu").run(x), load_artifact(tmp_path / "untuned").run(x))
+
+    # one tuned for another architecture is never used
+    (other / "target.json").write_text(json.dumps({"target": json.dumps({**t, "mtriple": "aarch64-linux-gnu"})}))
+    assert main(cmd + ["-o", str(tmp_path / "other_arch")]) == 0
+    out = capsys.readouterr().out
+    assert "not using the committed tuning databases" in out and "compiling untuned" in out, out
+    assert json.loads((tmp_path / "other_arch" / "manifest.json").read_text())["target"]["tuning_database"] is None
 
 
 def test_tune_measures_on_a_remote_device_through_the_tracker(tmp_path):

@@ -215,23 +215,33 @@ def cmd_compile(args) -> int:
 
 def _tuning_database(args, model_name: str):
     """The tuning database folder a compile reuses: --db ROOT/<target> when it holds records (named
-    targets only), else the committed database of this zoo model (targets/tuned) when it was tuned
-    for exactly this target; None with --untuned or when nothing fits (said, with the reason)."""
+    targets only), else the committed database of this zoo model (targets/tuned/<cpu>/...) tuned on
+    this target's CPU, else one tuned on another CPU of the same architecture (said: its schedules
+    are correct here, not tuned for this CPU); None with --untuned or when nothing fits (said, with
+    the reason)."""
     import targets
     if args.untuned or not targets.is_name(args.target, args.targets_file or ()):
         return None
-    from targets.tune import db_dir, default_root, has_records, shipped_folder, usable_database
+    from targets.tune import (SHIPPED, db_dir, default_root, has_records, shipped_folder, target_cpu,
+                              transferable_database, usable_database)
     folder = db_dir(args.db or default_root(), args.target)
     if has_records(folder):
         print(f"using tuned schedules from {folder} (--untuned to ignore)")
         return folder
-    shipped = shipped_folder(args.target, model_name, "int8", args.batch)
-    if shipped.is_dir():
-        why = usable_database(shipped, targets.get(args.target, args.targets_file or ()).tvm_target())
-        if why is None:
-            print(f"using the committed tuned schedules from {shipped} (--untuned to ignore)")
-            return shipped
-        print(f"not using the committed tuning database: {why}; compiling untuned (`tvmptq tune` to tune)")
+    T = targets.get(args.target, args.targets_file or ()).tvm_target()
+    shipped = shipped_folder(args.target, model_name, "int8", args.batch, T)
+    why = usable_database(shipped, T)
+    if why is None:
+        print(f"using the committed tuned schedules from {shipped} (--untuned to ignore)")
+        return shipped
+    other = transferable_database(SHIPPED, args.target, model_name, "int8", args.batch, T)
+    if other is not None:
+        print(f"using the committed schedules tuned on {other[1]} ({other[0]}): none were tuned on this "
+              f"CPU ({target_cpu(T)}), so they compute the same but are not tuned for it "
+              f"(`tvmptq tune` to tune, --untuned to ignore)")
+        return other[0]
+    if shipped.parent.parent == SHIPPED and any(SHIPPED.glob(f"*/{shipped.name}")):
+        print(f"not using the committed tuning databases: {why}; compiling untuned (`tvmptq tune` to tune)")
     return None
 
 
