@@ -52,7 +52,7 @@ from .mutate import mutate_functions
 DEPTHWISE_PREFIX = "dw_requant"                # kernels of targets.depthwise_int8: dw_requant_b1_u8_i8_...
 KERNEL_PREFIX = "vnni_dense_requant"           # kernel names: <isa>_dense_requant..., <isa>_conv1x1_requant...
 CONV_PREFIX = "vnni_conv1x1_requant"
-KERNEL_PREFIXES = tuple(f"{isa}_{kind}_requant" for isa in ("vnni", "sdot") for kind in ("dense", "conv1x1"))
+KERNEL_PREFIXES = tuple(f"{isa}_{kind}_requant" for isa in ("vnni", "sdot", "dp4a") for kind in ("dense", "conv1x1"))
 REPORT_ATTR = "tvmptq_tensorize_report"
 OP_PATTERN_OPAQUE = 8          # tvm::relax::OpPatternKind::kOpaque
 INT32_LIMIT = 2 ** 31
@@ -194,6 +194,9 @@ def _analyse(mt: dict, names: dict, isa) -> _Plan:
     shape = [int(d) for d in x.ty.shape]
     conv = op_name(acc) == "relax.nn.conv2d"
     if conv and int(acc.attrs.groups) != 1:
+        if not isa.simd_depthwise:
+            raise ValueError(f"depthwise: no reduction over channels for {isa.instruction}, and no hand kernel "
+                             f"for {isa.arch}; TVM's own schedules run it")
         return _analyse_depthwise(mt, names, x, acc, shape, x_dtype, out_dtype, isa)
     if conv:
         w, lead = _conv1x1_weight(acc, shape), (shape[0], shape[2], shape[3])
@@ -294,9 +297,11 @@ def build_kernel(p: _Plan, tile=(4, 4, 128)) -> tvm.tirx.PrimFunc:
         B, C, H, W, KH, KW, stride, padding = p.depthwise
         sch = dw.schedule_depthwise(dw.depthwise_requant(B, C, H, W, KH, KW, stride, padding, p.x_dtype, p.out_dtype))
     elif p.conv:
-        sch = dot.schedule_conv1x1(dot.conv1x1_requant(p.lead[0], p.M, p.N, p.K, p.x_dtype, p.out_dtype, p.isa), p.isa)
+        schedule = p.isa.schedule_conv1x1 or dot.schedule_conv1x1
+        sch = schedule(dot.conv1x1_requant(p.lead[0], p.M, p.N, p.K, p.x_dtype, p.out_dtype, p.isa), p.isa)
     else:
-        sch = dot.schedule_dense(dot.dense_requant(p.M, p.N, p.K, p.x_dtype, p.out_dtype, p.isa), p.isa, *tile)
+        schedule = p.isa.schedule_dense or dot.schedule_dense
+        sch = schedule(dot.dense_requant(p.M, p.N, p.K, p.x_dtype, p.out_dtype, p.isa), p.isa, *tile)
     prim = sch.mod["main"]
     if "global_symbol" in (prim.attrs or {}):
         prim = prim.without_attr("global_symbol")  # AttachGlobalSymbol names it after its GlobalVar
@@ -434,10 +439,11 @@ class TensorizeDot(_Tensorize):
     (rows, lane groups, k) of the dense hand schedule. After the pass, ``report`` holds a
     TensorizeRecord per integer kernel (tensorized or not, and why), also kept as text in the
     module attribute ``REPORT_ATTR`` (:func:`tensorize_report`); kernels not tensorized are listed
-    in a warning unless ``warn=False``."""
+    in a warning unless ``warn=False``. ``isas``: the targets.int8_dot.DotISA rows to choose from
+    (default: int8_dot.ISAS)."""
 
-    def __init__(self, target, plan: QuantPlan | None = None, tile=(4, 4, 128), warn: bool = True):
-        super().__init__(target, plan, tile, warn)
+    def __init__(self, target, plan: QuantPlan | None = None, tile=(4, 4, 128), warn: bool = True, isas=None):
+        super().__init__(target, plan, tile, warn, isas)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvmptq.TensorizeDenseVNNI")

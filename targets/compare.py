@@ -52,11 +52,11 @@ def _inputs(mod, xs):
 
 
 def _for_target(mods, var, t, plan):
-    """The variant's module as ``tvmptq compile`` builds it for ``t``: int8 on a CPU target with a
-    dot-product instruction (x86 VNNI, Arm dotprod) gets the tensorized kernels
+    """The variant's module as ``tvmptq compile`` builds it for ``t``: int8 on a target with a
+    dot-product instruction (x86 VNNI, Arm dotprod, CUDA dp4a) gets the tensorized kernels
     (relay_passes.tensorize_x86.TensorizeDot); returns (module, kernels note)."""
     mod = mods[var]
-    if var != "int8" or t.arch not in ("x86_64", "aarch64"):
+    if var != "int8" or t.arch not in ("x86_64", "aarch64", "cuda"):
         return mod, ""
     from relay_passes.tensorize_x86 import TensorizeDot, target_isa
     isa, _ = target_isa(t)

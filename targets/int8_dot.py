@@ -1,6 +1,7 @@
 """int8 GEMM kernels on a CPU dot-product instruction, written once for every such instruction.
 
-x86 AVX-512 VNNI ``vpdpbusd`` and Arm ``sdot`` (dotprod) have the same shape: each of ``lanes``
+x86 AVX-512 VNNI ``vpdpbusd``, Arm ``sdot`` (dotprod) and CUDA ``__dp4a`` (one lane; its GPU
+schedules are in targets/cuda_int8.py) have the same shape: each of ``lanes``
 int32 accumulators adds the dot product of 4 activation bytes (one 32-bit word, broadcast to every
 lane) with its own 4 weight bytes. So one TE workload and one hand schedule serve both; a
 :class:`DotISA` row says what differs (lanes, the activation dtype the instruction takes, the
@@ -37,6 +38,9 @@ class DotISA:
     caps: tuple                  # registry capabilities a target needs
     register: Callable[[], str]  # registers the tensor intrinsic (idempotent); returns its name
     instruction: str             # the mnemonic to look for in the assembly
+    schedule_dense: Callable | None = None    # (func, isa, *tile) -> Schedule; None: the CPU schedule_dense
+    schedule_conv1x1: Callable | None = None  # (func, isa) -> Schedule; None: the CPU schedule_conv1x1
+    simd_depthwise: bool = True  # whether depthwise convs get targets.depthwise_int8's CPU SIMD kernel
 
     def reason_missing(self, target) -> str:
         """'' if a registry Target can run the kernels, else why not."""
@@ -276,5 +280,6 @@ def isa_for(target, isas=None) -> tuple:
 def ISAS() -> tuple:  # noqa: N802 - a table, built on first use (the rows import their modules)
     """The dot-product ISAs, most specific first."""
     from .arm_int8 import SDOT
+    from .cuda_int8 import DP4A
     from .x86_int8 import VNNI
-    return (VNNI, SDOT)
+    return (VNNI, SDOT, DP4A)

@@ -278,7 +278,7 @@ def test_cuda_build_validated_with_nvcc(digits, arch):
     m = json.loads((out / "manifest.json").read_text())
     assert m["target"]["kind"] == "cuda" and m["cuda_source"]["arch"] == arch
     src = (out / "kernels.cu").read_text()
-    assert "__global__" in src
+    assert "__global__" in src and "__dp4a(*(int*)" in src  # the classifier runs in a dp4a kernel
     r = validate(out / "kernels.cu", arch)
     assert r["ok"] and r["cubin_bytes"] > 1000
 

@@ -85,9 +85,9 @@ def _float_branches(plan: QuantPlan) -> list[dict]:
 def _lower(model, plan: QuantPlan, batch: int, target=None, tensorize: bool = True):
     """(float op counts, lowered module): lowering failures become ModelError (exit code 4).
 
-    ``target``: the registry Target compiled for (None for plain TVM targets). With ``tensorize``
-    and a CPU target, the target's kernel passes run too (relay_passes.tensorize_x86.TensorizeDot:
-    VNNI kernels on x86 with VNNI, sdot kernels on Arm with dotprod; what stays untensorized, and
+    ``target``: the registry Target compiled for (None for plain TVM targets). With ``tensorize``,
+    the target's kernel passes run too (relay_passes.tensorize_x86.TensorizeDot:
+    VNNI kernels on x86 with VNNI, sdot kernels on Arm with dotprod, dp4a kernels on CUDA; what stays untensorized, and
     why, is in the module's report, which the manifest keeps). ``tvmptq compile`` and ``tvmptq tune`` both lower through here, so the
     database a tune writes is keyed on the very kernels compile builds."""
     import relay_passes as rp
@@ -96,7 +96,7 @@ def _lower(model, plan: QuantPlan, batch: int, target=None, tensorize: bool = Tr
             warnings.simplefilter("ignore", FutureWarning)  # torch.export's deprecation chatter
             imported = rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(batch)))
             mod = rp.lowering_passes(plan)(imported)
-            if tensorize and target is not None and target.arch in ("x86_64", "aarch64"):
+            if tensorize and target is not None and target.arch in ("x86_64", "aarch64", "cuda"):
                 mod = rp.TensorizeDot(target, plan, warn=False)(mod)
             return rp.op_counts(imported), mod
     except TvmptqError:
