@@ -52,7 +52,8 @@ from .mutate import mutate_functions
 DEPTHWISE_PREFIX = "dw_requant"                # kernels of targets.depthwise_int8: dw_requant_b1_u8_i8_...
 KERNEL_PREFIX = "vnni_dense_requant"           # kernel names: <isa>_dense_requant..., <isa>_conv1x1_requant...
 CONV_PREFIX = "vnni_conv1x1_requant"
-KERNEL_PREFIXES = tuple(f"{isa}_{kind}_requant" for isa in ("vnni", "sdot", "dp4a") for kind in ("dense", "conv1x1"))
+KERNEL_PREFIXES = tuple(f"{isa}_{kind}_requant" for isa in ("vnni", "sdot", "smmla", "dp4a")
+                        for kind in ("dense", "conv1x1"))
 REPORT_ATTR = "tvmptq_tensorize_report"
 OP_PATTERN_OPAQUE = 8          # tvm::relax::OpPatternKind::kOpaque
 INT32_LIMIT = 2 ** 31
@@ -298,10 +299,12 @@ def build_kernel(p: _Plan, tile=(4, 4, 128)) -> tvm.tirx.PrimFunc:
         sch = dw.schedule_depthwise(dw.depthwise_requant(B, C, H, W, KH, KW, stride, padding, p.x_dtype, p.out_dtype))
     elif p.conv:
         schedule = p.isa.schedule_conv1x1 or dot.schedule_conv1x1
-        sch = schedule(dot.conv1x1_requant(p.lead[0], p.M, p.N, p.K, p.x_dtype, p.out_dtype, p.isa), p.isa)
+        workload = p.isa.conv1x1_requant or dot.conv1x1_requant
+        sch = schedule(workload(p.lead[0], p.M, p.N, p.K, p.x_dtype, p.out_dtype, p.isa), p.isa)
     else:
         schedule = p.isa.schedule_dense or dot.schedule_dense
-        sch = schedule(dot.dense_requant(p.M, p.N, p.K, p.x_dtype, p.out_dtype, p.isa), p.isa, *tile)
+        workload = p.isa.dense_requant or dot.dense_requant
+        sch = schedule(workload(p.M, p.N, p.K, p.x_dtype, p.out_dtype, p.isa), p.isa, *tile)
     prim = sch.mod["main"]
     if "global_symbol" in (prim.attrs or {}):
         prim = prim.without_attr("global_symbol")  # AttachGlobalSymbol names it after its GlobalVar
@@ -352,7 +355,7 @@ class _Rewriter(relax.PyExprMutator):
             if len(p.lead) != 1:
                 x = bb.emit(R.reshape(x, [p.M, p.K]))
             out_shape, final_shape = [p.M, p.N], (None if len(p.lead) == 1 else list(p.lead) + [p.N])
-        args = [x, relax.const(pack_weight(p.w, p.isa.lanes), "int8"), relax.const(p.qp, "int64")]
+        args = [x, relax.const((p.isa.pack_weight or pack_weight)(p.w, p.isa.lanes), "int8"), relax.const(p.qp, "int64")]
         y = relax.call_tir(gv, args, relax.TensorType(out_shape, p.out_dtype))
         if final_shape is not None:
             y = R.reshape(bb.emit(y), final_shape)

@@ -297,7 +297,7 @@ def arm_rows(name: str, prep: dict, args, work: Path) -> list[dict]:
         row["seconds"] = time.perf_counter() - t0
         log(f"  arm {name} {tname}: " + (row["error"] if "error" in row else
             f"FP32 {row['fp32_minsns']:.1f} M, int8 {row['int8_minsns']:.1f} M insns/call, "
-            f"int8 sdot {(row.get('objdump') or {}).get('sdot')}, {row['seconds']:.0f} s"))
+            f"int8 sdot {(row.get('objdump') or {}).get('sdot')} smmla {(row.get('objdump') or {}).get('smmla')}, {row['seconds']:.0f} s"))
         rows.append(row)
     return rows
 

@@ -109,9 +109,9 @@ def _schedule_gpu_dot(sch, threads_m: int, threads_n: int):
     return sch
 
 
-def schedule_dense(func, isa: DotISA, threads_m: int = 8, threads_n: int = 32, *_ignored):
-    """Hand schedule for int8_dot.dense_requant on a GPU; returns the ``Schedule``. The dense
-    tile arguments of the CPU schedule (``*_ignored``) do not apply."""
+def schedule_dense(func, isa: DotISA, *_cpu_tile, threads_m: int = 8, threads_n: int = 32):
+    """Hand schedule for int8_dot.dense_requant on a GPU; returns the ``Schedule``. The CPU
+    schedule's tile (``*_cpu_tile``, which TensorizeDot passes to every ISA) does not apply."""
     import tvm
     sch = tvm.s_tir.Schedule(func)
     _schedule_gpu_dot(sch, threads_m, threads_n)

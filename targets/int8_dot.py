@@ -41,6 +41,9 @@ class DotISA:
     schedule_dense: Callable | None = None    # (func, isa, *tile) -> Schedule; None: the CPU schedule_dense
     schedule_conv1x1: Callable | None = None  # (func, isa) -> Schedule; None: the CPU schedule_conv1x1
     simd_depthwise: bool = True  # whether depthwise convs get targets.depthwise_int8's CPU SIMD kernel
+    dense_requant: Callable | None = None     # workload (M, N, K, x_dtype, out_dtype, isa); None: dense_requant
+    conv1x1_requant: Callable | None = None   # workload (B, M, N, K, ...); None: conv1x1_requant
+    pack_weight: Callable | None = None       # (w int8 [N, K], lanes) -> the packed weight; None: pack_weight
 
     def reason_missing(self, target) -> str:
         """'' if a registry Target can run the kernels, else why not."""
@@ -278,8 +281,9 @@ def isa_for(target, isas=None) -> tuple:
 
 
 def ISAS() -> tuple:  # noqa: N802 - a table, built on first use (the rows import their modules)
-    """The dot-product ISAs, most specific first."""
+    """The dot-product ISAs, most specific first (a target with i8mm gets smmla, not sdot)."""
+    from .arm_i8mm import SMMLA
     from .arm_int8 import SDOT
     from .cuda_int8 import DP4A
     from .x86_int8 import VNNI
-    return (VNNI, SDOT, DP4A)
+    return (VNNI, SMMLA, SDOT, DP4A)

@@ -410,7 +410,7 @@ def write_report(result: dict, out_md) -> Path:
         lines += ["## Arm (aarch64 under qemu-user; instruction counts are a **proxy for work, not a latency**)\n",
                   "Guest instructions per batch-1 call counted by a qemu TCG plugin (single thread, untuned "
                   "schedules). int8 on Arm targets with dotprod is the program `tvmptq compile` builds there "
-                  "(linears and 1x1 convs as `sdot` kernels). Dot-product instructions counted in the "
+                  "(linears and 1x1 convs as `sdot` kernels, `smmla` where the target has i8mm). Dot-product instructions counted in the "
                   "disassembly of the exported library (`aarch64-linux-gnu-objdump -d`).\n",
                   "| model | target | FP32 M insns / call | int8 M insns / call | int8 / FP32 | tensorized (MAC share) | "
                   "sdot | smmla | udot/usdot |", "|---|---|---|---|---|---|---|---|---|"]
