@@ -247,7 +247,7 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
     asm = {"plain": kp.library_asm(ex["tvm_int8_plain"]), "untuned": kp.library_asm(ex["tvm_int8_untuned"]),
            "tuned": kp.library_asm(ex["tvm_int8_tuned"])}
     res["kernel_proof"] = kernel_proof(mods["int8"], tens, fused_base, fused_tens, asm, T)
-    res["categories"] = {n: kp.kernel_category(s) for n, s in kp.kernel_table(fused_tens).items()}
+    res["categories"] = {n: kp.kernel_category(s, n) for n, s in kp.kernel_table(fused_tens).items()}
     del asm
     samples = [[np.ascontiguousarray(a[j:j + 1]).astype(str(p.ty.dtype)) for a, p in zip(evaluation, params)]
                for j in range(args.exact_samples)]

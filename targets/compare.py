@@ -144,7 +144,8 @@ def run_compare(models, target_names, work, trials=0, chunk=8, batch=1, calib_sa
                     reference.setdefault(var, out)
                     row["untuned_ms"], row["untuned_iqr_ms"] = stats["median_ms"], stats["iqr_ms"]
                     folder = _database(mod, db_root or work / "tune", t.name, name, var, batch, T, row,
-                                       (m_trials, m_cover, m_chunk) if tune_first else None, log)
+                                       (m_trials, m_cover, m_chunk) if (m_trials > 0 or budgets) else None,
+                                       tune_first, log)
                     if folder is not None:
                         from .tune import apply_database
                         stats, out_t = _x86_latency(apply_database(mod, T, folder), args, repeat, number, warmup)
@@ -169,24 +170,28 @@ def run_compare(models, target_names, work, trials=0, chunk=8, batch=1, calib_sa
                 rows.append(row)
     budget = {r["model"]: r["budget"] for r in rows if "budget" in r}
     result = {"rows": rows, "host_cpu": targets.host_cpu(), "tvm": tvm.__version__, "trials": trials, "budget": budget,
-              "seconds": time.perf_counter() - t_start}
+              "tuned_now": bool(tune_first), "seconds": time.perf_counter() - t_start}
     if out_md:
         write_report(result, Path(out_md))
     return result
 
 
-def _database(mod, root, target_name, model, variant, batch, T, row, budget, log):
-    """The database folder a tuned x86 row is timed with (None: no tuned row). With ``budget``
-    (trials, cover, chunk) this CPU's folder is topped up first; without, an existing one is used, else
-    one tuned on another CPU of the same architecture (``row["tuned_on"]`` names that CPU)."""
+def _database(mod, root, target_name, model, variant, batch, T, row, budget, tune_first, log):
+    """The database folder a tuned x86 row is timed with (None: no tuned row). ``budget``: the
+    model's (trials, cover, chunk), or None. With ``tune_first`` this CPU's folder is topped up to
+    it first; without, an existing one is used, else one tuned on another CPU of the same
+    architecture (``row["tuned_on"]`` names that CPU)."""
     from .tune import database_summary, target_cpu, transferable_database, tune, usable_database, zoo_folder
     folder = zoo_folder(root, target_name, model, variant, batch, T)
     if budget is not None:
         trials, cover, chunk = budget
         if trials <= 0:
             return None
-        r = tune(mod, T, folder, trials, chunk, cover=cover, log=log)
         row["budget"] = f"{trials} (cover {cover}, chunk {chunk})"
+        if not tune_first:
+            budget = None
+    if budget is not None:
+        r = tune(mod, T, folder, trials, chunk, cover=cover, log=log)
         summary = {"trials_in_db": r["trials_in_db"], "tuning_seconds_total": r["tuning_seconds_total"]}
     else:
         if usable_database(folder, T) is not None:
@@ -200,6 +205,11 @@ def _database(mod, root, target_name, model, variant, batch, T, row, budget, log
     row["trials"], row["tuning_s"] = summary["trials_in_db"], summary["tuning_seconds_total"]
     row["database"] = str(folder)
     return folder
+
+
+def _variant(row) -> str:
+    """"int8 (vnni 33/50)": the variant and, for int8, the dot-product kernels and the share of layers in them."""
+    return f"{row['variant']} ({row['int8_kernels']})" if row.get("int8_kernels") else row["variant"]
 
 
 def _fmt(v, spec=".3f"):
@@ -218,6 +228,9 @@ def write_report(result: dict, out_md: Path) -> None:
              f"TVM {result['tvm']}, x86-host = `{result['host_cpu']}` (LLVM host CPU corrected with /proc/cpuinfo), "
              "tuning: MetaSchedule (XGBoost cost model), the same budget for FP32 and int8: "
              + ("; ".join(f"{m} {b} trials" for m, b in result.get("budget", {}).items()) or f"{result['trials']} trials")
+             + ("" if result.get("tuned_now", True) else
+                " (`--no-tune`: the committed databases as they are; the table says which CPU each was tuned on, "
+                "and a database tuned on another CPU is applied here as it is, not tuned for this one)")
              + " (cover: trials every kernel gets first; chunk: trials per kernel after that, largest first; "
              "each kernel's default schedule is measured too and kept where no sample beat it, and the applied "
              "schedules are checked against the unscheduled kernels: targets/verify.py); "
@@ -232,8 +245,7 @@ def write_report(result: dict, out_md: Path) -> None:
                   "| model | variant | target | untuned ms | tuned ms | tuned on | trials | tuning s (all runs) | tuned output vs untuned |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in x86:
-            variant = f"{r['variant']} ({r['int8_kernels']})" if r.get("int8_kernels") else r["variant"]
-            lines.append(f"| {r['model']} | {variant} | {r['target']} | {_fmt(r['untuned_ms'])} "
+            lines.append(f"| {r['model']} | {_variant(r)} | {r['target']} | {_fmt(r['untuned_ms'])} "
                          f"({_fmt(r['untuned_iqr_ms'])}) | {_fmt(r.get('tuned_ms'))}"
                          f"{' (' + _fmt(r['tuned_iqr_ms']) + ')' if 'tuned_iqr_ms' in r else ''} | "
                          f"{r.get('tuned_on', result['host_cpu']) if 'tuned_ms' in r else '-'} | {_fmt(r.get('trials'))} | {_fmt(r.get('tuning_s'))} | {_fmt(r.get('tuned_same_output'), '.2e')} |")
@@ -244,7 +256,7 @@ def write_report(result: dict, out_md: Path) -> None:
                   "| model | variant | target | bit-exact vs x86 | max abs diff | guest M insns / call (proxy) |",
                   "|---|---|---|---|---|---|"]
         for r in arm:
-            lines.append(f"| {r['model']} | {r['variant']} | {r['target']} | {_fmt(r.get('bit_exact_vs_x86'))} | "
+            lines.append(f"| {r['model']} | {_variant(r)} | {r['target']} | {_fmt(r.get('bit_exact_vs_x86'))} | "
                          f"{_fmt(r.get('max_abs_diff_vs_x86'), '.2e')} | {_fmt(r.get('guest_minsns_per_call'), '.1f')} |")
         lines.append("")
     gpu = [r for r in rows if r["arch"] == "cuda"]
@@ -252,7 +264,7 @@ def write_report(result: dict, out_md: Path) -> None:
         lines += ["## CUDA (built here, nvcc-validated)\n", "| model | variant | target | nvcc | latency |",
                   "|---|---|---|---|---|"]
         for r in gpu:
-            lines.append(f"| {r['model']} | {r['variant']} | {r['target']} | {r['nvcc']} | {r['latency']} |")
+            lines.append(f"| {r['model']} | {_variant(r)} | {r['target']} | {r['nvcc']} | {r['latency']} |")
         lines.append("")
     if x86:
         labels = [f"{r['model']}\n{r['variant']} {r['target']}" for r in x86]

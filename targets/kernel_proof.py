@@ -196,8 +196,12 @@ def primfunc_summary(prim, dot_mnemonics=("vpdpbusd", "sdot", "smmla")) -> dict:
             "scheduled": "tirx.is_scheduled" in attrs and bool(attrs["tirx.is_scheduled"])}
 
 
-def kernel_category(summary: dict) -> str:
-    """A coarse class of a kernel from its :func:`primfunc_summary`, for profiles."""
+def kernel_category(summary: dict, name: str = "") -> str:
+    """A coarse class of a kernel from its :func:`primfunc_summary` (and its name: the hand
+    kernels of targets.depthwise_int8 are named ``dw_requant_...``), for profiles."""
+    from relay_passes.tensorize_x86 import DEPTHWISE_PREFIX
+    if name.startswith(DEPTHWISE_PREFIX):
+        return "depthwise conv (SIMD kernel, requantize fused)"
     if summary.get("dot_intrinsic"):
         return "tensorized dot-product (1x1 conv / linear)"
     if summary.get("macs"):

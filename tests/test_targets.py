@@ -346,7 +346,7 @@ def test_compare_writes_a_table_and_a_chart(capsys, tmp_path):
     assert re.search(r"\| digits_resnet \| int8 \((vnni 1/10|no dot-product kernels)\) \| x86-host \|", text)
     assert out.with_suffix(".png").stat().st_size > 1000 and "![x86 latency](cmp.png)" in text
     if len(names) > 1:
-        assert "| digits_resnet | int8 | sm_90 | ok (" in text and "not measured (no GPU)" in text
+        assert "| digits_resnet | int8 (dp4a 1/10) | sm_90 | ok (" in text and "not measured (no GPU)" in text
 
 
 @pytest.mark.parametrize("name, needle", [("cortex-a72", "qemu are not ARM times"), ("sm_90", "needs a GPU"),

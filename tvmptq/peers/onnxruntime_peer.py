@@ -128,7 +128,13 @@ def export_onnx(
                 external_data=False,
             )
         if preprocess:
-            quant_pre_process(str(raw_path), str(path))
+            try:
+                quant_pre_process(str(raw_path), str(path))
+            except TypeError:
+                # ORT's symbolic shape inference fails on the Expand of MiniLM's attention mask
+                # ("object of type 'NoneType' has no len()"); ONNX's own shape inference, which
+                # quant_pre_process runs next, gives the shapes there, so skip only the symbolic pass
+                quant_pre_process(str(raw_path), str(path), skip_symbolic_shape=True)
         else:
             onnx.save(onnx.load(str(raw_path)), str(path))
     return path
