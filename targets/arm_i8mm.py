@@ -21,10 +21,9 @@ import functools
 
 import numpy as np
 
-from .int8_dot import REQUANT_ROWS, DotISA, _ceil, _divisor_at_most, _requantize, shift_of
+from .int8_dot import REQUANT_ROWS, DotISA, _ceil, _divisor_at_most, _requantize, register_intrinsic, shift_of
 
 SMMLA_INTRIN = "smmla_2x2x8_i8i8s32_tvmptq"
-_registered: set = set()
 
 
 @functools.cache
@@ -65,11 +64,7 @@ def _intrin_funcs():
 
 def register_smmla_intrinsic() -> str:
     """Register the ``smmla`` tensor intrinsic (idempotent); returns :data:`SMMLA_INTRIN`."""
-    from tvm.s_tir import TensorIntrin
-    if SMMLA_INTRIN not in _registered:
-        TensorIntrin.register(SMMLA_INTRIN, *_intrin_funcs(), override=True)
-        _registered.add(SMMLA_INTRIN)
-    return SMMLA_INTRIN
+    return register_intrinsic(SMMLA_INTRIN, _intrin_funcs)
 
 
 def packed_shape(N: int, K: int) -> tuple:

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import functools
 
-from .int8_dot import DotISA
+from .int8_dot import DotISA, register_intrinsic
 
 SDOT_INTRIN = "dot_4x4_i8i8s32_sdot_tvmptq"
-_registered: set = set()
 
 
 @functools.cache
@@ -63,11 +62,7 @@ def _intrin_funcs():
 
 def register_sdot_intrinsic() -> str:
     """Register the ``sdot`` tensor intrinsic (idempotent); returns :data:`SDOT_INTRIN`."""
-    from tvm.s_tir import TensorIntrin
-    if SDOT_INTRIN not in _registered:
-        TensorIntrin.register(SDOT_INTRIN, *_intrin_funcs(), override=True)
-        _registered.add(SDOT_INTRIN)
-    return SDOT_INTRIN
+    return register_intrinsic(SDOT_INTRIN, _intrin_funcs)
 
 
 SDOT = DotISA(name="sdot", arch="aarch64", lanes=4, act_dtype="int8", caps=("dotprod",),

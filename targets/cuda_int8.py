@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import functools
 
-from .int8_dot import DotISA, _divisor_at_most
+from .int8_dot import DotISA, _divisor_at_most, register_intrinsic
 
 DP4A_INTRIN = "dp4a_s8s8s32_global_tvmptq"
-_registered: set = set()
 
 
 @functools.cache
@@ -66,11 +65,7 @@ def _intrin_funcs():
 
 def register_dp4a_intrinsic() -> str:
     """Register the ``__dp4a`` tensor intrinsic (idempotent); returns :data:`DP4A_INTRIN`."""
-    from tvm.s_tir import TensorIntrin
-    if DP4A_INTRIN not in _registered:
-        TensorIntrin.register(DP4A_INTRIN, *_intrin_funcs(), override=True)
-        _registered.add(DP4A_INTRIN)
-    return DP4A_INTRIN
+    return register_intrinsic(DP4A_INTRIN, _intrin_funcs)
 
 
 def _bind_elementwise(sch, block, threads: int = 256) -> None:

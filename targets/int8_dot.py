@@ -57,6 +57,19 @@ class DotISA:
         return ""
 
 
+_REGISTERED: set = set()  # tensor intrinsics registered by register_intrinsic in this process
+
+
+def register_intrinsic(name: str, intrin_funcs: Callable[[], tuple]) -> str:
+    """Register the tensor intrinsic ``name`` from ``intrin_funcs()`` = (desc, impl) once per
+    process (the ISA rows' ``register``); returns ``name``."""
+    from tvm.s_tir import TensorIntrin
+    if name not in _REGISTERED:
+        TensorIntrin.register(name, *intrin_funcs(), override=True)
+        _REGISTERED.add(name)
+    return name
+
+
 def _ceil(n: int, m: int) -> int:
     return -(-n // m) * m
 

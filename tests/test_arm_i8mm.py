@@ -2,22 +2,15 @@
 linear layers and 1x1 convs as ``smmla`` kernels (2x2 int32 tiles of 2x8 by 8x2 int8 products),
 cross-compiled for aarch64 and run under qemu-user, bit for bit equal to the NumPy reference.
 Needs `make arm-setup`."""
-import shutil
-import subprocess
-
 import numpy as np
 import pytest
 
-from tvmptq.reference import run_plan
-
 tvm = pytest.importorskip("tvm")
-import relay_passes as rp  # noqa: E402
-import targets  # noqa: E402
 from relay_passes.tensorize_x86 import target_isa  # noqa: E402
 from targets.arm_i8mm import SMMLA, pack_weight, packed_shape  # noqa: E402
 from targets.arm_int8 import SDOT  # noqa: E402
 
-from test_arm_int8 import _model, needs_arm  # noqa: E402
+from test_arm_int8 import check_program_under_qemu, needs_arm  # noqa: E402
 
 TARGET = "neoverse-v1"  # dotprod + i8mm
 
@@ -36,19 +29,4 @@ def test_i8mm_targets_pick_smmla_and_the_others_sdot():
 @pytest.mark.parametrize("symmetric", [False, True], ids=["uint8-asym", "int8-sym"])
 @pytest.mark.parametrize("kind", ["convnet", "linears"])
 def test_smmla_program_is_bit_exact_under_qemu(kind, symmetric, tmp_path):
-    from targets import qemu
-    from targets.build import compile_module, export
-    x, plan, base, batch = _model(kind, symmetric)
-    t = targets.get(TARGET)
-    tensorize = rp.TensorizeDot(t, plan, warn=False)
-    mod = tensorize(base)
-    done = [r for r in tensorize.report if r.tensorized]
-    assert len(done) == 2 and all(r.kernel.startswith("smmla_") for r in done)
-    lib = tmp_path / "model.so"
-    export(compile_module(mod, t.tvm_target()), lib, t)
-    got = qemu.run_library(lib, [x.astype(np.float32)], batch)[0]
-    assert np.array_equal(got, run_plan(plan, x))
-    objdump = shutil.which("aarch64-linux-gnu-objdump")
-    if objdump:
-        dis = subprocess.run([objdump, "-d", str(lib)], capture_output=True, text=True, check=True).stdout
-        assert "\tsmmla\t" in dis
+    check_program_under_qemu(kind, symmetric, TARGET, "smmla", tmp_path)

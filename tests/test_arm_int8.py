@@ -67,18 +67,18 @@ def test_a72_has_no_dotprod_and_nothing_changes(kind):
     assert all("lacks the 'dotprod'" in r.reason for r in t.report if r.kind == "linear")
 
 
-@needs_arm
-@pytest.mark.parametrize("symmetric", [False, True], ids=["uint8-asym", "int8-sym"])
-@pytest.mark.parametrize("kind", ["convnet", "linears"])
-def test_sdot_program_is_bit_exact_under_qemu(kind, symmetric, tmp_path):
+def check_program_under_qemu(kind, symmetric, target, instruction, tmp_path):
+    """TensorizeDot for ``target`` puts both layers of the model in ``instruction`` kernels; the
+    exported aarch64 library, run under qemu-user, equals the NumPy reference bit for bit, and its
+    disassembly holds the instruction."""
     from targets import qemu
     from targets.build import compile_module, export
     x, plan, base, batch = _model(kind, symmetric)
-    t = targets.get(TARGET)
+    t = targets.get(target)
     tensorize = rp.TensorizeDot(t, plan, warn=False)
     mod = tensorize(base)
     done = [r for r in tensorize.report if r.tensorized]
-    assert len(done) == 2 and all(r.kernel.startswith("sdot_") for r in done)
+    assert len(done) == 2 and all(r.kernel.startswith(f"{instruction}_") for r in done)
     act = "i8" if symmetric else "u8"
     assert all(f"_{act}_" in r.kernel for r in done)
     lib = tmp_path / "model.so"
@@ -88,4 +88,11 @@ def test_sdot_program_is_bit_exact_under_qemu(kind, symmetric, tmp_path):
     objdump = shutil.which("aarch64-linux-gnu-objdump")
     if objdump:
         dis = subprocess.run([objdump, "-d", str(lib)], capture_output=True, text=True, check=True).stdout
-        assert "\tsdot\t" in dis
+        assert f"\t{instruction}\t" in dis
+
+
+@needs_arm
+@pytest.mark.parametrize("symmetric", [False, True], ids=["uint8-asym", "int8-sym"])
+@pytest.mark.parametrize("kind", ["convnet", "linears"])
+def test_sdot_program_is_bit_exact_under_qemu(kind, symmetric, tmp_path):
+    check_program_under_qemu(kind, symmetric, TARGET, "sdot", tmp_path)
