@@ -21,6 +21,14 @@ at compile time. Leading dimensions ([B, T, K] inputs) are flattened, and NCHW t
 [B, C, H * W], with reshapes. The arithmetic is the chain's own, in int64, so the result is
 bit-identical.
 
+On CPU ISAs (``DotISA.channels_last``: VNNI, sdot, smmla) convs run channels last
+(relay_passes/channels_last.py): a 1x1 conv is ``dense_requant`` on the ``[B*H*W, C]`` view of its
+NHWC input, any other conv with groups=1 (a stem, 3x3 convs, strided 1x1s) is targets.im2col's rows
+through the same dense kernel, a depthwise conv is targets.depthwise_int8's NHWC kernel, and the
+integer ops between them follow in NHWC, so a transpose is paid only where such a chain meets an
+NCHW op (the pool, the input). The graph's NCHW bindings stay as views of the results; nothing
+NCHW reads them but those ops. CUDA (dp4a) keeps NCHW.
+
 The kernel PrimFunc carries ``tirx.is_scheduled`` (DLight and MetaSchedule's task extraction skip
 it) and ``op_pattern`` = kOpaque (AnnotateTIROpPattern keeps an existing pattern, and FuseOps never
 fuses an opaque call, so FuseTIR cannot merge it into an unscheduled function).
@@ -28,10 +36,10 @@ fuses an opaque call, so FuseTIR cannot merge it into an unscheduled function).
 Which targets: a registry target (targets/registry.toml) whose capabilities include ``vnni`` and
 ``avx512`` (the kernel uses the 512-bit ``vpdpbusd``; ``avx_vnni`` alone is the 256-bit form).
 Every integer kernel the pass does not rewrite is named in ``report`` with the reason, and a
-warning lists them: other targets, convs other than 1x1 stride-1 (k x k, strided, depthwise:
-left to MetaSchedule), activation x activation matmuls, chains in another form
-(requantize="fixed_point_multiply", a float branch after the layer), and accumulators that could
-overflow int32 after the +128 shift.
+warning lists them: other targets, convs other than 1x1 stride-1 where the ISA is not channels
+last (k x k, strided; depthwise without a CPU kernel), dilated or grouped convs, activation x
+activation matmuls, chains in another form (requantize="fixed_point_multiply", a float branch after
+the layer), and accumulators that could overflow int32 after the +128 shift.
 """
 from __future__ import annotations
 
@@ -46,6 +54,7 @@ from tvm.relax.dpl import is_const, is_op, wildcard
 
 from tvmptq.quant.plan import QuantPlan
 
+from .channels_last import ChannelsLast
 from .match import _is_const, op_name
 from .mutate import mutate_functions
 
@@ -53,10 +62,11 @@ DEPTHWISE_PREFIX = "dw_requant"                # kernels of targets.depthwise_in
 KERNEL_PREFIX = "vnni_dense_requant"           # kernel names: <isa>_dense_requant..., <isa>_conv1x1_requant...
 CONV_PREFIX = "vnni_conv1x1_requant"
 KERNEL_PREFIXES = tuple(f"{isa}_{kind}_requant" for isa in ("vnni", "sdot", "smmla", "dp4a")
-                        for kind in ("dense", "conv1x1"))
+                        for kind in ("dense", "conv1x1", "conv_im2col"))
 REPORT_ATTR = "tvmptq_tensorize_report"
 OP_PATTERN_OPAQUE = 8          # tvm::relax::OpPatternKind::kOpaque
 INT32_LIMIT = 2 ** 31
+CONV_TILE = (8, 2, 256)  # dense tiles of a channels-last 1x1 conv: 8 pixels x 2 lane groups, as schedule_conv1x1
 
 
 # --------------------------------------------------------------------------------------- pattern
@@ -175,6 +185,8 @@ class _Plan:
     conv: bool = False  # a 1x1 NCHW conv: targets.int8_dot.conv1x1_requant, batch lead[0]
     isa: object = None  # the targets.int8_dot.DotISA the kernel runs on
     depthwise: tuple = ()  # (B, C, H, W, KH, KW, stride, padding): targets.depthwise_int8 (w: int8 [C, KH*KW])
+    layout: str = "NCHW"   # a conv's activations in the kernel: NCHW, or NHWC (channels_last.py) when the ISA says so
+    im2col: tuple = ()     # (B, C, H, W, KH, KW, stride, padding) of a conv run as targets.im2col + the dense kernel
 
 
 def _analyse(mt: dict, names: dict, isa) -> _Plan:
@@ -199,9 +211,12 @@ def _analyse(mt: dict, names: dict, isa) -> _Plan:
             raise ValueError(f"depthwise: no reduction over channels for {isa.instruction}, and no hand kernel "
                              f"for {isa.arch}; TVM's own schedules run it")
         return _analyse_depthwise(mt, names, x, acc, shape, x_dtype, out_dtype, isa)
+    cols = ()
     if conv:
-        w, lead = _conv1x1_weight(acc, shape), (shape[0], shape[2], shape[3])
-        N, K, axis, M = w.shape[0], w.shape[1], 1, shape[2] * shape[3]
+        w, cols = _conv_weight(acc, shape, im2col_ok=isa.channels_last)
+        out = [int(d) for d in acc.ty.shape]
+        lead = (out[0], out[2], out[3])
+        N, K, axis, M = w.shape[0], w.shape[1], 1, out[2] * out[3]
     else:
         wt = _const(wc)                                 # [K, N]
         if wt.ndim != 2:
@@ -218,7 +233,8 @@ def _analyse(mt: dict, names: dict, isa) -> _Plan:
         raise ValueError(f"the {isa.act_dtype} accumulation may overflow int32 ({x_max} * max row L1 = {x_max * l1})")
     # x + s in the kernel (s = +128 or -128 to reach the instruction's dtype): sum (x+s) w = sum x w + s rowsum(w)
     qp = _requant_rows(mt, names, N, ndim, axis, -shift_of(x_dtype, isa) * w.astype(np.int64).sum(1))
-    return _Plan(x, x_dtype, out_dtype, lead, M, N, K, w, qp, conv, isa)
+    return _Plan(x, x_dtype, out_dtype, lead, M, N, K, w, qp, conv, isa,
+                 layout="NHWC" if conv and isa.channels_last else "NCHW", im2col=cols)
 
 
 def _requant_rows(mt: dict, names: dict, N: int, ndim: int, axis: int, bias_extra) -> np.ndarray:
@@ -265,7 +281,27 @@ def _analyse_depthwise(mt, names, x, acc, shape, x_dtype, out_dtype, isa) -> _Pl
     out = [int(d) for d in acc.ty.shape]
     qp = _requant_rows(mt, names, C, len(out), 1, 0)
     return _Plan(x, x_dtype, out_dtype, (B, out[2], out[3]), out[2] * out[3], C, KH * KW,
-                 w.reshape(C, KH * KW).astype(np.int8), qp, True, isa, (B, C, H, W, KH, KW, stride, padding))
+                 w.reshape(C, KH * KW).astype(np.int8), qp, True, isa, (B, C, H, W, KH, KW, stride, padding),
+                 "NHWC" if isa.channels_last else "NCHW")
+
+
+def _conv_weight(conv, x_shape, im2col_ok: bool) -> tuple:
+    """(int8 [N, K] weight, im2col geometry or ()) of a conv2d the dense kernel computes: a 1x1,
+    stride-1, unpadded conv directly, any other (groups=1, undilated) through targets.im2col when
+    ``im2col_ok``; ValueError naming what differs."""
+    at, w = conv.attrs, _const(conv.args[1])
+    plain = tuple(w.shape[2:]) == (1, 1) and all(int(v) == 1 for v in at.strides) \
+        and not any(int(v) for v in at.padding)
+    layouts = (str(at.data_layout), str(at.kernel_layout), str(at.out_layout))
+    if plain or not im2col_ok or layouts != ("NCHW", "OIHW", "NCHW") or int(at.groups) != 1 \
+            or any(int(v) != 1 for v in at.dilation) or len(x_shape) != 4 or x_shape[1] != w.shape[1]:
+        return _conv1x1_weight(conv, x_shape), ()
+    from targets.im2col import weight_columns
+    padding = tuple(int(v) for v in at.padding)
+    padding = padding * 2 if len(padding) == 2 else padding
+    B, C, H, W = x_shape
+    return weight_columns(w), (B, C, H, W, int(w.shape[2]), int(w.shape[3]), tuple(int(v) for v in at.strides),
+                               padding)
 
 
 def _conv1x1_weight(conv, x_shape) -> np.ndarray:
@@ -296,7 +332,16 @@ def build_kernel(p: _Plan, tile=(4, 4, 128)) -> tvm.tirx.PrimFunc:
     if p.depthwise:
         from targets import depthwise_int8 as dw
         B, C, H, W, KH, KW, stride, padding = p.depthwise
-        sch = dw.schedule_depthwise(dw.depthwise_requant(B, C, H, W, KH, KW, stride, padding, p.x_dtype, p.out_dtype))
+        if p.layout == "NHWC":
+            sch = dw.schedule_depthwise_nhwc(dw.depthwise_requant_nhwc(B, H, W, C, KH, KW, stride, padding,
+                                                                       p.x_dtype, p.out_dtype))
+        else:
+            sch = dw.schedule_depthwise(dw.depthwise_requant(B, C, H, W, KH, KW, stride, padding, p.x_dtype,
+                                                             p.out_dtype))
+    elif p.conv and p.layout == "NHWC":  # the dense kernel over the batch's pixels
+        schedule = p.isa.schedule_dense or dot.schedule_dense
+        workload = p.isa.dense_requant or dot.dense_requant
+        sch = schedule(workload(p.lead[0] * p.M, p.N, p.K, p.x_dtype, p.out_dtype, p.isa), p.isa, *CONV_TILE)
     elif p.conv:
         schedule = p.isa.schedule_conv1x1 or dot.schedule_conv1x1
         workload = p.isa.conv1x1_requant or dot.conv1x1_requant
@@ -318,29 +363,85 @@ class _Rewriter(relax.PyExprMutator):
         self.plans, self.tile = plans, tile
         self.kernels: dict[tuple, relax.GlobalVar] = {}
         self.names: dict[relax.Var, str] = {}
+        self.channels_last = ChannelsLast(self.builder_)
 
     def _kernel(self, p: _Plan) -> relax.GlobalVar:
         key = (p.isa.name, p.conv, p.lead[0] if p.conv else 0, p.M, p.N, p.K, p.x_dtype, p.out_dtype,
-               p.depthwise)  # requantize numbers are arguments
+               p.depthwise, p.layout, bool(p.im2col))  # requantize numbers are arguments
         if key not in self.kernels:
+            nhwc = "_nhwc" if p.layout == "NHWC" else ""
             if p.depthwise:
                 B, C, H, W, KH, KW, (sh, sw), pad = p.depthwise
-                name = (f"{DEPTHWISE_PREFIX}_b{B}_{p.x_dtype[0]}8_{p.out_dtype[0]}8_{C}x{H}x{W}_k{KH}x{KW}_s{sh}x{sw}"
-                        f"_p{'_'.join(map(str, pad))}")
+                name = (f"{DEPTHWISE_PREFIX}_b{B}_{p.x_dtype[0]}8_{p.out_dtype[0]}8{nhwc}_{C}x{H}x{W}_k{KH}x{KW}"
+                        f"_s{sh}x{sw}_p{'_'.join(map(str, pad))}")
             else:
-                prefix = f"{p.isa.name}_conv1x1_requant_b{p.lead[0]}" if p.conv else f"{p.isa.name}_dense_requant"
-                name = f"{prefix}_{p.x_dtype[0]}8_{p.out_dtype[0]}8_{p.M}x{p.N}x{p.K}"
+                kind = "conv_im2col" if p.im2col else "conv1x1"
+                prefix = f"{p.isa.name}_{kind}_requant_b{p.lead[0]}" if p.conv else f"{p.isa.name}_dense_requant"
+                name = f"{prefix}{nhwc}_{p.x_dtype[0]}8_{p.out_dtype[0]}8_{p.M}x{p.N}x{p.K}"
             self.kernels[key] = self.builder_.add_func(build_kernel(p, self.tile), name)
         return self.kernels[key]
 
+    def _im2col(self, p: _Plan, x) -> relax.Expr:
+        """The rows of ``p``'s conv: im2col of its input's twin if it has one, else of the NCHW ``x``."""
+        from targets.im2col import im2col
+        cl = self.channels_last
+        layout = "NHWC" if p.x in cl.twins else "NCHW"
+        B, C, H, W, KH, KW, (sh, sw), pad = p.im2col
+        key = ("im2col", layout, p.im2col, p.x_dtype)
+        if key not in self.kernels:
+            prim = im2col(*p.im2col, p.x_dtype, layout)
+            prim = prim.without_attr("global_symbol").with_attrs({"tirx.is_scheduled": True,
+                                                                  "op_pattern": OP_PATTERN_OPAQUE})
+            self.kernels[key] = self.builder_.add_func(
+                prim, f"im2col_b{B}_{layout.lower()}_{C}x{H}x{W}_k{KH}x{KW}_s{sh}x{sw}_p{'_'.join(map(str, pad))}")
+        src = cl.twins[p.x] if layout == "NHWC" else x
+        return self.builder_.emit(relax.call_tir(self.kernels[key], [src],
+                                                 relax.TensorType([B * p.M, p.K], p.x_dtype)))
+
+    def _nhwc_call(self, p: _Plan, gv, x, var) -> relax.Expr:
+        """The channels-last kernel call for ``var`` (its NHWC output becomes var's twin); returns
+        the NCHW value of ``var``."""
+        bb, cl = self.builder_, self.channels_last
+        B, OH, OW = p.lead
+        if p.im2col:
+            from targets.int8_dot import pack_weight
+            w = relax.const((p.isa.pack_weight or pack_weight)(p.w, p.isa.lanes), "int8")
+            y = bb.emit(relax.call_tir(gv, [self._im2col(p, x), w, relax.const(p.qp, "int64")],
+                                       relax.TensorType([B * p.M, p.N], p.out_dtype)))
+            self.names[var] = gv.name_hint
+            return cl.kernel_output(var, R.memory.view(y, [B, OH, OW, p.N]))
+        x = cl.nhwc(p.x, x)
+        if p.depthwise:  # the weight widened to int32 [KH, KW, C] at compile time
+            _, C, _, _, KH, KW, _, _ = p.depthwise
+            w = relax.const(np.ascontiguousarray(p.w.astype(np.int32).reshape(C, KH, KW).transpose(1, 2, 0)), "int32")
+            y = relax.call_tir(gv, [x, w, relax.const(p.qp, "int64")], relax.TensorType([B, OH, OW, C], p.out_dtype))
+        else:  # a 1x1 conv: the dense over [B * H * W, K] pixels, reshapes of contiguous tensors
+            from targets.int8_dot import pack_weight
+            w = relax.const((p.isa.pack_weight or pack_weight)(p.w, p.isa.lanes), "int8")
+            # views, not reshapes: FuseOps would fuse a reshape into the neighbouring elementwise
+            # kernels, whose flattened index (a div/mod per element) then defeats vectorization
+            x = bb.emit(R.memory.view(x, [B * p.M, p.K]))
+            y = bb.emit(relax.call_tir(gv, [x, w, relax.const(p.qp, "int64")],
+                                       relax.TensorType([B * p.M, p.N], p.out_dtype)))
+            y = R.memory.view(y, [B, OH, OW, p.N])
+        self.names[var] = gv.name_hint
+        return cl.kernel_output(var, y)
+
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         p = self.plans.get(binding.var)
+        cl = self.channels_last
         if p is None:
-            return super().visit_var_binding_(binding)
+            if not cl.follow(binding.var, binding.value, self.visit_expr):
+                binding = relax.VarBinding(binding.var, cl.read_nchw(binding.value))
+            return super().visit_var_binding_(binding)  # a twinned op's NCHW original is dead code
         from targets.int8_dot import pack_weight
         bb = self.builder_
         x = self.visit_expr(p.x)
         gv = self._kernel(p)
+        if p.layout == "NHWC":
+            return super().visit_var_binding_(relax.VarBinding(binding.var, self._nhwc_call(p, gv, x, binding.var)))
+        if p.x in cl.twins:
+            x = cl.nchw(p.x)
         if p.depthwise:  # NCHW in and out, the weight widened to int32 [C, KH, KW] at compile time
             B, C, _, _, KH, KW, _, _ = p.depthwise
             args = [x, relax.const(p.w.astype(np.int32).reshape(C, KH, KW), "int32"), relax.const(p.qp, "int64")]

@@ -8,7 +8,7 @@ Per model (EfficientNet-Lite0, MiniLM at sequence length 128, digits), batch 1, 
 Runtime FP32, ONNX Runtime int8 (its own ``quantize_static``: QDQ, uint8 activations, per-channel
 symmetric int8 weights, MinMax on 64 protocol calibration samples), ONNX Runtime on tvmptq's QDQ export
 of the W8A8 plan, TVM FP32 tuned, TVM int8 untuned and tuned (the program ``tvmptq compile`` builds for
-x86-host: linears and 1x1 convs as VNNI kernels), and TVM int8 without the dot-product kernels.
+x86-host: linears and convs as VNNI kernels, channels last), and TVM int8 without the dot-product kernels.
 Then the ratios, the kernel proof (targets/kernel_proof.py: share of conv/matmul multiply-adds in
 tensorized kernels, confirmed in the built library's assembly, and the standalone requantize kernels
 left), bit-exactness of every TVM int8 build against the NumPy reference, guest instruction counts of

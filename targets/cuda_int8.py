@@ -127,4 +127,5 @@ def schedule_conv1x1(func, isa: DotISA, threads_m: int = 8, threads_n: int = 32)
 
 DP4A = DotISA(name="dp4a", arch="cuda", lanes=1, act_dtype="int8", caps=("dp4a",),
               register=register_dp4a_intrinsic, instruction="dp4a", schedule_dense=schedule_dense,
-              schedule_conv1x1=schedule_conv1x1, simd_depthwise=False)
+              schedule_conv1x1=schedule_conv1x1, simd_depthwise=False,
+              channels_last=False)  # no GPU depthwise kernel: the NCHW graph keeps TVM's own schedules

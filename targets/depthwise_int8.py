@@ -1,18 +1,28 @@
 """int8 depthwise convolution with the requantize in its epilogue, hand-scheduled for CPU SIMD.
 
 A depthwise conv has no reduction over channels, so the dot-product instructions (``vpdpbusd``,
-``sdot``) have nothing to reduce 4 bytes over; what it needs is plain SIMD over output pixels.
-TVM's default build of the lowered kernel does not get that: EfficientNet-Lite0's 3x3 depthwise
-conv on 144 x 56 x 56 took 1.1 ms untuned and stayed there after MetaSchedule's few trials
-(4 M multiply-adds: 4 GMAC/s on a core that does 16 int32 multiply-adds per instruction).
+``sdot``) have nothing to reduce 4 bytes over; what it needs is plain SIMD. TVM's default build of
+the lowered kernel does not get that: EfficientNet-Lite0's 3x3 depthwise conv on 144 x 56 x 56
+took 1.1 ms untuned and stayed there after MetaSchedule's few trials (4 M multiply-adds: 4 GMAC/s
+on a core that does 16 int32 multiply-adds per instruction).
 
-Here, per (image, channel) in parallel: the channel is padded and widened to int32 once
-(``X_pad``, at most 114 x 114 x 4 bytes, in cache), then each output row is computed ``vec``
-pixels at a time (``vec``: :func:`vector_width`, a divisor of the output width, so no tail) with
-the KH x KW taps unrolled around a vector multiply-add, and the plan's fixed-point requantize
-(targets.int8_dot.REQUANT_ROWS, int64, as relay_passes/integer_ops.requantize) runs on each
-vector of accumulators before it is stored. The arithmetic is the lowering's, so the result is
-bit-identical (tests/test_depthwise_int8.py checks it against NumPy).
+Two layouts, one arithmetic (the plan's fixed-point requantize, targets.int8_dot.REQUANT_ROWS, int64,
+as relay_passes/integer_ops.requantize), so both are bit-identical (tests/test_depthwise_int8.py
+checks them against NumPy):
+
+* :func:`depthwise_requant_nhwc` (channels last, what TensorizeDot uses on CPUs): per (image,
+  output row) in parallel, each output pixel is computed ``vec`` channels at a time (``vec``: 16, or
+  the largest divisor of C below it), the KH x KW taps unrolled around a vector multiply-add on
+  contiguous channel vectors, the requantize constants being channel vectors too. Measured on
+  EfficientNet-Lite0's shapes (one znver4 core), 1.5-2.8x faster than the NCHW kernel, most on the
+  14 x 14 and 7 x 7 maps, whose NCHW rows are too short for a full vector.
+* :func:`depthwise_requant` (NCHW): per (image, channel) in parallel, the channel padded and widened
+  to int32 once (``X_pad``), each output row computed ``vec`` pixels at a time
+  (:func:`vector_width`, a divisor of the output width).
+
+Why the taps' sum is its own block (``compute_at``, not inlined into the requantize): inlined under
+the requantize's ``int64(acc)``, TVM's simplifier distributes the cast over the sum, so every tap
+was sign-extended and added in int64 (two 8-lane halves per vector): 1.3-1.6x slower.
 """
 from __future__ import annotations
 
@@ -71,7 +81,7 @@ def vector_width(ow: int, vec: int = VEC) -> int:
 def schedule_depthwise(func, vec: int = VEC):
     """Hand schedule for :func:`depthwise_requant`; returns the ``Schedule``: (image, channel) fused
     and parallel; the padded channel computed once per channel, vectorized along its rows; the taps'
-    sum inlined into the requantize, vectorized over ``vec`` output pixels."""
+    sum computed per vector of ``vec`` output pixels, then requantized and stored."""
     import tvm
     sch = tvm.s_tir.Schedule(func)
     epi, acc, pad = sch.get_sblock("C"), sch.get_sblock("compute"), sch.get_sblock("X_pad")
@@ -80,8 +90,49 @@ def schedule_depthwise(func, vec: int = VEC):
     bc = sch.fuse(b, c)
     sch.parallel(bc)
     jo, ji = sch.split(j, [None, vector_width(ow, vec)])
-    sch.compute_inline(acc)  # the taps' sum is the epilogue's input: one vector expression per pixel vector
+    sch.compute_at(acc, jo)  # int32 taps' sum per pixel vector, then the requantize (see the module doc)
     sch.compute_at(pad, bc)
+    sch.vectorize(sch.get_loops(acc)[-1])
     sch.vectorize(ji)
     sch.vectorize(sch.get_loops(pad)[-1])
+    return sch
+
+
+def depthwise_requant_nhwc(B: int, H: int, W: int, C: int, KH: int, KW: int, stride: tuple, padding: tuple,
+                           x_dtype: str, out_dtype: str):
+    """TIR ``main(X: x_dtype[B, H, W, C], Wd: int32[KH, KW, C], qp: int64[7, C], Y: out_dtype[B, OH, OW, C])``:
+    :func:`depthwise_requant` channels last (the same sums and requantize, zero padding)."""
+    from tvm import te
+    pt, pl, _, _ = padding
+    sh, sw = stride
+    OH, OW = output_size(H, W, KH, KW, stride, padding)
+    X = te.placeholder((B, H, W, C), x_dtype, name="X")
+    Wd = te.placeholder((KH, KW, C), "int32", name="Wd")
+    qp = te.placeholder((len(REQUANT_ROWS), C), "int64", name="qp")
+
+    def tap(b, h, w, c):  # zero outside the image; no condition at all when there is no padding
+        v = X[b, h - pt, w - pl, c].astype("int32")
+        if not any(padding):
+            return v
+        return te.if_then_else(te.all(h >= pt, h < pt + H, w >= pl, w < pl + W), v, te.const(0, "int32"))
+    acc = te.compute((B, OH, OW, C), lambda b, i, j, c: sum(
+        tap(b, i * sh + kh, j * sw + kw, c) * Wd[kh, kw, c] for kh in range(KH) for kw in range(KW)), name="compute")
+    requant = _requantize(qp, out_dtype)
+    Y = te.compute((B, OH, OW, C), lambda b, i, j, c: requant(acc[b, i, j, c], c), name="C")
+    return te.create_prim_func([X, Wd, qp, Y]).with_attr("global_symbol", "main")
+
+
+def schedule_depthwise_nhwc(func, vec: int = VEC):
+    """Hand schedule for :func:`depthwise_requant_nhwc`; returns the ``Schedule``: (image, output row)
+    fused and parallel; per output pixel, channels in vectors of ``vec`` (the largest divisor of C up
+    to it): the int32 taps' sum, then the requantize, both vectorized over the channels."""
+    import tvm
+    sch = tvm.s_tir.Schedule(func)
+    epi, acc = sch.get_sblock("C"), sch.get_sblock("compute")
+    b, i, j, c = sch.get_loops(epi)
+    _, ci = sch.split(c, [None, _divisor_at_most(int(sch.get(c).extent), vec)])
+    sch.parallel(sch.fuse(b, i))
+    sch.compute_at(acc, sch.get_loops(epi)[-2])
+    sch.vectorize(sch.get_loops(acc)[-1])
+    sch.vectorize(ci)
     return sch

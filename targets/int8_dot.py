@@ -44,6 +44,7 @@ class DotISA:
     dense_requant: Callable | None = None     # workload (M, N, K, x_dtype, out_dtype, isa); None: dense_requant
     conv1x1_requant: Callable | None = None   # workload (B, M, N, K, ...); None: conv1x1_requant
     pack_weight: Callable | None = None       # (w int8 [N, K], lanes) -> the packed weight; None: pack_weight
+    channels_last: bool = True   # 1x1 and depthwise convs run on NHWC activations (relay_passes/channels_last.py)
 
     def reason_missing(self, target) -> str:
         """'' if a registry Target can run the kernels, else why not."""

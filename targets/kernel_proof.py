@@ -198,12 +198,15 @@ def primfunc_summary(prim, dot_mnemonics=("vpdpbusd", "sdot", "smmla")) -> dict:
 
 def kernel_category(summary: dict, name: str = "") -> str:
     """A coarse class of a kernel from its :func:`primfunc_summary` (and its name: the hand
-    kernels of targets.depthwise_int8 are named ``dw_requant_...``), for profiles."""
+    kernels of targets.depthwise_int8 are named ``dw_requant_...``, targets.im2col's ``im2col_...``),
+    for profiles."""
     from relay_passes.tensorize_x86 import DEPTHWISE_PREFIX
     if name.startswith(DEPTHWISE_PREFIX):
         return "depthwise conv (SIMD kernel, requantize fused)"
+    if name.startswith("im2col_"):
+        return "im2col (rows of a k x k conv for the dot-product kernel)"
     if summary.get("dot_intrinsic"):
-        return "tensorized dot-product (1x1 conv / linear)"
+        return "tensorized dot-product (conv / linear)"
     if summary.get("macs"):
         blocks = " ".join(summary.get("mac_block_names", [])).lower()
         if "depthwise" in blocks or "group" in blocks:

@@ -322,7 +322,7 @@ def write_report(result: dict, out_md) -> Path:
         lines.append(f"ORT int8: `quantize_static` {cfg}.\n")
     lines.append("Engines: " + "; ".join(f"**{label}**" for _, label in engines)
                  + ". TVM int8 = the W8A8 plan's integer-only program; *untuned* / *tuned* are the program "
-                   "`tvmptq compile` builds for x86-host (linears and 1x1 convs as tensorized dot-product "
+                   "`tvmptq compile` builds for x86-host (linears and convs as tensorized dot-product "
                    "kernels); *no dot kernels* is the plain lowering (no hand kernels), untuned.\n")
     for th in threads:
         lines += [f"## Latency, {th} thread{'s' if th > 1 else ''} (ms, median (IQR))\n",
@@ -410,7 +410,7 @@ def write_report(result: dict, out_md) -> Path:
         lines += ["## Arm (aarch64 under qemu-user; instruction counts are a **proxy for work, not a latency**)\n",
                   "Guest instructions per batch-1 call counted by a qemu TCG plugin (single thread, untuned "
                   "schedules). int8 on Arm targets with dotprod is the program `tvmptq compile` builds there "
-                  "(linears and 1x1 convs as `sdot` kernels, `smmla` where the target has i8mm). Dot-product instructions counted in the "
+                  "(linears and convs as `sdot` kernels, `smmla` where the target has i8mm; channels last). Dot-product instructions counted in the "
                   "disassembly of the exported library (`aarch64-linux-gnu-objdump -d`).\n",
                   "| model | target | FP32 M insns / call | int8 M insns / call | int8 / FP32 | tensorized (MAC share) | "
                   "sdot | smmla | udot/usdot |", "|---|---|---|---|---|---|---|---|---|"]

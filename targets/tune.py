@@ -451,7 +451,7 @@ def database_summary(folder) -> dict:
 
 def apply_database(mod, tvm_target, folder):
     """Compile ``mod`` with the tuned schedules of the database in ``folder`` (untuned kernels keep
-    the default schedule)."""
+    the default schedule: cpu_defaults.schedule_elementwise for fused elementwise ones on CPUs)."""
     import tvm
     from tvm import relax
     tvm_target = with_cores(tvm_target)
@@ -459,4 +459,7 @@ def apply_database(mod, tvm_target, folder):
     prepared = prepare(mod, tvm_target)
     with tvm_target, db, tvm.transform.PassContext(opt_level=3):
         tuned = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(prepared)
+    from .cpu_defaults import schedule_elementwise_kernels
+    if tvm_target.kind.name == "llvm":  # kernels the database does not cover (tuned ones are marked scheduled)
+        tuned, _ = schedule_elementwise_kernels(tuned)
     return tvm.compile(tuned, target=tvm_target)

@@ -1,5 +1,5 @@
-"""Arm dotprod (``sdot``) kernels: the lowering's linear layers and 1x1 convs tensorized for Arm
-targets with the ``dotprod`` capability, cross-compiled for aarch64 and run under qemu-user, bit for
+"""Arm dotprod (``sdot``) kernels: the lowering's linear layers and convs tensorized for Arm
+targets with the ``dotprod`` capability (convs channels last), cross-compiled for aarch64 and run under qemu-user, bit for
 bit equal to the NumPy reference (uint8 activations through the -128 shift, int8 ones as they are).
 Targets without dotprod (Cortex-A72) are left unchanged and say why. Needs `make arm-setup`."""
 import shutil
@@ -68,9 +68,11 @@ def test_a72_has_no_dotprod_and_nothing_changes(kind):
 
 
 def check_program_under_qemu(kind, symmetric, target, instruction, tmp_path):
-    """TensorizeDot for ``target`` puts both layers of the model in ``instruction`` kernels; the
-    exported aarch64 library, run under qemu-user, equals the NumPy reference bit for bit, and its
-    disassembly holds the instruction."""
+    """TensorizeDot for ``target`` puts the model's layers in ``instruction`` kernels (both linears;
+    the ConvNet's four non-depthwise convs, channels last: two 1x1, a strided 1x1 and a 3x3 as
+    im2col rows, its depthwise conv in the NHWC SIMD kernel); the exported aarch64 library, run
+    under qemu-user, equals the NumPy reference bit for bit, and its disassembly holds the
+    instruction."""
     from targets import qemu
     from targets.build import compile_module, export
     x, plan, base, batch = _model(kind, symmetric)
@@ -78,7 +80,7 @@ def check_program_under_qemu(kind, symmetric, target, instruction, tmp_path):
     tensorize = rp.TensorizeDot(t, plan, warn=False)
     mod = tensorize(base)
     done = [r for r in tensorize.report if r.tensorized]
-    assert len(done) == 2 and all(r.kernel.startswith(f"{instruction}_") for r in done)
+    assert len(done) == (4 if kind == "convnet" else 2) and all(r.kernel.startswith(f"{instruction}_") for r in done)
     act = "i8" if symmetric else "u8"
     assert all(f"_{act}_" in r.kernel for r in done)
     lib = tmp_path / "model.so"

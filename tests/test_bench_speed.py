@@ -47,14 +47,17 @@ def test_mac_share_untensorized_is_zero(digits):
 
 
 def test_mac_share_tensorized_on_this_host(digits):
-    """x86-host tensorizes (the linear) only where this CPU has avx512_vnni."""
+    """x86-host tensorizes every layer (the linear; the convs as 1x1 or im2col rows, channels last)
+    only where this CPU has avx512_vnni."""
     _, base, tens, _ = digits
     share = kp.mac_share(base, tens)
     assert share["consistent"] and share["layers"] == 10
     assert (share["share"] > 0) == HAS_VNNI
     if HAS_VNNI:
-        assert share["tensorized_layers"] == 1 and share["tensorized_macs"] == BATCH * 10 * 64
-        assert share["kernels"] == [f"vnni_dense_requant_u8_u8_{BATCH}x10x64"]
+        assert share["tensorized_layers"] == 10 and share["tensorized_macs"] == share["total_macs"]
+        assert share["total_macs"] == BATCH * DIGITS_MACS_PER_SAMPLE and share["share"] == 1.0
+        assert f"vnni_dense_requant_u8_u8_{BATCH}x10x64" in share["kernels"]
+        assert sum(k.startswith("vnni_conv_im2col_requant") for k in share["kernels"]) >= 3
     recs = kp.tensorize_records(tens)
     assert len(recs) == 10 and sum(r["tensorized"] for r in recs) == share["tensorized_layers"]
     assert all(r["reason"] for r in recs if not r["tensorized"])

@@ -6,7 +6,8 @@ import pytest
 import tvm
 
 import targets
-from targets.depthwise_int8 import depthwise_requant, output_size, schedule_depthwise, vector_width
+from targets.depthwise_int8 import (depthwise_requant, depthwise_requant_nhwc, output_size, schedule_depthwise,
+                                    schedule_depthwise_nhwc, vector_width)
 
 TARGET = targets.get("x86-host").tvm_target()
 
@@ -63,6 +64,13 @@ def test_depthwise_requant_is_bit_exact(case):
     want = reference(x, w, qp, stride, padding, out_dtype)
     assert want.std() > 0  # the requantize does not clip everything to one value
     assert np.array_equal(bufs[-1].numpy(), want)
+    # channels last: the same numbers through the NHWC kernel
+    lib = tvm.compile(schedule_depthwise_nhwc(depthwise_requant_nhwc(B, H, W, C, KH, KW, stride, padding, x_dtype,
+                                                                     out_dtype)).mod, target=TARGET)
+    bufs = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in
+            (x.transpose(0, 2, 3, 1), w.transpose(1, 2, 0), qp, np.zeros((B, OH, OW, C), out_dtype))]
+    lib["main"](*bufs)
+    assert np.array_equal(bufs[-1].numpy(), want.transpose(0, 2, 3, 1))
 
 
 def test_output_size_matches_torch_convention():
@@ -84,3 +92,13 @@ def test_the_schedule_is_simd_and_parallel():
     text = sch.mod.script()
     assert "in T.parallel(8):" in text  # 1 image x 8 channels
     assert "j_1 in T.vectorized(16):" in text  # the 16 output pixels of a row in one vector
+    # the taps' sum is an int32 block of its own: inlined under the requantize's int64 cast, TVM
+    # widened every tap to int64
+    assert 'compute[' in text and 'T.Cast("int64", compute' in text
+
+
+def test_the_nhwc_schedule_vectorizes_channels():
+    sch = schedule_depthwise_nhwc(depthwise_requant_nhwc(1, 16, 16, 48, 3, 3, (1, 1), (1, 1, 1, 1), "uint8", "int8"))
+    text = sch.mod.script()
+    assert "in T.parallel(16):" in text  # 1 image x 16 output rows
+    assert text.count("in T.vectorized(16):") == 2  # the int32 sums and the requantize, 16 channels each

@@ -161,18 +161,20 @@ def test_x86_host_artifact_records_the_target(digits):
 
 
 def test_x86_host_compile_tensorizes_unless_told_not_to(digits):
-    """compile --target x86-host applies the VNNI kernels (the digits linear; its convs are 3x3 or
-    strided) and lists every conv/linear with what became of it; --no-tensorize builds the plain
-    lowering, whose outputs are the same bit for bit."""
+    """compile --target x86-host applies the VNNI kernels (the digits linear; its 3x3 and strided
+    convs as im2col rows, channels last) and lists every conv/linear with what became of it;
+    --no-tensorize builds the plain lowering, whose outputs are the same bit for bit."""
     from tvmptq.deploy import load_artifact
     m = json.loads((digits[2] / "manifest.json").read_text())
-    assert len(m["kernels"]) == 10 and all(" (conv2d): not tensorized: " in k for k in m["kernels"][:9])
+    assert len(m["kernels"]) == 10
     report = (digits[2] / "report.md").read_text()
     if "vnni" in m["target"]["capabilities"] and "avx512" in m["target"]["capabilities"]:
         assert m["kernels"][-1].startswith("linear: tensorized (vnni_dense_requant_")
-        assert "## Tensorized int8 kernels (1 of 10 conv/matmul layers)" in report
+        assert all(k.startswith("conv2d") and ": tensorized (vnni_conv_" in k for k in m["kernels"][:9])
+        assert "## Tensorized int8 kernels (10 of 10 conv/matmul layers)" in report
     else:
         assert "lacks the " in m["kernels"][-1] and " capability" in m["kernels"][-1]
+        assert all(" (conv2d): not tensorized: " in k for k in m["kernels"][:9])
     plain = digits[0] / "x86_plain"
     assert main(["compile", MODEL, "--plan", str(digits[1]), "-o", str(plain), "--target", "x86-host", "--untuned",
                  "--no-tensorize"]) == 0
@@ -343,7 +345,7 @@ def test_compare_writes_a_table_and_a_chart(capsys, tmp_path):
     text = out.read_text()
     assert "| digits_resnet | fp32 | x86-host |" in text
     # int8 on x86-host is what `tvmptq compile` builds: its linear tensorized where the CPU has VNNI
-    assert re.search(r"\| digits_resnet \| int8 \((vnni 1/10|no dot-product kernels)\) \| x86-host \|", text)
+    assert re.search(r"\| digits_resnet \| int8 \((vnni 10/10|no dot-product kernels)\) \| x86-host \|", text)
     assert out.with_suffix(".png").stat().st_size > 1000 and "![x86 latency](cmp.png)" in text
     if len(names) > 1:
         assert "| digits_resnet | int8 (dp4a 1/10) | sm_90 | ok (" in text and "not measured (no GPU)" in text

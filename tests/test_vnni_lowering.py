@@ -204,23 +204,22 @@ def digits(digits_relax):
 
 
 @pytest.mark.parametrize("w,a", [(8, 8), (4, 4)])
-def test_digits_final_linear(digits, w, a):
+def test_digits_every_layer_is_a_kernel(digits, w, a):
+    """3x3 and strided 1x1 convs as im2col + the dense kernel (channels last), the linear as a dense."""
     model, graph, calib, x, imported = digits
     qm = tvmptq.quantize(model, calib, tvmptq.make_config(w, a, "minmax" if w == 8 else "mse"), graph=graph,
                          progress=False)
     target = RUN_TARGET if HAS_VNNI else BUILD_TARGET
-    with pytest.warns(UserWarning, match=r"1 of 10 integer kernels tensorized") as caught:
-        mod = rp.lowering_passes(qm.plan, target=target)(imported)
-    text = str(caught[0].message)
-    assert "conv2d_8 (conv2d): not tensorized: a 3x3 conv2d: only 1x1 convs are tensorized" in text
-    assert "conv2d_3 (conv2d): not tensorized: a 1x1 conv2d with strides [2, 2]" in text and "(linear)" not in text
+    mod, caught = _quiet(lambda m: rp.lowering_passes(qm.plan, target=target)(m), imported)
+    assert not [c for c in caught if "tensorized" in c]  # nothing left to warn about
     report = rp.tensorize_report(mod)
-    assert report[-1].startswith("linear: tensorized") and sum("not tensorized" in r for r in report) == 9
+    assert len(report) == 10 and all(": tensorized (" in r for r in report) and report[-1].startswith("linear")
+    assert sum("vnni_conv_im2col_requant" in r for r in report) >= 7  # the 3x3 and the strided convs
     base = rp.lowering_passes(qm.plan)(imported)
     before, after = rp.op_counts(base), rp.op_counts(mod)
     assert after["matmul -> int32"] == 0 and before["matmul -> int32"] == 1
-    assert before["right_shift -> int64"] - after["right_shift -> int64"] == 1  # the linear's requantize is gone
-    assert after["nn.conv2d -> int32"] == 9 and len(_vnni_kernels(mod)) == 1
+    assert after["nn.conv2d -> int32"] == 0 and before["nn.conv2d -> int32"] == 9
+    assert before["right_shift -> int64"] - after["right_shift -> int64"] == 10  # every requantize went in a kernel
     if HAS_VNNI:
         got = rp.compile_integer(mod, RUN_TARGET)(x)
         assert np.array_equal(got, run_plan(qm.plan, x))
@@ -316,22 +315,24 @@ def convnet(request):
 
 def test_convnet_pointwise_convs_are_kernels_and_the_rest_is_named(convnet):
     report = {r.layer: r for r in convnet["report"]}
+    # the strided 1x1 (4 x 5 outputs) and the 3x3 conv run as im2col rows through the same dense kernel
     assert [(n, r.tensorized, r.shape) for n, r in report.items() if r.tensorized] == [
-        ("conv2d", True, (2 * 63, 30, 6)), ("conv2d_2", True, (2 * 63, 37, 30))]
+        ("conv2d", True, (2 * 63, 30, 6)), ("conv2d_2", True, (2 * 63, 37, 30)), ("conv2d_3", True, (2 * 20, 20, 37)),
+        ("conv2d_4", True, (2 * 20, 8, 9 * 20))]
     # the depthwise conv gets a hand-scheduled SIMD kernel (targets.depthwise_int8), not a dot-product one
     dw = report["conv2d_1"]
     assert not dw.tensorized and "depthwise" in dw.reason and dw.shape == (2 * 63, 30, 9)
     assert dw.kernel.startswith("dw_requant_b2_") and dw.kernel.endswith("_30x7x9_k3x3_s1x1_p1_1_1_1")
-    assert "strides [2, 2]" in report["conv2d_3"].reason and "a 3x3 conv2d" in report["conv2d_4"].reason
-    assert len(convnet["warnings"]) == 1 and "2 of 5 integer kernels tensorized" in convnet["warnings"][0]
+    assert len(convnet["warnings"]) == 1 and "4 of 5 integer kernels tensorized" in convnet["warnings"][0]
     kernels = _vnni_kernels(convnet["mod"])
     assert sorted(kernels) == sorted(r.kernel for r in report.values() if r.tensorized)
-    assert all(n.startswith("vnni_conv1x1_requant_b2_") for n in kernels)
+    assert sorted(n.split("_nhwc")[0] for n in kernels) == ["vnni_conv1x1_requant_b2"] * 2 + [
+        "vnni_conv_im2col_requant_b2"] * 2
     for f in kernels.values():
         assert "vpdpbusd" in f.script() and int(f.attrs["op_pattern"]) == 8
     before, after = rp.op_counts(convnet["base"]), rp.op_counts(convnet["mod"])
-    assert before["nn.conv2d -> int32"] - after["nn.conv2d -> int32"] == 3
-    assert before["right_shift -> int64"] - after["right_shift -> int64"] == 3  # their requantize went with them
+    assert before["nn.conv2d -> int32"] == 5 and after["nn.conv2d -> int32"] == 0
+    assert before["right_shift -> int64"] - after["right_shift -> int64"] == 5  # their requantize went with them
 
 
 @needs_vnni
