@@ -8,8 +8,9 @@ back (ten int64 passes over the tensor for one add). Measured on EfficientNet-Li
 NHWC (one znver4 core): the residual adds took 0.65 ms unscheduled.
 
 :func:`schedule_elementwise` gives such a kernel the obvious schedule: every intermediate block
-inlined into the last one, whose outer loops are fused and parallel and whose innermost loop is
-vectorized by the largest of 16/8/4/2 that divides it. It leaves alone any function with a reduction, more than
+inlined into the last one, whose outer loops are fused and parallel (from
+int8_dot.PARALLEL_MIN_ELEMENTS elements on) and whose innermost loop is vectorized by the largest of
+16/8/4/2 that divides it. It leaves alone any function with a reduction, more than
 one block left after inlining, or ``tirx.is_scheduled`` (hand kernels, tuned kernels). Schedule
 primitives do not change what is computed, so the results are the same bit for bit (tests check
 whole programs against the NumPy reference with these schedules in place).
@@ -23,6 +24,8 @@ def schedule_elementwise(func):
     """The scheduled PrimFunc, or None when ``func`` is not an all-spatial kernel this handles."""
     import tvm
     from tvm.s_tir import Schedule
+
+    from .int8_dot import PARALLEL_MIN_ELEMENTS, parallel_if_worth
     if func.attrs is not None and bool(func.attrs.get("tirx.is_scheduled", False)):
         return None
     try:
@@ -37,7 +40,10 @@ def schedule_elementwise(func):
             return None
         *outer, inner = sch.get_loops(sch.get_child_blocks(root)[0])
         if outer:
-            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+            elements = 1
+            for loop in (*outer, inner):
+                elements *= int(sch.get(loop).extent)
+            parallel_if_worth(sch, sch.fuse(*outer) if len(outer) > 1 else outer[0], elements, PARALLEL_MIN_ELEMENTS)
         extent = int(sch.get(inner).extent)
         vec = next((v for v in VECTOR_WIDTHS if extent % v == 0 and extent > v), 0)
         if vec:  # the innermost axis only: fusing it with others would turn contiguous loads into gathers

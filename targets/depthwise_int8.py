@@ -26,7 +26,7 @@ was sign-extended and added in int64 (two 8-lane halves per vector): 1.3-1.6x sl
 """
 from __future__ import annotations
 
-from .int8_dot import REQUANT_ROWS, _divisor_at_most, _requantize
+from .int8_dot import REQUANT_ROWS, _divisor_at_most, _requantize, parallel_if_worth
 
 VEC = 16  # int32 lanes of one AVX-512 register (4 on NEON: LLVM splits the vector)
 
@@ -78,6 +78,13 @@ def vector_width(ow: int, vec: int = VEC) -> int:
     return pow2 if pow2 >= 4 else _divisor_at_most(ow, vec)
 
 
+def _taps(sch, channels_last: bool) -> int:
+    """KH * KW of a depthwise workload, from its int32 weight Wd ([C, KH, KW] or [KH, KW, C])."""
+    wd = next(r.source for r in sch.get(sch.get_sblock("compute")).reads if r.source.name == "Wd")
+    shape = [int(d) for d in wd.shape]
+    return shape[0] * shape[1] if channels_last else shape[1] * shape[2]
+
+
 def schedule_depthwise(func, vec: int = VEC):
     """Hand schedule for :func:`depthwise_requant`; returns the ``Schedule``: (image, channel) fused
     and parallel; the padded channel computed once per channel, vectorized along its rows; the taps'
@@ -87,8 +94,10 @@ def schedule_depthwise(func, vec: int = VEC):
     epi, acc, pad = sch.get_sblock("C"), sch.get_sblock("compute"), sch.get_sblock("X_pad")
     b, c, i, j = sch.get_loops(epi)
     ow = int(sch.get(j).extent)
+    work = int(sch.get(b).extent) * int(sch.get(c).extent) * int(sch.get(i).extent) * int(sch.get(j).extent) \
+        * _taps(sch, False)
     bc = sch.fuse(b, c)
-    sch.parallel(bc)
+    parallel_if_worth(sch, bc, work)
     jo, ji = sch.split(j, [None, vector_width(ow, vec)])
     sch.compute_at(acc, jo)  # int32 taps' sum per pixel vector, then the requantize (see the module doc)
     sch.compute_at(pad, bc)
@@ -130,8 +139,10 @@ def schedule_depthwise_nhwc(func, vec: int = VEC):
     sch = tvm.s_tir.Schedule(func)
     epi, acc = sch.get_sblock("C"), sch.get_sblock("compute")
     b, i, j, c = sch.get_loops(epi)
+    work = int(sch.get(b).extent) * int(sch.get(i).extent) * int(sch.get(j).extent) * int(sch.get(c).extent) \
+        * _taps(sch, True)
     _, ci = sch.split(c, [None, _divisor_at_most(int(sch.get(c).extent), vec)])
-    sch.parallel(sch.fuse(b, i))
+    parallel_if_worth(sch, sch.fuse(b, i), work)
     sch.compute_at(acc, sch.get_loops(epi)[-2])
     sch.vectorize(sch.get_loops(acc)[-1])
     sch.vectorize(ci)

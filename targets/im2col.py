@@ -23,7 +23,7 @@ def output_size(H: int, W: int, KH: int, KW: int, stride: tuple, padding: tuple)
 def im2col(B: int, C: int, H: int, W: int, KH: int, KW: int, stride: tuple, padding: tuple, dtype: str,
            layout: str = "NCHW"):
     """TIR ``main(X: dtype[B, C, H, W] (or [B, H, W, C]), cols: dtype[B*OH*OW, KH*KW*C])``, scheduled
-    (rows in parallel)."""
+    (rows in parallel when there are enough: int8_dot.parallel_if_worth)."""
     import tvm
     from tvm import te
     if layout not in ("NCHW", "NHWC"):
@@ -44,8 +44,9 @@ def im2col(B: int, C: int, H: int, W: int, KH: int, KW: int, stride: tuple, padd
     cols = te.compute((B * OH * OW, KH * KW * C), value, name="cols")
     func = te.create_prim_func([X, cols]).with_attr("global_symbol", "main")
     sch = tvm.s_tir.Schedule(func)
-    m, _ = sch.get_loops(sch.get_sblock("cols"))
-    sch.parallel(m)
+    m, k = sch.get_loops(sch.get_sblock("cols"))
+    from .int8_dot import PARALLEL_MIN_ELEMENTS, parallel_if_worth
+    parallel_if_worth(sch, m, int(sch.get(m).extent) * int(sch.get(k).extent), PARALLEL_MIN_ELEMENTS)
     return sch.mod["main"]
 
 

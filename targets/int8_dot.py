@@ -25,6 +25,18 @@ from typing import Callable
 import numpy as np
 
 REQUANT_ROWS = ("bias", "mult", "rnd", "shift", "zero_point", "lo", "hi")   # rows of the kernels' qp argument
+# Below these a kernel runs on the calling thread: a parallel launch costs microseconds (tens when
+# the other cores are busy), more than a small layer's work. Measured on digits (8 x 8 maps, every
+# layer a kernel), 2 threads in a process that had run PyTorch: 0.19 ms with every kernel
+# parallel, against 0.05 ms on one thread.
+PARALLEL_MIN_MACS = 1 << 20       # multiply-adds of a compute kernel
+PARALLEL_MIN_ELEMENTS = 1 << 16   # elements a data-movement stage writes
+
+
+def parallel_if_worth(sch, loop, work: int, minimum: int = PARALLEL_MIN_MACS) -> None:
+    """``sch.parallel(loop)`` when ``work`` reaches ``minimum`` (see PARALLEL_MIN_MACS)."""
+    if work >= minimum:
+        sch.parallel(loop)
 
 
 @dataclass(frozen=True)
@@ -231,8 +243,11 @@ def _tensorized_tiles(sch, blk, loops, isa: DotISA, mb: int, nb: int, kb: int, i
     jo, jn, ji = sch.split(j, [None, nb, isa.lanes])
     ko, kt, ki = sch.split(k, [None, kb // 4, 4])
     sch.reorder(*batch, io, jo, ko, kt, ii, jn, ji, ki)
+    batches = 1
+    for b in batch:
+        batches *= int(sch.get(b).extent)
     outer = sch.fuse(*batch, io, jo)
-    sch.parallel(outer)
+    parallel_if_worth(sch, outer, batches * M * Np * Kp)
     epi = sch.get_sblock("C")
     sch.reverse_compute_at(epi, outer)
     init = sch.decompose_reduction(blk, ko)
@@ -256,7 +271,7 @@ def schedule_dense(func, isa: DotISA, mb: int = 4, nb: int = 4, kb: int = 128, i
     stages = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
     if "X_s" in stages:
         pi, pk = sch.get_loops(stages["X_s"])
-        sch.parallel(pi)
+        parallel_if_worth(sch, pi, int(sch.get(pi).extent) * int(sch.get(pk).extent), PARALLEL_MIN_ELEMENTS)
         sch.vectorize(pk)
     return sch
 
@@ -273,8 +288,9 @@ def schedule_conv1x1(func, isa: DotISA, mb: int = 8, nb: int = 2, kb: int = 256)
     sch = tvm.s_tir.Schedule(func)
     blk = sch.get_sblock("compute")
     _tensorized_tiles(sch, blk, sch.get_loops(blk), isa, mb, nb, kb, None)
-    tb, tm, _ = sch.get_loops(sch.get_sblock("X_t"))
-    sch.parallel(sch.fuse(tb, tm))
+    tb, tm, tk = sch.get_loops(sch.get_sblock("X_t"))
+    work = int(sch.get(tb).extent) * int(sch.get(tm).extent) * int(sch.get(tk).extent)
+    parallel_if_worth(sch, sch.fuse(tb, tm), work, PARALLEL_MIN_ELEMENTS)
     return sch
 
 

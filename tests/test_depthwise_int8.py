@@ -88,17 +88,20 @@ def test_vector_width_divides_the_row(ow, vec, want):
 
 def test_the_schedule_is_simd_and_parallel():
     """The point of the kernel: the pixel loop is vectorized and (image, channel) is parallel."""
-    sch = schedule_depthwise(depthwise_requant(1, 8, 16, 16, 3, 3, (1, 1), (1, 1, 1, 1), "uint8", "int8"))
+    sch = schedule_depthwise(depthwise_requant(1, 128, 32, 32, 3, 3, (1, 1), (1, 1, 1, 1), "uint8", "int8"))
     text = sch.mod.script()
-    assert "in T.parallel(8):" in text  # 1 image x 8 channels
+    assert "in T.parallel(128):" in text  # 1 image x 128 channels
     assert "j_1 in T.vectorized(16):" in text  # the 16 output pixels of a row in one vector
     # the taps' sum is an int32 block of its own: inlined under the requantize's int64 cast, TVM
     # widened every tap to int64
     assert 'compute[' in text and 'T.Cast("int64", compute' in text
+    # a small conv (8 channels of 16 x 16, 18 k multiply-adds) stays on the calling thread
+    small = schedule_depthwise(depthwise_requant(1, 8, 16, 16, 3, 3, (1, 1), (1, 1, 1, 1), "uint8", "int8"))
+    assert "T.parallel" not in small.mod.script()
 
 
 def test_the_nhwc_schedule_vectorizes_channels():
-    sch = schedule_depthwise_nhwc(depthwise_requant_nhwc(1, 16, 16, 48, 3, 3, (1, 1), (1, 1, 1, 1), "uint8", "int8"))
+    sch = schedule_depthwise_nhwc(depthwise_requant_nhwc(1, 64, 64, 48, 3, 3, (1, 1), (1, 1, 1, 1), "uint8", "int8"))
     text = sch.mod.script()
-    assert "in T.parallel(16):" in text  # 1 image x 16 output rows
+    assert "in T.parallel(64):" in text  # 1 image x 64 output rows
     assert text.count("in T.vectorized(16):") == 2  # the int32 sums and the requantize, 16 channels each
