@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         assert np.array_equal(ya[0].T, yb), (M, N, K)
         rows.append((f"1x1 conv {M} px x {N} x {K}", a, b))
         print(rows[-1], flush=True)
-    for C, H, k, s in DEPTHWISE:
+    for C, H, _, k, s in DEPTHWISE:
         x = rng.integers(0, 256, (1, C, H, H)).astype(np.uint8)
         w, qp = rng.integers(-127, 128, (C, k, k)).astype(np.int32), _qp(rng, C)
         OH = (H - k) // s + 1
