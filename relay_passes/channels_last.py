@@ -67,14 +67,12 @@ class ChannelsLast:
         self.bb = bb
         self.twins: dict = {}        # original NCHW Var -> its NHWC twin (a Var of the new function)
         self.back: dict = {}         # original NCHW Var -> a transpose of its twin back to NCHW
-        self.transposes = 0          # NCHW -> NHWC transposes emitted for kernel inputs
 
     def nhwc(self, var: relax.Var, new_value: relax.Expr) -> relax.Expr:
         """``var`` (an original binding) in NHWC: its twin, else a transpose of ``new_value`` (its
         rewritten NCHW value), remembered as the twin."""
         if var not in self.twins:
             self.twins[var] = self.bb.emit(R.permute_dims(new_value, list(TO_NHWC)))
-            self.transposes += 1
         return self.twins[var]
 
     def kernel_output(self, var: relax.Var, y_nhwc: relax.Expr) -> relax.Expr:

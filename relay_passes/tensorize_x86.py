@@ -350,9 +350,14 @@ def build_kernel(p: _Plan, tile=(4, 4, 128)) -> tvm.tirx.PrimFunc:
         schedule = p.isa.schedule_dense or dot.schedule_dense
         workload = p.isa.dense_requant or dot.dense_requant
         sch = schedule(workload(p.M, p.N, p.K, p.x_dtype, p.out_dtype, p.isa), p.isa, *tile)
-    prim = sch.mod["main"]
+    return _as_kernel(sch.mod["main"])
+
+
+def _as_kernel(prim: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """A scheduled PrimFunc as the rewrite adds it: no global symbol (AttachGlobalSymbol names it
+    after its GlobalVar), marked scheduled and opaque (see the module doc)."""
     if "global_symbol" in (prim.attrs or {}):
-        prim = prim.without_attr("global_symbol")  # AttachGlobalSymbol names it after its GlobalVar
+        prim = prim.without_attr("global_symbol")
     return prim.with_attrs({"tirx.is_scheduled": True, "op_pattern": OP_PATTERN_OPAQUE})
 
 
@@ -389,9 +394,7 @@ class _Rewriter(relax.PyExprMutator):
         B, C, H, W, KH, KW, (sh, sw), pad = p.im2col
         key = ("im2col", layout, p.im2col, p.x_dtype)
         if key not in self.kernels:
-            prim = im2col(*p.im2col, p.x_dtype, layout)
-            prim = prim.without_attr("global_symbol").with_attrs({"tirx.is_scheduled": True,
-                                                                  "op_pattern": OP_PATTERN_OPAQUE})
+            prim = _as_kernel(im2col(*p.im2col, p.x_dtype, layout))
             self.kernels[key] = self.builder_.add_func(
                 prim, f"im2col_b{B}_{layout.lower()}_{C}x{H}x{W}_k{KH}x{KW}_s{sh}x{sw}_p{'_'.join(map(str, pad))}")
         src = cl.twins[p.x] if layout == "NHWC" else x
@@ -403,25 +406,18 @@ class _Rewriter(relax.PyExprMutator):
         the NCHW value of ``var``."""
         bb, cl = self.builder_, self.channels_last
         B, OH, OW = p.lead
-        if p.im2col:
-            from targets.int8_dot import pack_weight
-            w = relax.const((p.isa.pack_weight or pack_weight)(p.w, p.isa.lanes), "int8")
-            y = bb.emit(relax.call_tir(gv, [self._im2col(p, x), w, relax.const(p.qp, "int64")],
-                                       relax.TensorType([B * p.M, p.N], p.out_dtype)))
-            self.names[var] = gv.name_hint
-            return cl.kernel_output(var, R.memory.view(y, [B, OH, OW, p.N]))
-        x = cl.nhwc(p.x, x)
         if p.depthwise:  # the weight widened to int32 [KH, KW, C] at compile time
             _, C, _, _, KH, KW, _, _ = p.depthwise
             w = relax.const(np.ascontiguousarray(p.w.astype(np.int32).reshape(C, KH, KW).transpose(1, 2, 0)), "int32")
-            y = relax.call_tir(gv, [x, w, relax.const(p.qp, "int64")], relax.TensorType([B, OH, OW, C], p.out_dtype))
-        else:  # a 1x1 conv: the dense over [B * H * W, K] pixels, reshapes of contiguous tensors
+            y = relax.call_tir(gv, [cl.nhwc(p.x, x), w, relax.const(p.qp, "int64")],
+                               relax.TensorType([B, OH, OW, C], p.out_dtype))
+        else:  # the dense over [B * OH * OW, K] rows: im2col's, or a 1x1 conv's NHWC input as it is
             from targets.int8_dot import pack_weight
-            w = relax.const((p.isa.pack_weight or pack_weight)(p.w, p.isa.lanes), "int8")
             # views, not reshapes: FuseOps would fuse a reshape into the neighbouring elementwise
             # kernels, whose flattened index (a div/mod per element) then defeats vectorization
-            x = bb.emit(R.memory.view(x, [B * p.M, p.K]))
-            y = bb.emit(relax.call_tir(gv, [x, w, relax.const(p.qp, "int64")],
+            rows = self._im2col(p, x) if p.im2col else bb.emit(R.memory.view(cl.nhwc(p.x, x), [B * p.M, p.K]))
+            w = relax.const((p.isa.pack_weight or pack_weight)(p.w, p.isa.lanes), "int8")
+            y = bb.emit(relax.call_tir(gv, [rows, w, relax.const(p.qp, "int64")],
                                        relax.TensorType([B * p.M, p.N], p.out_dtype)))
             y = R.memory.view(y, [B, OH, OW, p.N])
         self.names[var] = gv.name_hint

@@ -22,7 +22,7 @@ import functools
 import numpy as np
 
 from .int8_dot import (PARALLEL_MIN_ELEMENTS, REQUANT_ROWS, DotISA, _ceil, _divisor_at_most, _requantize,
-                       parallel_if_worth, register_intrinsic, shift_of)
+                       loop_extent, parallel_if_worth, register_intrinsic, shift_of)
 
 SMMLA_INTRIN = "smmla_2x2x8_i8i8s32_tvmptq"
 
@@ -160,7 +160,7 @@ def _schedule(func, mb: int, nb: int, kb: int):
     koo, koi = sch.split(ko, [None, kb])
     sch.reorder(*batch, ioo, joo, koo, koi, ioi, joi, ii, ji, ki)
     outer = sch.fuse(*batch, ioo, joo)
-    parallel_if_worth(sch, outer, _extent(sch, sch.get_loops(blk)))
+    parallel_if_worth(sch, outer, loop_extent(sch, sch.get_loops(blk)))
     sch.reverse_compute_at(sch.get_sblock("C"), outer)
     sch.decompose_reduction(blk, koo)
     sch.unroll(ioi)
@@ -168,17 +168,9 @@ def _schedule(func, mb: int, nb: int, kb: int):
     sch.tensorize(ii, register_smmla_intrinsic())
     pack = sch.get_sblock("X_p")
     loops = sch.get_loops(pack)
-    parallel_if_worth(sch, sch.fuse(*loops[:-3]) if len(loops) > 4 else loops[0], _extent(sch, loops),
+    parallel_if_worth(sch, sch.fuse(*loops[:-3]) if len(loops) > 4 else loops[0], loop_extent(sch, loops),
                       PARALLEL_MIN_ELEMENTS)
     return sch
-
-
-def _extent(sch, loops) -> int:
-    """Iterations of a loop nest (its work, for parallel_if_worth)."""
-    n = 1
-    for loop in loops:
-        n *= int(sch.get(loop).extent)
-    return n
 
 
 def schedule_dense(func, isa: DotISA, mb: int = 2, nb: int = 4, kb: int = 256, *_ignored):

@@ -25,13 +25,13 @@ def schedule_elementwise(func):
     import tvm
     from tvm.s_tir import Schedule
 
-    from .int8_dot import PARALLEL_MIN_ELEMENTS, parallel_if_worth
+    from .int8_dot import PARALLEL_MIN_ELEMENTS, loop_extent, parallel_if_worth
     if func.attrs is not None and bool(func.attrs.get("tirx.is_scheduled", False)):
         return None
     try:
         sch = Schedule(func)
-        root = sch.get_sblock("root") if _has_root(sch) else None
-        blocks = sch.get_child_blocks(root) if root is not None else []
+        root = sch.get_sblock("root")  # a PrimFunc without one raises: left as it is
+        blocks = sch.get_child_blocks(root)
         if not blocks or any(_has_reduction(sch, b) for b in blocks):
             return None
         for b in blocks[:-1]:
@@ -40,9 +40,7 @@ def schedule_elementwise(func):
             return None
         *outer, inner = sch.get_loops(sch.get_child_blocks(root)[0])
         if outer:
-            elements = 1
-            for loop in (*outer, inner):
-                elements *= int(sch.get(loop).extent)
+            elements = loop_extent(sch, (*outer, inner))
             parallel_if_worth(sch, sch.fuse(*outer) if len(outer) > 1 else outer[0], elements, PARALLEL_MIN_ELEMENTS)
         extent = int(sch.get(inner).extent)
         vec = next((v for v in VECTOR_WIDTHS if extent % v == 0 and extent > v), 0)
@@ -51,15 +49,6 @@ def schedule_elementwise(func):
     except (tvm.TVMError, ValueError):  # a block form these primitives refuse: keep TVM's default
         return None
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
-
-
-def _has_root(sch) -> bool:
-    import tvm
-    try:
-        sch.get_sblock("root")
-        return True
-    except tvm.TVMError:
-        return False
 
 
 def _has_reduction(sch, block) -> bool:
@@ -71,13 +60,12 @@ def schedule_elementwise_kernels(mod):
     """``mod`` with :func:`schedule_elementwise` applied to every PrimFunc it handles; returns
     (module, number of kernels scheduled)."""
     import tvm
-    done, updates = 0, {}
+    updates = {}
     for gv, func in mod.functions_items():
         if isinstance(func, tvm.tirx.PrimFunc):
             new = schedule_elementwise(func)
             if new is not None:
                 updates[gv] = new
-                done += 1
     for gv, func in updates.items():
         mod[gv] = func
-    return mod, done
+    return mod, len(updates)

@@ -26,7 +26,7 @@ was sign-extended and added in int64 (two 8-lane halves per vector): 1.3-1.6x sl
 """
 from __future__ import annotations
 
-from .int8_dot import REQUANT_ROWS, _divisor_at_most, _requantize, parallel_if_worth
+from .int8_dot import REQUANT_ROWS, _divisor_at_most, _requantize, loop_extent, parallel_if_worth
 
 VEC = 16  # int32 lanes of one AVX-512 register (4 on NEON: LLVM splits the vector)
 
@@ -94,8 +94,7 @@ def schedule_depthwise(func, vec: int = VEC):
     epi, acc, pad = sch.get_sblock("C"), sch.get_sblock("compute"), sch.get_sblock("X_pad")
     b, c, i, j = sch.get_loops(epi)
     ow = int(sch.get(j).extent)
-    work = int(sch.get(b).extent) * int(sch.get(c).extent) * int(sch.get(i).extent) * int(sch.get(j).extent) \
-        * _taps(sch, False)
+    work = loop_extent(sch, (b, c, i, j)) * _taps(sch, False)
     bc = sch.fuse(b, c)
     parallel_if_worth(sch, bc, work)
     jo, ji = sch.split(j, [None, vector_width(ow, vec)])
@@ -139,8 +138,7 @@ def schedule_depthwise_nhwc(func, vec: int = VEC):
     sch = tvm.s_tir.Schedule(func)
     epi, acc = sch.get_sblock("C"), sch.get_sblock("compute")
     b, i, j, c = sch.get_loops(epi)
-    work = int(sch.get(b).extent) * int(sch.get(i).extent) * int(sch.get(j).extent) * int(sch.get(c).extent) \
-        * _taps(sch, True)
+    work = loop_extent(sch, (b, i, j, c)) * _taps(sch, True)
     _, ci = sch.split(c, [None, _divisor_at_most(int(sch.get(c).extent), vec)])
     parallel_if_worth(sch, sch.fuse(b, i), work)
     sch.compute_at(acc, sch.get_loops(epi)[-2])

@@ -13,11 +13,7 @@ both, so the weight is packed once as ``W[N, KH, KW, C]``.
 """
 from __future__ import annotations
 
-
-def output_size(H: int, W: int, KH: int, KW: int, stride: tuple, padding: tuple) -> tuple:
-    """(OH, OW); ``padding`` = (top, left, bottom, right)."""
-    pt, pl, pb, pr = padding
-    return (H + pt + pb - KH) // stride[0] + 1, (W + pl + pr - KW) // stride[1] + 1
+from .depthwise_int8 import output_size
 
 
 def im2col(B: int, C: int, H: int, W: int, KH: int, KW: int, stride: tuple, padding: tuple, dtype: str,

@@ -33,6 +33,14 @@ PARALLEL_MIN_MACS = 1 << 20       # multiply-adds of a compute kernel
 PARALLEL_MIN_ELEMENTS = 1 << 16   # elements a data-movement stage writes
 
 
+def loop_extent(sch, loops) -> int:
+    """Iterations of a loop nest (its work, for :func:`parallel_if_worth`)."""
+    n = 1
+    for loop in loops:
+        n *= int(sch.get(loop).extent)
+    return n
+
+
 def parallel_if_worth(sch, loop, work: int, minimum: int = PARALLEL_MIN_MACS) -> None:
     """``sch.parallel(loop)`` when ``work`` reaches ``minimum`` (see PARALLEL_MIN_MACS)."""
     if work >= minimum:
@@ -238,16 +246,14 @@ def _tensorized_tiles(sch, blk, loops, isa: DotISA, mb: int, nb: int, kb: int, i
     epilogue block."""
     *batch, i, j, k = loops
     M, Np, Kp = (int(sch.get(x).extent) for x in (i, j, k))
+    work = loop_extent(sch, loops)  # before the splits: their loops are gone after
     mb, nb, kb = tile_sizes(M, Np, Kp, mb, nb, kb, isa.lanes)
     io, ii = sch.split(i, [None, mb])
     jo, jn, ji = sch.split(j, [None, nb, isa.lanes])
     ko, kt, ki = sch.split(k, [None, kb // 4, 4])
     sch.reorder(*batch, io, jo, ko, kt, ii, jn, ji, ki)
-    batches = 1
-    for b in batch:
-        batches *= int(sch.get(b).extent)
     outer = sch.fuse(*batch, io, jo)
-    parallel_if_worth(sch, outer, batches * M * Np * Kp)
+    parallel_if_worth(sch, outer, work)
     epi = sch.get_sblock("C")
     sch.reverse_compute_at(epi, outer)
     init = sch.decompose_reduction(blk, ko)
@@ -271,7 +277,7 @@ def schedule_dense(func, isa: DotISA, mb: int = 4, nb: int = 4, kb: int = 128, i
     stages = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
     if "X_s" in stages:
         pi, pk = sch.get_loops(stages["X_s"])
-        parallel_if_worth(sch, pi, int(sch.get(pi).extent) * int(sch.get(pk).extent), PARALLEL_MIN_ELEMENTS)
+        parallel_if_worth(sch, pi, loop_extent(sch, (pi, pk)), PARALLEL_MIN_ELEMENTS)
         sch.vectorize(pk)
     return sch
 
@@ -289,7 +295,7 @@ def schedule_conv1x1(func, isa: DotISA, mb: int = 8, nb: int = 2, kb: int = 256)
     blk = sch.get_sblock("compute")
     _tensorized_tiles(sch, blk, sch.get_loops(blk), isa, mb, nb, kb, None)
     tb, tm, tk = sch.get_loops(sch.get_sblock("X_t"))
-    work = int(sch.get(tb).extent) * int(sch.get(tm).extent) * int(sch.get(tk).extent)
+    work = loop_extent(sch, (tb, tm, tk))
     parallel_if_worth(sch, sch.fuse(tb, tm), work, PARALLEL_MIN_ELEMENTS)
     return sch
 
