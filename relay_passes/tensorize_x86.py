@@ -26,7 +26,9 @@ On CPU ISAs (``DotISA.channels_last``: VNNI, sdot, smmla) convs run channels las
 NHWC input, any other conv with groups=1 (a stem, 3x3 convs, strided 1x1s) is targets.im2col's rows
 through the same dense kernel, a depthwise conv is targets.depthwise_int8's NHWC kernel, and the
 integer ops between them follow in NHWC, so a transpose is paid only where such a chain meets an
-NCHW op (the pool, the input). The graph's NCHW bindings stay as views of the results; nothing
+NCHW op (the pool, the input). Depthwise convs whose activations are the instruction's dtype, with
+whole groups of ``lanes`` channels and no implicit padding, run their taps on the dot product too
+(targets.depthwise_int8.depthwise_requant_nhwc_dot, VNNI). The graph's NCHW bindings stay as views of the results; nothing
 NCHW reads them but those ops. CUDA (dp4a) keeps NCHW.
 
 The kernel PrimFunc carries ``tirx.is_scheduled`` (DLight and MetaSchedule's task extraction skip
@@ -59,6 +61,7 @@ from .match import _is_const, op_name
 from .mutate import mutate_functions
 
 DEPTHWISE_PREFIX = "dw_requant"                # kernels of targets.depthwise_int8: dw_requant_b1_u8_i8_...
+DEPTHWISE_DOT_INFIX = "_depthwise_requant"     # its dot-product kernels: vnni_depthwise_requant_b1_u8_u8_...
 KERNEL_PREFIX = "vnni_dense_requant"           # kernel names: <isa>_dense_requant..., <isa>_conv1x1_requant...
 CONV_PREFIX = "vnni_conv1x1_requant"
 KERNEL_PREFIXES = tuple(f"{isa}_{kind}_requant" for isa in ("vnni", "sdot", "smmla", "dp4a")
@@ -66,7 +69,7 @@ KERNEL_PREFIXES = tuple(f"{isa}_{kind}_requant" for isa in ("vnni", "sdot", "smm
 REPORT_ATTR = "tvmptq_tensorize_report"
 OP_PATTERN_OPAQUE = 8          # tvm::relax::OpPatternKind::kOpaque
 INT32_LIMIT = 2 ** 31
-CONV_TILE = (8, 2, 256)  # dense tiles of a channels-last 1x1 conv: 8 pixels x 2 lane groups, as schedule_conv1x1
+CONV_TILE = (7, 2, 256)  # dense tiles of a channels-last conv: 7 pixels x 2 lane groups (int8_dot.tile_sizes: 8 x 2 would leave the stack)
 
 
 # --------------------------------------------------------------------------------------- pattern
@@ -181,12 +184,16 @@ class _Plan:
     N: int
     K: int
     w: np.ndarray      # int8 [N, K]
-    qp: np.ndarray     # int64 [7, N]: targets.x86_int8.REQUANT_ROWS, the shift correction in the bias
+    qp: np.ndarray     # int64 [7, N]: targets.x86_int8.REQUANT_ROWS, the shift correction in the bias;
+                       # int32 rows of int8_dot.hi32_rows when hi32
     conv: bool = False  # a 1x1 NCHW conv: targets.int8_dot.conv1x1_requant, batch lead[0]
     isa: object = None  # the targets.int8_dot.DotISA the kernel runs on
     depthwise: tuple = ()  # (B, C, H, W, KH, KW, stride, padding): targets.depthwise_int8 (w: int8 [C, KH*KW])
     layout: str = "NCHW"   # a conv's activations in the kernel: NCHW, or NHWC (channels_last.py) when the ISA says so
     im2col: tuple = ()     # (B, C, H, W, KH, KW, stride, padding) of a conv run as targets.im2col + the dense kernel
+    hi32: bool = False     # the kernel's requantize is the exact high-half epilogue (targets.int8_dot.hi32_rows)
+    saturate: bool = False  # hi32 and every clip bound is the output dtype's limit (targets.int8_dot.saturates)
+    dw_dot: bool = False   # a depthwise conv whose taps run on the ISA's dot product (depthwise_int8.dot_reason)
 
 
 def _analyse(mt: dict, names: dict, isa) -> _Plan:
@@ -233,8 +240,24 @@ def _analyse(mt: dict, names: dict, isa) -> _Plan:
         raise ValueError(f"the {isa.act_dtype} accumulation may overflow int32 ({x_max} * max row L1 = {x_max * l1})")
     # x + s in the kernel (s = +128 or -128 to reach the instruction's dtype): sum (x+s) w = sum x w + s rowsum(w)
     qp = _requant_rows(mt, names, N, ndim, axis, -shift_of(x_dtype, isa) * w.astype(np.int64).sum(1))
-    return _Plan(x, x_dtype, out_dtype, lead, M, N, K, w, qp, conv, isa,
-                 layout="NHWC" if conv and isa.channels_last else "NCHW", im2col=cols)
+    layout = "NHWC" if conv and isa.channels_last else "NCHW"
+    q32 = _hi32(qp, x_max * np.abs(w.astype(np.int64)).sum(1), isa, dense=not conv or layout == "NHWC")
+    return _Plan(x, x_dtype, out_dtype, lead, M, N, K, w, q32 if q32 is not None else qp, conv, isa,
+                 layout=layout, im2col=cols, hi32=q32 is not None, saturate=_saturates(q32, out_dtype))
+
+
+def _saturates(q32, out_dtype: str) -> bool:
+    from targets.int8_dot import saturates
+    return q32 is not None and saturates(q32, out_dtype)
+
+
+def _hi32(qp: np.ndarray, acc_bound, isa, dense: bool) -> np.ndarray | None:
+    """The int32 rows of the high-half epilogue when the ISA's kernel has it (dense_requant, or
+    the NHWC depthwise kernel) and it is exact for these numbers, else None (the int64 epilogue)."""
+    from targets.int8_dot import hi32_rows
+    if not isa.hi32_requant or not dense:
+        return None
+    return hi32_rows(qp, acc_bound)
 
 
 def _requant_rows(mt: dict, names: dict, N: int, ndim: int, axis: int, bias_extra) -> np.ndarray:
@@ -280,9 +303,14 @@ def _analyse_depthwise(mt, names, x, acc, shape, x_dtype, out_dtype, isa) -> _Pl
     padding = padding * 2 if len(padding) == 2 else padding
     out = [int(d) for d in acc.ty.shape]
     qp = _requant_rows(mt, names, C, len(out), 1, 0)
+    x_max = 255 if x_dtype == "uint8" else 128
+    q32 = _hi32(qp, x_max * np.abs(w.astype(np.int64)).reshape(C, -1).sum(1), isa, dense=isa.channels_last)
+    from targets.depthwise_int8 import dot_reason
+    dw_dot = isa.channels_last and not dot_reason(C, KH, KW, padding, x_dtype, q32 is not None, isa)
     return _Plan(x, x_dtype, out_dtype, (B, out[2], out[3]), out[2] * out[3], C, KH * KW,
-                 w.reshape(C, KH * KW).astype(np.int8), qp, True, isa, (B, C, H, W, KH, KW, stride, padding),
-                 "NHWC" if isa.channels_last else "NCHW")
+                 w.reshape(C, KH * KW).astype(np.int8), q32 if q32 is not None else qp, True, isa,
+                 (B, C, H, W, KH, KW, stride, padding), "NHWC" if isa.channels_last else "NCHW",
+                 hi32=q32 is not None, saturate=_saturates(q32, out_dtype), dw_dot=dw_dot)
 
 
 def _conv_weight(conv, x_shape, im2col_ok: bool) -> tuple:
@@ -332,16 +360,21 @@ def build_kernel(p: _Plan, tile=(4, 4, 128)) -> tvm.tirx.PrimFunc:
     if p.depthwise:
         from targets import depthwise_int8 as dw
         B, C, H, W, KH, KW, stride, padding = p.depthwise
-        if p.layout == "NHWC":
+        if p.dw_dot:
+            sch = dw.schedule_depthwise_nhwc_dot(dw.depthwise_requant_nhwc_dot(
+                B, H, W, C, KH, KW, stride, p.x_dtype, p.out_dtype, p.isa, saturate=p.saturate), p.isa)
+        elif p.layout == "NHWC":
             sch = dw.schedule_depthwise_nhwc(dw.depthwise_requant_nhwc(B, H, W, C, KH, KW, stride, padding,
-                                                                       p.x_dtype, p.out_dtype))
+                                                                       p.x_dtype, p.out_dtype, hi32=p.hi32,
+                                                                       saturate=p.saturate))
         else:
             sch = dw.schedule_depthwise(dw.depthwise_requant(B, C, H, W, KH, KW, stride, padding, p.x_dtype,
                                                              p.out_dtype))
     elif p.conv and p.layout == "NHWC":  # the dense kernel over the batch's pixels
         schedule = p.isa.schedule_dense or dot.schedule_dense
         workload = p.isa.dense_requant or dot.dense_requant
-        sch = schedule(workload(p.lead[0] * p.M, p.N, p.K, p.x_dtype, p.out_dtype, p.isa), p.isa, *CONV_TILE)
+        sch = schedule(workload(p.lead[0] * p.M, p.N, p.K, p.x_dtype, p.out_dtype, p.isa, **_hi32_kw(p)), p.isa,
+                       *CONV_TILE)
     elif p.conv:
         schedule = p.isa.schedule_conv1x1 or dot.schedule_conv1x1
         workload = p.isa.conv1x1_requant or dot.conv1x1_requant
@@ -349,8 +382,14 @@ def build_kernel(p: _Plan, tile=(4, 4, 128)) -> tvm.tirx.PrimFunc:
     else:
         schedule = p.isa.schedule_dense or dot.schedule_dense
         workload = p.isa.dense_requant or dot.dense_requant
-        sch = schedule(workload(p.M, p.N, p.K, p.x_dtype, p.out_dtype, p.isa), p.isa, *tile)
+        sch = schedule(workload(p.M, p.N, p.K, p.x_dtype, p.out_dtype, p.isa, **_hi32_kw(p)), p.isa, *tile)
     return _as_kernel(sch.mod["main"])
+
+
+def _hi32_kw(p: _Plan) -> dict:
+    """``hi32=True`` for a dense workload on the high-half epilogue; nothing otherwise (the ISAs'
+    own workloads do not take the argument)."""
+    return {"hi32": True, "saturate": p.saturate} if p.hi32 else {}
 
 
 def _as_kernel(prim: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
@@ -372,12 +411,13 @@ class _Rewriter(relax.PyExprMutator):
 
     def _kernel(self, p: _Plan) -> relax.GlobalVar:
         key = (p.isa.name, p.conv, p.lead[0] if p.conv else 0, p.M, p.N, p.K, p.x_dtype, p.out_dtype,
-               p.depthwise, p.layout, bool(p.im2col))  # requantize numbers are arguments
+               p.depthwise, p.layout, bool(p.im2col), p.hi32, p.saturate, p.dw_dot)  # requantize numbers are arguments
         if key not in self.kernels:
             nhwc = "_nhwc" if p.layout == "NHWC" else ""
             if p.depthwise:
                 B, C, H, W, KH, KW, (sh, sw), pad = p.depthwise
-                name = (f"{DEPTHWISE_PREFIX}_b{B}_{p.x_dtype[0]}8_{p.out_dtype[0]}8{nhwc}_{C}x{H}x{W}_k{KH}x{KW}"
+                prefix = f"{p.isa.name}{DEPTHWISE_DOT_INFIX}" if p.dw_dot else DEPTHWISE_PREFIX
+                name = (f"{prefix}_b{B}_{p.x_dtype[0]}8_{p.out_dtype[0]}8{nhwc}_{C}x{H}x{W}_k{KH}x{KW}"
                         f"_s{sh}x{sw}_p{'_'.join(map(str, pad))}")
             else:
                 kind = "conv_im2col" if p.im2col else "conv1x1"
@@ -406,10 +446,12 @@ class _Rewriter(relax.PyExprMutator):
         the NCHW value of ``var``."""
         bb, cl = self.builder_, self.channels_last
         B, OH, OW = p.lead
-        if p.depthwise:  # the weight widened to int32 [KH, KW, C] at compile time
+        if p.depthwise:  # the int8 weight as [KH, KW, C], or its runs of taps for the dot-product kernel
+            from targets.depthwise_int8 import dot_weight
             _, C, _, _, KH, KW, _, _ = p.depthwise
-            w = relax.const(np.ascontiguousarray(p.w.astype(np.int32).reshape(C, KH, KW).transpose(1, 2, 0)), "int32")
-            y = relax.call_tir(gv, [cl.nhwc(p.x, x), w, relax.const(p.qp, "int64")],
+            w = np.ascontiguousarray(p.w.astype(np.int8).reshape(C, KH, KW).transpose(1, 2, 0))
+            w = relax.const(dot_weight(w) if p.dw_dot else w, "int8")
+            y = relax.call_tir(gv, [cl.nhwc(p.x, x), w, relax.const(p.qp, str(p.qp.dtype))],
                                relax.TensorType([B, OH, OW, C], p.out_dtype))
         else:  # the dense over [B * OH * OW, K] rows: im2col's, or a 1x1 conv's NHWC input as it is
             from targets.int8_dot import pack_weight
@@ -417,7 +459,7 @@ class _Rewriter(relax.PyExprMutator):
             # kernels, whose flattened index (a div/mod per element) then defeats vectorization
             rows = self._im2col(p, x) if p.im2col else bb.emit(R.memory.view(cl.nhwc(p.x, x), [B * p.M, p.K]))
             w = relax.const((p.isa.pack_weight or pack_weight)(p.w, p.isa.lanes), "int8")
-            y = bb.emit(relax.call_tir(gv, [rows, w, relax.const(p.qp, "int64")],
+            y = bb.emit(relax.call_tir(gv, [rows, w, relax.const(p.qp, str(p.qp.dtype))],
                                        relax.TensorType([B * p.M, p.N], p.out_dtype)))
             y = R.memory.view(y, [B, OH, OW, p.N])
         self.names[var] = gv.name_hint
@@ -440,7 +482,7 @@ class _Rewriter(relax.PyExprMutator):
             x = cl.nchw(p.x)
         if p.depthwise:  # NCHW in and out, the weight widened to int32 [C, KH, KW] at compile time
             B, C, _, _, KH, KW, _, _ = p.depthwise
-            args = [x, relax.const(p.w.astype(np.int32).reshape(C, KH, KW), "int32"), relax.const(p.qp, "int64")]
+            args = [x, relax.const(p.w.astype(np.int32).reshape(C, KH, KW), "int32"), relax.const(p.qp, str(p.qp.dtype))]
             y = relax.call_tir(gv, args, relax.TensorType([B, C, p.lead[1], p.lead[2]], p.out_dtype))
             self.names[binding.var] = gv.name_hint
             return super().visit_var_binding_(relax.VarBinding(binding.var, y))
@@ -452,7 +494,7 @@ class _Rewriter(relax.PyExprMutator):
             if len(p.lead) != 1:
                 x = bb.emit(R.reshape(x, [p.M, p.K]))
             out_shape, final_shape = [p.M, p.N], (None if len(p.lead) == 1 else list(p.lead) + [p.N])
-        args = [x, relax.const((p.isa.pack_weight or pack_weight)(p.w, p.isa.lanes), "int8"), relax.const(p.qp, "int64")]
+        args = [x, relax.const((p.isa.pack_weight or pack_weight)(p.w, p.isa.lanes), "int8"), relax.const(p.qp, str(p.qp.dtype))]
         y = relax.call_tir(gv, args, relax.TensorType(out_shape, p.out_dtype))
         if final_shape is not None:
             y = R.reshape(bb.emit(y), final_shape)
@@ -509,7 +551,7 @@ class _Tensorize:
                         rec.reason = str(err)
                         continue
                     rec.shape = ((p.lead[0] * p.M) if p.conv else p.M, p.N, p.K)
-                    if p.depthwise:  # a kernel of its own, but no dot-product instruction in it
+                    if p.depthwise and not p.dw_dot:  # a kernel of its own, but no dot-product instruction in it
                         rec.reason = ("depthwise: no reduction over channels for the dot-product instruction; "
                                       "hand-scheduled SIMD instead")
                     else:

@@ -51,11 +51,13 @@ def _intrin_funcs():
         with T.sblock("root"):
             T.reads(C[0:4], A[0:4], B[0:4, 0:4])
             T.writes(C[0:4])
-            a_word = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
-            a = T.reinterpret(T.broadcast(a_word, 4), dtype="int8x16")
+            # one expression, no named locals (see targets/x86_int8.py: a local costs a workspace
+            # allocation per tile inside a parallel loop)
             C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-                C.vload([0], dtype="int32x4"), a, B.vload([0, 0], dtype="int8x16"), dtype="int32x4")
+                C.vload([0], dtype="int32x4"),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4), dtype="int8x16"),
+                B.vload([0, 0], dtype="int8x16"), dtype="int32x4")
 
     return sdot_4x4_desc, sdot_4x4_impl
 
@@ -66,4 +68,4 @@ def register_sdot_intrinsic() -> str:
 
 
 SDOT = DotISA(name="sdot", arch="aarch64", lanes=4, act_dtype="int8", caps=("dotprod",),
-              register=register_sdot_intrinsic, instruction="sdot")
+              register=register_sdot_intrinsic, instruction="sdot", hi32_requant=True)

@@ -42,7 +42,18 @@ def im2col(B: int, C: int, H: int, W: int, KH: int, KW: int, stride: tuple, padd
     sch = tvm.s_tir.Schedule(func)
     m, k = sch.get_loops(sch.get_sblock("cols"))
     from .int8_dot import PARALLEL_MIN_ELEMENTS, parallel_if_worth
-    parallel_if_worth(sch, m, int(sch.get(m).extent) * int(sch.get(k).extent), PARALLEL_MIN_ELEMENTS)
+    work = int(sch.get(m).extent) * int(sch.get(k).extent)
+    # split the flat row and column indices back into (b, i, j) and (kh, kw, c): the simplifier
+    # then drops the per-element div/mod of value()'s index arithmetic
+    b, i, j = sch.split(m, [B, OH, OW])
+    kh, kw, c = sch.split(k, [KH, KW, C])
+    parallel_if_worth(sch, sch.fuse(b, i), work, PARALLEL_MIN_ELEMENTS)
+    sch.unroll(kh)
+    sch.unroll(kw)
+    if layout == "NHWC" and C >= 16:
+        sch.vectorize(c)  # contiguous channels in and out
+    elif C <= 16:
+        sch.unroll(c)
     return sch.mod["main"]
 
 

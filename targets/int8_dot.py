@@ -25,6 +25,14 @@ from typing import Callable
 import numpy as np
 
 REQUANT_ROWS = ("bias", "mult", "rnd", "shift", "zero_point", "lo", "hi")   # rows of the kernels' qp argument
+# rows of the int32 qp argument of the high-half epilogue (:func:`hi32_rows`); rnd_hi carries the
+# zero point, and the zero_point row is kept for the record only (the kernels do not read it)
+REQUANT_ROWS_HI32 = ("bias", "mult", "rnd_hi", "shift_hi", "zero_point", "lo", "hi")
+# TVM puts a buffer on the stack only below this many bytes (tvm/runtime/device_api.h kMaxStackAlloca);
+# a larger one inside a parallel loop becomes a TVMBackendAllocWorkspace/FreeWorkspace pair per
+# iteration. The int32 accumulator tile is such a buffer: at exactly 1024 bytes (8 x 32 lanes) the
+# EfficientNet-Lite0 pointwise kernels ran 1.5-2x slower than at 896 (7 x 32). tile_sizes keeps under it.
+STACK_ALLOCA_BYTES = 1024
 # Below these a kernel runs on the calling thread: a parallel launch costs microseconds (tens when
 # the other cores are busy), more than a small layer's work. Measured on digits (8 x 8 maps, every
 # layer a kernel), 2 threads in a process that had run PyTorch: 0.19 ms with every kernel
@@ -65,6 +73,10 @@ class DotISA:
     conv1x1_requant: Callable | None = None   # workload (B, M, N, K, ...); None: conv1x1_requant
     pack_weight: Callable | None = None       # (w int8 [N, K], lanes) -> the packed weight; None: pack_weight
     channels_last: bool = True   # 1x1 and depthwise convs run on NHWC activations (relay_passes/channels_last.py)
+    hi32_requant: bool = False   # dense and NHWC depthwise kernels take the high-half epilogue where exact (hi32_rows)
+    # n -> the per-lane n-tap (n = 2..4) intrinsic of targets.depthwise_int8's dot-product depthwise
+    # kernel (activations of act_dtype, ``lanes`` channels); None: depthwise convs use the SIMD kernel
+    depthwise_intrin: Callable[[int], str] | None = None
 
     def reason_missing(self, target) -> str:
         """'' if a registry Target can run the kernels, else why not."""
@@ -144,6 +156,104 @@ def _shifted(x_load, x_dtype: str, isa: DotISA, k, K: int, Kp: int):
     return v if Kp == K else te.if_then_else(k < K, v, te.const(0, isa.act_dtype))
 
 
+def hi32_rows(qp: np.ndarray, acc_bound) -> np.ndarray | None:
+    """The int32 rows (:data:`REQUANT_ROWS_HI32`) of the high-half epilogue, or None where it is not
+    exact for these numbers.
+
+    The plan's requantize is ``((a * m + 2^(s-1)) >> s)`` in int64, ``a = acc + bias``. Write the
+    exact product as ``a * m = H * 2^32 + L`` (``H`` its signed high word, ``0 <= L < 2^32``). For
+    ``s >= 33``, ``a * m + 2^(s-1) = (H + 2^(s-33)) * 2^32 + L``, and since ``L / 2^32`` lies in
+    [0, 1) it cannot carry past a multiple of ``2^(s-32)``::
+
+        (a * m + 2^(s-1)) >> s  ==  (H + 2^(s-33)) >> (s - 32)          (exactly)
+
+    so the kernel needs only the high word of a 32 x 32-bit product (two ``vpmuldq`` per 16 lanes
+    on AVX-512) and int32 arithmetic after it, instead of sign-extending every accumulator to two
+    int64 halves (``vpmullq``, 64-bit shift, add, min, max). Exact when:
+
+    * ``|acc| + |bias| < 2^31`` (``acc_bound``: a bound on ``|acc|``, scalar or per channel), so
+      ``a`` is the int32 sum;
+    * ``m`` fits int32 (``m = 2^31`` is halved with ``s - 1``: the same value) and ``rnd = 2^(s-1)``;
+    * ``33 <= s <= 62``, so that ``s - 32`` is a valid int32 shift.
+
+    The zero point is folded into the rounding term: ``((H + r) >> t) + z == (H + r + z * 2^t) >> t``
+    (adding a multiple of ``2^t`` before an arithmetic shift), one add fewer per vector; exact when
+    ``|H| + |r + z * 2^t| < 2^31``, checked with ``|H| <= (max|a| * |m|) >> 32 + 1``.
+    """
+    qp = _constant_channels(np.asarray(qp, np.int64), acc_bound)
+    bias, mult, rnd, shift, zp, lo, hi = qp
+    if (shift < 1).any() or (rnd != np.left_shift(np.int64(1), np.maximum(shift, 1) - 1)).any():
+        return None
+    top = mult == (1 << 31)
+    mult, shift = np.where(top, mult >> 1, mult), np.where(top, shift - 1, shift)
+    if (shift < 33).any() or (shift > 62).any() or (mult < -(1 << 31)).any() or (mult >= (1 << 31)).any():
+        return None
+    a_max = np.asarray(acc_bound, np.int64) + np.abs(bias)
+    if (a_max >= (1 << 31)).any():
+        return None
+    rnd_hi = np.left_shift(np.int64(1), shift - 33) + np.left_shift(zp, shift - 32)
+    h_max = ((a_max * np.abs(mult)) >> 32) + 1
+    if (h_max + np.abs(rnd_hi) >= (1 << 31)).any():
+        return None
+    if any((r < -(1 << 31)).any() or (r >= (1 << 31)).any() for r in (zp, lo, hi)):
+        return None
+    return np.stack([bias, mult, rnd_hi, shift - 32, zp, lo, hi]).astype(np.int32)
+
+
+def saturates(rows: np.ndarray, out_dtype: str) -> bool:
+    """Whether every channel's clip bounds (rows 5, 6 of :data:`REQUANT_ROWS` or
+    :data:`REQUANT_ROWS_HI32`) are ``out_dtype``'s own limits: the kernel's narrowing conversion
+    then clips by saturating (``vpmaxsd`` + ``vpmovusdb`` for uint8, ``vpmovsdb`` for int8) instead
+    of a per-channel min and max (EfficientNet-Lite0: every layer, ReLU6 included)."""
+    info = np.iinfo(out_dtype)
+    return bool((rows[5] == info.min).all() and (rows[6] == info.max).all())
+
+
+def requantize_int64(qp: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    """NumPy: the plan's int64 requantize of ``acc`` (``[..., N]``) by the rows of ``qp``."""
+    bias, mult, rnd, shift, zp, lo, hi = np.asarray(qp, np.int64)
+    return np.clip((((np.asarray(acc, np.int64) + bias) * mult + rnd) >> shift) + zp, lo, hi)
+
+
+def _constant_channels(qp: np.ndarray, acc_bound) -> np.ndarray:
+    """``qp`` with every channel whose output is one value for all ``|acc| <= acc_bound`` rewritten
+    as that constant (bias 0, multiplier 0, zero point = the value, exact by construction).
+
+    Why: channels whose weights quantized to (nearly) nothing carry int32 biases near the int32
+    limit (the float bias over a tiny weight scale, clipped) and shifts up to 62; their output is
+    a clipped constant, but ``acc + bias`` does not provably fit int32, which would keep the whole
+    layer on the int64 epilogue (most of EfficientNet-Lite0's expand and depthwise convs). The
+    requantize is monotone in ``acc``, so equal values at both ends of the range mean constant."""
+    bound = np.broadcast_to(np.asarray(acc_bound, np.int64), qp.shape[1:])
+    ends = requantize_int64(qp, np.stack([-bound, bound]))
+    const = ends[0] == ends[1]
+    if not const.any():
+        return qp
+    qp = qp.copy()
+    qp[0, const], qp[1, const], qp[2, const], qp[3, const] = 0, 0, 1 << 32, 33
+    qp[4, const] = ends[0, const]
+    return qp
+
+
+def _requantize_hi32(q, out_dtype: str, saturate: bool = False):
+    """``f(a, j)``: the requantize of the int32 ``a = acc + bias`` of channel ``j`` from the rows of
+    ``q`` (:func:`hi32_rows`). The product's high word is written as int64 multiply, shift and
+    narrowing of two sign-extended int32 values, which LLVM turns into its multiply-high lowering.
+    ``saturate``: the clip bounds are the output dtype's limits (:func:`saturates`), written as
+    constants so that LLVM emits a saturating narrowing."""
+    from tvm import te
+    _, mult, rnd, shift, _, lo, hi = range(len(REQUANT_ROWS_HI32))
+    info = np.iinfo(out_dtype)
+
+    def f(a, j):
+        h = ((a.astype("int64") * q[mult, j].astype("int64")) >> 32).astype("int32")
+        v = (h + q[rnd, j]) >> q[shift, j]
+        if saturate:
+            return te.max(te.min(v, int(info.max)), int(info.min)).astype(out_dtype)
+        return te.max(te.min(v, q[hi, j]), q[lo, j]).astype(out_dtype)
+    return f
+
+
 def _requantize(qp, out_dtype: str):
     """``f(acc, j)``: the fixed-point requantize of output channel ``j`` from the rows of ``qp``."""
     from tvm import te
@@ -155,7 +265,7 @@ def _requantize(qp, out_dtype: str):
     return f
 
 
-def dense_te(X, M: int, N: int, K: int, isa: DotISA, corr=None, epilogue=None):
+def dense_te(X, M: int, N: int, K: int, isa: DotISA, corr=None, epilogue=None, init=None):
     """TE body ``[shift/pad stage X_s] -> compute [M, Np] (int32) -> C [M, N]``; returns (Wp, C).
 
     The shift/pad stage is materialized (the tensorized load must be a plain buffer access) and is
@@ -171,7 +281,8 @@ def dense_te(X, M: int, N: int, K: int, isa: DotISA, corr=None, epilogue=None):
         Xs = X
     k = te.reduce_axis((0, Kp), name="k")
     acc = te.compute((M, Np), lambda i, j: te.sum(
-        Xs[i, k].astype("int32") * Wp[j // lanes, k // 4, j % lanes, k % 4].astype("int32"), axis=k), name="compute")
+        Xs[i, k].astype("int32") * Wp[j // lanes, k // 4, j % lanes, k % 4].astype("int32"), axis=k,
+        init=None if init is None else init(j)), name="compute")
     if epilogue is not None:
         C = te.compute((M, N), lambda i, j: epilogue(acc[i, j], i, j), name="C")
     elif corr is None:
@@ -181,20 +292,33 @@ def dense_te(X, M: int, N: int, K: int, isa: DotISA, corr=None, epilogue=None):
     return Wp, C
 
 
-def dense_requant(M: int, N: int, K: int, x_dtype: str, out_dtype: str, isa: DotISA):
+def dense_requant(M: int, N: int, K: int, x_dtype: str, out_dtype: str, isa: DotISA, hi32: bool = False,
+                  saturate: bool = False):
     """TIR ``main(X: x_dtype[M, K], Wp: int8[packed_shape(N, K, lanes)], qp: int64[7, N], Y: out_dtype[M, N])``::
 
         Y[i, j] = clip(((int64(acc[i, j]) + bias[j]) * mult[j] + rnd[j]) >> shift[j] + zero_point[j], lo[j], hi[j])
 
     ``qp``'s rows are :data:`REQUANT_ROWS`; ``bias`` must include ``- shift_of(x_dtype) * rowsum(W)``.
-    Every requantize number is data, so layers of one shape share one kernel."""
+    Every requantize number is data, so layers of one shape share one kernel.
+
+    ``hi32=True``: the same values through the high-half epilogue, ``qp`` int32 rows from
+    :func:`hi32_rows` (the caller checks that they exist). Block ``C`` then adds the bias in int32
+    and block ``Y`` requantizes: inlined into one expression, TVM's simplifier would distribute the
+    int64 cast over the bias add and LLVM would no longer see a product of two int32 values.
+    ``saturate``: the clip bounds are ``out_dtype``'s limits in every channel (:func:`saturates`)."""
     from tvm import te
     shift_of(x_dtype, isa)  # validates the dtype
     X = te.placeholder((M, K), x_dtype, name="X")
-    qp = te.placeholder((len(REQUANT_ROWS), N), "int64", name="qp")
-    requant = _requantize(qp, out_dtype)
-    Wp, C = dense_te(X, M, N, K, isa, epilogue=lambda a, i, j: requant(a, j))
-    return te.create_prim_func([X, Wp, qp, C]).with_attr("global_symbol", "main")
+    if not hi32:
+        qp = te.placeholder((len(REQUANT_ROWS), N), "int64", name="qp")
+        requant = _requantize(qp, out_dtype)
+        Wp, C = dense_te(X, M, N, K, isa, epilogue=lambda a, i, j: requant(a, j))
+        return te.create_prim_func([X, Wp, qp, C]).with_attr("global_symbol", "main")
+    qp = te.placeholder((len(REQUANT_ROWS_HI32), N), "int32", name="qp")
+    Wp, C = dense_te(X, M, N, K, isa, epilogue=lambda a, i, j: a + qp[0, j])
+    requant = _requantize_hi32(qp, out_dtype, saturate)
+    Y = te.compute((M, N), lambda i, j: requant(C[i, j], j), name="Y")
+    return te.create_prim_func([X, Wp, qp, Y]).with_attr("global_symbol", "main")
 
 
 def conv1x1_requant(B: int, M: int, N: int, K: int, x_dtype: str, out_dtype: str, isa: DotISA):
@@ -232,9 +356,16 @@ def tile_sizes(M: int, N: int, K: int, mb: int = 4, nb: int = 4, kb: int = 128, 
     """(mb, nb, kb) actually used: the largest divisors of M, ceil(N/lanes) and ceil(K/4)*4 that do
     not exceed the requested sizes. ``sch.tensorize`` needs exact splits (a predicated tail fails
     with ``comparator.rhs_buffer_map_.count(desc)``), so a prime M such as 7 runs with mb=1 (correct,
-    slower) rather than padding M. kb counts k elements and is a multiple of 4."""
+    slower) rather than padding M. kb counts k elements and is a multiple of 4. The int32 tile
+    ``mb x nb*lanes`` is kept under :data:`STACK_ALLOCA_BYTES` (nb shrinks first, or mb when the
+    larger), so (8, 2) becomes (7, 2) and (4, 4) becomes (4, 3) at 16 lanes."""
     mb = _divisor_at_most(M, mb)
     nb = _divisor_at_most(_ceil(N, lanes) // lanes, nb)
+    while mb * nb * lanes * 4 >= STACK_ALLOCA_BYTES:  # the int32 tile must stay on the stack
+        if nb >= mb:
+            nb = _divisor_at_most(_ceil(N, lanes) // lanes, nb - 1)
+        else:
+            mb = _divisor_at_most(M, mb - 1)
     kb = 4 * _divisor_at_most(_ceil(K, 4) // 4, max(1, kb // 4))
     return mb, nb, kb
 
@@ -262,7 +393,16 @@ def _tensorized_tiles(sch, blk, loops, isa: DotISA, mb: int, nb: int, kb: int, i
     sch.unroll(jn)
     sch.tensorize(ji, intrin or isa.register())
     sch.vectorize(sch.get_loops(epi)[-1])
+    if "Y" in _block_names(sch):  # the high-half epilogue's requantize block (dense_requant hi32)
+        y = sch.get_sblock("Y")
+        sch.reverse_compute_at(y, outer)
+        sch.vectorize(sch.get_loops(y)[-1])
     return epi
+
+
+def _block_names(sch) -> set:
+    """Names of the blocks directly under the root block."""
+    return {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
 
 
 def schedule_dense(func, isa: DotISA, mb: int = 4, nb: int = 4, kb: int = 128, intrin: str | None = None):
@@ -274,9 +414,8 @@ def schedule_dense(func, isa: DotISA, mb: int = 4, nb: int = 4, kb: int = 128, i
     sch = tvm.s_tir.Schedule(func)
     blk = sch.get_sblock("compute")
     _tensorized_tiles(sch, blk, sch.get_loops(blk), isa, mb, nb, kb, intrin)
-    stages = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
-    if "X_s" in stages:
-        pi, pk = sch.get_loops(stages["X_s"])
+    if "X_s" in _block_names(sch):
+        pi, pk = sch.get_loops(sch.get_sblock("X_s"))
         parallel_if_worth(sch, pi, loop_extent(sch, (pi, pk)), PARALLEL_MIN_ELEMENTS)
         sch.vectorize(pk)
     return sch

@@ -200,9 +200,11 @@ def kernel_category(summary: dict, name: str = "") -> str:
     """A coarse class of a kernel from its :func:`primfunc_summary` (and its name: the hand
     kernels of targets.depthwise_int8 are named ``dw_requant_...``, targets.im2col's ``im2col_...``),
     for profiles."""
-    from relay_passes.tensorize_x86 import DEPTHWISE_PREFIX
+    from relay_passes.tensorize_x86 import DEPTHWISE_DOT_INFIX, DEPTHWISE_PREFIX
     if name.startswith(DEPTHWISE_PREFIX):
         return "depthwise conv (SIMD kernel, requantize fused)"
+    if DEPTHWISE_DOT_INFIX + "_" in name and summary.get("dot_intrinsic", True):
+        return "depthwise conv (dot-product kernel, requantize fused)"
     if name.startswith("im2col_"):
         return "im2col (rows of a k x k conv for the dot-product kernel)"
     if summary.get("dot_intrinsic"):

@@ -78,12 +78,16 @@ def _intrin_funcs():
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
             T.writes(C[0:16])
-            A_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            A_u8x64 = T.reinterpret(T.broadcast(A_i32, 16), dtype="uint8x64")   # <64 x i8>, not <16 x i32>
-            B_i8x64 = B.vload([0, 0], dtype="int8x64")                            # <64 x i8>, not <16 x i32>
+            # One expression, no named locals: a local (``x = ...``) becomes a one-element buffer,
+            # which inside a parallel loop is lowered to TVMBackendAllocWorkspace/FreeWorkspace
+            # calls around every tile (three pairs per tile made the parallel kernels 2-4x slower
+            # than the same loop run serially). Operands: the activation word broadcast to 16
+            # lanes and the weight block, both as <64 x i8> (not <16 x i32>, see below).
             C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                C.vload([0], dtype="int32x16"), A_u8x64, B_i8x64, dtype="int32x16")
+                C.vload([0], dtype="int32x16"),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="uint8x64"),
+                B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
 
     return dot_product_16x4_u8i8i32_desc, dot_product_16x4_u8i8i32_vnni_llvm22
 
@@ -126,6 +130,62 @@ def register_vnni_intrinsic(stock: bool = True) -> str:
     return VNNI_INTRIN
 
 
+# ------------------------------------------------------------------------------------- depthwise
+def _depthwise_intrin_funcs(n: int):
+    """(desc, impl) of the per-lane n-tap dot product of the depthwise kernel (n = 2, 3 or 4)::
+
+        C[c] += sum_{t < n} A[t, c] * B[c, t]        c < 16 (channels), A: uint8 [n, 16], B: int8 [16, 4]
+
+    ``A`` is n consecutive NHWC pixels of one channel group (rows ``sa`` bytes apart, the row of
+    channels in between), ``B`` the n taps of each channel, zero padded to 4 (packed at compile
+    time). ``vpdpbusd`` without the broadcast: each lane sums its own 4 bytes, so the impl lays the
+    n pixel rows out channel-major, 4 bytes per channel (a two-source byte permute, ``vpermt2b``
+    on AVX512-VBMI), zeros in the unused taps."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa = T.int32()
+        A = T.match_buffer(a, (n, 16), "uint8", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (16, n), "int8", offset_factor=1, strides=[4, 1])
+        C = T.match_buffer(c, (16,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:n, 0:16], B[0:16, 0:n])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, n):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk, vi], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa = T.int32()
+        A = T.match_buffer(a, (n, 16), "uint8", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (16, n), "int8", offset_factor=1, strides=[4, 1])
+        C = T.match_buffer(c, (16,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:n, 0:16], B[0:16, 0:n])
+            T.writes(C[0:16])
+            # one expression (see _intrin_funcs): lane 4c + t of the activation operand is pixel t's
+            # channel c; B's 64 bytes (the 4 padded taps of 16 channels) are read whole
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                T.Shuffle([A.vload([t, 0], "uint8x16") if t < n else T.broadcast(T.uint8(0), 16) for t in range(4)],
+                          [t * 16 + lane for lane in range(16) for t in range(4)]),
+                B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+
+    return desc, impl
+
+
+def register_depthwise_intrinsic(n: int) -> str:
+    """Register the n-tap depthwise intrinsic (n = 2, 3, 4; idempotent); returns its name."""
+    if n not in (2, 3, 4):
+        raise ValueError(f"the depthwise intrinsic takes 2 to 4 taps, not {n}")
+    return dot.register_intrinsic(f"vnni_depthwise_16x{n}", lambda: _depthwise_intrin_funcs(n))
+
+
 # ------------------------------------------------------------------------------------- capability
 def host_has_avx512_vnni() -> bool:
     """Whether this CPU runs the 512-bit ``vpdpbusd`` (cpuinfo flag ``avx512_vnni``)."""
@@ -143,7 +203,8 @@ def target_has_vnni(target) -> bool:
 # ------------------------------------------------------------------------------------- the ISA row
 # 512-bit vpdpbusd: 16 int32 lanes, uint8 activations x int8 weights (int8 activations get +128).
 VNNI = DotISA(name="vnni", arch="x86_64", lanes=16, act_dtype="uint8", caps=("vnni", "avx512"),
-              register=lambda: register_vnni_intrinsic(stock=False), instruction="vpdpbusd")
+              register=lambda: register_vnni_intrinsic(stock=False), instruction="vpdpbusd", hi32_requant=True,
+              depthwise_intrin=register_depthwise_intrinsic)
 
 
 # ------------------------------------------------------------------------------------- VNNI wrappers

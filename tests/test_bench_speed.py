@@ -124,6 +124,8 @@ def test_kernel_category():
     assert kp.kernel_category({"macs": 9, "mac_block_names": ["matmul"]}) == "matmul / dense"
     assert kp.kernel_category({"int64_shift": True}).startswith("requantize")
     assert kp.kernel_category({}, "dw_requant_b1_u8_u8_672x18x18_k5x5").startswith("depthwise conv (SIMD kernel")
+    assert kp.kernel_category({"dot_intrinsic": True}, "vnni_depthwise_requant_b1_u8_u8_nhwc_672x18x18_k5x5") \
+        .startswith("depthwise conv (dot-product kernel")
 
 
 # --- assembly ---------------------------------------------------------------------------------------

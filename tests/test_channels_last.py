@@ -78,13 +78,14 @@ def blocks():
 
 def test_kernels_run_channels_last_with_one_transpose(blocks):
     ops = _ops(blocks["nhwc"])
-    kernels = [k for k in ops if k.startswith(("vnni_conv", "dw_requant"))]
+    kernels = [k for k in ops if k.startswith(("vnni_conv", "dw_requant", "vnni_depthwise"))]
     assert len(kernels) >= 4 and all("_nhwc" in k for k in kernels)  # the two blocks share kernel shapes
     # the stem reads the NCHW image through im2col; one transpose, out to the pool
     assert [k for k in ops if k.startswith("im2col_")] == ["im2col_b2_nchw_3x18x18_k3x3_s2x2_p0_0_0_0"]
     assert ops.get("relax.permute_dims") == 1
     assert "relax.permute_dims" not in _ops(blocks["nchw"])
-    assert all("_nhwc" not in k for k in _ops(blocks["nchw"]) if k.startswith(("vnni_conv1x1", "dw_requant")))
+    assert all("_nhwc" not in k for k in _ops(blocks["nchw"])
+               if k.startswith(("vnni_conv1x1", "dw_requant", "vnni_depthwise")))
     # the residual adds' requantize follows in NHWC
     adds = [b.value for _, f in blocks["nhwc"].functions_items() if isinstance(f, relax.Function)
             for blk in f.body.blocks for b in blk.bindings

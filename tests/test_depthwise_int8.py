@@ -68,7 +68,7 @@ def test_depthwise_requant_is_bit_exact(case):
     lib = tvm.compile(schedule_depthwise_nhwc(depthwise_requant_nhwc(B, H, W, C, KH, KW, stride, padding, x_dtype,
                                                                      out_dtype)).mod, target=TARGET)
     bufs = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in
-            (x.transpose(0, 2, 3, 1), w.transpose(1, 2, 0), qp, np.zeros((B, OH, OW, C), out_dtype))]
+            (x.transpose(0, 2, 3, 1), w.transpose(1, 2, 0).astype(np.int8), qp, np.zeros((B, OH, OW, C), out_dtype))]
     lib["main"](*bufs)
     assert np.array_equal(bufs[-1].numpy(), want.transpose(0, 2, 3, 1))
 
@@ -105,3 +105,60 @@ def test_the_nhwc_schedule_vectorizes_channels():
     text = sch.mod.script()
     assert "in T.parallel(64):" in text  # 1 image x 64 output rows
     assert text.count("in T.vectorized(16):") == 2  # the int32 sums and the requantize, 16 channels each
+    assert "in T.unroll(4):" in text  # 4 output pixels' sums at once: independent accumulator chains
+
+
+# ------------------------------------------------------------------------------------- dot-product taps
+DOT_CASES = [  # B, C, H, W, KH, KW, stride, out dtype, saturate (clip bounds = the dtype's limits)
+    (1, 32, 14, 14, 3, 3, (1, 1), "uint8", True),
+    (1, 16, 15, 15, 5, 5, (2, 2), "int8", True),     # runs of 3 + 2 taps, stride 2
+    (2, 48, 11, 13, 7, 7, (1, 1), "uint8", False),   # runs of 4 + 3, batch 2, per-channel clip
+    (1, 16, 9, 9, 3, 2, (1, 2), "int8", False),      # a rectangular 3 x 2 kernel: one run of 2
+]
+
+
+@pytest.mark.parametrize("case", DOT_CASES, ids=lambda c: f"b{c[0]}c{c[1]}_{c[2]}x{c[3]}_k{c[4]}x{c[5]}_{c[7]}")
+def test_dot_product_depthwise_is_bit_exact(case):
+    """The VNNI depthwise kernel (taps on vpdpbusd, high-half epilogue) against the int64 NumPy
+    reference, with activations at 255 and weights at -128 in one channel (the largest sums)."""
+    from targets import int8_dot as dot
+    from targets.depthwise_int8 import depthwise_requant_nhwc_dot, dot_weight, schedule_depthwise_nhwc_dot
+    from targets.x86_int8 import VNNI, host_has_avx512_vnni
+    if not host_has_avx512_vnni():
+        pytest.skip("needs avx512_vnni")
+    B, C, H, W, KH, KW, stride, out_dtype, saturate = case
+    rng = np.random.default_rng(C + KW)
+    x = rng.integers(0, 256, (B, C, H, W)).astype(np.uint8)
+    x[:, 0] = 255
+    w = rng.integers(-128, 128, (C, KH, KW)).astype(np.int8)
+    w[0] = -128
+    qp = _requant_numbers(rng, C, out_dtype)
+    qp[3] = rng.integers(34, 40, C)
+    qp[2] = np.int64(1) << (qp[3] - 1)
+    if not saturate:
+        qp[5], qp[6] = np.iinfo(out_dtype).min + 5, np.iinfo(out_dtype).max - 7
+    q32 = dot.hi32_rows(qp, 255 * np.abs(w.astype(np.int64)).reshape(C, -1).sum(1))
+    assert q32 is not None and dot.saturates(q32, out_dtype) == saturate
+    OH, OW = output_size(H, W, KH, KW, stride, (0, 0, 0, 0))
+    sch = schedule_depthwise_nhwc_dot(depthwise_requant_nhwc_dot(B, H, W, C, KH, KW, stride, "uint8", out_dtype, VNNI,
+                                                                 saturate=saturate), VNNI)
+    lib = tvm.compile(sch.mod, target=TARGET)
+    bufs = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in
+            (x.transpose(0, 2, 3, 1), dot_weight(w.transpose(1, 2, 0)), q32, np.zeros((B, OH, OW, C), out_dtype))]
+    lib["main"](*bufs)
+    want = reference(x, w.astype(np.int32), qp, stride, (0, 0, 0, 0), out_dtype)
+    assert want.std() > 0
+    assert np.array_equal(bufs[-1].numpy(), want.transpose(0, 2, 3, 1))
+    from targets import kernel_proof as kp
+    assert "vpdpbusd" in kp.library_asm(lib)
+
+
+def test_tap_runs_and_when_the_dot_kernel_applies():
+    from targets.depthwise_int8 import dot_reason, tap_chunks
+    from targets.x86_int8 import VNNI
+    assert [tap_chunks(k) for k in (1, 2, 3, 4, 5, 7, 9)] == [[], [2], [3], [4], [3, 2], [4, 3], [4, 3, 2]]
+    assert dot_reason(144, 3, 3, (0, 0, 0, 0), "uint8", True, VNNI) == ""
+    assert "int8" in dot_reason(144, 3, 3, (0, 0, 0, 0), "int8", True, VNNI)          # VNNI takes uint8
+    assert "multiple of 16" in dot_reason(40, 3, 3, (0, 0, 0, 0), "uint8", True, VNNI)
+    assert "padding" in dot_reason(144, 3, 3, (1, 1, 1, 1), "uint8", True, VNNI)
+    assert "int64" in dot_reason(144, 3, 3, (0, 0, 0, 0), "uint8", False, VNNI)

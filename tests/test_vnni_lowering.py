@@ -319,7 +319,8 @@ def test_convnet_pointwise_convs_are_kernels_and_the_rest_is_named(convnet):
     assert [(n, r.tensorized, r.shape) for n, r in report.items() if r.tensorized] == [
         ("conv2d", True, (2 * 63, 30, 6)), ("conv2d_2", True, (2 * 63, 37, 30)), ("conv2d_3", True, (2 * 20, 20, 37)),
         ("conv2d_4", True, (2 * 20, 8, 9 * 20))]
-    # the depthwise conv gets a hand-scheduled SIMD kernel (targets.depthwise_int8), not a dot-product one
+    # the depthwise conv pads implicitly (p1), so it gets the hand-scheduled SIMD kernel of
+    # targets.depthwise_int8, not its dot-product one (depthwise_int8.dot_reason)
     dw = report["conv2d_1"]
     assert not dw.tensorized and "depthwise" in dw.reason and dw.shape == (2 * 63, 30, 9)
     assert dw.kernel.startswith("dw_requant_b2_") and dw.kernel.endswith("_30x7x9_k3x3_s1x1_p1_1_1_1")

@@ -81,8 +81,16 @@ def test_shift_correction_identity():
 def test_tile_sizes_are_divisors():
     assert xi.tile_sizes(1, 16, 64) == (1, 1, 64)
     assert xi.tile_sizes(7, 48, 64) == (1, 3, 64)         # prime M: one row per tile, not a predicated tail
-    assert xi.tile_sizes(128, 1536, 384) == (4, 4, 128)
     assert xi.tile_sizes(6, 40, 68) == (3, 3, 68)         # N -> 48 (3 x 16), K=68 -> 17 chunks of 4
+
+
+def test_tile_sizes_keep_the_accumulator_tile_on_the_stack():
+    """A 1024-byte int32 tile would be a workspace allocation per tile inside the parallel loop."""
+    assert xi.tile_sizes(128, 1536, 384) == (4, 3, 128)   # 4 x 4 x 16 lanes x 4 B = 1024: nb shrinks
+    assert xi.tile_sizes(12544, 96, 16, 8, 2, 256) == (7, 2, 16)  # 8 x 2: mb shrinks to a divisor of M
+    for M, N, K in [(128, 1536, 384), (12544, 96, 16), (49, 1152, 192), (196, 672, 112)]:
+        mb, nb, _ = xi.tile_sizes(M, N, K, 8, 4, 256)
+        assert mb * nb * 16 * 4 < 1024 and M % mb == 0
 
 
 def test_vnni_capability_comes_from_the_registry():
