@@ -265,7 +265,7 @@ def _requantize(qp, out_dtype: str):
     return f
 
 
-def dense_te(X, M: int, N: int, K: int, isa: DotISA, corr=None, epilogue=None, init=None):
+def dense_te(X, M: int, N: int, K: int, isa: DotISA, corr=None, epilogue=None):
     """TE body ``[shift/pad stage X_s] -> compute [M, Np] (int32) -> C [M, N]``; returns (Wp, C).
 
     The shift/pad stage is materialized (the tensorized load must be a plain buffer access) and is
@@ -281,8 +281,7 @@ def dense_te(X, M: int, N: int, K: int, isa: DotISA, corr=None, epilogue=None, i
         Xs = X
     k = te.reduce_axis((0, Kp), name="k")
     acc = te.compute((M, Np), lambda i, j: te.sum(
-        Xs[i, k].astype("int32") * Wp[j // lanes, k // 4, j % lanes, k % 4].astype("int32"), axis=k,
-        init=None if init is None else init(j)), name="compute")
+        Xs[i, k].astype("int32") * Wp[j // lanes, k // 4, j % lanes, k % 4].astype("int32"), axis=k), name="compute")
     if epilogue is not None:
         C = te.compute((M, N), lambda i, j: epilogue(acc[i, j], i, j), name="C")
     elif corr is None:
