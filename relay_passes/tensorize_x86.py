@@ -191,9 +191,18 @@ class _Plan:
     depthwise: tuple = ()  # (B, C, H, W, KH, KW, stride, padding): targets.depthwise_int8 (w: int8 [C, KH*KW])
     layout: str = "NCHW"   # a conv's activations in the kernel: NCHW, or NHWC (channels_last.py) when the ISA says so
     im2col: tuple = ()     # (B, C, H, W, KH, KW, stride, padding) of a conv run as targets.im2col + the dense kernel
-    hi32: bool = False     # the kernel's requantize is the exact high-half epilogue (targets.int8_dot.hi32_rows)
-    saturate: bool = False  # hi32 and every clip bound is the output dtype's limit (targets.int8_dot.saturates)
     dw_dot: bool = False   # a depthwise conv whose taps run on the ISA's dot product (depthwise_int8.dot_reason)
+
+    @property
+    def hi32(self) -> bool:
+        """The kernel's requantize is the exact high-half epilogue (int32 rows: targets.int8_dot.hi32_rows)."""
+        return self.qp.dtype == np.int32
+
+    @property
+    def saturate(self) -> bool:
+        """hi32, and every clip bound is the output dtype's limit (targets.int8_dot.saturates)."""
+        from targets.int8_dot import saturates
+        return self.hi32 and saturates(self.qp, self.out_dtype)
 
 
 def _analyse(mt: dict, names: dict, isa) -> _Plan:
@@ -241,23 +250,16 @@ def _analyse(mt: dict, names: dict, isa) -> _Plan:
     # x + s in the kernel (s = +128 or -128 to reach the instruction's dtype): sum (x+s) w = sum x w + s rowsum(w)
     qp = _requant_rows(mt, names, N, ndim, axis, -shift_of(x_dtype, isa) * w.astype(np.int64).sum(1))
     layout = "NHWC" if conv and isa.channels_last else "NCHW"
-    q32 = _hi32(qp, x_max * np.abs(w.astype(np.int64)).sum(1), isa, dense=not conv or layout == "NHWC")
-    return _Plan(x, x_dtype, out_dtype, lead, M, N, K, w, q32 if q32 is not None else qp, conv, isa,
-                 layout=layout, im2col=cols, hi32=q32 is not None, saturate=_saturates(q32, out_dtype))
+    qp = _epilogue_rows(qp, x_max * np.abs(w.astype(np.int64)).sum(1), isa, not conv or layout == "NHWC")
+    return _Plan(x, x_dtype, out_dtype, lead, M, N, K, w, qp, conv, isa, layout=layout, im2col=cols)
 
 
-def _saturates(q32, out_dtype: str) -> bool:
-    from targets.int8_dot import saturates
-    return q32 is not None and saturates(q32, out_dtype)
-
-
-def _hi32(qp: np.ndarray, acc_bound, isa, dense: bool) -> np.ndarray | None:
-    """The int32 rows of the high-half epilogue when the ISA's kernel has it (dense_requant, or
-    the NHWC depthwise kernel) and it is exact for these numbers, else None (the int64 epilogue)."""
+def _epilogue_rows(qp: np.ndarray, acc_bound, isa, kernel_has_it: bool) -> np.ndarray:
+    """The int32 rows of the high-half epilogue when the ISA and the kernel have it (dense_requant,
+    the NHWC depthwise kernels) and it is exact for these numbers, else ``qp`` (the int64 epilogue)."""
     from targets.int8_dot import hi32_rows
-    if not isa.hi32_requant or not dense:
-        return None
-    return hi32_rows(qp, acc_bound)
+    q32 = hi32_rows(qp, acc_bound) if isa.hi32_requant and kernel_has_it else None
+    return qp if q32 is None else q32
 
 
 def _requant_rows(mt: dict, names: dict, N: int, ndim: int, axis: int, bias_extra) -> np.ndarray:
@@ -304,13 +306,12 @@ def _analyse_depthwise(mt, names, x, acc, shape, x_dtype, out_dtype, isa) -> _Pl
     out = [int(d) for d in acc.ty.shape]
     qp = _requant_rows(mt, names, C, len(out), 1, 0)
     x_max = 255 if x_dtype == "uint8" else 128
-    q32 = _hi32(qp, x_max * np.abs(w.astype(np.int64)).reshape(C, -1).sum(1), isa, dense=isa.channels_last)
+    qp = _epilogue_rows(qp, x_max * np.abs(w.astype(np.int64)).reshape(C, -1).sum(1), isa, isa.channels_last)
     from targets.depthwise_int8 import dot_reason
-    dw_dot = isa.channels_last and not dot_reason(C, KH, KW, padding, x_dtype, q32 is not None, isa)
+    dw_dot = isa.channels_last and not dot_reason(C, KH, KW, padding, x_dtype, qp.dtype == np.int32, isa)
     return _Plan(x, x_dtype, out_dtype, (B, out[2], out[3]), out[2] * out[3], C, KH * KW,
-                 w.reshape(C, KH * KW).astype(np.int8), q32 if q32 is not None else qp, True, isa,
-                 (B, C, H, W, KH, KW, stride, padding), "NHWC" if isa.channels_last else "NCHW",
-                 hi32=q32 is not None, saturate=_saturates(q32, out_dtype), dw_dot=dw_dot)
+                 w.reshape(C, KH * KW).astype(np.int8), qp, True, isa, (B, C, H, W, KH, KW, stride, padding),
+                 "NHWC" if isa.channels_last else "NCHW", dw_dot=dw_dot)
 
 
 def _conv_weight(conv, x_shape, im2col_ok: bool) -> tuple:

@@ -141,6 +141,19 @@ def depthwise_requant_nhwc(B: int, H: int, W: int, C: int, KH: int, KW: int, str
     return te.create_prim_func([X, Wd, qp, Y]).with_attr("global_symbol", "main")
 
 
+def _row_loops(sch, taps: int, vec: int, pixels: int) -> tuple:
+    """The loops of the NHWC kernels' output block ``C``: (image, output row) fused and parallel
+    (when worth it), then channel groups of ``vec`` (the largest divisor of C up to it), then the
+    row's pixels ``pixels`` at a time (a divisor of the row). Returns (pixel-group loop, channel loop)."""
+    b, i, j, c = sch.get_loops(sch.get_sblock("C"))
+    work = loop_extent(sch, (b, i, j, c)) * taps
+    co, ci = sch.split(c, [None, _divisor_at_most(int(sch.get(c).extent), vec)])
+    jo, ji = sch.split(j, [None, _divisor_at_most(int(sch.get(j).extent), pixels)])
+    sch.reorder(b, i, co, jo, ji, ci)
+    parallel_if_worth(sch, sch.fuse(b, i), work)
+    return jo, ci
+
+
 def schedule_depthwise_nhwc(func, vec: int = VEC, pixels: int = PIXELS):
     """Hand schedule for :func:`depthwise_requant_nhwc`; returns the ``Schedule``: (image, output row)
     fused and parallel; per group of ``vec`` channels (the largest divisor of C up to it), the
@@ -149,13 +162,8 @@ def schedule_depthwise_nhwc(func, vec: int = VEC, pixels: int = PIXELS):
     outside the pixels so that a group's weights stay in L1 along the row."""
     import tvm
     sch = tvm.s_tir.Schedule(func)
-    epi, acc = sch.get_sblock("C"), sch.get_sblock("compute")
-    b, i, j, c = sch.get_loops(epi)
-    work = loop_extent(sch, (b, i, j, c)) * _taps(sch, True)
-    co, ci = sch.split(c, [None, _divisor_at_most(int(sch.get(c).extent), vec)])
-    jo, ji = sch.split(j, [None, _divisor_at_most(int(sch.get(j).extent), pixels)])
-    sch.reorder(b, i, co, jo, ji, ci)
-    parallel_if_worth(sch, sch.fuse(b, i), work)
+    acc = sch.get_sblock("compute")
+    jo, ci = _row_loops(sch, _taps(sch, True), vec, pixels)
     sch.compute_at(acc, jo)
     loops = sch.get_loops(acc)
     sch.vectorize(loops[-1])
@@ -176,13 +184,13 @@ def tap_chunks(KW: int) -> list[int]:
     return sizes
 
 
-def dot_weight(w, lanes_pad: int = 4):
+def dot_weight(w):
     """int8 ``[KH, KW, C]`` -> ``[len(tap_chunks(KW)), KH, C, 4]``: run q's taps of each channel as
     one 4-byte word (zero padded), what :func:`depthwise_requant_nhwc_dot` reads."""
     import numpy as np
     KH, KW, C = w.shape
     sizes = tap_chunks(KW)
-    out = np.zeros((len(sizes), KH, C, lanes_pad), np.int8)
+    out = np.zeros((len(sizes), KH, C, 4), np.int8)
     o = 0
     for q, n in enumerate(sizes):
         out[q, :, :, :n] = np.asarray(w[:, o:o + n]).transpose(0, 2, 1)
@@ -242,17 +250,12 @@ def schedule_depthwise_nhwc_dot(func, isa, pixels: int = PIXELS):
     block reordered to (kernel row, pixel, channels, taps) and tensorized at the channels."""
     import tvm
     sch = tvm.s_tir.Schedule(func)
-    epi, cb = sch.get_sblock("C"), sch.get_sblock("C_b")
+    cb = sch.get_sblock("C_b")
     runs = sorted((sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))
                    if sch.get(b).name_hint.startswith("acc")))
-    b, i, j, c = sch.get_loops(epi)
     wc = next(r.source for r in sch.get(sch.get_sblock(runs[0])).reads if r.source.name == "Wc")
-    work = loop_extent(sch, (b, i, j, c)) * int(wc.shape[0]) * int(wc.shape[1]) * 4  # runs x rows x 4 taps
-    co, ci = sch.split(c, [None, isa.lanes])
-    p = _divisor_at_most(int(sch.get(j).extent), pixels)
-    jo, ji = sch.split(j, [None, p])
-    sch.reorder(b, i, co, jo, ji, ci)
-    parallel_if_worth(sch, sch.fuse(b, i), work)
+    jo, ci = _row_loops(sch, int(wc.shape[0]) * int(wc.shape[1]) * 4, isa.lanes, pixels)  # runs x rows x 4 taps
+    p = int(sch.get(sch.get_loops(sch.get_sblock("C"))[-2]).extent)  # pixels per group
     sch.compute_at(cb, jo)
     for name in runs:
         acc = sch.get_sblock(name)

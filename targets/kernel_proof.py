@@ -203,7 +203,7 @@ def kernel_category(summary: dict, name: str = "") -> str:
     from relay_passes.tensorize_x86 import DEPTHWISE_DOT_INFIX, DEPTHWISE_PREFIX
     if name.startswith(DEPTHWISE_PREFIX):
         return "depthwise conv (SIMD kernel, requantize fused)"
-    if DEPTHWISE_DOT_INFIX + "_" in name and summary.get("dot_intrinsic", True):
+    if DEPTHWISE_DOT_INFIX + "_" in name:
         return "depthwise conv (dot-product kernel, requantize fused)"
     if name.startswith("im2col_"):
         return "im2col (rows of a k x k conv for the dot-product kernel)"
