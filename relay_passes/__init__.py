@@ -1,7 +1,7 @@
 """Relax IR passes that lower a tvmptq quantization plan to integer-only TVM programs.
 
     mod = relay_passes.lower(model.build(), model.example_inputs(8), qm.plan)   # integer-only IRModule
-    run = relay_passes.compile_integer(mod)                                     # numpy in, numpy out
+    run = targets.build.compile_integer(mod)                                    # numpy in, numpy out
 
 Passes, in order (each usable alone, composed by ``lowering_passes``):
 Canonicalize -> MatchPlanLayers -> QuantizeLayers -> CancelQDQ -> VerifyIntegerOnly -> Float64Islands,
@@ -14,15 +14,15 @@ from .canonicalize import Canonicalize
 from .errors import IntegerOnlyError, LayerMatchError, LoweringError
 from .frontend import import_model, import_onnx
 from .islands import Float64Islands, plan_islands
-from .lower import compile_integer, lower, lowering_passes
+from .lower import lower, lowering_passes
 from .match import MatchPlanLayers, match_layers
 from .quantize_layers import QuantizeLayers
 from .report import format_op_counts, op_counts
-from .tensorize_x86 import (TensorizeDenseVNNI, TensorizeDot, TensorizeRecord, dense_requant_pattern, tensorize_for,
+from .tensorize import (TensorizeDenseVNNI, TensorizeDot, TensorizeRecord, dense_requant_pattern, tensorize_for,
                             tensorize_report)
 from .verify import VerifyIntegerOnly, float_ops
 
-__all__ = ["lower", "compile_integer", "lowering_passes", "import_model", "import_onnx", "Canonicalize",
+__all__ = ["lower", "lowering_passes", "import_model", "import_onnx", "Canonicalize",
            "MatchPlanLayers", "QuantizeLayers", "CancelQDQ", "VerifyIntegerOnly", "float_ops", "match_layers",
            "plan_islands", "Float64Islands", "TensorizeDenseVNNI", "TensorizeDot", "TensorizeRecord", "dense_requant_pattern",
            "tensorize_for", "tensorize_report",

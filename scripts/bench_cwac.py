@@ -79,9 +79,10 @@ def _latency(run, xs, repeats=5) -> float:
 def _compiled(model, plan, imported, build: bool):
     """Lowered op counts and parameter count; the compiled callable too when ``build``."""
     import relay_passes as rp
+    from targets.build import compile_integer
     from tvmptq.algorithms.cost import parameter_count
     mod = rp.lowering_passes(plan)(imported)
-    return rp.compile_integer(mod) if build else None, rp.op_counts(mod), parameter_count(mod)
+    return compile_integer(mod) if build else None, rp.op_counts(mod), parameter_count(mod)
 
 
 def _layer_mse_drop(st: dict) -> float:
@@ -108,6 +109,7 @@ def bench_model(name, bits, args) -> list[dict]:
     if not args.no_latency:
         try:
             import relay_passes as rp
+            from targets.build import compile_integer
             imported = rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(args.lat_batch)))
         except Exception as err:  # noqa: BLE001 - reported in the table
             print(f"{name}: no Relax import ({type(err).__name__}: {err})")

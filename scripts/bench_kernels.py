@@ -5,8 +5,8 @@ Why it exists: these are the measurements behind TensorizeDot's kernel choices, 
 one core:
 
 * 1x1 convs: ``conv1x1_requant`` (NCHW: a transpose stage in, a transposed epilogue out) against
-  ``dense_requant`` on the NHWC view (tiles relay_passes.tensorize_x86.CONV_TILE), with the int64
-  and with the high-half epilogue (targets.int8_dot.hi32_rows);
+  ``dense_requant`` on the NHWC view (tiles relay_passes.tensorize.CONV_TILE), with the int64
+  and with the high-half epilogue (targets.kernels.hi32_rows);
 * depthwise convs: ``depthwise_requant`` (NCHW, vectors over pixels), ``depthwise_requant_nhwc``
   (vectors over channels) with each epilogue, and ``depthwise_requant_nhwc_dot`` (taps on vpdpbusd);
 * the stem (3 -> 32, 3x3, stride 2 on the padded 225 x 225 image): im2col + ``dense_requant``.
@@ -33,12 +33,12 @@ sys.path.insert(0, str(REPO))
 import tvm  # noqa: E402
 
 import targets  # noqa: E402
-from relay_passes.tensorize_x86 import CONV_TILE  # noqa: E402
-from targets import depthwise_int8 as dw  # noqa: E402
-from targets import im2col as ic  # noqa: E402
-from targets import int8_dot as dot  # noqa: E402
-from targets.tune import target_cpu  # noqa: E402
-from targets.x86_int8 import VNNI, host_has_avx512_vnni  # noqa: E402
+from relay_passes.tensorize import CONV_TILE  # noqa: E402
+from targets.kernels import depthwise as dw  # noqa: E402
+from targets.kernels import im2col as ic  # noqa: E402
+from targets import kernels as dot  # noqa: E402
+from targets.tuning_db import target_cpu  # noqa: E402
+from targets.kernels.x86_vnni import VNNI, host_has_avx512_vnni  # noqa: E402
 
 POINTWISE = [(12544, 96, 16), (12544, 16, 32), (3136, 144, 24), (3136, 24, 144), (784, 240, 40),
              (196, 480, 80), (196, 672, 112), (196, 112, 672), (49, 1152, 192), (49, 192, 1152)]  # pixels, N, K
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
              "TVM_NUM_THREADS as set (1 for the committed file); median of "
              f"{args.repeat} x 5 calls per kernel, ms. Every kernel's output equals the first column's. "
              "int64: the plan's requantize as written (sign-extended accumulators); hi32: the exact "
-             "high-half epilogue (targets.int8_dot.hi32_rows), clip by saturation; the last column is "
+             "high-half epilogue (targets.kernels.hi32_rows), clip by saturation; the last column is "
              "what TensorizeDot builds.\n",
              "| 1x1 conv | NCHW, int64 | NHWC, int64 | NHWC, hi32 | first / last |", "|---|---|---|---|---|"]
     lines += [f"| {name} | {a:.3f} | {b:.3f} | {c:.3f} | {a / c:.2f}x |" for name, a, b, c in pw_rows]

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import relay_passes as rp  # noqa: E402
+from targets.build import compile_integer  # noqa: E402
 import tvmptq  # noqa: E402
 from tvmptq.eval.sets import DEFAULT_SET, batches, run_outputs, score, torch_runner  # noqa: E402
 from tvmptq.export.qdq_onnx import run_qdq_onnx  # noqa: E402
@@ -85,7 +86,7 @@ def bench_model(name: str, args, log) -> dict:
         plan = build_plan(graph, observers, tvmptq.make_config(w, a, OBSERVER), name, calib)
         t0 = time.time()
         mod = rp.lowering_passes(plan)(imported)
-        run = rp.compile_integer(mod)
+        run = compile_integer(mod)
         compile_s = time.time() - t0
         if bits == "W8A8":
             result["ops_after"] = dict(rp.op_counts(mod))

@@ -82,8 +82,8 @@ def _tvm_build(mod, T, root, args, variant: str, tuning: dict, name: str):
     the model's budget first unless --no-tune; with --no-tune and none for this CPU, the one tuned on
     another CPU of the same architecture, named in the report); records what it holds in ``tuning``."""
     from targets.build import compile_module
-    from targets.tune import (apply_database, database_summary, target_cpu, transferable_database, tune,
-                              usable_database, zoo_folder)
+    from targets.tune import apply_database, database_summary, tune
+    from targets.tuning_db import target_cpu, transferable_database, usable_database, zoo_folder
     folder = zoo_folder(root, "x86-host", name, variant, 1, T)
     if args.tune:
         trials, cover, chunk = budget(name, args)
@@ -359,7 +359,7 @@ def main(argv=None) -> int:
 
     import targets
     from targets.speed import ENGINES, measure_in_subprocess, write_report
-    from targets.tune import SHIPPED
+    from targets.tuning_db import SHIPPED
     args.db = args.db or str(SHIPPED)
     engines = [e for e in ENGINES if args.engines is None or e[0] in args.engines]
     work = Path(args.work)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from targets.compare import run_compare  # noqa: E402
-from targets.tune import SHIPPED, ZOO_BUDGETS  # noqa: E402
+from targets.tune import ZOO_BUDGETS  # noqa: E402
+from targets.tuning_db import SHIPPED
 
 
 def main():

@@ -40,7 +40,8 @@ def main():
     import targets
     import tvmptq
     from targets.compare import _for_target, _modules, _plan
-    from targets.tune import SHIPPED, tune, zoo_folder
+    from targets.tune import tune
+    from targets.tuning_db import SHIPPED, zoo_folder
     from tvmptq.eval.sets import DEFAULT_SET
 
     t = targets.get(a.target)

@@ -44,9 +44,9 @@ from tvm import relax  # noqa: E402
 import relay_passes as rp  # noqa: E402
 import targets  # noqa: E402
 import tvmptq  # noqa: E402
-from relay_passes.lower import run_batched  # noqa: E402
-from relay_passes.tensorize_x86 import KERNEL_PREFIX  # noqa: E402
-from targets import x86_int8 as xi  # noqa: E402
+from targets.build import run_batched  # noqa: E402
+from relay_passes.tensorize import KERNEL_PREFIX  # noqa: E402
+from targets.kernels import x86_vnni as xi  # noqa: E402
 from tvmptq.reference import run_plan  # noqa: E402
 from tvmptq.zoo import from_module  # noqa: E402
 

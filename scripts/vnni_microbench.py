@@ -1,4 +1,4 @@
-"""Micro-benchmark of the hand-scheduled VNNI dense kernel (targets/x86_int8.py), not run by the tests.
+"""Micro-benchmark of the hand-scheduled VNNI dense kernel (targets/kernels/x86_vnni.py), not run by the tests.
 
 Shapes: M=N=K=512, and a MiniLM-shaped linear (M=128 tokens, K=384, N=1536: the FFN up-projection).
 Rows: the VNNI kernel (uint8 x int8, and int8 x int8 through the +128 shift), TVM fp32 with the
@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 import tvm
 from tvm import te
 
-from targets import x86_int8 as xi
+from targets.kernels import x86_vnni as xi
 
 TARGET = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "sapphirerapids", "num-cores": 2})
 SHAPES = [("512x512x512", 512, 512, 512), ("MiniLM FFN-up 128x384->1536", 128, 1536, 384)]

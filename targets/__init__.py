@@ -11,10 +11,12 @@ file of the same form, found (in this order, later files win) at ``~/.config/tvm
 (``tvmptq ... --targets-file``). ``@host`` in a target dict stands for this machine's real CPU name,
 read from LLVM and corrected with /proc/cpuinfo flags (see :func:`host_cpu`).
 
-Submodules: ``targets.build`` (compile/export/cross-compile), ``targets.qemu`` (aarch64 under
-qemu-user), ``targets.profile`` (local and RPC-tracker latency), ``targets.tune`` (MetaSchedule with an
-on-disk database), ``targets.cuda`` (nvcc validation of generated CUDA source), ``targets.x86_int8`` (tensorized
-VNNI int8 dense kernels and the LLVM-22 fix of TVM's VNNI intrinsic).
+Submodules: ``targets.kernels`` (the hand-scheduled int8 kernels, one module per dot-product ISA),
+``targets.build`` (compile/export/cross-compile), ``targets.qemu`` (aarch64 under qemu-user),
+``targets.tune`` and ``targets.tuning_db`` (MetaSchedule with an on-disk database), ``targets.verify``
+(tuned schedules checked), ``targets.rpc`` and ``targets.profile`` (local and RPC-tracker latency),
+``targets.cuda`` (nvcc validation of generated CUDA source), ``targets.compare`` / ``targets.speed``
+(cross-target and peer reports). This file is data only: it imports none of them.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import shutil
 
 from tvmptq.errors import ConfigError, DataError, ModelError
 
-from . import Target, TargetError, get, load
+from . import Target, TargetError, get, is_name, load
 
 
 def _first_line(err: Exception) -> str:
@@ -106,3 +106,55 @@ def runs_here(target_info: dict) -> bool:
     """Whether an artifact compiled for ``target_info`` (the manifest's) can be loaded on this machine."""
     arch = target_info.get("arch")
     return arch in (None, host_arch()) and target_info.get("kind", "llvm") in ("llvm", "c")
+
+
+def compile_integer(mod, target="llvm", tensorize: bool = False):
+    """Build ``mod`` and return ``run(*arrays) -> array`` (a tuple for several outputs).
+
+    ``target``: a TVM target (or its string / dict), or a registry target name such as
+    ``x86-host`` (targets/registry.toml). ``tensorize=True`` first applies
+    ``tensorize.TensorizeDot(target)``: linear layers and 1x1 convs as tensorized VNNI kernels
+    when the registry target has VNNI; otherwise nothing changes and a warning names every layer
+    and why. (It runs here, so only x86 kernels make sense; Arm ones run under qemu, targets.qemu.)
+
+    The module has a static batch size; ``run`` takes any number of samples and feeds them in
+    chunks of that size (the last chunk padded by repeating its last sample, then trimmed)."""
+    import tvm
+    from tvm import relax
+    named = None  # a registry target; plain TVM targets ("llvm", "llvm -mcpu=...", JSON) never read the registry
+    if isinstance(target, str) and target.split(" ")[0] not in ("llvm", "c", "cuda") and not target.startswith("{"):
+        named = get(target) if is_name(target) else None
+    if tensorize:
+        from relay_passes.tensorize import TensorizeDot
+        mod = TensorizeDot(named if named is not None else target)(mod)
+    if named is not None:
+        target = named.tvm_target()
+    target = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+    vm = relax.VirtualMachine(compile_module(mod, target), tvm.cpu())  # fused, as every CPU build of the project
+    shapes = [tuple(int(d) for d in p.ty.shape) for p in mod["main"].params]
+    dtypes = [str(p.ty.dtype) for p in mod["main"].params]
+    batch = shapes[0][0]
+
+    def run(*arrays):
+        return run_batched(vm["main"], arrays, batch, dtypes, tvm.cpu())
+    return run
+
+
+def run_batched(func, arrays, batch: int, dtypes, device):
+    """Call a static-batch compiled ``func`` on any number of samples: chunks of ``batch``, the last
+    one padded by repeating its last sample, outputs trimmed and concatenated (a tuple for
+    several outputs)."""
+    import numpy as np
+    import tvm
+    n = len(arrays[0])
+    outs = []
+    for i in range(0, n, batch):
+        chunk = [np.asarray(a[i:i + batch], dtype=dt) for a, dt in zip(arrays, dtypes)]
+        short = batch - len(chunk[0])
+        if short:
+            chunk = [np.concatenate([c, np.repeat(c[-1:], short, axis=0)]) for c in chunk]
+        res = func(*[tvm.runtime.tensor(np.ascontiguousarray(c), device) for c in chunk])
+        res = [res] if hasattr(res, "numpy") else list(res)  # one tensor or a tuple of them
+        outs.append([r.numpy()[:batch - short] for r in res])
+    merged = [np.concatenate(parts) for parts in zip(*outs)]
+    return merged[0] if len(merged) == 1 else tuple(merged)

@@ -2,7 +2,7 @@
 bar chart (``tvmptq compare``; ``scripts/bench_targets.py`` writes results/targets.md with it).
 
 Per model and variant (FP32, int8 = W8A8 plan lowered to the integer-only program; on x86 targets
-with VNNI with the tensorized kernels of relay_passes.tensorize_x86, as ``tvmptq compile`` builds it):
+with VNNI with the tensorized kernels of relay_passes.tensorize, as ``tvmptq compile`` builds it):
   * x86 targets: latency here (median and IQR after warm-up), untuned and, with ``trials`` > 0,
     MetaSchedule-tuned (database under ``<work>/tune``, reused on the next run);
   * aarch64 targets: cross-compiled, run under qemu-user with the aarch64 TVM wheel, outputs
@@ -54,11 +54,11 @@ def _inputs(mod, xs):
 def _for_target(mods, var, t, plan):
     """The variant's module as ``tvmptq compile`` builds it for ``t``: int8 on a target with a
     dot-product instruction (x86 VNNI, Arm dotprod, CUDA dp4a) gets the tensorized kernels
-    (relay_passes.tensorize_x86.TensorizeDot); returns (module, kernels note)."""
+    (relay_passes.tensorize.TensorizeDot); returns (module, kernels note)."""
     mod = mods[var]
     if var != "int8" or t.arch not in ("x86_64", "aarch64", "cuda"):
         return mod, ""
-    from relay_passes.tensorize_x86 import TensorizeDot, target_isa
+    from relay_passes.tensorize import TensorizeDot, target_isa
     isa, _ = target_isa(t)
     if isa is None:
         return mod, "no dot-product kernels"
@@ -181,7 +181,8 @@ def _database(mod, root, target_name, model, variant, batch, T, row, budget, tun
     model's (trials, cover, chunk), or None. With ``tune_first`` this CPU's folder is topped up to
     it first; without, an existing one is used, else one tuned on another CPU of the same
     architecture (``row["tuned_on"]`` names that CPU)."""
-    from .tune import database_summary, target_cpu, transferable_database, tune, usable_database, zoo_folder
+    from .tune import database_summary, tune
+    from .tuning_db import target_cpu, transferable_database, usable_database, zoo_folder
     folder = zoo_folder(root, target_name, model, variant, batch, T)
     if budget is not None:
         trials, cover, chunk = budget

@@ -9,7 +9,7 @@ NHWC (one znver4 core): the residual adds took 0.65 ms unscheduled.
 
 :func:`schedule_elementwise` gives such a kernel the obvious schedule: every intermediate block
 inlined into the last one, whose outer loops are fused and parallel (from
-int8_dot.PARALLEL_MIN_ELEMENTS elements on) and whose innermost loop is vectorized by the largest of
+kernels.loops.PARALLEL_MIN_ELEMENTS elements on) and whose innermost loop is vectorized by the largest of
 16/8/4/2 that divides it. It leaves alone any function with a reduction, more than
 one block left after inlining, or ``tirx.is_scheduled`` (hand kernels, tuned kernels). Schedule
 primitives do not change what is computed, so the results are the same bit for bit (tests check
@@ -25,7 +25,7 @@ def schedule_elementwise(func):
     import tvm
     from tvm.s_tir import Schedule
 
-    from .int8_dot import PARALLEL_MIN_ELEMENTS, loop_extent, parallel_if_worth
+    from .kernels import PARALLEL_MIN_ELEMENTS, loop_extent, parallel_if_worth
     if func.attrs is not None and bool(func.attrs.get("tirx.is_scheduled", False)):
         return None
     try:

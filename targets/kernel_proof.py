@@ -10,7 +10,7 @@ Three independent views, each computed from what the compiler really holds:
 
 * **MAC share** (:func:`mac_share`): multiply-adds of every conv2d / matmul of the lowered Relax
   module, from shapes (conv: ``prod(out) * C_in/groups * kh * kw``; matmul: ``prod(out) * K``), and
-  the multiply-adds of the layers that ``relay_passes.tensorize_x86.TensorizeDot`` says it
+  the multiply-adds of the layers that ``relay_passes.tensorize.TensorizeDot`` says it
   tensorized (its ``REPORT_ATTR`` module attribute, ``M N K`` per layer). The share is the second
   over the first; the conv/matmul left in the tensorized module are counted again, so the two
   parts must add up to the total (``consistent``).
@@ -80,11 +80,11 @@ def layer_macs(mod) -> list[dict]:
 
 
 def tensorize_records(mod) -> list[dict]:
-    """TensorizeDot's report of ``mod`` (relay_passes.tensorize_x86.tensorize_report), parsed:
+    """TensorizeDot's report of ``mod`` (relay_passes.tensorize.tensorize_report), parsed:
     ``{"layer", "tensorized", "kernel", "macs"}`` (M*N*K) for tensorized layers, ``{"layer",
     "tensorized", "kind", "reason"}`` for the others (plus ``"simd_kernel", "macs"`` when the layer
     runs in a hand-scheduled kernel without the dot instruction, a depthwise conv)."""
-    from relay_passes.tensorize_x86 import tensorize_report
+    from relay_passes.tensorize import tensorize_report
     recs = []
     for line in tensorize_report(mod):
         m = _TENSORIZED.match(line)
@@ -96,7 +96,7 @@ def tensorize_records(mod) -> list[dict]:
         if m is None:
             raise ValueError(f"unrecognised tensorize report line: {line!r}")
         rec = {"layer": m["layer"], "tensorized": False, "kind": m["kind"], "reason": m["reason"]}
-        if m["kernel"]:  # a kernel of its own without the dot instruction (targets.depthwise_int8)
+        if m["kernel"]:  # a kernel of its own without the dot instruction (targets.kernels.depthwise)
             rec.update(simd_kernel=m["kernel"], macs=int(m["m"]) * int(m["n"]) * int(m["k"]))
         recs.append(rec)
     return recs
@@ -198,9 +198,9 @@ def primfunc_summary(prim, dot_mnemonics=("vpdpbusd", "sdot", "smmla")) -> dict:
 
 def kernel_category(summary: dict, name: str = "") -> str:
     """A coarse class of a kernel from its :func:`primfunc_summary` (and its name: the hand
-    kernels of targets.depthwise_int8 are named ``dw_requant_...``, targets.im2col's ``im2col_...``),
+    kernels of targets.kernels.depthwise are named ``dw_requant_...``, targets.kernels.im2col's ``im2col_...``),
     for profiles."""
-    from relay_passes.tensorize_x86 import DEPTHWISE_DOT_INFIX, DEPTHWISE_PREFIX
+    from relay_passes.tensorize import DEPTHWISE_DOT_INFIX, DEPTHWISE_PREFIX
     if name.startswith(DEPTHWISE_PREFIX):
         return "depthwise conv (SIMD kernel, requantize fused)"
     if DEPTHWISE_DOT_INFIX + "_" in name:

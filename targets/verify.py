@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tune import RECORDS, WORKLOADS
+from .tuning_db import RECORDS, WORKLOADS
 
 FLOAT_RTOL = 1e-4  # of the output's largest magnitude: summation order changes fp32 results by ~1e-6
 

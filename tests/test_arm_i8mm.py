@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 tvm = pytest.importorskip("tvm")
-from relay_passes.tensorize_x86 import target_isa  # noqa: E402
-from targets.arm_i8mm import SMMLA, pack_weight, packed_shape  # noqa: E402
-from targets.arm_int8 import SDOT  # noqa: E402
+from relay_passes.tensorize import target_isa  # noqa: E402
+from targets.kernels.arm_i8mm import SMMLA, pack_weight, packed_shape  # noqa: E402
+from targets.kernels.arm_sdot import SDOT  # noqa: E402
 
 from test_arm_int8 import check_program_under_qemu, needs_arm  # noqa: E402
 

@@ -16,8 +16,8 @@ from tvmptq.zoo import from_module
 tvm = pytest.importorskip("tvm")
 import relay_passes as rp  # noqa: E402
 import targets  # noqa: E402
-from targets import int8_dot as dot  # noqa: E402
-from targets.arm_int8 import SDOT  # noqa: E402
+from targets import kernels as dot  # noqa: E402
+from targets.kernels.arm_sdot import SDOT  # noqa: E402
 
 from test_vnni_lowering import ConvNet, TwoLinears  # noqa: E402
 
@@ -46,7 +46,7 @@ def _model(kind, symmetric):
 
 
 def test_isa_table_picks_the_instruction_per_target():
-    from relay_passes.tensorize_x86 import target_isa
+    from relay_passes.tensorize import target_isa
     assert target_isa("cortex-a76")[0] is SDOT and target_isa("neoverse-n1")[0] is SDOT  # neoverse-v1: smmla
     isa, why = target_isa("cortex-a72")
     assert isa is None and "lacks the 'dotprod' capability of the sdot kernels" in why

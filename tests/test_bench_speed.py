@@ -17,7 +17,7 @@ import relay_passes as rp  # noqa: E402
 import targets  # noqa: E402
 from targets import kernel_proof as kp  # noqa: E402
 from targets import speed  # noqa: E402
-from targets.x86_int8 import host_has_avx512_vnni  # noqa: E402
+from targets.kernels.x86_vnni import host_has_avx512_vnni  # noqa: E402
 
 HAS_VNNI = host_has_avx512_vnni()
 BATCH = 8
@@ -68,7 +68,7 @@ def test_mac_share_of_a_synthetic_report():
     lines = ["a: tensorized (vnni_dense_requant_u8_u8_4x8x16, M N K = 4 8 16)",
              "b: tensorized (vnni_dense_requant_u8_u8_4x8x16, M N K = 4 8 16)",
              "c (conv2d): not tensorized: a 3x3 conv2d: only 1x1 convs are tensorized"]
-    from relay_passes.tensorize_x86 import REPORT_ATTR
+    from relay_passes.tensorize import REPORT_ATTR
     mod = tvm.IRModule({}).with_attr(REPORT_ATTR, lines)
     recs = kp.tensorize_records(mod)
     assert [r["macs"] for r in recs if r["tensorized"]] == [512, 512]

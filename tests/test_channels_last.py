@@ -1,4 +1,4 @@
-"""Channels-last CPU kernels (relay_passes/channels_last.py, targets/im2col.py) and the default
+"""Channels-last CPU kernels (relay_passes/channels_last.py, targets/kernels/im2col.py) and the default
 schedule of fused elementwise kernels (targets/cpu_defaults.py).
 
 A stem conv and two MobileNet-style blocks (1x1 expand, padded depthwise, 1x1 project, residual
@@ -24,8 +24,9 @@ tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
 import relay_passes as rp  # noqa: E402  (needs tvm)
+from targets.build import compile_integer  # noqa: E402
 from targets import cpu_defaults  # noqa: E402
-from targets import x86_int8 as xi  # noqa: E402
+from targets.kernels import x86_vnni as xi  # noqa: E402
 
 needs_vnni = pytest.mark.skipif(not xi.host_has_avx512_vnni(), reason="host CPU lacks avx512_vnni")
 TARGET = "x86-host" if xi.host_has_avx512_vnni() else "x86-avx512-vnni"
@@ -97,9 +98,9 @@ def test_kernels_run_channels_last_with_one_transpose(blocks):
 @needs_vnni
 def test_channels_last_program_is_bit_exact(blocks):
     want = run_plan(blocks["plan"], blocks["x"])
-    got = rp.compile_integer(blocks["nhwc"], TARGET)(blocks["x"])
+    got = compile_integer(blocks["nhwc"], TARGET)(blocks["x"])
     assert np.array_equal(got, want)
-    assert np.array_equal(rp.compile_integer(blocks["nchw"], TARGET)(blocks["x"]), want)
+    assert np.array_equal(compile_integer(blocks["nchw"], TARGET)(blocks["x"]), want)
 
 
 def _fused(mod):
@@ -116,7 +117,7 @@ def test_elementwise_kernels_get_a_default_schedule(blocks):
         if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint.startswith("fused_") and "right_shift" in gv.name_hint \
                 and "conv2d" not in gv.name_hint:
             text = f.script()
-            # 2 x 8 x 8 x 16 elements: vectorized, on the calling thread (int8_dot.PARALLEL_MIN_ELEMENTS)
+            # 2 x 8 x 8 x 16 elements: vectorized, on the calling thread (kernels.loops.PARALLEL_MIN_ELEMENTS)
             assert bool(f.attrs["tirx.is_scheduled"]) and "T.vectorized" in text and "T.parallel" not in text
             assert "sblock_alloc_buffer" not in text  # every intermediate inlined
             assert "sblock_alloc_buffer" in fused[gv.name_hint].script()

@@ -1,4 +1,4 @@
-"""CUDA ``dp4a`` kernels (targets/cuda_int8.py): linear layers and 1x1 convs tensorized for CUDA
+"""CUDA ``dp4a`` kernels (targets/kernels/cuda_dp4a.py): linear layers and 1x1 convs tensorized for CUDA
 targets, the requantize in each thread's epilogue, the generated CUDA source compiled with nvcc.
 
 No GPU runs here, so the arithmetic is checked the one way a CPU can: the same rewrite with the
@@ -16,11 +16,11 @@ from tvmptq.reference import run_plan
 tvm = pytest.importorskip("tvm")
 import relay_passes as rp  # noqa: E402
 import targets  # noqa: E402
-from relay_passes.tensorize_x86 import target_isa  # noqa: E402
+from relay_passes.tensorize import target_isa  # noqa: E402
 from targets import cuda  # noqa: E402
-from targets import int8_dot as dot  # noqa: E402
+from targets import kernels as dot  # noqa: E402
 from targets.build import compile_module  # noqa: E402
-from targets.cuda_int8 import DP4A  # noqa: E402
+from targets.kernels.cuda_dp4a import DP4A  # noqa: E402
 
 from test_arm_int8 import _model  # noqa: E402
 

@@ -98,6 +98,7 @@ def test_simulation_equals_numpy_reference(digits_cwac):
 def test_compiled_cwac_is_zero_cost_and_bit_exact(digits_cwac):
     pytest.importorskip("tvm")
     import relay_passes as rp
+    from targets.build import compile_integer
     from tvmptq.algorithms.cost import parameter_count, relax_constants
     model, _, _, x, qm, plan, sim = digits_cwac
     imported = rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(8)))
@@ -107,10 +108,10 @@ def test_compiled_cwac_is_zero_cost_and_bit_exact(digits_cwac):
     assert relax_constants(base_mod) == relax_constants(cwac_mod)
     assert parameter_count(base_mod) == parameter_count(cwac_mod)
     from tvmptq.eval.sets import torch_runner
-    got = rp.compile_integer(cwac_mod)(x)
+    got = compile_integer(cwac_mod)(x)
     assert np.array_equal(got, torch_runner(sim)(x))
     assert np.array_equal(got, run_plan(plan, x))
-    assert not np.array_equal(got, rp.compile_integer(base_mod)(x))
+    assert not np.array_equal(got, compile_integer(base_mod)(x))
 
 
 def test_stepped_stream_equals_recomputed_stream(digits_w2a4):

@@ -1,4 +1,4 @@
-"""targets.depthwise_int8: the hand-scheduled int8 depthwise conv + requantize, bit-exact against an
+"""targets.kernels.depthwise: the hand-scheduled int8 depthwise conv + requantize, bit-exact against an
 independent NumPy integer reference (zero padding, strides, asymmetric padding, both activation and
 output dtypes, batch 2, requantize numbers at the int64 extremes the lowering produces)."""
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import tvm
 
 import targets
-from targets.depthwise_int8 import (depthwise_requant, depthwise_requant_nhwc, output_size, schedule_depthwise,
+from targets.kernels.depthwise import (depthwise_requant, depthwise_requant_nhwc, output_size, schedule_depthwise,
                                     schedule_depthwise_nhwc, vector_width)
 
 TARGET = targets.get("x86-host").tvm_target()
@@ -121,9 +121,9 @@ DOT_CASES = [  # B, C, H, W, KH, KW, stride, out dtype, saturate (clip bounds = 
 def test_dot_product_depthwise_is_bit_exact(case):
     """The VNNI depthwise kernel (taps on vpdpbusd, high-half epilogue) against the int64 NumPy
     reference, with activations at 255 and weights at -128 in one channel (the largest sums)."""
-    from targets import int8_dot as dot
-    from targets.depthwise_int8 import depthwise_requant_nhwc_dot, dot_weight, schedule_depthwise_nhwc_dot
-    from targets.x86_int8 import VNNI, host_has_avx512_vnni
+    from targets import kernels as dot
+    from targets.kernels.depthwise import depthwise_requant_nhwc_dot, dot_weight, schedule_depthwise_nhwc_dot
+    from targets.kernels.x86_vnni import VNNI, host_has_avx512_vnni
     if not host_has_avx512_vnni():
         pytest.skip("needs avx512_vnni")
     B, C, H, W, KH, KW, stride, out_dtype, saturate = case
@@ -154,8 +154,8 @@ def test_dot_product_depthwise_is_bit_exact(case):
 
 
 def test_tap_runs_and_when_the_dot_kernel_applies():
-    from targets.depthwise_int8 import dot_reason, tap_chunks
-    from targets.x86_int8 import VNNI
+    from targets.kernels.depthwise import dot_reason, tap_chunks
+    from targets.kernels.x86_vnni import VNNI
     assert [tap_chunks(k) for k in (1, 2, 3, 4, 5, 7, 9)] == [[], [2], [3], [4], [3, 2], [4, 3], [4, 3, 2]]
     assert dot_reason(144, 3, 3, (0, 0, 0, 0), "uint8", True, VNNI) == ""
     assert "int8" in dot_reason(144, 3, 3, (0, 0, 0, 0), "int8", True, VNNI)          # VNNI takes uint8

@@ -1,11 +1,11 @@
-"""targets.im2col against a NumPy im2col: every layout, padding and stride the lowering uses."""
+"""targets.kernels.im2col against a NumPy im2col: every layout, padding and stride the lowering uses."""
 import numpy as np
 import pytest
 import tvm
 
 import targets
-from targets.depthwise_int8 import output_size
-from targets.im2col import im2col
+from targets.kernels.depthwise import output_size
+from targets.kernels.im2col import im2col
 
 TARGET = targets.get("x86-host").tvm_target()
 

@@ -9,6 +9,7 @@ import tvmptq
 
 tvm = pytest.importorskip("tvm")
 import relay_passes as rp  # noqa: E402  (needs tvm)
+from targets.build import compile_integer  # noqa: E402
 from tvmptq.peers.onnxruntime_peer import export_onnx  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def test_clip_from_tir_restores_one_clip_op(tmp_path):
     bounds = sorted((float(b.value.args[1].value), float(b.value.args[2].value))
                     for b in mod["main"].body.blocks[0].bindings if rp.match.op_name(b.value) == "relax.clip")
     assert bounds == [(float("-inf"), 2.5), (-1.0, 1.5), (0.0, 6.0)]
-    np.testing.assert_allclose(rp.compile_integer(mod)(x.numpy()), _onnx_reference(path, x.numpy()), atol=1e-5)
+    np.testing.assert_allclose(compile_integer(mod)(x.numpy()), _onnx_reference(path, x.numpy()), atol=1e-5)
 
 
 def _onnx_reference(path, x):
@@ -61,7 +62,7 @@ def test_efficientnet_onnx_route_equals_simulation(effnet_onnx):
     mod = rp.lowering_passes(qm.plan)(rp.import_onnx(path))  # static batch 1, as exported
     counts = rp.op_counts(mod)
     assert counts["nn.conv2d -> int32"] == 49 and counts["matmul -> int32"] == 1 and not rp.float_ops(mod)
-    assert np.array_equal(rp.compile_integer(mod)(x), ref)  # identical dequantized floats, hence integers
+    assert np.array_equal(compile_integer(mod)(x), ref)  # identical dequantized floats, hence integers
 
 
 def test_efficientnet_same_plan_through_torch_export(effnet_onnx):
@@ -69,4 +70,4 @@ def test_efficientnet_same_plan_through_torch_export(effnet_onnx):
     both imports list the same layers; every number comes from the plan."""
     model, _, qm, x, ref = effnet_onnx
     mod = rp.lower(model.build(), model.example_inputs(1), qm.plan)
-    assert np.array_equal(rp.compile_integer(mod)(x), ref)
+    assert np.array_equal(compile_integer(mod)(x), ref)

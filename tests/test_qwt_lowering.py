@@ -21,6 +21,7 @@ from tvmptq.zoo import from_module
 
 tvm = pytest.importorskip("tvm")
 import relay_passes as rp  # noqa: E402  (needs tvm)
+from targets.build import compile_integer  # noqa: E402
 from relay_passes.islands import FLOAT_BRANCH_OPS  # noqa: E402
 
 BATCH = 8
@@ -44,7 +45,7 @@ def test_compiled_qwt_equals_simulation_and_reference(digits_qwt, lowered):
     _, _, _, qm, plan, sim = digits_qwt
     x = tvmptq.get_set("digits").evaluation()[0]
     assert len(x) == 540 and len(branches(plan)) == 3
-    got = rp.compile_integer(lowered[2])(x)
+    got = compile_integer(lowered[2])(x)
     assert np.array_equal(got, torch_runner(sim)(x))
     assert np.array_equal(got, run_plan(plan, x))
     assert not np.array_equal(got, qm.runner()(x))  # the branches do change the outputs
@@ -93,7 +94,7 @@ def test_round_is_half_to_even_in_float64():
         with bb.dataflow():
             out = bb.emit_output(tvm.relax.op.round(param))
         bb.emit_func_output(out)
-    assert np.array_equal(rp.compile_integer(bb.get())(x), np.round(x))
+    assert np.array_equal(compile_integer(bb.get())(x), np.round(x))
 
 
 class _Tokens(nn.Module):
@@ -120,7 +121,7 @@ def test_token_features_branch_is_a_float64_matmul():
     mod = rp.lower(model.build(), model.example_inputs(4), plan)
     counts = rp.op_counts(mod)
     assert counts["matmul -> float64"] == 1 and counts["nn.conv2d -> float64"] == 0
-    got = rp.compile_integer(mod)(x[64:])
+    got = compile_integer(mod)(x[64:])
     assert np.array_equal(got, torch_runner(sim)(x[64:])) and np.array_equal(got, run_plan(plan, x[64:]))
 
 

@@ -12,13 +12,14 @@ from tvmptq.zoo import from_module
 
 tvm = pytest.importorskip("tvm")
 import relay_passes as rp  # noqa: E402  (needs tvm)
+from targets.build import compile_integer  # noqa: E402
 
 BATCH = 8  # static batch of the compiled digits modules
 
 
 def _lower_and_run(imported, plan, x, **kw):
     mod = rp.lowering_passes(plan, **kw)(imported)
-    return mod, rp.compile_integer(mod)(x)
+    return mod, compile_integer(mod)(x)
 
 
 def _assert_integer_only(mod, convs):
@@ -37,7 +38,7 @@ def _run_relax(build, *arrays):
         with bb.dataflow():
             out = bb.emit_output(build(bb, *params))
         bb.emit_func_output(out)
-    return rp.compile_integer(bb.get())(*arrays)
+    return compile_integer(bb.get())(*arrays)
 
 
 @pytest.mark.parametrize("mode", ["int64", "fixed_point_multiply"])
@@ -94,7 +95,7 @@ def test_digits_compiled_equals_simulation(digits, w, a, requantize):
 
 def test_canonical_float_module_still_computes_the_model(digits):
     model, _, _, x, imported = digits
-    run = rp.compile_integer(imported)  # any module compiles; this one is still float
+    run = compile_integer(imported)  # any module compiles; this one is still float
     with torch.no_grad():
         ref = model.build()(torch.from_numpy(np.array(x[:16]))).numpy()
     np.testing.assert_allclose(run(x[:16]), ref, atol=1e-4)
@@ -136,7 +137,7 @@ def test_onnx_file_through_relax_onnx_frontend(digits, tmp_path):
     onnx_model = tvmptq.load(str(path))  # the plan is made on the onnx2torch module
     qm = tvmptq.quantize(onnx_model, (digits[2][0][:64],), tvmptq.make_config(8, 8), progress=False)
     mod = rp.lowering_passes(qm.plan)(rp.import_onnx(path))  # static batch 1, as exported
-    assert np.array_equal(rp.compile_integer(mod)(x[:16]), qm.runner()(x[:16]))
+    assert np.array_equal(compile_integer(mod)(x[:16]), qm.runner()(x[:16]))
     _assert_integer_only(mod, convs=9)
 
 
@@ -166,7 +167,7 @@ def test_zero_points_in_padding_are_exact(w, a, symmetric):
     model = from_module(PadNet().eval(), (torch.from_numpy(x[:1]),))
     qm = tvmptq.quantize(model, (x[:16],), tvmptq.make_config(w, a, "minmax", symmetric=symmetric), progress=False)
     mod = rp.lower(model.build(), model.example_inputs(4), qm.plan)
-    got, ref = rp.compile_integer(mod)(x[16:]), qm.runner()(x[16:])
+    got, ref = compile_integer(mod)(x[16:]), qm.runner()(x[16:])
     assert np.array_equal(got, ref)
     _assert_integer_only(mod, convs=3)
     counts = rp.op_counts(mod)
@@ -197,7 +198,7 @@ def test_cat_and_constant_multiply_are_exact(w=4, a=4):
     qm = tvmptq.quantize(model, (x[:8],), tvmptq.make_config(w, a, "minmax"), progress=False)
     assert {lp.kind for lp in qm.plan.layers} >= {"cat", "mul_const"}
     mod = rp.lower(model.build(), model.example_inputs(4), qm.plan)
-    assert np.array_equal(rp.compile_integer(mod)(x[8:]), qm.runner()(x[8:]))
+    assert np.array_equal(compile_integer(mod)(x[8:]), qm.runner()(x[8:]))
     _assert_integer_only(mod, convs=2)
 
 
@@ -225,7 +226,7 @@ def _effnet_check(effnet, w, a, views):
     mod = rp.lowering_passes(plan)(imported)
     _assert_integer_only(mod, convs=49)
     x = evaluation[:views]
-    got = rp.compile_integer(mod)(x)
+    got = compile_integer(mod)(x)
     # Identical to the independent NumPy integer executor (written from the plan, not from TVM)
     # and to the PyTorch simulation.
     assert np.array_equal(got, run_plan(plan, x, batch_size=8))
@@ -264,7 +265,7 @@ def test_minilm_compiled_matches_simulation(minilm, symmetric):
     assert islands["nn.softmax"] == 6 and islands["nn.layer_norm"] == 13 and islands["nn.gelu"] == 6
     assert islands["add"] == 8  # 2 embedding adds + 6 attention-mask adds; 12 residual adds are integer
     assert counts["add -> float64"] == 0 or counts["nn.layer_norm -> float32"] == 0  # islands in float64
-    got, ref = rp.compile_integer(mod)(*evaluation), qm.runner()(*evaluation)
+    got, ref = compile_integer(mod)(*evaluation), qm.runner()(*evaluation)
     # Float islands cannot be bit-exact across libraries; computed in float64 they differ from
     # PyTorch's only by float32 rounding, and the embeddings agree to ~1e-7.
     assert _cosines(got, ref).min() > 0.99999, _cosines(got, ref)

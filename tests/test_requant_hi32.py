@@ -1,4 +1,4 @@
-"""targets.int8_dot's high-half requantize epilogue: exactly the plan's int64 requantize.
+"""targets.kernels's high-half requantize epilogue: exactly the plan's int64 requantize.
 
 The NumPy emulation of the kernel's int32 arithmetic and the compiled dense kernel are both checked
 against ``requantize_int64`` over accumulators at the ends of their range, multipliers up to 2^31,
@@ -9,8 +9,8 @@ import pytest
 import tvm
 
 import targets
-from targets import int8_dot as dot
-from targets.x86_int8 import VNNI, host_has_avx512_vnni
+from targets import kernels as dot
+from targets.kernels.x86_vnni import VNNI, host_has_avx512_vnni
 
 
 def _emulate(q32: np.ndarray, a: np.ndarray) -> np.ndarray:

@@ -235,7 +235,8 @@ def test_profile_locally(capsys, digits):
 
 def test_profile_through_a_real_rpc_tracker(capsys, digits):
     """A real tracker and server (python -m tvm.exec.rpc_tracker / rpc_server) on 127.0.0.1."""
-    from targets.profile import LoopbackRPC, profile_artifact
+    from targets.profile import profile_artifact
+    from targets.rpc import LoopbackRPC
     with LoopbackRPC() as rpc:
         rpc.add_server("x86-host")
         rc, out, _ = run(capsys, "profile", digits[2], "--rpc-tracker", rpc.tracker, "--repeat", "3",
@@ -254,7 +255,8 @@ def test_profile_through_a_real_rpc_tracker(capsys, digits):
 @pytest.mark.slow
 def test_aarch64_rpc_server_under_qemu(digits, a72):
     """The aarch64 TVM wheel behind an RPC server under qemu-user: bit-exact over RPC (emulated timing)."""
-    from targets.profile import LoopbackRPC, profile_artifact
+    from targets.profile import profile_artifact
+    from targets.rpc import LoopbackRPC
     with LoopbackRPC() as rpc:
         rpc.add_server("cortex-a72", qemu=True, timeout=300)
         r = profile_artifact(a72, repeat=2, number=1, warmup=1, tracker=rpc.tracker,
@@ -317,7 +319,7 @@ def test_cuda_build_survives_a_dlight_rule_that_asserts(tmp_path):
 
 # ------------------------------------------------------------------------------ tuning database
 def test_corrupt_tuning_database_is_a_clear_error(capsys, digits, tmp_path):
-    from targets.tune import RECORDS, WORKLOADS
+    from targets.tuning_db import RECORDS, WORKLOADS
     db = tmp_path / "db" / "x86-host"
     db.mkdir(parents=True)
     (db / WORKLOADS).write_text('["123", "abc"]\n')
@@ -328,7 +330,7 @@ def test_corrupt_tuning_database_is_a_clear_error(capsys, digits, tmp_path):
 
 
 def test_truncated_last_record_is_dropped_not_fatal(tmp_path):
-    from targets.tune import RECORDS, _check_lines, _is_record
+    from targets.tuning_db import RECORDS, _check_lines, _is_record
     f = tmp_path / RECORDS
     f.write_text('[0, [["t"], [0.1], {"kind": "llvm"}, []]]\n[1, [["t"], [0.2], {"ki')  # killed mid-write
     with pytest.warns(UserWarning, match="truncated"):
@@ -359,7 +361,7 @@ def test_tune_refuses_what_it_cannot_measure(capsys, tmp_path, name, needle):
 
 
 def test_committed_database_is_used_only_for_the_target_it_was_tuned_for(tmp_path):
-    from targets.tune import META, RECORDS, usable_database, with_cores
+    from targets.tuning_db import META, RECORDS, usable_database, with_cores
     t = targets.get("x86-host").tvm_target()
     folder = tmp_path / "x86-host-digits_resnet-int8-b1"
     assert "no tuning records" in usable_database(folder, t)
@@ -375,8 +377,7 @@ def test_committed_database_is_used_only_for_the_target_it_was_tuned_for(tmp_pat
 def test_databases_are_kept_per_cpu_and_transferred_within_an_architecture(tmp_path):
     """One folder per CPU (tuning never mixes two CPUs' measurements); reading schedules of another
     CPU of the same architecture is allowed, of another architecture or for tuning it is refused."""
-    from targets.tune import (META, RECORDS, TuneDatabaseError, open_database, target_cpu, transferable_database,
-                              with_cores, zoo_folder)
+    from targets.tuning_db import META, RECORDS, TuneDatabaseError, open_database, target_cpu, transferable_database, with_cores, zoo_folder
     t = with_cores(targets.get("x86-host").tvm_target())
     here = target_cpu(t)
     assert zoo_folder(tmp_path, "x86-host", "m", "int8", 1, t) == tmp_path / here / "x86-host-m-int8-b1"

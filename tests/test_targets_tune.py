@@ -112,7 +112,7 @@ def test_tune_killed_then_resumed_then_reused_by_compile(tmp_path, capsys, monke
 def test_tune_measures_on_a_remote_device_through_the_tracker(tmp_path):
     """`tune --rpc-tracker`: MetaSchedule's RPC runner asks a real tracker on loopback for a server
     with the key and times every trial there (the server's log shows the sessions)."""
-    from targets.profile import LoopbackRPC
+    from targets.rpc import LoopbackRPC
     plan, db = tmp_path / "plan.npz", tmp_path / "db"
     assert main(["quantize", MODEL, "--calib-samples", "32", "--observer", "minmax", "--report", "0",
                  "--out", str(plan)]) == 0

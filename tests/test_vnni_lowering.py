@@ -27,8 +27,9 @@ tvm = pytest.importorskip("tvm")
 from tvm_ffi import structural_equal  # noqa: E402
 
 import relay_passes as rp  # noqa: E402  (needs tvm)
-from relay_passes.tensorize_x86 import KERNEL_PREFIX, KERNEL_PREFIXES  # noqa: E402
-from targets import x86_int8 as xi  # noqa: E402
+from targets.build import compile_integer  # noqa: E402
+from relay_passes.tensorize import KERNEL_PREFIX, KERNEL_PREFIXES  # noqa: E402
+from targets.kernels import x86_vnni as xi  # noqa: E402
 
 HAS_VNNI = xi.host_has_avx512_vnni()
 needs_vnni = pytest.mark.skipif(not HAS_VNNI, reason="host CPU lacks avx512_vnni (no 'avx512_vnni' in /proc/cpuinfo "
@@ -130,7 +131,7 @@ def test_synthetic_every_linear_is_one_kernel(synthetic):
 
 @needs_vnni
 def test_synthetic_equals_reference(synthetic):
-    got = rp.compile_integer(synthetic["mod"], RUN_TARGET)(synthetic["x"])
+    got = compile_integer(synthetic["mod"], RUN_TARGET)(synthetic["x"])
     assert np.array_equal(got, run_plan(synthetic["plan"], synthetic["x"]))
 
 
@@ -191,9 +192,9 @@ def test_leading_dims_are_flattened(act):
     assert counts["call_tir -> uint8"] == 1 and counts["matmul -> int32"] == 0 and counts["right_shift -> int64"] == 0
     acc64 = x.astype(np.int64) @ w.astype(np.int64).T + bias
     want = np.clip(((acc64 * m + (1 << (k - 1))) >> k) + 7, 3, 250).astype(np.uint8)
-    got = rp.compile_integer(new, RUN_TARGET)(x)
+    got = compile_integer(new, RUN_TARGET)(x)
     assert got.dtype == np.uint8 and np.array_equal(got, want)
-    assert np.array_equal(rp.compile_integer(mod)(x), want)  # the untensorized module agrees
+    assert np.array_equal(compile_integer(mod)(x), want)  # the untensorized module agrees
 
 
 # --- digits ResNet: the final linear layer ----------------------------------------------------------
@@ -221,7 +222,7 @@ def test_digits_every_layer_is_a_kernel(digits, w, a):
     assert after["nn.conv2d -> int32"] == 0 and before["nn.conv2d -> int32"] == 9
     assert before["right_shift -> int64"] - after["right_shift -> int64"] == 10  # every requantize went in a kernel
     if HAS_VNNI:
-        got = rp.compile_integer(mod, RUN_TARGET)(x)
+        got = compile_integer(mod, RUN_TARGET)(x)
         assert np.array_equal(got, run_plan(qm.plan, x))
 
 
@@ -244,8 +245,8 @@ def test_compile_integer_without_vnni_target_warns_and_builds(synthetic):
     # no plan here: the layers are named by their Relax bindings
     with pytest.warns(UserWarning, match=r"0 of 2 integer kernels tensorized(.|\n)*\(linear\): not tensorized: "
                                          r"target 'llvm' is not a registry"):
-        run = rp.compile_integer(synthetic["base"], "llvm", tensorize=True)
-    assert np.array_equal(run(synthetic["x"][:4]), rp.compile_integer(synthetic["base"])(synthetic["x"][:4]))
+        run = compile_integer(synthetic["base"], "llvm", tensorize=True)
+    assert np.array_equal(run(synthetic["x"][:4]), compile_integer(synthetic["base"])(synthetic["x"][:4]))
 
 
 def test_fixed_point_multiply_chain_is_reported(digits):
@@ -320,7 +321,7 @@ def test_convnet_pointwise_convs_are_kernels_and_the_rest_is_named(convnet):
         ("conv2d", True, (2 * 63, 30, 6)), ("conv2d_2", True, (2 * 63, 37, 30)), ("conv2d_3", True, (2 * 20, 20, 37)),
         ("conv2d_4", True, (2 * 20, 8, 9 * 20))]
     # the depthwise conv pads implicitly (p1), so it gets the hand-scheduled SIMD kernel of
-    # targets.depthwise_int8, not its dot-product one (depthwise_int8.dot_reason)
+    # targets.kernels.depthwise, not its dot-product one (targets.kernels.depthwise.dot_reason)
     dw = report["conv2d_1"]
     assert not dw.tensorized and "depthwise" in dw.reason and dw.shape == (2 * 63, 30, 9)
     assert dw.kernel.startswith("dw_requant_b2_") and dw.kernel.endswith("_30x7x9_k3x3_s1x1_p1_1_1_1")
@@ -338,7 +339,7 @@ def test_convnet_pointwise_convs_are_kernels_and_the_rest_is_named(convnet):
 
 @needs_vnni
 def test_convnet_equals_reference(convnet):
-    got = rp.compile_integer(convnet["mod"], RUN_TARGET)(convnet["x"])
+    got = compile_integer(convnet["mod"], RUN_TARGET)(convnet["x"])
     assert np.array_equal(got, run_plan(convnet["plan"], convnet["x"]))
 
 

@@ -1,4 +1,4 @@
-"""targets.x86_int8: the LLVM-22-fixed VNNI TensorIntrin, VNNI weight packing, the hand-scheduled
+"""targets.kernels.x86_vnni: the LLVM-22-fixed VNNI TensorIntrin, VNNI weight packing, the hand-scheduled
 tensorized u8 x s8 dense kernel and the int8 -> uint8 shift for int8 x int8.
 
 Every kernel result is compared BIT-EXACT with an int64 NumPy matmul over the full input ranges
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import targets
-from targets import x86_int8 as xi
+from targets.kernels import x86_vnni as xi
 
 tvm = pytest.importorskip("tvm")
 

@@ -222,8 +222,8 @@ def _tuning_database(args, model_name: str):
     import targets
     if args.untuned or not targets.is_name(args.target, args.targets_file or ()):
         return None
-    from targets.tune import (SHIPPED, db_dir, default_root, has_records, shipped_folder, target_cpu,
-                              transferable_database, usable_database)
+    from targets.tuning_db import (SHIPPED, db_dir, default_root, has_records, shipped_folder, target_cpu,
+                                   transferable_database, usable_database)
     folder = db_dir(args.db or default_root(), args.target)
     if has_records(folder):
         print(f"using tuned schedules from {folder} (--untuned to ignore)")
@@ -263,7 +263,8 @@ def cmd_targets(args) -> int:
 def cmd_tune(args) -> int:
     import targets
     import tvmptq
-    from targets.tune import db_dir, default_root, tune
+    from targets.tune import tune
+    from targets.tuning_db import db_dir, default_root
 
     target = targets.get(args.target, args.targets_file or ())
     if target.is_cuda and not args.rpc_tracker:

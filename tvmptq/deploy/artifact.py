@@ -86,7 +86,7 @@ def _lower(model, plan: QuantPlan, batch: int, target=None, tensorize: bool = Tr
     """(float op counts, lowered module): lowering failures become ModelError (exit code 4).
 
     ``target``: the registry Target compiled for (None for plain TVM targets). With ``tensorize``,
-    the target's kernel passes run too (relay_passes.tensorize_x86.TensorizeDot:
+    the target's kernel passes run too (relay_passes.tensorize.TensorizeDot:
     VNNI kernels on x86 with VNNI, sdot kernels on Arm with dotprod, dp4a kernels on CUDA; what stays untensorized, and
     why, is in the module's report, which the manifest keeps). ``tvmptq compile`` and ``tvmptq tune`` both lower through here, so the
     database a tune writes is keyed on the very kernels compile builds."""
@@ -246,8 +246,8 @@ class Artifact:
 
     def run(self, *arrays):
         """Outputs for every sample: chunks of the static batch, the last one padded by repeating
-        its last sample and trimmed (as relay_passes.compile_integer does)."""
-        from relay_passes.lower import run_batched
+        its last sample and trimmed (as targets.build.compile_integer does)."""
+        from targets.build import run_batched
         arrays = self.check_inputs(arrays)
         n = len(arrays[0])
         if any(len(a) != n for a in arrays):

@@ -2,7 +2,7 @@
 
     float_path, qm = plan_from_qdq("model_qdq.onnx")
     mod = relay_passes.lowering_passes(qm.plan)(relay_passes.import_onnx(float_path))
-    run = relay_passes.compile_integer(mod)          # qm.runner(): the plan's bit-exact simulation
+    run = targets.build.compile_integer(mod)          # qm.runner(): the plan's bit-exact simulation
 
 Why a plan, and not a Relax pass over the Q/DQ ops: the plan is the one contract every stage reads
 (simulation, NumPy reference, Relax lowering, QDQ export). Filling it from the QDQ file instead of
@@ -332,10 +332,11 @@ def compile_qdq(qdq_path, float_path=None, target="llvm"):
     """``(run, qm)``: the QDQ model lowered by relay_passes to an integer-only Relax program and
     compiled (``run(x) -> dequantized logits``), and the plan with its simulation."""
     import relay_passes as rp
+    from targets.build import compile_integer
 
     float_path, qm = plan_from_qdq(qdq_path, float_path)
     mod = rp.lowering_passes(qm.plan)(rp.import_onnx(float_path))
-    return rp.compile_integer(mod, target), qm
+    return compile_integer(mod, target), qm
 
 
 def compare_with_ort(qdq_path, inputs, run=None, qm=None, ort_outputs=None) -> dict:

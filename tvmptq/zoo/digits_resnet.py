@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from tvmptq.errors import ModelError
-from tvmptq.zoo.registry import ZooModel, register
+from tvmptq.zoo.entry import ZooModel
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS_FILE = WEIGHTS_DIR / "digits_resnet.pt"
@@ -93,7 +93,7 @@ def example_digits(batch: int) -> tuple[torch.Tensor]:
     return (torch.rand(batch, 1, 8, 8, generator=torch.Generator().manual_seed(0)),)
 
 
-DIGITS_RESNET = register(
+DIGITS_RESNET = (
     ZooModel(
         name="digits_resnet",
         task="classification",

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tvmptq.zoo.registry import ZooModel, register
+from tvmptq.zoo.entry import ZooModel
 
 IMAGE_SIZE = 224
 MEAN = 127.0
@@ -50,7 +50,7 @@ def example_images(batch: int) -> tuple[torch.Tensor]:
     return (torch.rand(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator) * 2 - 1,)
 
 
-EFFICIENTNET_LITE0 = register(
+EFFICIENTNET_LITE0 = (
     ZooModel(
         name="efficientnet_lite0",
         task="classification",

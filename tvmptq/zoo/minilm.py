@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tvmptq.zoo.registry import ZooModel, register
+from tvmptq.zoo.entry import ZooModel
 
 SEQ_LEN = 128
 VOCAB_SIZE = 30522
@@ -164,7 +164,7 @@ def example_sentences(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     return encode_sentences([_EXAMPLE_SENTENCES[i % len(_EXAMPLE_SENTENCES)] for i in range(batch)])
 
 
-MINILM_L6 = register(
+MINILM_L6 = (
     ZooModel(
         name="minilm_l6",
         task="embedding",

@@ -1,40 +1,16 @@
-"""The model zoo as data: each entry says how to build a model and how to make example inputs.
-
-Entries are cheap to create; nothing heavy (weights, tokenizers) is loaded until `build()`
-or `example_inputs()` is called, so listing the zoo costs nothing.
-"""
+"""The model zoo as data: the built-in entries (each model file defines one ZooModel) and the
+ones users register."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
-import torch
-from torch import nn
-
 from tvmptq.errors import ModelError
-
-TASKS = ("classification", "embedding")
-
-
-@dataclass(frozen=True)
-class ZooModel:
-    name: str
-    task: str  # one of TASKS
-    build: Callable[[], nn.Module]  # returns the model in eval mode, float32
-    example_inputs: Callable[[int], tuple[torch.Tensor, ...]]  # batch size -> forward() arguments
-    input_names: tuple[str, ...]
-    description: str = ""
-
-    def __post_init__(self):
-        if self.task not in TASKS:
-            raise ModelError(f"model {self.name!r}: task must be one of {TASKS}, got {self.task!r}")
-
+from tvmptq.zoo.entry import TASKS, ZooModel  # noqa: F401 - re-exported
 
 _REGISTRY: dict[str, ZooModel] = {}
 
 
 def register(model: ZooModel) -> ZooModel:
-    """Add an entry to the zoo (built-in models register themselves on first use)."""
+    """Add an entry to the zoo (the built-in models are added on first use)."""
+    _ensure_builtins()
     if model.name in _REGISTRY:
         raise ModelError(f"a zoo model named {model.name!r} is already registered")
     _REGISTRY[model.name] = model
@@ -42,9 +18,10 @@ def register(model: ZooModel) -> ZooModel:
 
 
 def _ensure_builtins() -> None:
-    # Imported lazily so that `import tvmptq.zoo.registry` stays light and free of import cycles;
-    # each module calls register() for its own entry at import time.
-    from tvmptq.zoo import digits_resnet, efficientnet, minilm  # noqa: F401
+    # Imported lazily so that `import tvmptq.zoo.registry` stays light (no model code); idempotent.
+    from tvmptq.zoo import digits_resnet, efficientnet, minilm
+    for entry in (digits_resnet.DIGITS_RESNET, efficientnet.EFFICIENTNET_LITE0, minilm.MINILM_L6):
+        _REGISTRY.setdefault(entry.name, entry)
 
 
 def list_models() -> list[str]:

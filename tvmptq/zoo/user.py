@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from tvmptq.errors import ModelError, ShapeError, UnsupportedOpError
-from tvmptq.zoo.registry import ZooModel
+from tvmptq.zoo.entry import ZooModel
 
 
 # --------------------------------------------------------------------------------------------

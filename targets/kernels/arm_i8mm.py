@@ -2,7 +2,7 @@
 
 ``smmla v.4s, a.16b, b.16b``: a 2x2 int32 tile adds ``A[2, 8] . B[2, 8]^T`` (both operands two
 rows of 8 signed bytes), 32 multiply-adds per instruction against ``sdot``'s 16. Unlike ``sdot``
-(targets/arm_int8.py) it needs two activation rows per instruction, so its workloads are its own:
+(targets/kernels/arm_sdot.py) it needs two activation rows per instruction, so its workloads are its own:
 
 * weights packed at compile time to ``[N/2, K/8, 2, 8]`` (:func:`pack_weight`, zero padded);
 * activations packed inside the kernel to ``[M/2, K/8, 2, 8]`` by a stage that also shifts uint8
@@ -21,8 +21,10 @@ import functools
 
 import numpy as np
 
-from .int8_dot import (PARALLEL_MIN_ELEMENTS, REQUANT_ROWS, DotISA, _ceil, _divisor_at_most, _requantize,
-                       loop_extent, parallel_if_worth, register_intrinsic, shift_of)
+from .dense import shift_of
+from .isa import DotISA, register_intrinsic, register_isa
+from .loops import PARALLEL_MIN_ELEMENTS, _ceil, _divisor_at_most, loop_extent, parallel_if_worth
+from .requant import REQUANT_ROWS, _requantize
 
 SMMLA_INTRIN = "smmla_2x2x8_i8i8s32_tvmptq"
 
@@ -116,7 +118,7 @@ def _mmla(Xp, Wp, lead: tuple = ()):
 
 def dense_requant(M: int, N: int, K: int, x_dtype: str, out_dtype: str, isa: DotISA):
     """TIR ``main(X: x_dtype[M, K], Wp: int8[N/2, K/8, 2, 8], qp: int64[7, N], Y: out_dtype[M, N])``,
-    the requantize as targets.int8_dot.dense_requant (``bias`` includes the shift correction)."""
+    the requantize as targets.kernels.dense.dense_requant (``bias`` includes the shift correction)."""
     from tvm import te
     X = te.placeholder((M, K), x_dtype, name="X")
     Wp = te.placeholder(packed_shape(N, K), "int8", name="Wp")
@@ -181,7 +183,7 @@ def schedule_conv1x1(func, isa: DotISA, mb: int = 4, nb: int = 4, kb: int = 256)
     return _schedule(func, mb, nb, kb)
 
 
-SMMLA = DotISA(name="smmla", arch="aarch64", lanes=2, act_dtype="int8", caps=("dotprod", "i8mm"),
+SMMLA = register_isa(DotISA(name="smmla", arch="aarch64", lanes=2, act_dtype="int8", caps=("dotprod", "i8mm"),
                register=register_smmla_intrinsic, instruction="smmla", schedule_dense=schedule_dense,
                schedule_conv1x1=schedule_conv1x1, dense_requant=dense_requant, conv1x1_requant=conv1x1_requant,
-               pack_weight=pack_weight)
+               pack_weight=pack_weight))

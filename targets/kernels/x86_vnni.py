@@ -1,6 +1,6 @@
 """Tensorized int8 dense kernels for x86 AVX-512 VNNI (``vpdpbusd``): groundwork for "fast int8".
 
-    from targets import x86_int8 as xi
+    from targets.kernels import x86_vnni as xi
     xi.register_vnni_intrinsic()                      # once per process, before tensorize/tuning
     wp = xi.pack_dense_weight(w)                      # int8 [N, K] -> [N/16, K/4, 16, 4] (zero padded)
     sch = xi.schedule_dense_vnni(xi.dense_u8s8_vnni(M, N, K))
@@ -14,7 +14,7 @@ What is here:
 * :func:`dense_u8s8_vnni`: ``C[M, N] int32 = X[M, K] uint8 . W[N, K]^T int8`` with W pre-packed.
 * :func:`dense_s8s8_vnni`: the same for int8 activations through the uint8 shift (see there).
 * :func:`dense_requant_vnni`: the same accumulation with the plan's fixed-point requantize (bias,
-  multiplier, shift, zero point, clip) in the epilogue: the kernel that relay_passes.tensorize_x86
+  multiplier, shift, zero point, clip) in the epilogue: the kernel that relay_passes.tensorize
   puts in place of each quantized linear layer.
 * :func:`conv1x1_requant_vnni` / :func:`schedule_conv1x1_vnni`: a 1x1 NCHW convolution as that
   dense over pixels, reading and writing NCHW (what EfficientNet's pointwise convs become).
@@ -34,8 +34,9 @@ import functools
 
 import numpy as np
 
-from . import int8_dot as dot
-from .int8_dot import REQUANT_ROWS, DotISA  # noqa: F401 - REQUANT_ROWS: the kernels' qp rows, re-exported
+from . import dense as dot
+from .isa import DotISA, register_intrinsic, register_isa
+from .requant import REQUANT_ROWS  # noqa: F401 - the kernels' qp rows, re-exported
 
 VNNI_INTRIN = "dot_16x4_vnni_llvm22"
 STOCK_VNNI_INTRIN = "dot_16x4_vnni"       # tvm.s_tir.tensor_intrin.x86.VNNI_DOT_16x4_INTRIN
@@ -183,32 +184,32 @@ def register_depthwise_intrinsic(n: int) -> str:
     """Register the n-tap depthwise intrinsic (n = 2, 3, 4; idempotent); returns its name."""
     if n not in (2, 3, 4):
         raise ValueError(f"the depthwise intrinsic takes 2 to 4 taps, not {n}")
-    return dot.register_intrinsic(f"vnni_depthwise_16x{n}", lambda: _depthwise_intrin_funcs(n))
+    return register_intrinsic(f"vnni_depthwise_16x{n}", lambda: _depthwise_intrin_funcs(n))
 
 
 # ------------------------------------------------------------------------------------- capability
 def host_has_avx512_vnni() -> bool:
     """Whether this CPU runs the 512-bit ``vpdpbusd`` (cpuinfo flag ``avx512_vnni``)."""
-    from . import _cpu_flags
+    from targets import _cpu_flags
     return "avx512_vnni" in _cpu_flags()
 
 
 def target_has_vnni(target) -> bool:
     """Whether a registry target (a :class:`targets.Target` or its name) declares the ``vnni`` capability."""
-    from . import get
+    from targets import get
     t = get(target) if isinstance(target, str) else target
     return t.arch == "x86_64" and "vnni" in t.caps()
 
 
 # ------------------------------------------------------------------------------------- the ISA row
 # 512-bit vpdpbusd: 16 int32 lanes, uint8 activations x int8 weights (int8 activations get +128).
-VNNI = DotISA(name="vnni", arch="x86_64", lanes=16, act_dtype="uint8", caps=("vnni", "avx512"),
+VNNI = register_isa(DotISA(name="vnni", arch="x86_64", lanes=16, act_dtype="uint8", caps=("vnni", "avx512"),
               register=lambda: register_vnni_intrinsic(stock=False), instruction="vpdpbusd", hi32_requant=True,
-              depthwise_intrin=register_depthwise_intrinsic)
+              depthwise_intrin=register_depthwise_intrinsic))
 
 
 # ------------------------------------------------------------------------------------- VNNI wrappers
-# The VNNI names of the generic kernels of targets/int8_dot.py (lanes 16, uint8 activations).
+# The VNNI names of the generic kernels of targets/kernels/dense.py (lanes 16, uint8 activations).
 def packed_shape(N: int, K: int) -> tuple:
     """Shape of the packed weight for a logical ``[N, K]`` weight: ``(ceil(N/16), ceil(K/4), 16, 4)``."""
     return dot.packed_shape(N, K, VNNI.lanes)
@@ -216,7 +217,7 @@ def packed_shape(N: int, K: int) -> tuple:
 
 def pack_dense_weight(w: np.ndarray) -> np.ndarray:
     """int8 weight ``[N, K]`` -> VNNI layout ``[N/16, K/4, 16, 4]`` (zero padded; also the AMX
-    B-tile layout). See int8_dot.pack_weight."""
+    B-tile layout). See dense.pack_weight."""
     return dot.pack_weight(w, VNNI.lanes)
 
 
@@ -227,7 +228,7 @@ def shift_correction(w: np.ndarray) -> np.ndarray:
 
 
 def tile_sizes(M: int, N: int, K: int, mb: int = 4, nb: int = 4, kb: int = 128) -> tuple:
-    """int8_dot.tile_sizes with 16 lanes."""
+    """dense.tile_sizes with 16 lanes."""
     return dot.tile_sizes(M, N, K, mb, nb, kb, VNNI.lanes)
 
 
@@ -260,7 +261,7 @@ def dense_s8s8_vnni(M: int, N: int, K: int):
 
 def dense_requant_vnni(M: int, N: int, K: int, x_dtype: str, out_dtype: str):
     """Dense with the fixed-point requantize fused into the epilogue: one kernel per quantized linear
-    (int8_dot.dense_requant on VNNI). For int8 activations ``bias`` must already include
+    (dense.dense_requant on VNNI). For int8 activations ``bias`` must already include
     ``- 128 * rowsum(W)`` (:func:`shift_correction`)."""
     if x_dtype not in ("uint8", "int8"):
         raise ValueError(f"dense_requant_vnni: activations must be uint8 or int8, got {x_dtype}")
@@ -268,7 +269,7 @@ def dense_requant_vnni(M: int, N: int, K: int, x_dtype: str, out_dtype: str):
 
 
 def conv1x1_requant_vnni(B: int, M: int, N: int, K: int, x_dtype: str, out_dtype: str):
-    """A 1x1, stride-1 NCHW conv with the requantize epilogue (int8_dot.conv1x1_requant on VNNI):
+    """A 1x1, stride-1 NCHW conv with the requantize epilogue (dense.conv1x1_requant on VNNI):
     ``main(X: x_dtype[B, K, H*W], Wp, qp, Y: out_dtype[B, N, H*W])``."""
     if x_dtype not in ("uint8", "int8"):
         raise ValueError(f"conv1x1_requant_vnni: activations must be uint8 or int8, got {x_dtype}")
@@ -276,14 +277,14 @@ def conv1x1_requant_vnni(B: int, M: int, N: int, K: int, x_dtype: str, out_dtype
 
 
 def schedule_dense_vnni(func, mb: int = 4, nb: int = 4, kb: int = 128, intrin: str | None = None):
-    """int8_dot.schedule_dense on VNNI; returns the ``Schedule``. ``intrin`` defaults to
+    """dense.schedule_dense on VNNI; returns the ``Schedule``. ``intrin`` defaults to
     :data:`VNNI_INTRIN`; the stock name, when asked for, is registered (overridden) here."""
     name = register_vnni_intrinsic(stock=(intrin == STOCK_VNNI_INTRIN))
     return dot.schedule_dense(func, VNNI, mb, nb, kb, intrin=intrin or name)
 
 
 def schedule_conv1x1_vnni(func, mb: int = 8, nb: int = 2, kb: int = 256):
-    """int8_dot.schedule_conv1x1 on VNNI; returns the ``Schedule``."""
+    """dense.schedule_conv1x1 on VNNI; returns the ``Schedule``."""
     return dot.schedule_conv1x1(func, VNNI, mb, nb, kb)
 
 

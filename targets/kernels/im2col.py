@@ -3,7 +3,7 @@
 Such a conv is a GEMM once each output pixel's receptive field is laid out as one row:
 ``cols[b*OH*OW + i*OW + j, (kh*KW + kw)*C + c] = X[b, c, i*sh + kh - pt, j*sw + kw - pl]`` (zero
 outside the image, which is the conv's own zero padding). The dot-product dense kernel
-(targets/int8_dot.dense_requant) then computes the conv with its requantize, writing NHWC rows.
+(targets/dense.dense_requant) then computes the conv with its requantize, writing NHWC rows.
 Why it pays: EfficientNet-Lite0's stem (3 -> 32 channels, 3x3, stride 2) took 0.77 ms in TVM's
 tuned direct conv; as im2col (12544 x 27 bytes) and a 12544 x 32 x 27 dense it is a fraction of that.
 
@@ -13,13 +13,13 @@ both, so the weight is packed once as ``W[N, KH, KW, C]``.
 """
 from __future__ import annotations
 
-from .depthwise_int8 import output_size
+from .depthwise import output_size
 
 
 def im2col(B: int, C: int, H: int, W: int, KH: int, KW: int, stride: tuple, padding: tuple, dtype: str,
            layout: str = "NCHW"):
     """TIR ``main(X: dtype[B, C, H, W] (or [B, H, W, C]), cols: dtype[B*OH*OW, KH*KW*C])``, scheduled
-    (rows in parallel when there are enough: int8_dot.parallel_if_worth)."""
+    (rows in parallel when there are enough: dense.parallel_if_worth)."""
     import tvm
     from tvm import te
     if layout not in ("NCHW", "NHWC"):
@@ -41,7 +41,7 @@ def im2col(B: int, C: int, H: int, W: int, KH: int, KW: int, stride: tuple, padd
     func = te.create_prim_func([X, cols]).with_attr("global_symbol", "main")
     sch = tvm.s_tir.Schedule(func)
     m, k = sch.get_loops(sch.get_sblock("cols"))
-    from .int8_dot import PARALLEL_MIN_ELEMENTS, parallel_if_worth
+    from .loops import PARALLEL_MIN_ELEMENTS, parallel_if_worth
     work = int(sch.get(m).extent) * int(sch.get(k).extent)
     # split the flat row and column indices back into (b, i, j) and (kh, kw, c): the simplifier
     # then drops the per-element div/mod of value()'s index arithmetic

@@ -6,7 +6,7 @@ the lowered kernel does not get that: EfficientNet-Lite0's 3x3 depthwise conv on
 took 1.1 ms untuned and stayed there after MetaSchedule's few trials (4 M multiply-adds: 4 GMAC/s
 on a core that does 16 int32 multiply-adds per instruction).
 
-Two layouts, one arithmetic (the plan's fixed-point requantize, targets.int8_dot.REQUANT_ROWS, int64,
+Two layouts, one arithmetic (the plan's fixed-point requantize, targets.kernels.REQUANT_ROWS, int64,
 as relay_passes/integer_ops.requantize), so both are bit-identical (tests/test_depthwise_int8.py
 checks them against NumPy):
 
@@ -29,7 +29,8 @@ was sign-extended and added in int64 (two 8-lane halves per vector): 1.3-1.6x sl
 """
 from __future__ import annotations
 
-from .int8_dot import REQUANT_ROWS, _divisor_at_most, _requantize, _requantize_hi32, loop_extent, parallel_if_worth
+from .loops import _divisor_at_most, loop_extent, parallel_if_worth
+from .requant import REQUANT_ROWS, _requantize, _requantize_hi32
 
 VEC = 16  # int32 lanes of one AVX-512 register (4 on NEON: LLVM splits the vector)
 # Output pixels of one channel group summed in one block (NHWC kernel): independent accumulator
@@ -118,8 +119,8 @@ def depthwise_requant_nhwc(B: int, H: int, W: int, C: int, KH: int, KW: int, str
     """TIR ``main(X: x_dtype[B, H, W, C], Wd: int8[KH, KW, C], qp: int64[7, C], Y: out_dtype[B, OH, OW, C])``:
     :func:`depthwise_requant` channels last (the same sums and requantize, zero padding).
 
-    ``hi32=True``: the same values through targets.int8_dot's high-half epilogue (``qp`` int32 rows of
-    int8_dot.hi32_rows, the bias added to the taps' int32 sum); ``saturate`` as in int8_dot.dense_requant."""
+    ``hi32=True``: the same values through targets.kernels.requant's high-half epilogue (``qp`` int32 rows of
+    requant.hi32_rows, the bias added to the taps' int32 sum); ``saturate`` as in dense.dense_requant."""
     from tvm import te
     pt, pl, _, _ = padding
     sh, sw = stride
@@ -220,7 +221,7 @@ def depthwise_requant_nhwc_dot(B: int, H: int, W: int, C: int, KH: int, KW: int,
     """The NHWC depthwise conv with its taps on a dot-product instruction (unpadded; see :func:`dot_reason`).
 
     TIR ``main(X: x_dtype[B, H, W, C], Wc: int8[Q, KH, C, 4], qp: int32[7, C], Y: out_dtype[B, OH, OW, C])``
-    (``Wc``: :func:`dot_weight`; ``qp``: int8_dot.hi32_rows). Each run ``q`` of :func:`tap_chunks`
+    (``Wc``: :func:`dot_weight`; ``qp``: requant.hi32_rows). Each run ``q`` of :func:`tap_chunks`
     is a block ``acc{q}`` summing its ``n`` pixels x KH rows with the ``n``-tap intrinsic (one
     instruction per row and 16 channels, where the SIMD kernel needs three per tap); block ``C_b``
     adds the runs and the bias, ``C`` requantizes (the high-half epilogue)."""

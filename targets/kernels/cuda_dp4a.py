@@ -1,7 +1,7 @@
 """int8 GEMM kernels on NVIDIA GPUs with ``dp4a`` (``__dp4a``, sm_61 and later).
 
 ``__dp4a(a, b, c)``: one int32 accumulator ``c`` adds the dot product of the 4 signed bytes of ``a``
-with the 4 signed bytes of ``b``. In the terms of targets/int8_dot.py that is a dot-product ISA with
+with the 4 signed bytes of ``b``. In the terms of targets/kernels/dense.py that is a dot-product ISA with
 one lane, so the TE workloads (``dense_requant``, ``conv1x1_requant``: weights packed at compile
 time, the shift of uint8 activations by -128 folded into the bias, the requantize in the epilogue,
 int64, exactly as relay_passes/integer_ops) are the CPU ones; only the schedule differs:
@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import functools
 
-from .int8_dot import DotISA, _divisor_at_most, register_intrinsic
+from .isa import DotISA, register_intrinsic, register_isa
+from .loops import _divisor_at_most
 
 DP4A_INTRIN = "dp4a_s8s8s32_global_tvmptq"
 
@@ -105,7 +106,7 @@ def _schedule_gpu_dot(sch, threads_m: int, threads_n: int):
 
 
 def schedule_dense(func, isa: DotISA, *_cpu_tile, threads_m: int = 8, threads_n: int = 32):
-    """Hand schedule for int8_dot.dense_requant on a GPU; returns the ``Schedule``. The CPU
+    """Hand schedule for dense.dense_requant on a GPU; returns the ``Schedule``. The CPU
     schedule's tile (``*_cpu_tile``, which TensorizeDot passes to every ISA) does not apply."""
     import tvm
     sch = tvm.s_tir.Schedule(func)
@@ -117,7 +118,7 @@ def schedule_dense(func, isa: DotISA, *_cpu_tile, threads_m: int = 8, threads_n:
 
 
 def schedule_conv1x1(func, isa: DotISA, threads_m: int = 8, threads_n: int = 32):
-    """Hand schedule for int8_dot.conv1x1_requant on a GPU; returns the ``Schedule``."""
+    """Hand schedule for dense.conv1x1_requant on a GPU; returns the ``Schedule``."""
     import tvm
     sch = tvm.s_tir.Schedule(func)
     _schedule_gpu_dot(sch, threads_m, threads_n)
@@ -125,7 +126,7 @@ def schedule_conv1x1(func, isa: DotISA, threads_m: int = 8, threads_n: int = 32)
     return sch
 
 
-DP4A = DotISA(name="dp4a", arch="cuda", lanes=1, act_dtype="int8", caps=("dp4a",),
+DP4A = register_isa(DotISA(name="dp4a", arch="cuda", lanes=1, act_dtype="int8", caps=("dp4a",),
               register=register_dp4a_intrinsic, instruction="dp4a", schedule_dense=schedule_dense,
               schedule_conv1x1=schedule_conv1x1, simd_depthwise=False,
-              channels_last=False)  # no GPU depthwise kernel: the NCHW graph keeps TVM's own schedules
+              channels_last=False))  # no GPU depthwise kernel: the NCHW graph keeps TVM's own schedules

@@ -3,7 +3,7 @@
 ``sdot v.4s, a.16b, b.16b``: each of 4 int32 lanes adds the dot product of 4 signed bytes of ``a``
 with 4 signed bytes of ``b``. With the activation word broadcast to the 4 lanes and 4 output
 channels' weights in ``b``, it is the 4-lane form of x86 VNNI, so the kernels are those of
-targets/int8_dot.py with the :data:`SDOT` row: weights packed ``[N/4, K/4, 4, 4]``, int8
+targets/kernels/dense.py with the :data:`SDOT` row: weights packed ``[N/4, K/4, 4, 4]``, int8
 activations as they are, uint8 (asymmetric) activations shifted by -128 with ``-128 * rowsum(W)``
 taken into the bias at compile time (``sdot`` is signed x signed; the mixed-sign ``usdot`` needs
 i8mm). The requantize runs in the epilogue, in int64, exactly as on x86, so the aarch64 program is
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 
-from .int8_dot import DotISA, register_intrinsic
+from .isa import DotISA, register_intrinsic, register_isa
 
 SDOT_INTRIN = "dot_4x4_i8i8s32_sdot_tvmptq"
 
@@ -51,7 +51,7 @@ def _intrin_funcs():
         with T.sblock("root"):
             T.reads(C[0:4], A[0:4], B[0:4, 0:4])
             T.writes(C[0:4])
-            # one expression, no named locals (see targets/x86_int8.py: a local costs a workspace
+            # one expression, no named locals (see targets/kernels/x86_vnni.py: a local costs a workspace
             # allocation per tile inside a parallel loop)
             C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
@@ -67,5 +67,5 @@ def register_sdot_intrinsic() -> str:
     return register_intrinsic(SDOT_INTRIN, _intrin_funcs)
 
 
-SDOT = DotISA(name="sdot", arch="aarch64", lanes=4, act_dtype="int8", caps=("dotprod",),
-              register=register_sdot_intrinsic, instruction="sdot", hi32_requant=True)
+SDOT = register_isa(DotISA(name="sdot", arch="aarch64", lanes=4, act_dtype="int8", caps=("dotprod",),
+              register=register_sdot_intrinsic, instruction="sdot", hi32_requant=True))
