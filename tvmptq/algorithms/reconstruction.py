@@ -72,7 +72,7 @@ class ReconConfig:
     loss: str = "mse"               # mse | fisher (squared FP32 output gradients, see fisher_weights)
     drop_prob: float = 0.0          # QDrop: each activation element keeps its FP value with this probability
     memory_budget_mb: float = 512.0
-    threads: int = 2
+    threads: int = 1                # 2 threads ran 17x slower on this shared 2-core machine (spin-waits)
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -305,6 +305,11 @@ class Cache:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.values.values())
 
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes held in memory (memmapped values live on disk)."""
+        return sum(a.nbytes for a in self.values.values() if not isinstance(a, np.memmap))
+
     def take(self, idx) -> dict:
         return {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in self.values.items()}
 
@@ -379,6 +384,7 @@ def _run_blocks(model, blocks, data, placeholders, n, cfg, method, progress):
                     for o in block.outputs:
                         q_out.append(o, env[o], idx[0], n)
             report.append({"layers": layers, "final_loss": loss, "cache_mb": (q_out.nbytes + fp_out.nbytes) / 2 ** 20,
+                           "resident_bytes": q_out.resident_bytes + fp_out.resident_bytes,
                            "spilled": q_out.spilled or fp_out.spilled})
             q_in, fp_in = q_out, fp_out
     return report
@@ -395,16 +401,18 @@ def _inputs(cache, data, placeholders, idx, bi) -> dict:
 
 def _train_block(model, block, q_in, fp_out, data, placeholders, n, bi, cfg, desc, progress):
     kernels = [model.modules[k] for k in block.kernels]
-    w_params = [p for k in kernels if k.weight is not None for p in k.weight.parameters() if p.requires_grad]
+    groups = {}                                 # a weight module may give a parameter its own lr (``lrs``)
+    for k in kernels:
+        for name, p in (k.weight.named_parameters() if k.weight is not None else ()):
+            groups.setdefault(getattr(k.weight, "lrs", {}).get(name, cfg.weight_lr), []).append(p)
     names = {nd.name for nd in block.nodes}
     acts = [m for name, m in model.modules.items() if name in names for m in m.modules()
             if isinstance(m, ActQuant) and m.scale.requires_grad]
     a_params = [a.scale for a in acts]
-    if not w_params and not a_params or cfg.iters == 0:
+    if not groups and not a_params:
         return block.kernels, float("nan")
-    groups = [{"params": w_params, "lr": cfg.weight_lr}] if w_params else []
-    groups += [{"params": a_params, "lr": cfg.act_lr}] if a_params else []
-    opt = torch.optim.Adam(groups)
+    opt = torch.optim.Adam([{"params": ps, "lr": lr} for lr, ps in sorted(groups.items())]
+                           + ([{"params": a_params, "lr": cfg.act_lr}] if a_params else []))
     rng = np.random.default_rng(cfg.seed + 7919 * bi)
     warm = int(cfg.warmup * cfg.iters)
     bar = tqdm(range(cfg.iters), desc=desc, unit="it", disable=not progress, leave=False)
@@ -425,7 +433,7 @@ def _train_block(model, block, q_in, fp_out, data, placeholders, n, bi, cfg, des
         opt.zero_grad()
         loss.backward()
         opt.step()
-        loss_v = float(rec)
+        loss_v = float(rec.detach())
         if progress and it % 50 == 0:
             bar.set_postfix(rec=f"{loss_v:.4g}", reg=f"{float(reg):.3g}")
     bar.close()
