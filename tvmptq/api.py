@@ -99,7 +99,30 @@ def _calibrate(model: ZooModel, calibration, graph, batch_size, progress):
         "peak_rss_mb": peak_rss_mb()}
 
 
-METHODS = ("baseline", "cwac", "qwt")
+METHODS = ("baseline", "cwac", "qwt", "adaround", "brecq", "waps")
+RECONSTRUCTION = ("adaround", "brecq", "waps")   # learn rounding/steps; refold the whole plan
+COMPENSATION = ("cwac", "qwt")                    # fitted on the plan they are given
+
+
+def parse_method(method: str) -> list[str]:
+    """``a+b``: methods applied left to right. A reconstruction method (it recomputes every
+    multiplier from the learned step sizes, so it would discard a compensation fitted before it)
+    comes first, then at most one compensation fitted on its result; "baseline" stands alone."""
+    names = [m.strip() for m in str(method).split("+")]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method {', '.join(map(repr, unknown))} in {method!r}: choose from "
+                          f"{', '.join(METHODS)} (combine as reconstruction+compensation, e.g. brecq+cwac)")
+    if len(names) > 1:
+        recon = [m for m in names if m in RECONSTRUCTION]
+        comp = [m for m in names if m in COMPENSATION]
+        ok = ("baseline" not in names and len(recon) <= 1 and len(comp) <= 1
+              and (not recon or names[0] == recon[0]))
+        if not ok:
+            raise ConfigError(f"methods {method!r} do not compose: a combination is one of "
+                              f"{'/'.join(RECONSTRUCTION)} followed by one of {'/'.join(COMPENSATION)} "
+                              "(a reconstruction refolds every multiplier, so it must come first)")
+    return names
 
 
 def quantize(model: ZooModel, calibration, config: QuantConfig, graph: LayerGraph | None = None,
@@ -120,21 +143,50 @@ def quantize(model: ZooModel, calibration, config: QuantConfig, graph: LayerGrap
 
 def apply_method(qm: QuantizedModel, calibration, method: str = "baseline", options: dict | None = None,
                  progress: bool = False) -> QuantizedModel:
-    """Apply a compensation method to a baseline quantized model (a new QuantizedModel)."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    if method == "baseline":
+    """Apply ``method`` (one name or ``a+b``, see :func:`parse_method`) to a quantized model (a new
+    QuantizedModel). ``options``: fields of the methods' configs (CWACConfig, QwTConfig,
+    ReconConfig, WAPSConfig), each method taking the ones it has."""
+    names = parse_method(method)
+    if qm.plan.model != qm.model.name:
+        raise ConfigError(f"plan was made for model {qm.plan.model!r}; cannot apply {method!r} to {qm.model.name!r}")
+    if names == ["baseline"]:
         qm.plan.config.setdefault("method", "baseline")
         return qm
     calibration = check_inputs(qm.model, calibration)
-    if method == "cwac":
-        from .algorithms.cwac import CWACConfig, fit_cwac
-        opts = {"task": qm.model.task, **(options or {})}     # what select_by="task" ranks by
-        plan, sim = fit_cwac(qm.graph, qm.plan, calibration, CWACConfig(**opts), progress)
-    else:
-        from .algorithms.qwt import QwTConfig, fit_qwt
-        plan, sim = fit_qwt(qm.graph, qm.plan, calibration, QwTConfig(**(options or {})), progress)
+    options = dict(options or {})
+    if "iters" in options and (not isinstance(options["iters"], int) or options["iters"] < 1):
+        raise ConfigError(f"iters must be a positive integer, got {options['iters']!r}")
+    plan, sim = qm.plan, qm.simulated
+    for name in names:
+        plan, sim = _fit(name, qm, plan, calibration, options, progress)
+    if len(names) > 1:
+        plan.config["method"] = "+".join(names)
     return QuantizedModel(qm.model, qm.graph, plan, sim, qm.observer_scores)
+
+
+def _fields(cls, options: dict) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in options.items() if k in names}
+
+
+def _fit(name: str, qm: QuantizedModel, plan: QuantPlan, calibration, options: dict, progress: bool):
+    if name == "cwac":
+        from .algorithms.cwac import CWACConfig, fit_cwac
+        opts = {"task": qm.model.task, **_fields(CWACConfig, options)}   # what select_by="task" ranks by
+        return fit_cwac(qm.graph, plan, calibration, CWACConfig(**opts), progress)
+    if name == "qwt":
+        from .algorithms.qwt import QwTConfig, fit_qwt
+        return fit_qwt(qm.graph, plan, calibration, QwTConfig(**_fields(QwTConfig, options)), progress)
+    from .algorithms.reconstruction import ReconConfig
+    cfg = ReconConfig(**_fields(ReconConfig, options))
+    if name == "adaround":
+        from .algorithms.adaround import fit_adaround
+        return fit_adaround(qm.graph, plan, calibration, dataclasses.replace(cfg, learn_act=options.get("learn_act", False)), progress)
+    if name == "brecq":
+        from .algorithms.brecq import fit_brecq
+        return fit_brecq(qm.graph, plan, calibration, cfg, progress)
+    from .algorithms.waps import WAPSConfig, fit_waps
+    return fit_waps(qm.graph, plan, calibration, cfg, WAPSConfig(**_fields(WAPSConfig, options)), progress)
 
 
 def select_observer(graph: LayerGraph, observers, config: QuantConfig, probe, batch_size: int = 32,
@@ -195,5 +247,5 @@ def fp32_outputs(model: ZooModel, arrays, graph: LayerGraph | None = None, batch
     return run_outputs(torch_runner(module), arrays, batch_size, "fp32", progress)
 
 
-__all__ = ["load", "prepare", "quantize", "quantize_auto", "apply_method", "METHODS", "simulated_plan", "select_observer", "from_plan", "fp32_outputs",
+__all__ = ["load", "prepare", "quantize", "quantize_auto", "apply_method", "parse_method", "METHODS", "simulated_plan", "select_observer", "from_plan", "fp32_outputs",
            "QuantizedModel", "check_inputs", "get_set"]

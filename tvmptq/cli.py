@@ -106,15 +106,34 @@ def cmd_quantize(args) -> int:
                                 args.weight_rule, args.symmetric, args.percentile, args.first_last_8bit,
                                 _parse_layer_overrides(args.layer), not args.no_bias_correction)
     model = tvmptq.load(args.model, _input_shapes(args.input_shape))
+    saved = tvmptq.QuantPlan.load(args.from_plan) if args.from_plan else None
+    if saved is not None and saved.model != model.name:
+        raise ConfigError(f"--from-plan {args.from_plan} was made for model {saved.model!r}; "
+                          f"cannot apply --method {args.method} to {model.name!r}")
     calib = _calibration_arrays(args, model)
     t0 = time.perf_counter()
     quantize = tvmptq.quantize_auto if args.observer == "auto" else tvmptq.quantize
-    opts = {"samples": args.method_samples} | (
+    methods = tvmptq.parse_method(args.method)        # bad names / combinations fail before any work
+    if args.iters is not None and args.iters < 1:
+        raise ConfigError(f"--iters must be at least 1, got {args.iters}")
+    if args.iters is not None and not set(methods) & set(tvmptq.api.RECONSTRUCTION):
+        raise ConfigError(f"--iters applies to adaround/brecq/waps, not to --method {args.method}")
+    opts = {"samples": args.method_samples, "seed": args.seed, "drop_prob": args.qdrop,
+            "reading": args.waps_reading} | ({"iters": args.iters} if args.iters is not None else {}) | (
         {"ridge": args.cwac_ridge, "target": args.cwac_target, "select_by": args.cwac_select}
-        if args.method == "cwac" else {})
-    qm = quantize(model, calib, config, batch_size=args.batch_size, method=args.method, method_options=opts)
+        if "cwac" in methods else {})
+    if args.from_plan:
+        base = tvmptq.from_plan(model, saved)
+        qm = tvmptq.apply_method(base, calib, args.method, opts, progress=True)
+    else:
+        qm = quantize(model, calib, config, batch_size=args.batch_size, method=args.method, method_options=opts)
     plan = qm.plan
-    if args.method == "cwac":
+    for name in set(methods) & set(tvmptq.api.RECONSTRUCTION):
+        info = plan.run_info.get(name, {})
+        print(f"{name}: {len(plan.stats[name]['blocks'])} blocks reconstructed on {plan.stats[name]['samples']} "
+              f"samples in {info.get('fit_seconds', float('nan')):.1f} s, peak RSS {info.get('peak_rss_mb', 0):.0f} MB "
+              "(folded into integer weights, requantize multipliers/shifts, int32 biases and clip bounds)")
+    if "cwac" in methods:
         st = plan.stats["cwac"]
         print(f"CWAC: {st['non_identity_channels']}/{st['channels']} channels compensated in "
               f"{st['fit_seconds']:.1f} s (folded into requantize multipliers and int32 biases)")
@@ -124,10 +143,10 @@ def cmd_quantize(args) -> int:
                   f"{'held-out ' if sel['probe_held_out'] else ''}calibration samples, output SQNR dB "
                   + ", ".join(f"{k} {v:.2f}" for k, v in sel["probe_sqnr_db"].items())
                   + "".join(f"; task metric {k} {v:.4f}" for k, v in sel["probe_metric"].items()) + ")")
-    elif args.method == "qwt":
+    if "qwt" in methods:
         print(f"QwT v1: {plan.stats['qwt']['extra_params']} extra float parameters (float branches: "
               f"{', '.join(lp.name for lp in plan.layers if lp.attrs.get('float_branch'))})")
-    print(f"quantized {model.name} at {config.name} ({plan.config['observer']} observer, "
+    print(f"quantized {model.name} at {plan.config.get('name', config.name)} ({plan.config['observer']} observer, "
           f"{len(plan.layers)} integer layers) in {time.perf_counter() - t0:.1f} s; "
           f"calibration samples {plan.stats['calibration_samples']}, peak RSS {plan.stats['peak_rss_mb']:.0f} MB")
     if qm.observer_scores:
@@ -390,10 +409,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--first-last-8bit", action="store_true", help="keep first and last layer at 8 bits")
     q.add_argument("--no-bias-correction", action="store_true",
                    help="skip the empirical per-channel bias correction (on by default)")
-    q.add_argument("--method", default="baseline", choices=["baseline", "cwac", "qwt"],
-                   help="cwac: QwT-v2 per-channel affine folded into requantize multipliers/int32 biases "
-                        "(zero cost); qwt: QwT v1 per-block float linear branch (compiled as a declared "
-                        "float64 island)")
+    q.add_argument("--method", default="baseline",
+                   help="baseline | cwac | qwt | adaround | brecq | waps, or reconstruction+compensation "
+                        "applied left to right (e.g. brecq+cwac). cwac: QwT-v2 per-channel affine folded "
+                        "into requantize multipliers/int32 biases (zero cost); qwt: QwT v1 per-block float "
+                        "linear branch (a declared float64 island); adaround: learned per-weight rounding, "
+                        "layer-wise; brecq: block reconstruction (rounding + LSQ activation steps); waps: "
+                        "BRECQ + power-of-two weight-activation product scaling (all folded into the plan)")
+    q.add_argument("--iters", type=int, help="reconstruction iterations per block (adaround/brecq/waps; default 500)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the reconstruction's sample order (default 0)")
+    q.add_argument("--waps-reading", default="in_mixed", choices=["out", "in", "in_mixed", "block"],
+                   help="WAPS product-scale granularity (see tvmptq/algorithms/waps.py)")
+    q.add_argument("--qdrop", type=float, default=0.0, help="QDrop probability during reconstruction (default 0)")
+    q.add_argument("--from-plan", help="apply --method to this saved plan instead of calibrating a new one")
     q.add_argument("--method-samples", type=int, default=256, help="calibration samples used to fit --method")
     q.add_argument("--cwac-ridge", type=float, default=0.0, help="CWAC ridge towards identity (0: least squares)")
     q.add_argument("--cwac-target", default="auto", choices=["auto", "fp_stream", "same_input"],

@@ -7,7 +7,9 @@ the Relax lowering read only this. Saved as one ``.npz``: arrays plus a JSON hea
 """
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -65,6 +67,9 @@ class QuantPlan:
     stats: dict = field(default_factory=dict)  # calibration facts (samples, seconds, peak RSS)
     program: list[dict] = field(default_factory=list)  # ordered steps (see program.py)
     constants: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # arrays the steps use
+    # Facts of this run that differ between identical runs (wall times, RSS): never saved, so
+    # the same seed and data write a byte-identical file.
+    run_info: dict = field(default_factory=dict, repr=False, compare=False)
 
     def layer(self, name: str) -> LayerPlan:
         for layer in self.layers:
@@ -93,7 +98,12 @@ class QuantPlan:
         arrays.update({f"const/{k}": v for k, v in self.constants.items()})
         arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **arrays)
+        # np.savez stamps each member with the current time; fixed stamps keep equal plans equal bytes
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+            for key, value in arrays.items():
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.asarray(value), allow_pickle=False)
+                zf.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
         return path
 
     @classmethod

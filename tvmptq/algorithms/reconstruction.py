@@ -1,0 +1,484 @@
+"""The block-reconstruction engine shared by AdaRound, BRECQ and WAPS-Quant.
+
+BRECQ (Li et al., ICLR 2021) reconstructs a quantized network block by block: each block's
+learnable quantization parameters are trained so that its output on the *quantized* stream
+matches the FP32 block output on the FP32 stream, on calibration data only. This file holds what
+the three methods share, and nothing method-specific:
+
+* A trainable copy of the plan's simulation (``TrainModel``): every integer layer becomes a
+  differentiable fake-quant module with three modes, ``fp`` (the FP32 model, batch norm folded),
+  ``soft`` (training: the weight module's soft integers, straight-through rounding of
+  activations) and ``hard`` (the integers that will be folded). Activations keep the plan's
+  per-tensor grids; their step sizes are parameters (LSQ) owned by the module producing the tensor.
+* Blocks found from the captured graph (``find_blocks``): a cut is a point of the program where
+  the fewest values are live (one for a CNN: no skip connection crosses it); a block ends at a
+  cut after a residual add, a conv/linear without activation (MBConv's linear bottleneck), a
+  float island's re-quantize (a transformer's LayerNorm) or the stem. ``granularity="layer"``
+  cuts after every conv/linear instead (AdaRound's layer-wise reconstruction).
+* Cached block inputs/outputs (``Cache``): only the values live at the current block's two ends,
+  for both streams, are held; past ``memory_budget_mb`` they are spilled to ``np.memmap`` files
+  in a temporary folder. Memory is one block's tensors, not the network's.
+* Folding (``refold``): learned step sizes and integer weights become the plan's integer weights,
+  int32 biases, fixed-point multipliers/shifts and clip bounds, recomputed with the same formulas
+  as ``quant/calibrate.py`` (with nothing learned it reproduces the baseline plan exactly).
+
+Determinism: the sample order comes from ``np.random.default_rng(seed)``, torch is seeded and run
+with deterministic algorithms and a fixed thread count, so the same seed and data give the same
+plan (``QuantPlan.save`` writes fixed zip timestamps; timings go to ``plan.run_info``).
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..quant.calibrate import _clip
+from ..quant.fixedpoint import quantize_multiplier, shared_shift_multipliers
+from ..quant.plan import QuantPlan
+from ..quant.simulate import simulate
+from ..util import peak_rss_mb
+
+INT32 = (-(2 ** 31), 2 ** 31 - 1)
+
+
+@dataclass(frozen=True)
+class ReconConfig:
+    """Defaults: BRECQ's (yhhhli/BRECQ main_imagenet.py) scaled for 2 CPU cores: 20,000
+    iterations per block -> ``iters`` (500), 1,024 calibration images -> ``samples`` (256);
+    batch 32, Adam, rounding lr 1e-3, regulariser 0.01 with beta annealed 20 -> 2 after a 20 %
+    warm-up, rectified sigmoid zeta 1.1 / gamma -0.1, Lp loss p = 2.4, first/last layer left as
+    the plan has them (``--first-last-8bit``). Activation step sizes are learned jointly with the
+    rounding (QDrop's schedule, lr 4e-5) rather than in BRECQ's separate 5,000-iteration stage."""
+    iters: int = 500
+    samples: int = 256
+    batch_size: int = 32
+    seed: int = 0
+    granularity: str = "block"      # block (BRECQ) | layer (AdaRound)
+    weight_lr: float = 1e-3
+    act_lr: float = 4e-5
+    learn_act: bool = True          # LSQ step sizes of the activations produced in the block
+    reg_weight: float = 0.01
+    beta: tuple = (20.0, 2.0)
+    warmup: float = 0.2
+    p: float = 2.4
+    loss: str = "mse"               # mse | fisher (squared FP32 output gradients, see fisher_weights)
+    drop_prob: float = 0.0          # QDrop: each activation element keeps its FP value with this probability
+    memory_budget_mb: float = 512.0
+    threads: int = 1                # 2 threads ran 17x slower on this shared 2-core machine (spin-waits)
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+class ActQuant(nn.Module):
+    """A per-tensor activation grid with a learnable step (LSQ) and the fused activation clip."""
+
+    def __init__(self, t, act_range=None, learn: bool = True):
+        super().__init__()
+        self.name, self.lo, self.hi = t.name, t.qmin - t.zero_point, t.qmax - t.zero_point
+        self.act = act_range if act_range is not None else (-np.inf, np.inf)
+        self.scale = nn.Parameter(torch.tensor(float(t.scale)), requires_grad=learn)
+        self.mode, self.drop_prob = "hard", 0.0
+
+    def _act(self, x):
+        lo, hi = (None if not np.isfinite(v) else float(v) for v in self.act)
+        return x if lo is None and hi is None else x.clamp(lo, hi)
+
+    def forward(self, x):
+        if self.mode == "fp":
+            return self._act(x)
+        s = self.scale.abs() + 1e-12
+        y = self._act(round_ste(x / s).clamp(self.lo, self.hi) * s)
+        if self.mode == "soft" and self.drop_prob > 0:                     # QDrop
+            y = torch.where(torch.rand_like(y) < self.drop_prob, self._act(x), y)
+        return y
+
+
+class TrainKernel(nn.Module):
+    """conv2d / linear with a learnable weight module (AdaRound, WAPS) and an output ActQuant."""
+
+    def __init__(self, layer, lp, tensors, weight: nn.Module | None, learn_act: bool):
+        super().__init__()
+        self.kind, self.attrs = lp.kind, lp.attrs
+        self.register_buffer("w_fp", torch.as_tensor(layer.weight, dtype=torch.float32))
+        b = layer.bias if layer.bias is not None else np.zeros(layer.weight.shape[0])
+        self.register_buffer("b_fp", torch.as_tensor(b, dtype=torch.float32))
+        if weight is not None:                      # the plan's int32 bias (bias correction included)
+            acc = tensors[lp.inputs[0]].scale * lp.arrays["weight_scale"].astype(np.float64)
+            b = lp.arrays["bias"] * acc
+        self.register_buffer("b_q", torch.as_tensor(b, dtype=torch.float32))
+        self.weight = weight
+        self.out = ActQuant(tensors[lp.output], layer.act_range, learn_act)
+        self.mode = "hard"
+
+    def _op(self, x, w, b):
+        if self.kind == "linear":
+            return F.linear(x, w, b)
+        a = self.attrs
+        return F.conv2d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"])
+
+    def forward(self, x):
+        if self.mode == "fp":
+            return self.out(self._op(x, self.w_fp, self.b_fp))
+        w = self.w_fp if self.weight is None else self.weight(self.mode == "soft")
+        return self.out(self._op(x, w, self.b_q))
+
+
+class TrainRequant(nn.Module):
+    """add / mean / mul_const / matmul / cat in float, then the output ActQuant."""
+
+    def __init__(self, layer, lp, tensors, learn_act: bool):
+        super().__init__()
+        self.kind, self.attrs = lp.kind, lp.attrs
+        self.out = ActQuant(tensors[lp.output], layer.act_range, learn_act)
+
+    def forward(self, *xs):
+        a, k = self.attrs, self.kind
+        if k == "add":
+            y = xs[0] + xs[1]
+        elif k == "mean":
+            y = xs[0].mean(dim=a["dims"], keepdim=a["keepdim"])
+        elif k == "mul_const":
+            y = xs[0] * a["factor"]
+        elif k == "cat":
+            y = torch.cat(xs, dim=a["dim"])
+        else:
+            b = xs[1].transpose(-1, -2) if a.get("transpose_b") else xs[1]
+            y = torch.matmul(xs[0], b)
+        return self.out(y)
+
+
+class TrainModel:
+    """The plan's simulation graph with trainable modules; runs any slice of its nodes."""
+
+    def __init__(self, graph, plan: QuantPlan, make_weight, cfg: ReconConfig):
+        sim = simulate(graph, plan)
+        self.graph = sim.graph
+        by_name = {lay.name: lay for lay in graph.layers}
+        outputs = {n.name for n in next(n for n in sim.graph.nodes if n.op == "output").all_input_nodes}
+        self.modules, self.kernels = {}, {}
+        for node in sim.graph.nodes:
+            if node.op != "call_module":
+                continue
+            mod = sim.get_submodule(node.target)
+            learn = cfg.learn_act and node.name not in outputs        # logits keep their min/max range
+            if node.target.startswith("q_"):
+                lp = mod.lp
+                layer = by_name[lp.name]
+                if lp.kind in ("conv2d", "linear"):
+                    w = None if lp.keep_float else make_weight(layer, lp)
+                    mod = self.kernels[lp.name] = TrainKernel(layer, lp, plan.tensors, w, learn)
+                else:
+                    mod = TrainRequant(layer, lp, plan.tensors, learn)
+            elif node.target.startswith("quantize_"):
+                mod = ActQuant(plan.tensors[mod.t.name], None, learn)
+            self.modules[node.name] = mod
+        self.attrs = {n.name: _get_attr(sim, n.target) for n in sim.graph.nodes if n.op == "get_attr"}
+        self.nodes = [n for n in sim.graph.nodes if n.op not in ("output",)]
+
+    def set_mode(self, mode: str, drop_prob: float = 0.0) -> None:
+        for m in self.modules.values():
+            for sub in m.modules():
+                if hasattr(sub, "mode"):
+                    sub.mode = mode
+                if isinstance(sub, ActQuant):
+                    sub.drop_prob = drop_prob
+
+    def run(self, nodes, env: dict) -> dict:
+        """Run ``nodes`` (fx nodes in order) on ``env`` (name -> value); returns the new env."""
+        env = dict(env)
+        for node in nodes:
+            if node.op == "placeholder" or node.name in env:
+                continue
+            args = fx.node.map_arg(node.args, lambda n: env[n.name])
+            kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n.name])
+            if node.op == "get_attr":
+                env[node.name] = self.attrs[node.name]
+            elif node.op == "call_module":
+                env[node.name] = self.modules[node.name](*args, **kwargs)
+            elif node.op == "call_function":
+                env[node.name] = node.target(*args, **kwargs)
+            elif node.op == "call_method":
+                env[node.name] = getattr(args[0], node.target)(*args[1:], **kwargs)
+        return env
+
+
+def _get_attr(mod, target):
+    for part in target.split("."):
+        mod = getattr(mod, part)
+    return mod
+
+
+@dataclass
+class Block:
+    nodes: list          # fx nodes run by this block
+    inputs: list[str]    # values live before it (cached, batch first)
+    outputs: list[str]   # values live after it
+    produced: list[str]  # outputs computed inside the block: the reconstruction targets
+    kernels: list[str]   # layer names of its conv/linear layers
+
+
+def find_blocks(model: TrainModel, granularity: str = "block") -> list[Block]:
+    """Cut the program into blocks (see the module docstring)."""
+    nodes = model.nodes
+    pos = {n.name: i for i, n in enumerate(nodes)}
+    data = set()                                       # values that depend on the inputs (batched)
+    for n in nodes:
+        if n.op == "placeholder" or any(a.name in data for a in n.all_input_nodes):
+            data.add(n.name)
+    out_node = next(n for n in model.graph.nodes if n.op == "output")
+    last_use = {}
+    for n in list(nodes) + [out_node]:
+        for a in n.all_input_nodes:
+            last_use[a.name] = pos.get(n.name, len(nodes))
+    live_after = []
+    for i, n in enumerate(nodes):
+        live_after.append([m.name for m in nodes[:i + 1] if m.name in data and last_use.get(m.name, -1) > i])
+    kernel_pos = [i for i, n in enumerate(nodes) if isinstance(model.modules.get(n.name), TrainKernel)]
+    if not kernel_pos:
+        raise ValueError("no conv/linear layer to reconstruct")
+    first = kernel_pos[0]
+    fewest = min(len(live_after[i]) for i in range(first, len(nodes)))
+
+    def ends_block(i):
+        mod = model.modules.get(nodes[i].name)
+        if granularity == "layer":
+            return isinstance(mod, TrainKernel)
+        if len(live_after[i]) != fewest or not all(_is_tensor(nodes[pos[v]]) for v in live_after[i]):
+            return False
+        if i == first or isinstance(mod, ActQuant):
+            return True
+        if isinstance(mod, TrainRequant):
+            return mod.kind == "add"
+        return isinstance(mod, TrainKernel) and mod.out.act == (-np.inf, np.inf)
+
+    cuts = [i for i in range(first, len(nodes) - 1) if ends_block(i) and i >= first]
+    cuts = [c for c in cuts if c != len(nodes) - 1] + [len(nodes) - 1]
+    blocks, start = [], 0
+    for c in cuts:
+        seg = nodes[start:c + 1]
+        kernels = [model.modules[n.name] for n in seg if isinstance(model.modules.get(n.name), TrainKernel)]
+        if not kernels and c != len(nodes) - 1:
+            continue                                   # nothing to learn: merged into the next block
+        names = {n.name for n in seg}
+        inputs = live_after[start - 1] if start else []
+        outputs = live_after[c] if c < len(nodes) - 1 else [a.name for a in out_node.all_input_nodes]
+        blocks.append(Block(seg, inputs, outputs, [o for o in outputs if o in names],
+                            [n.name for n in seg if isinstance(model.modules.get(n.name), TrainKernel)]))
+        start = c + 1
+    return blocks
+
+
+def _is_tensor(node) -> bool:
+    return isinstance(node.meta.get("val", torch.empty(0)), torch.Tensor) or node.op == "call_module"
+
+
+class Cache:
+    """Per-sample values of one cut, in memory or, past the budget, in memmaps on disk."""
+
+    def __init__(self, budget_bytes: float, folder: str):
+        self.values, self.budget, self.folder, self.spilled = {}, budget_bytes, folder, False
+
+    def append(self, name: str, batch: torch.Tensor, start: int, total: int) -> None:
+        arr = self.values.get(name)
+        if arr is None:
+            shape, dtype = (total,) + tuple(batch.shape[1:]), torch.empty(0, dtype=batch.dtype).numpy().dtype
+            nbytes = int(np.prod(shape)) * dtype.itemsize
+            if nbytes + self.nbytes > self.budget:
+                self.spilled = True
+                arr = np.lib.format.open_memmap(f"{self.folder}/{len(self.values)}_{id(self)}.npy", "w+", dtype, shape)
+            else:
+                arr = np.empty(shape, dtype)
+            self.values[name] = arr
+        arr[start:start + len(batch)] = batch.detach().numpy()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.values.values())
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes held in memory (memmapped values live on disk)."""
+        return sum(a.nbytes for a in self.values.values() if not isinstance(a, np.memmap))
+
+    def take(self, idx) -> dict:
+        return {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in self.values.items()}
+
+
+def _chunks(n: int, size: int):
+    return [np.arange(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def lp_loss(pred, target, p: float, weight=None) -> torch.Tensor:
+    """BRECQ's ``lp_loss``: ``|pred - target|^p`` summed over channels, averaged over the rest;
+    with ``weight`` (Fisher): ``(pred - target)^2 * weight`` instead."""
+    err = (pred - target).abs().pow(p) if weight is None else (pred - target) ** 2 * weight
+    return err.sum(1).mean() if err.ndim > 1 else err.mean()
+
+
+def reconstruct(graph, plan: QuantPlan, calibration, cfg: ReconConfig, make_weight, method: str,
+                progress: bool = True) -> tuple[QuantPlan, fx.GraphModule]:
+    """Block-wise reconstruction of ``plan`` on ``calibration`` (tuple of input arrays).
+
+    ``make_weight(layer, lp)`` gives each conv/linear its learnable weight module, which has
+    ``forward(soft) -> real weights``, ``regulariser(beta)`` and ``fold() -> (stored int8
+    weights, per-channel weight scale, attrs)``."""
+    t0, rss0 = time.perf_counter(), peak_rss_mb()
+    torch.manual_seed(cfg.seed)
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        model = TrainModel(graph, plan, make_weight, cfg)
+        blocks = find_blocks(model, cfg.granularity)
+        data = tuple(np.asarray(a[:cfg.samples]) for a in calibration)
+        n = len(data[0])
+        placeholders = [nd.name for nd in model.nodes if nd.op == "placeholder"]
+        report = _run_blocks(model, blocks, data, placeholders, n, cfg, method, progress)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det)
+    weights = {name: k.weight.fold() for name, k in model.kernels.items() if k.weight is not None}
+    scales = {}
+    for m in model.modules.values():
+        q = m if isinstance(m, ActQuant) else getattr(m, "out", None)
+        if isinstance(q, ActQuant) and q.scale.requires_grad:
+            scales[q.name] = float(q.scale.detach().abs())
+    new = refold(graph, plan, scales, weights)
+    new.config["method"] = method
+    new.config[method] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}
+    new.stats[method] = {"samples": n, "blocks": [r["layers"] for r in report]}
+    new.run_info[method] = {"fit_seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(),
+                            "peak_rss_growth_mb": peak_rss_mb() - rss0, "blocks": report}
+    return new, simulate(graph, new)
+
+
+def _run_blocks(model, blocks, data, placeholders, n, cfg, method, progress):
+    report = []
+    with tempfile.TemporaryDirectory(prefix="tvmptq_recon_") as folder:
+        budget = cfg.memory_budget_mb * 2 ** 20 / 4     # four caches: q/fp x in/out
+        q_in = fp_in = None
+        for bi, block in enumerate(blocks):
+            q_out, fp_out = Cache(budget, folder), Cache(budget, folder)
+            model.set_mode("fp")                        # FP32 targets on the FP32 stream
+            with torch.no_grad():
+                for idx in _chunks(n, cfg.batch_size):
+                    env = model.run(block.nodes, _inputs(fp_in, data, placeholders, idx, bi))
+                    for o in block.outputs:
+                        fp_out.append(o, env[o], idx[0], n)
+            layers, loss = _train_block(model, block, q_in, fp_out, data, placeholders, n, bi, cfg,
+                                        f"{method} block {bi + 1}/{len(blocks)}", progress)
+            model.set_mode("hard")
+            with torch.no_grad():
+                for idx in _chunks(n, cfg.batch_size):
+                    env = model.run(block.nodes, _inputs(q_in, data, placeholders, idx, bi))
+                    for o in block.outputs:
+                        q_out.append(o, env[o], idx[0], n)
+            report.append({"layers": layers, "final_loss": loss, "cache_mb": (q_out.nbytes + fp_out.nbytes) / 2 ** 20,
+                           "resident_bytes": q_out.resident_bytes + fp_out.resident_bytes,
+                           "spilled": q_out.spilled or fp_out.spilled})
+            q_in, fp_in = q_out, fp_out
+    return report
+
+
+def _inputs(cache, data, placeholders, idx, bi) -> dict:
+    if bi == 0 or cache is None:
+        return {p: torch.as_tensor(a[idx]) for p, a in zip(placeholders, data)}
+    env = cache.take(idx)
+    for p, a in zip(placeholders, data):                # the inputs themselves (masks) stay available
+        env.setdefault(p, torch.as_tensor(a[idx]))
+    return env
+
+
+def _train_block(model, block, q_in, fp_out, data, placeholders, n, bi, cfg, desc, progress):
+    kernels = [model.modules[k] for k in block.kernels]
+    groups = {}                                 # a weight module may give a parameter its own lr (``lrs``)
+    for k in kernels:
+        for name, p in (k.weight.named_parameters() if k.weight is not None else ()):
+            groups.setdefault(getattr(k.weight, "lrs", {}).get(name, cfg.weight_lr), []).append(p)
+    names = {nd.name for nd in block.nodes}
+    acts = [m for name, m in model.modules.items() if name in names for m in m.modules()
+            if isinstance(m, ActQuant) and m.scale.requires_grad]
+    a_params = [a.scale for a in acts]
+    if not groups and not a_params:
+        return block.kernels, float("nan")
+    opt = torch.optim.Adam([{"params": ps, "lr": lr} for lr, ps in sorted(groups.items())]
+                           + ([{"params": a_params, "lr": cfg.act_lr}] if a_params else []))
+    rng = np.random.default_rng(cfg.seed + 7919 * bi)
+    warm = int(cfg.warmup * cfg.iters)
+    bar = tqdm(range(cfg.iters), desc=desc, unit="it", disable=not progress, leave=False)
+    loss_v = float("nan")
+    for it in bar:
+        idx = np.sort(rng.choice(n, min(cfg.batch_size, n), replace=False))
+        model.set_mode("soft", cfg.drop_prob)
+        env = model.run(block.nodes, _inputs(q_in, data, placeholders, idx, bi))
+        target = fp_out.take(idx)
+        rec = sum(lp_loss(env[o], target[o], cfg.p) for o in block.produced)
+        if it < warm:
+            reg = torch.zeros(())
+        else:
+            rel = (it - warm) / max(cfg.iters - warm, 1)
+            beta = cfg.beta[1] + (cfg.beta[0] - cfg.beta[1]) * max(0.0, 1 - rel)
+            reg = cfg.reg_weight * sum(k.weight.regulariser(beta) for k in kernels if k.weight is not None)
+        loss = rec + reg
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss_v = float(rec.detach())
+        if progress and it % 50 == 0:
+            bar.set_postfix(rec=f"{loss_v:.4g}", reg=f"{float(reg):.3g}")
+    bar.close()
+    return block.kernels, loss_v
+
+
+def refold(graph, plan: QuantPlan, scales: dict, weights: dict) -> QuantPlan:
+    """``plan`` with new activation step sizes (tensor name -> scale) and learned weights (layer
+    name -> (stored integer weights, per-channel weight scale, attrs)) folded in: every integer
+    layer's multiplier/shift, int32 bias and clip bounds recomputed as ``quant/calibrate.py``
+    computes them; the real-valued bias (bias correction included) is kept."""
+    new = copy.deepcopy(plan)
+    new.run_info = {}
+    for name, s in scales.items():
+        new.tensors[name].scale = float(s)
+    by_name = {lay.name: lay for lay in graph.layers}
+    for old, lp in zip(plan.layers, new.layers):
+        if lp.keep_float:
+            continue
+        t_out, s_in = new.tensors[lp.output], [float(new.tensors[i].scale) for i in lp.inputs]
+        lp.clip = _clip(by_name[lp.name], t_out)
+        arr = lp.arrays
+        if "weight" in arr:
+            b_real = old.arrays["bias"] * (float(plan.tensors[old.inputs[0]].scale)
+                                           * old.arrays["weight_scale"].astype(np.float64))
+            if lp.name in weights:
+                w, s_w, attrs = weights[lp.name]
+                arr["weight"], arr["weight_scale"] = w.astype(old.arrays["weight"].dtype), s_w.astype(old.arrays["weight_scale"].dtype)
+                lp.attrs.update(attrs)
+                if "weight_bits" in attrs:
+                    lp.weight_bits = attrs.pop("weight_bits")
+                    lp.attrs.pop("weight_bits", None)
+            acc = s_in[0] * arr["weight_scale"].astype(np.float64)
+            bias_q = np.round(b_real / acc)
+            arr["bias"] = np.clip(bias_q, *INT32).astype(np.int32)
+            arr["multiplier"], arr["shift"] = quantize_multiplier(acc / float(t_out.scale))
+        elif lp.kind == "matmul":
+            arr["multiplier"], arr["shift"] = quantize_multiplier(s_in[0] * s_in[1] / float(t_out.scale))
+        elif lp.kind in ("add", "cat"):
+            m, k = shared_shift_multipliers([s / float(t_out.scale) for s in s_in])
+            arr["multiplier"], arr["shift"] = m, np.array([k], dtype=np.int64)
+        elif lp.kind == "mean":
+            arr["multiplier"], arr["shift"] = quantize_multiplier(s_in[0] / (float(t_out.scale) * lp.attrs["count"]))
+        elif lp.kind == "mul_const":
+            f = lp.attrs["factor"]
+            m, k = quantize_multiplier(abs(f) * s_in[0] / float(t_out.scale))
+            arr["multiplier"], arr["shift"] = m * int(np.sign(f) or 1), k
+    return new
