@@ -19,12 +19,24 @@ from tvm import relax
 from tvmptq.quant.plan import LayerPlan, QuantPlan
 
 from .errors import LayerMatchError
-from .islands import expected_anchors
+from .islands import PRELOWERED_KINDS, expected_anchors
 
 # Ops that move integers without changing their grid (the quantized value passes through).
 MOVEMENT_OPS = {"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
                 "relax.flatten", "relax.nn.pad", "relax.nn.max_pool2d", "relax.strided_slice",
-                "relax.broadcast_to"}
+                "relax.broadcast_to",
+                "relax.take",             # gathers along an axis: reflect / replicate padding
+                "relax.image.resize2d"}   # nearest-neighbour only (is_movement): upsampling by copies
+
+
+def is_movement(call) -> bool:
+    """``call`` only moves or copies elements of its first operand (see MOVEMENT_OPS)."""
+    name = op_name(call)
+    if name == "relax.image.resize2d":
+        return str(call.attrs.method) == "nearest_neighbor"
+    if name == "relax.take":  # a gather *from* a tensor by constant or integer indices
+        return not _is_const(call.args[0]) and "int" in str(call.args[1].ty.dtype)
+    return name in MOVEMENT_OPS
 # Relax ops that implement the activation the plan fused into a layer's output clip.
 ACTIVATION_OPS = {"relu": {"relax.nn.relu", "relax.clip"}, "clamp": {"relax.clip", "relax.nn.relu6"}}
 
@@ -182,14 +194,14 @@ def _region(g: _Graph, layer: LayerPlan, var, call) -> LayerMatch:
 
 def _source(g: _Graph, expr):
     """Follow data movement back to the value that was quantized."""
-    while isinstance(expr, relax.Var) and op_name(g.value.get(expr)) in MOVEMENT_OPS:
+    while isinstance(expr, relax.Var) and is_movement(g.value.get(expr)):
         expr = g.value[expr].args[0]
     return expr
 
 
 def _check_inputs(g: _Graph, plan: QuantPlan, matches: list[LayerMatch]) -> None:
     produced_by = {m.output: m.layer for m in matches}
-    layer_outputs = {lp.output for lp in plan.layers}
+    layer_outputs = {lp.output for lp in plan.layers if lp.kind not in PRELOWERED_KINDS}
     for m in matches:
         if len(m.inputs) != len(m.layer.inputs):
             raise LayerMatchError(f"plan layer {m.layer.name!r} has {len(m.layer.inputs)} inputs, "

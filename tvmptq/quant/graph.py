@@ -47,7 +47,10 @@ PASSTHROUGH_OPS = {
     aten.select.int, aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default,
     aten.unflatten.int, aten.alias.default, aten.detach.default, aten._assert_tensor_metadata.default,
     operator.getitem,
+    aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default,  # copies of input pixels
 }
+# Padding modes that copy values (exact on any grid); "constant" must pad the real value 0.
+COPY_PAD_MODES = {"reflect", "replicate"}
 # Ops allowed to stay in float as declared islands: input dequantized, output re-quantized.
 FLOAT_ISLAND_OPS = {
     aten.softmax.int, aten._softmax.default, aten.layer_norm.default, aten.gelu.default,
@@ -59,6 +62,9 @@ FLOAT_ISLAND_OPS = {
     aten.type_as.default, aten.arange.start, aten.arange.default, aten.ones_like.default,
     aten.zeros_like.default, aten.full_like.default, aten.div.Tensor, aten.mul.Tensor,
     aten.add.Tensor, aten.expand_as.default, aten.mean.dim, aten.max.dim, aten.amax.default,
+    # unary functions computed as lookup tables by default (lut.py); islands with lookup_tables=False
+    aten.hardsigmoid.default, aten.mish.default, aten.elu.default, aten.leaky_relu.default,
+    aten.log_softmax.int, aten._log_softmax.default,  # classifier heads: a declared float island
 }
 
 
@@ -235,8 +241,11 @@ def _kernel_layer(gm, node, kind) -> Layer:
     return Layer(node.name, "matmul", node, node, [args[0], args[1]])
 
 
-def classify(gm: fx.GraphModule) -> LayerGraph:
-    """Find layers, quantization points, float islands and auxiliary (non-activation) ops."""
+def classify(gm: fx.GraphModule, lookup_tables: bool = True) -> LayerGraph:
+    """Find layers, quantization points, float islands and auxiliary (non-activation) ops.
+
+    ``lookup_tables``: unary functions of one quantized tensor (sigmoid, SiLU, GELU, ..., see
+    lut.FUNCTIONS) become integer lookup-table layers (kind "lut"); off, they stay float islands."""
     layers: list[Layer] = []
     quant_points: dict[str, fx.Node] = {}
     source: dict[str, str] = {}
@@ -278,6 +287,11 @@ def classify(gm: fx.GraphModule) -> LayerGraph:
             kind = None
         if kind in REQUANT_OPS.values() and not any(a.name in source for a in act_args):
             kind = None  # elementwise math on float-island outputs stays in the island
+        # A table needs an integer input: functions of float-island results stay in the island.
+        quantized_input = bool(node.args) and isinstance(node.args[0], fx.Node) and (node.args[0].name in source or node.args[0].op == "placeholder")
+        lut = _lookup_table(node) if lookup_tables and kind is None and quantized_input else None
+        if lut is not None:
+            kind = "lut"
         if kind == "mean" and target == aten.adaptive_avg_pool2d.default and list(node.args[1]) != [1, 1]:
             raise UnsupportedOpError(f"adaptive_avg_pool2d '{node.name}' to {node.args[1]}: only global pooling")
         if kind is not None:
@@ -294,6 +308,14 @@ def classify(gm: fx.GraphModule) -> LayerGraph:
             if kind == "cat":
                 layer.inputs = list(node.args[0])
                 layer.attrs["dim"] = node.args[1] if len(node.args) > 1 else 0
+            if kind == "lut":
+                layer.inputs = [node.args[0]]
+                layer.attrs["function"], layer.attrs["function_attrs"], layer.out_node = lut
+                layer.attrs["aten"] = getattr(target, "__name__", str(target))  # how Relax spells it
+                if layer.out_node is not node:  # x * sigmoid(x) spelled out (ONNX SiLU)
+                    layer.attrs["aten"] += "+" + layer.out_node.target.__name__
+                    consumed_by_act.add(layer.out_node.name)
+                    node = layer.out_node
             fused = _fusable_activation(node)
             if fused is not None:
                 layer.out_node, layer.activation, layer.act_range = fused
@@ -312,9 +334,10 @@ def classify(gm: fx.GraphModule) -> LayerGraph:
             if target == aten.pad.default:
                 mode = node.args[2] if len(node.args) > 2 else "constant"
                 value = node.args[3] if len(node.args) > 3 else None
-                if mode != "constant" or value not in (None, 0, 0.0):
-                    raise UnsupportedOpError(f"pad '{node.name}' mode={mode} value={value}: "
-                                             "only zero constant padding is exact in the integer domain")
+                if mode not in COPY_PAD_MODES and (mode != "constant" or value not in (None, 0, 0.0)):
+                    raise UnsupportedOpError(f"pad '{node.name}' mode={mode} value={value}: only zero constant "
+                                             f"padding and {'/'.join(sorted(COPY_PAD_MODES))} padding are exact "
+                                             "in the integer domain")
             if target in FUSABLE_ACTIVATIONS:
                 islands.append(node)  # an unfused activation: computed on dequantized values
             elif isinstance(src, fx.Node) and src.name in source:
@@ -326,6 +349,23 @@ def classify(gm: fx.GraphModule) -> LayerGraph:
                 f"unsupported op {getattr(target, '__name__', target)} at node '{node.name}': "
                 "no integer lowering and not a declared float island")
     return LayerGraph(gm, layers, quant_points, islands, aux, inputs, source)
+
+
+def _lookup_table(node: fx.Node) -> tuple[str, dict, fx.Node] | None:
+    """(function, attrs, last node) if ``node`` is a unary function computed by a lookup table."""
+    from .lut import FUNCTIONS, function_attrs
+    if node.target not in FUNCTIONS or not isinstance(node.args[0], fx.Node):
+        return None
+    try:
+        name, attrs = function_attrs(node)
+    except TypeError:  # e.g. a clamp with tensor bounds: not a function of the input alone
+        return None
+    x = node.args[0]
+    if name == "sigmoid" and len(node.users) == 1:  # x * sigmoid(x) is SiLU, one table
+        user = next(iter(node.users))
+        if user.target == aten.mul.Tensor and set(user.args[:2]) == {x, node} and x is not node:
+            return "silu", {}, user
+    return name, attrs, node
 
 
 def _plain(value):
@@ -364,7 +404,7 @@ def _resolve_source(node: fx.Node, source: dict, quant_points: dict) -> str:
     return node.name
 
 
-def build_layer_graph(module: torch.nn.Module, example_inputs: tuple) -> LayerGraph:
+def build_layer_graph(module: torch.nn.Module, example_inputs: tuple, lookup_tables: bool = True) -> LayerGraph:
     gm = export_model(module, example_inputs)
     fold_batch_norm(gm)
-    return classify(gm)
+    return classify(gm, lookup_tables)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ops
+from . import lut, ops
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,6 +103,8 @@ def _run_layer(plan, lp, inputs: list) -> QValue:
     for i, v in enumerate(inputs):
         if not isinstance(v, QValue):
             raise TypeError(f"layer {lp.name!r}: input {lp.inputs[i]!r} is not an integer tensor")
+    if lp.kind == "lut":  # codes in, codes out (the output zero point is in the table)
+        return QValue(np.clip(lut.run(plan, lp, inputs[0]), *lp.clip), t)
     if lp.keep_float:
         y = _float_kernel(lp, inputs[0], t)
     else:
@@ -183,7 +185,7 @@ def _run_op(step: dict, args: list, kwargs: dict):
         strip = lambda v: v.q if isinstance(v, QValue) else v
         out = fn(*_map(strip, args), zero_point=src.t.zero_point, **_map(strip, kwargs))
         return _map(lambda v: QValue(np.asarray(v), src.t) if isinstance(v, np.ndarray) else v, out)
-    fn = ops.OPS.get(op)
+    fn = ops.OPS.get(op) or lut.ISLAND_OPS.get(op)
     if fn is None:
         raise NotImplementedError(f"op {op!r} (step {step['name']!r}) is not implemented by the NumPy reference")
     real = lambda v: v.dequantize() if isinstance(v, QValue) else v
