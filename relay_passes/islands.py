@@ -71,8 +71,8 @@ UNARY_SIGNATURES: dict[str, tuple[str, ...]] = {
 ATEN_TO_RELAX.update({op: ops for op, ops in UNARY_SIGNATURES.items() if "+" not in op})
 # Float steps whose Relax spelling holds ops that look like quantizable anchors (hardswish's divide
 # by 6 looks like a constant multiply): the matcher skips them as it skips the step itself.
-ISLAND_ANCHOR_KINDS = {"hardswish.default": ("mul_const",), "hardsigmoid.default": ("mul_const",),
-                       "elu.default": ("add",)}
+ISLAND_ANCHOR_KINDS = {"hardswish.default": ("mul", "mul_const"), "hardsigmoid.default": ("mul_const",),
+                       "elu.default": ("add",), "silu.default": ("mul",), "mish.default": ("mul",)}
 # Relax ops that only move or copy float elements: allowed around islands (no arithmetic).
 FLOAT_MOVEMENT = {"reshape", "permute_dims", "expand_dims", "squeeze", "broadcast_to", "flatten",
                   "strided_slice", "concat", "split"}
@@ -93,10 +93,14 @@ def float_step_anchor_kind(step: dict) -> str | None:
         return "add"
     if op in ("mul.Tensor", "div.Tensor") and len(args) >= 2 and _is_value(args[0]) and _is_number_or_const(args[1]):
         return "mul_const"
+    if op == "mul.Tensor" and len(args) >= 2 and _is_value(args[0]) and _is_value(args[1]):
+        return "mul"  # a float product (e.g. a pooling mask): in Relax a multiply of two values
     if op in ("matmul.default", "bmm.default", "mm.default") and all(_is_value(a) for a in args[:2]):
         return "matmul"
     if op in ("mean.dim", "adaptive_avg_pool2d.default"):
         return "mean"
+    if op == "avg_pool2d.default":
+        return "avg_pool"
     if op == "cat.default":
         return "cat"
     return None

@@ -92,10 +92,14 @@ def anchor_key(call: relax.Call):
         return "add", None
     if name == "relax.mean":
         return "mean", None
+    if name == "relax.nn.avg_pool2d":
+        return "avg_pool", None
     if name == "relax.concat":
         return "cat", None
     if name in ("relax.multiply", "relax.divide") and _is_const(args[1]) and not _is_const(args[0]):
         return "mul_const", None
+    if name == "relax.multiply" and not any(_is_const(a) for a in args):
+        return "mul", None
     return None
 
 
@@ -172,7 +176,7 @@ def _region(g: _Graph, layer: LayerPlan, var, call) -> LayerMatch:
     m = LayerMatch(layer, var, call, var)
     if layer.kind == "cat":
         m.inputs = list(call.args[0].fields)
-    elif layer.kind in ("add", "matmul"):
+    elif layer.kind in ("add", "matmul", "mul"):
         m.inputs = list(call.args)
     else:
         m.inputs = [call.args[0]]

@@ -126,12 +126,15 @@ def _layer_plan(layer: Layer, graph: LayerGraph, tensors: dict, config: QuantCon
             plan.attrs["bias_clipped_channels"] = clipped
         arr["bias"] = np.clip(bias_q, *INT32).astype(np.int32)
         arr["multiplier"], arr["shift"] = quantize_multiplier(acc_scale / float(out.scale))
-    elif layer.kind == "matmul":
+    elif layer.kind in ("matmul", "mul"):
         real = float(tensors[ins[0]].scale) * float(tensors[ins[1]].scale) / float(out.scale)
         arr["multiplier"], arr["shift"] = quantize_multiplier(real)
     elif layer.kind in ("add", "cat"):
         m, k = shared_shift_multipliers([float(tensors[i].scale) / float(out.scale) for i in ins])
         arr["multiplier"], arr["shift"] = m, np.array([k], dtype=np.int64)
+    elif layer.kind == "avg_pool":  # the window sum times s_in / (s_out * divisor)
+        real = float(tensors[ins[0]].scale) / (float(out.scale) * layer.attrs["count"])
+        arr["multiplier"], arr["shift"] = quantize_multiplier(real)
     elif layer.kind == "mean":
         shape = layer.inputs[0].meta["val"].shape
         count = int(np.prod([shape[d] for d in layer.attrs["dims"]]))

@@ -34,6 +34,7 @@ REQUANT_OPS = {
     aten.mul.Tensor: "mul_const",   # only by a Python scalar; checked in classify()
     aten.div.Tensor: "mul_const",   # likewise
     aten.cat.default: "cat",
+    aten.avg_pool2d.default: "avg_pool",  # int32 window sum, one requantize (uniform divisor)
 }
 # Activations fused into the clip of the op that produces their input.
 FUSABLE_ACTIVATIONS = {aten.relu.default, aten.relu_.default, aten.hardtanh.default,
@@ -191,6 +192,40 @@ def fold_batch_norm(gm: fx.GraphModule) -> int:
     return folded
 
 
+def batch_norm_as_conv(gm: fx.GraphModule) -> int:
+    """Eval batch norm on NCHW that follows no conv -> a depthwise 1x1 conv (per-channel affine),
+    which the plan quantizes like any conv; relay_passes/batch_norm.py does the same in Relax."""
+    done = 0
+    for bn in list(gm.graph.nodes):
+        if bn.target not in (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default):
+            continue
+        x = bn.args[0]
+        val = x.meta.get("val") if isinstance(x, fx.Node) else None
+        gamma, beta, mean, var = (const_value(gm, a) for a in bn.args[1:5])
+        if val is None or val.dim() != 4 or mean is None or var is None:
+            continue
+        eps = bn.args[7] if bn.target == aten.batch_norm.default else bn.args[6]
+        c = mean.numel()
+        g = (gamma.double() if gamma is not None else torch.ones(c, dtype=torch.float64)) * torch.rsqrt(var.double() + eps)
+        b = (beta.double() if beta is not None else 0) - mean.double() * g
+        w = _new_param(gm, f"{bn.name}_as_conv_weight", g.float().view(c, 1, 1, 1), bn)
+        bias = _new_param(gm, f"{bn.name}_as_conv_bias", b.float(), bn)
+        with gm.graph.inserting_before(bn):
+            conv = gm.graph.call_function(aten.conv2d.default, (x, w, bias, [1, 1], [0, 0], [1, 1], c))
+        conv.meta["val"] = val
+        if bn.target == aten._native_batch_norm_legit_no_training.default:
+            for u in list(bn.users):  # getitem(bn, 0)
+                u.replace_all_uses_with(conv)
+                gm.graph.erase_node(u)
+        else:
+            bn.replace_all_uses_with(conv)
+        gm.graph.erase_node(bn)
+        done += 1
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return done
+
+
 def _fusable_activation(node: fx.Node) -> tuple[fx.Node, str, tuple | None] | None:
     """The activation node fused into ``node``'s output clip, if it is the only user."""
     if len(node.users) != 1:
@@ -280,7 +315,9 @@ def classify(gm: fx.GraphModule, lookup_tables: bool = True) -> LayerGraph:
         non_act_inputs = [a for a in node.all_input_nodes
                           if not is_activation.get(a.name) and const_value(gm, a) is None]
         if kind == "mul_const" and not isinstance(node.args[1], (int, float)):
-            kind = None
+            kind = _product_kind(node, act_args, non_act_inputs, source)
+        if kind == "mul":
+            act_args = list(node.args[:2])
         if kind in ("add", "cat") and non_act_inputs:
             kind = None  # mixes in auxiliary data (e.g. an attention mask): a float island
         if kind == "add" and (len(act_args) != 2 or (len(node.args) > 2 and node.args[2] != 1)):
@@ -305,6 +342,8 @@ def classify(gm: fx.GraphModule, lookup_tables: bool = True) -> LayerGraph:
                                        else list(node.args[1]))
                 layer.attrs["keepdim"] = (True if target == aten.adaptive_avg_pool2d.default
                                           else bool(node.args[2]) if len(node.args) > 2 else False)
+            if kind == "avg_pool":
+                layer.attrs.update(_avg_pool_attrs(node))
             if kind == "cat":
                 layer.inputs = list(node.args[0])
                 layer.attrs["dim"] = node.args[1] if len(node.args) > 1 else 0
@@ -349,6 +388,45 @@ def classify(gm: fx.GraphModule, lookup_tables: bool = True) -> LayerGraph:
                 f"unsupported op {getattr(target, '__name__', target)} at node '{node.name}': "
                 "no integer lowering and not a declared float island")
     return LayerGraph(gm, layers, quant_points, islands, aux, inputs, source)
+
+
+def _avg_pool_attrs(node: fx.Node) -> dict:
+    """Kernel, stride, padding and the one divisor of an avg_pool2d; refused (named) when the divisor
+    varies with the position, which would need a multiplier per output pixel."""
+    pair = lambda v: [int(v[0]), int(v[-1])] if isinstance(v, (list, tuple)) else [int(v), int(v)]  # noqa: E731
+    args = list(node.args) + [None] * (7 - len(node.args))
+    kernel = pair(args[1])
+    stride = pair(args[2]) if args[2] not in (None, [], ()) else list(kernel)
+    padding = pair(args[3] if args[3] is not None else 0)
+    ceil_mode = bool(args[4]) if args[4] is not None else False
+    include_pad = bool(args[5]) if args[5] is not None else True
+    divisor = args[6]
+    shape = node.args[0].meta["val"].shape[-2:]
+    partial = False
+    for n, k, s, p in zip(shape, kernel, stride, padding):
+        span = int(n) + 2 * p - k
+        out = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (out - 1) * s >= int(n) + p:
+            out -= 1
+        partial |= (out - 1) * s + k > int(n) + 2 * p
+    if divisor is None and (partial or (any(padding) and not include_pad)):
+        raise UnsupportedOpError(
+            f"avg_pool2d '{node.name}' (kernel {kernel}, stride {stride}, padding {padding}, ceil_mode={ceil_mode}, "
+            f"count_include_pad={include_pad}) divides border windows by fewer elements: that needs a requantize "
+            "multiplier per output position (not lowered); use count_include_pad=True without partial windows")
+    count = int(divisor) if divisor is not None else kernel[0] * kernel[1]
+    return dict(kernel=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode, count=count)
+
+
+def _product_kind(node: fx.Node, act_args, non_act_inputs, source) -> str | None:
+    """"mul" for the product of two quantized activations (squeeze-excite ``x * gate``): int32
+    product of the centred integers, one requantize; else None (a float island)."""
+    if node.target != aten.mul.Tensor or non_act_inputs or len(node.args) != 2:
+        return None
+    a, b = node.args
+    if not (isinstance(a, fx.Node) and isinstance(b, fx.Node) and a in act_args and b in act_args):
+        return None
+    return "mul" if all(x.name in source or x.op == "placeholder" for x in (a, b)) else None
 
 
 def _lookup_table(node: fx.Node) -> tuple[str, dict, fx.Node] | None:
@@ -407,4 +485,5 @@ def _resolve_source(node: fx.Node, source: dict, quant_points: dict) -> str:
 def build_layer_graph(module: torch.nn.Module, example_inputs: tuple, lookup_tables: bool = True) -> LayerGraph:
     gm = export_model(module, example_inputs)
     fold_batch_norm(gm)
+    batch_norm_as_conv(gm)
     return classify(gm, lookup_tables)

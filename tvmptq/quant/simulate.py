@@ -206,6 +206,35 @@ class QMulConst(_IntLayer):
         return self._finish(self.requant(_centered(x, self.tin[0])))
 
 
+class QAvgPool(_IntLayer):
+    """Average pooling: the integer window sum (padding holds the real 0, i.e. q - z = 0), then
+    one requantize by s_in / (s_out * divisor)."""
+
+    def __init__(self, lp, tensors):
+        super().__init__(lp, tensors)
+        k = lp.attrs["kernel"]
+        self.requant = self._requant(_input_range(self.tin[0]) * k[0] * k[1])
+
+    def forward(self, x):
+        at = self.lp.attrs
+        s = F.avg_pool2d(_centered(x, self.tin[0]).double(), at["kernel"], at["stride"], at["padding"],
+                         at["ceil_mode"], True, divisor_override=1)
+        return self._finish(self.requant(s))
+
+
+class QMul(_IntLayer):
+    """Product of two activations: (a - za)(b - zb) exactly (float64: |product| < 2^18), then the
+    plan's requantize by s_a s_b / s_out."""
+
+    def __init__(self, lp, tensors):
+        super().__init__(lp, tensors)
+        self.requant = self._requant(_input_range(self.tin[0]) * _input_range(self.tin[1]))
+
+    def forward(self, a, b):
+        prod = _centered(a, self.tin[0]).double() * _centered(b, self.tin[1]).double()
+        return self._finish(self.requant(prod))
+
+
 class QLookup(_IntLayer):
     """A unary function as a table from input code to output code (lut.py); kept in float
     (override), the same function evaluated on the dequantized input and quantized."""
@@ -255,7 +284,7 @@ FLOAT64_ISLANDS = {_aten.log_softmax.int: _log_softmax_f64, _aten._log_softmax.d
 
 
 LAYER_MODULES = {"conv2d": QKernel, "linear": QKernel, "matmul": QMatmul, "add": QAdd,
-                 "mean": QMean, "mul_const": QMulConst, "cat": QCat, "lut": QLookup}
+                 "mean": QMean, "mul_const": QMulConst, "cat": QCat, "lut": QLookup, "mul": QMul, "avg_pool": QAvgPool}
 
 
 def simulate(graph: LayerGraph, plan: QuantPlan) -> fx.GraphModule:
