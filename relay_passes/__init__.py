@@ -14,6 +14,7 @@ from .canonicalize import Canonicalize
 from .errors import IntegerOnlyError, LayerMatchError, LoweringError
 from .frontend import import_model, import_onnx
 from .islands import Float64Islands, plan_islands
+from .lookup_tables import LookupTables
 from .lower import lower, lowering_passes
 from .match import MatchPlanLayers, match_layers
 from .quantize_layers import QuantizeLayers
@@ -23,7 +24,7 @@ from .tensorize import (TensorizeDenseVNNI, TensorizeDot, TensorizeRecord, dense
 from .verify import VerifyIntegerOnly, float_ops
 
 __all__ = ["lower", "lowering_passes", "import_model", "import_onnx", "Canonicalize",
-           "MatchPlanLayers", "QuantizeLayers", "CancelQDQ", "VerifyIntegerOnly", "float_ops", "match_layers",
+           "MatchPlanLayers", "LookupTables", "QuantizeLayers", "CancelQDQ", "VerifyIntegerOnly", "float_ops", "match_layers",
            "plan_islands", "Float64Islands", "TensorizeDenseVNNI", "TensorizeDot", "TensorizeRecord", "dense_requant_pattern",
            "tensorize_for", "tensorize_report",
            "op_counts", "format_op_counts", "LoweringError", "LayerMatchError", "IntegerOnlyError"]

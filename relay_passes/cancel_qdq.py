@@ -29,7 +29,7 @@ from tvm.relax import op as R
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from .integer_ops import dtype_range
-from .match import MOVEMENT_OPS, op_name
+from .match import MOVEMENT_OPS, is_movement, op_name
 from .mutate import mutate_functions
 
 MAX_ROUNDS = 64
@@ -88,7 +88,7 @@ def sink_dequantize(func: relax.Function) -> relax.Function:
 
     def rewriter(call, m):
         params = _params(m[deq])
-        if not _scalar(params):
+        if not _scalar(params) or not is_movement(call):
             return call
         pad_value = None
         if op_name(call) == "relax.nn.pad" and str(call.attrs.pad_mode) == "constant":
@@ -109,7 +109,7 @@ def hoist_quantize(func: relax.Function) -> relax.Function:
 
     def rewriter(call, m):
         params, move = _params(call), m[mv]
-        if not _scalar(params):
+        if not _scalar(params) or not is_movement(move):
             return call
         inner = R.quantize(m[x], call.args[1], call.args[2], axis=-1, out_dtype=str(call.attrs.out_dtype))
         pad_value = None
@@ -149,7 +149,7 @@ class _ClipRemover(relax.PyExprMutator):
         if name == "relax.astype":
             inner = self.value_range(expr.args[0]) or self._float_clip_range(expr.args[0])
             return inner if inner and full[0] <= inner[0] and inner[1] <= full[1] else full
-        if name in MOVEMENT_OPS:
+        if name in MOVEMENT_OPS and is_movement(expr):
             inner = self.value_range(expr.args[0]) or full
             if name == "relax.nn.pad":
                 v = int(float(expr.attrs.pad_value))

@@ -44,7 +44,35 @@ ATEN_TO_RELAX: dict[str, tuple[str, ...]] = {
     "clamp.default": ("clip",), "clamp_min.default": ("clip",), "clamp_max.default": ("clip",),
     "linalg_vector_norm.default": ("abs", "power", "sum", "power"),
     "where.self": ("where",), "amax.default": ("max",),
+    "log_softmax.int": ("nn.log_softmax",), "_log_softmax.default": ("nn.log_softmax",),
 }
+# ATen op (program spelling; "+" joins a fused pair) -> the Relax ops the torch frontend emits.
+UNARY_SIGNATURES: dict[str, tuple[str, ...]] = {
+    "sigmoid.default": ("sigmoid",),
+    "tanh.default": ("tanh",),
+    "silu.default": ("sigmoid", "multiply"),
+    "sigmoid.default+mul.Tensor": ("sigmoid", "multiply"),
+    "hardswish.default": ("add", "clip", "clip", "multiply", "divide"),
+    "hardsigmoid.default": ("add", "clip", "clip", "divide"),
+    "gelu.default": ("nn.gelu",),
+    "mish.default": ("exp", "add", "log", "greater", "where", "tanh", "multiply"),
+    "elu.default": ("exp", "subtract", "nn.relu", "multiply", "nn.relu", "add"),
+    "leaky_relu.default": ("nn.leakyrelu",),
+    "leaky_relu_.default": ("nn.leakyrelu",),
+    "relu.default": ("nn.relu",),
+    "relu_.default": ("nn.relu",),
+    "hardtanh.default": ("clip",),
+    "hardtanh_.default": ("clip",),
+    "clamp.default": ("clip",),
+    "clamp_min.default": ("clip",),
+    "clamp_max.default": ("clip",),
+}
+# The same runs are what the islands compute with lookup tables off.
+ATEN_TO_RELAX.update({op: ops for op, ops in UNARY_SIGNATURES.items() if "+" not in op})
+# Float steps whose Relax spelling holds ops that look like quantizable anchors (hardswish's divide
+# by 6 looks like a constant multiply): the matcher skips them as it skips the step itself.
+ISLAND_ANCHOR_KINDS = {"hardswish.default": ("mul", "mul_const"), "hardsigmoid.default": ("mul_const",),
+                       "elu.default": ("add",), "silu.default": ("mul",), "mish.default": ("mul",)}
 # Relax ops that only move or copy float elements: allowed around islands (no arithmetic).
 FLOAT_MOVEMENT = {"reshape", "permute_dims", "expand_dims", "squeeze", "broadcast_to", "flatten",
                   "strided_slice", "concat", "split"}
@@ -65,13 +93,21 @@ def float_step_anchor_kind(step: dict) -> str | None:
         return "add"
     if op in ("mul.Tensor", "div.Tensor") and len(args) >= 2 and _is_value(args[0]) and _is_number_or_const(args[1]):
         return "mul_const"
+    if op == "mul.Tensor" and len(args) >= 2 and _is_value(args[0]) and _is_value(args[1]):
+        return "mul"  # a float product (e.g. a pooling mask): in Relax a multiply of two values
     if op in ("matmul.default", "bmm.default", "mm.default") and all(_is_value(a) for a in args[:2]):
         return "matmul"
     if op in ("mean.dim", "adaptive_avg_pool2d.default"):
         return "mean"
+    if op == "avg_pool2d.default":
+        return "avg_pool"
     if op == "cat.default":
         return "cat"
     return None
+
+
+# Layer kinds rewritten before matching (lookup_tables.LookupTables): no anchor in the Relax graph.
+PRELOWERED_KINDS = {"lut"}
 
 
 def expected_anchors(plan: QuantPlan) -> list[tuple[str, LayerPlan | str]]:
@@ -84,11 +120,12 @@ def expected_anchors(plan: QuantPlan) -> list[tuple[str, LayerPlan | str]]:
     for step in plan.program:
         if step["kind"] == "layer":
             lp = layers[step["layer"]]
-            expected.append((lp.kind, lp))
+            if lp.kind not in PRELOWERED_KINDS:
+                expected.append((lp.kind, lp))
         elif step["kind"] == "op" and not step.get("integer"):
-            kind = float_step_anchor_kind(step)
-            if kind is not None:
-                expected.append((kind, step["name"]))
+            for kind in ISLAND_ANCHOR_KINDS.get(step["op"], (float_step_anchor_kind(step),)):
+                if kind is not None:
+                    expected.append((kind, step["name"]))
     return expected
 
 
@@ -144,7 +181,7 @@ def plan_islands(plan: QuantPlan, branches: bool = True) -> Counter:
 # rounding boundary then quantizes differently, and a transformer amplifies that one-LSB
 # difference layer after layer. Computing them in float64 and rounding once to float32 makes
 # the island match PyTorch's to float32 rounding, as the NumPy reference does.
-PRECISE_ISLAND_OPS = {"relax.nn.layer_norm", "relax.nn.softmax", "relax.nn.gelu"}
+PRECISE_ISLAND_OPS = {"relax.nn.layer_norm", "relax.nn.softmax", "relax.nn.gelu", "relax.nn.log_softmax"}
 
 
 @relax.expr_functor.mutator

@@ -19,12 +19,24 @@ from tvm import relax
 from tvmptq.quant.plan import LayerPlan, QuantPlan
 
 from .errors import LayerMatchError
-from .islands import expected_anchors
+from .islands import PRELOWERED_KINDS, expected_anchors
 
 # Ops that move integers without changing their grid (the quantized value passes through).
 MOVEMENT_OPS = {"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
                 "relax.flatten", "relax.nn.pad", "relax.nn.max_pool2d", "relax.strided_slice",
-                "relax.broadcast_to"}
+                "relax.broadcast_to",
+                "relax.take",             # gathers along an axis: reflect / replicate padding
+                "relax.image.resize2d"}   # nearest-neighbour only (is_movement): upsampling by copies
+
+
+def is_movement(call) -> bool:
+    """``call`` only moves or copies elements of its first operand (see MOVEMENT_OPS)."""
+    name = op_name(call)
+    if name == "relax.image.resize2d":
+        return str(call.attrs.method) == "nearest_neighbor"
+    if name == "relax.take":  # a gather *from* a tensor by constant or integer indices
+        return not _is_const(call.args[0]) and "int" in str(call.args[1].ty.dtype)
+    return name in MOVEMENT_OPS
 # Relax ops that implement the activation the plan fused into a layer's output clip.
 ACTIVATION_OPS = {"relu": {"relax.nn.relu", "relax.clip"}, "clamp": {"relax.clip", "relax.nn.relu6"}}
 
@@ -80,10 +92,14 @@ def anchor_key(call: relax.Call):
         return "add", None
     if name == "relax.mean":
         return "mean", None
+    if name == "relax.nn.avg_pool2d":
+        return "avg_pool", None
     if name == "relax.concat":
         return "cat", None
     if name in ("relax.multiply", "relax.divide") and _is_const(args[1]) and not _is_const(args[0]):
         return "mul_const", None
+    if name == "relax.multiply" and not any(_is_const(a) for a in args):
+        return "mul", None
     return None
 
 
@@ -160,7 +176,7 @@ def _region(g: _Graph, layer: LayerPlan, var, call) -> LayerMatch:
     m = LayerMatch(layer, var, call, var)
     if layer.kind == "cat":
         m.inputs = list(call.args[0].fields)
-    elif layer.kind in ("add", "matmul"):
+    elif layer.kind in ("add", "matmul", "mul"):
         m.inputs = list(call.args)
     else:
         m.inputs = [call.args[0]]
@@ -182,14 +198,14 @@ def _region(g: _Graph, layer: LayerPlan, var, call) -> LayerMatch:
 
 def _source(g: _Graph, expr):
     """Follow data movement back to the value that was quantized."""
-    while isinstance(expr, relax.Var) and op_name(g.value.get(expr)) in MOVEMENT_OPS:
+    while isinstance(expr, relax.Var) and is_movement(g.value.get(expr)):
         expr = g.value[expr].args[0]
     return expr
 
 
 def _check_inputs(g: _Graph, plan: QuantPlan, matches: list[LayerMatch]) -> None:
     produced_by = {m.output: m.layer for m in matches}
-    layer_outputs = {lp.output for lp in plan.layers}
+    layer_outputs = {lp.output for lp in plan.layers if lp.kind not in PRELOWERED_KINDS}
     for m in matches:
         if len(m.inputs) != len(m.layer.inputs):
             raise LayerMatchError(f"plan layer {m.layer.name!r} has {len(m.layer.inputs)} inputs, "

@@ -162,6 +162,47 @@ class _LayerRewriter(relax.PyExprMutator):
         return requantize(bb, acc, a["multiplier"], a["shift"], out, m.layer.clip, axis=len(acc.ty.shape) - 1,
                           acc_bound=bound, mode=self.mode)
 
+    def _avg_pool(self, m, qs, grids, out):
+        """QAvgPool: window sums as a depthwise conv with a ones kernel (int32), the input padded
+        with z (the real 0), minus count * z, times s_in / (s_out * divisor)."""
+        at, bb, g, lp = m.call.attrs, self.builder_, grids[0], m.layer
+        padding = [int(p) for p in at.padding]
+        if [int(k) for k in at.pool_size] != lp.attrs["kernel"] or [int(s) for s in at.strides] != lp.attrs["stride"]:
+            raise LoweringError(f"layer {lp.name!r}: Relax {m.anchor.name} pools {list(at.pool_size)} / "
+                                f"{list(at.strides)}, the plan {lp.attrs['kernel']} / {lp.attrs['stride']}")
+        q = qs[0]
+        kh, kw = lp.attrs["kernel"]
+        shape = [int(d) for d in q.ty.shape]
+        extra = [0, 0]
+        if bool(at.ceil_mode):  # whole windows only (checked when planned): pad the overhang too
+            for i, (n, k, s) in enumerate(zip(shape[2:], (kh, kw), lp.attrs["stride"])):
+                p = lp.attrs["padding"][i]
+                span = n + 2 * p - k
+                o = -(-span // s) + 1
+                o -= (o - 1) * s >= n + p
+                extra[i] = max(0, (o - 1) * s + k - (n + 2 * p))
+        if any(padding) or any(extra):
+            top, left, bottom, right = padding
+            q = bb.emit(R.nn.pad(q, [0, 0, 0, 0, top, bottom + extra[0], left, right + extra[1]], pad_value=g.zero_point))
+        c = shape[1]
+        ones = relax.const(np.ones((c, 1, kh, kw), np.int8), "int8")
+        acc = bb.emit(R.nn.conv2d(q, ones, strides=lp.attrs["stride"], groups=c, out_dtype="int32"))
+        count = kh * kw
+        a = lp.arrays
+        return requantize(bb, acc, a["multiplier"], a["shift"], out, lp.clip, bias=-count * g.zero_point,
+                          acc_bound=count * g.max_abs, mode=self.mode)
+
+    def _mul(self, m, qs, grids, out):
+        """QMul: (a - za)(b - zb) in int32 (|product| < 2^16 for 8-bit grids), one requantize."""
+        bb = self.builder_
+        bound = grids[0].max_abs_centered * grids[1].max_abs_centered
+        cs = [bb.emit(R.subtract(R.astype(q, "int32"), relax.const(g.zero_point, "int32"))) if g.zero_point
+              else bb.emit(R.astype(q, "int32")) for q, g in zip(qs, grids)]
+        prod = bb.emit(R.multiply(cs[0], cs[1]))
+        a = m.layer.arrays
+        return requantize(bb, prod, a["multiplier"], a["shift"], out, m.layer.clip, axis=len(prod.ty.shape) - 1,
+                          acc_bound=bound, mode=self.mode)
+
     def _add(self, m, qs, grids, out):
         """QAdd: (a - za) * ma + (b - zb) * mb, one shared shift (multiplier 1)."""
         a, bb = m.layer.arrays, self.builder_

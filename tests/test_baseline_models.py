@@ -39,7 +39,8 @@ def test_efficientnet_w8a8_fidelity(efficientnet):
 
 def test_minilm_keeps_only_declared_islands():
     model = tvmptq.load("minilm_l6")
-    graph = tvmptq.prepare(model)
+    assert [layer.attrs["function"] for layer in tvmptq.prepare(model).layers if layer.kind == "lut"] == ["gelu"] * 6
+    graph = tvmptq.prepare(model, lookup_tables=False)  # GELU as a declared float island
     kinds = [layer.kind for layer in graph.layers]
     assert kinds.count("linear") == 36          # q, k, v, out, ffn in/out per block, 6 blocks
     assert kinds.count("matmul") == 12          # scores and context per block

@@ -259,10 +259,12 @@ def test_minilm_compiled_matches_simulation(minilm, symmetric):
     mod = rp.lowering_passes(qm.plan)(imported)
     counts = rp.op_counts(mod)
     assert counts["matmul -> int32"] == 48 and counts["matmul -> float32"] == 0  # 36 linears + 12 attention
-    # Asymmetric operands are centred in int32 before the attention matmuls; symmetric ones are not.
-    assert counts["subtract -> int32"] == (0 if symmetric else 24)
+    # Asymmetric operands are centred in int32 before the attention matmuls; symmetric ones are not
+    # (their 6 GELU tables index q - qmin = q + 128 instead).
+    assert counts["subtract -> int32"] == (6 if symmetric else 24)
     islands = rp.plan_islands(qm.plan)
-    assert islands["nn.softmax"] == 6 and islands["nn.layer_norm"] == 13 and islands["nn.gelu"] == 6
+    assert islands["nn.softmax"] == 6 and islands["nn.layer_norm"] == 13 and islands["nn.gelu"] == 0
+    assert [lp.attrs["function"] for lp in qm.plan.layers if lp.kind == "lut"] == ["gelu"] * 6  # integer tables
     assert islands["add"] == 8  # 2 embedding adds + 6 attention-mask adds; 12 residual adds are integer
     assert counts["add -> float64"] == 0 or counts["nn.layer_norm -> float32"] == 0  # islands in float64
     got, ref = compile_integer(mod)(*evaluation), qm.runner()(*evaluation)

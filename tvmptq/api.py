@@ -55,9 +55,10 @@ class QuantizedModel:
         return format_report(rows, self.plan)
 
 
-def prepare(model: ZooModel) -> LayerGraph:
-    """Export and analyse the float model once; reuse the result for several configs."""
-    return build_layer_graph(model.build(), model.example_inputs(1))
+def prepare(model: ZooModel, lookup_tables: bool = True) -> LayerGraph:
+    """Export and analyse the float model once; reuse the result for several configs (with the
+    same ``lookup_tables``: unary functions as integer tables, or as float islands)."""
+    return build_layer_graph(model.build(), model.example_inputs(1), lookup_tables)
 
 
 def check_inputs(model: ZooModel, arrays) -> tuple[np.ndarray, ...]:
@@ -88,10 +89,10 @@ def check_inputs(model: ZooModel, arrays) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-def _calibrate(model: ZooModel, calibration, graph, batch_size, progress):
+def _calibrate(model: ZooModel, calibration, graph, batch_size, progress, lookup_tables=True):
     """Checked inputs, the graph, streaming statistics, and what the pass cost."""
     calibration = check_inputs(model, calibration)
-    graph = graph or prepare(model)
+    graph = graph or prepare(model, lookup_tables)
     t0 = time.perf_counter()
     observers, samples = collect_statistics(graph, batches(calibration, batch_size), progress)
     return calibration, graph, observers, lambda: {
@@ -134,7 +135,8 @@ def quantize(model: ZooModel, calibration, config: QuantConfig, graph: LayerGrap
     requantize multipliers and int32 biases, :mod:`tvmptq.algorithms.cwac`; options are
     :class:`~tvmptq.algorithms.cwac.CWACConfig` fields); "qwt" (QwT v1 per-block linear
     compensation, a declared float branch, :mod:`tvmptq.algorithms.qwt`)."""
-    calibration, graph, observers, stats = _calibrate(model, calibration, graph, batch_size, progress)
+    calibration, graph, observers, stats = _calibrate(model, calibration, graph, batch_size, progress,
+                                                      config.lookup_tables)
     plan = build_plan(graph, observers, config, model.name, calibration, batch_size)
     plan.stats = stats()
     return apply_method(QuantizedModel(model, graph, plan, simulate(graph, plan)), calibration, method,
@@ -214,7 +216,8 @@ def quantize_auto(model: ZooModel, calibration, config: QuantConfig, graph: Laye
                   method_options: dict | None = None) -> QuantizedModel:
     """PTQ with the activation observer chosen on calibration data only (never on evaluation
     data): see :func:`select_observer`; then ``method`` as in :func:`quantize`."""
-    calibration, graph, observers, stats = _calibrate(model, calibration, graph, batch_size, progress)
+    calibration, graph, observers, stats = _calibrate(model, calibration, graph, batch_size, progress,
+                                                      config.lookup_tables)
     probe = tuple(a[:AUTO_SELECT_SAMPLES] for a in calibration)
     _, plan, sim, scores = select_observer(graph, observers, config, probe, batch_size, model.name)
     plan.stats = stats()
@@ -224,7 +227,7 @@ def quantize_auto(model: ZooModel, calibration, config: QuantConfig, graph: Laye
 
 def from_plan(model: ZooModel, plan: QuantPlan, graph: LayerGraph | None = None) -> QuantizedModel:
     """Rebuild the simulation of a saved plan (the plan is the single source of truth)."""
-    graph = graph or prepare(model)
+    graph = graph or prepare(model, bool(plan.config.get("lookup_tables", False)))  # older plans: islands
     names = {layer.name for layer in graph.layers}
     missing = [layer.name for layer in plan.layers if layer.name not in names]
     if missing or plan.model != model.name:

@@ -104,7 +104,8 @@ def cmd_quantize(args) -> int:
 
     config = tvmptq.make_config(args.wbits, args.abits, "minmax" if args.observer == "auto" else args.observer,
                                 args.weight_rule, args.symmetric, args.percentile, args.first_last_8bit,
-                                _parse_layer_overrides(args.layer), not args.no_bias_correction)
+                                _parse_layer_overrides(args.layer), not args.no_bias_correction,
+                                lookup_tables=not args.float_activations)
     model = tvmptq.load(args.model, _input_shapes(args.input_shape))
     saved = tvmptq.QuantPlan.load(args.from_plan) if args.from_plan else None
     if saved is not None and saved.model != model.name:
@@ -409,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--first-last-8bit", action="store_true", help="keep first and last layer at 8 bits")
     q.add_argument("--no-bias-correction", action="store_true",
                    help="skip the empirical per-channel bias correction (on by default)")
+    q.add_argument("--float-activations", action="store_true",
+                   help="keep sigmoid, tanh, SiLU, hardswish, hardsigmoid, GELU, Mish, ELU, LeakyReLU as "
+                        "declared float islands (default: integer lookup tables, input code -> output code)")
     q.add_argument("--method", default="baseline",
                    help="baseline | cwac | qwt | adaround | brecq | waps, or reconstruction+compensation "
                         "applied left to right (e.g. brecq+cwac). cwac: QwT-v2 per-channel affine folded "

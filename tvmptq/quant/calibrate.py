@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, DataError
 from .fixedpoint import quantize_multiplier, shared_shift_multipliers
 from .graph import Layer, LayerGraph
+from .lut import build_table
 from .observers import HistogramObserver
 from .plan import LayerPlan, QuantPlan, TensorQuant
 from .program import build_program
@@ -125,18 +126,26 @@ def _layer_plan(layer: Layer, graph: LayerGraph, tensors: dict, config: QuantCon
             plan.attrs["bias_clipped_channels"] = clipped
         arr["bias"] = np.clip(bias_q, *INT32).astype(np.int32)
         arr["multiplier"], arr["shift"] = quantize_multiplier(acc_scale / float(out.scale))
-    elif layer.kind == "matmul":
+    elif layer.kind in ("matmul", "mul"):
         real = float(tensors[ins[0]].scale) * float(tensors[ins[1]].scale) / float(out.scale)
         arr["multiplier"], arr["shift"] = quantize_multiplier(real)
     elif layer.kind in ("add", "cat"):
         m, k = shared_shift_multipliers([float(tensors[i].scale) / float(out.scale) for i in ins])
         arr["multiplier"], arr["shift"] = m, np.array([k], dtype=np.int64)
+    elif layer.kind == "avg_pool":  # the window sum times s_in / (s_out * divisor)
+        real = float(tensors[ins[0]].scale) / (float(out.scale) * layer.attrs["count"])
+        arr["multiplier"], arr["shift"] = quantize_multiplier(real)
     elif layer.kind == "mean":
         shape = layer.inputs[0].meta["val"].shape
         count = int(np.prod([shape[d] for d in layer.attrs["dims"]]))
         plan.attrs["count"] = count
         real = float(tensors[ins[0]].scale) / (float(out.scale) * count)
         arr["multiplier"], arr["shift"] = quantize_multiplier(real)
+    elif layer.kind == "lut":  # integer lookup table (lut.py); kept in float: the island itself
+        plan.keep_float = bool(ovr and ovr.keep_float)
+        if not plan.keep_float:
+            arr["table"] = build_table(layer.attrs["function"], layer.attrs["function_attrs"],
+                                       tensors[ins[0]], out, plan.clip)
     elif layer.kind == "mul_const":
         factor = layer.attrs["factor"]
         m, k = quantize_multiplier(abs(factor) * float(tensors[ins[0]].scale) / float(out.scale))
@@ -178,7 +187,7 @@ def build_plan(graph: LayerGraph, observers: dict[str, HistogramObserver], confi
     cfg = {"weight_bits": config.weight.bits, "weight_rule": config.weight.rule,
            "activation_bits": config.activation.bits, "observer": config.activation.rule,
            "symmetric": config.activation.symmetric, "percentile": config.activation.percentile,
-           "first_last_8bit": config.first_last_8bit,
+           "first_last_8bit": config.first_last_8bit, "lookup_tables": config.lookup_tables,
            "overrides": {k: vars(v) for k, v in config.overrides}, "name": config.name}
     program, constants = build_program(graph)
     plan = QuantPlan(model_name, cfg, tensors, layers, [n.name for n in graph.islands],

@@ -34,6 +34,7 @@ REQUANT_OPS = {
     aten.mul.Tensor: "mul_const",   # only by a Python scalar; checked in classify()
     aten.div.Tensor: "mul_const",   # likewise
     aten.cat.default: "cat",
+    aten.avg_pool2d.default: "avg_pool",  # int32 window sum, one requantize (uniform divisor)
 }
 # Activations fused into the clip of the op that produces their input.
 FUSABLE_ACTIVATIONS = {aten.relu.default, aten.relu_.default, aten.hardtanh.default,
@@ -47,7 +48,10 @@ PASSTHROUGH_OPS = {
     aten.select.int, aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default,
     aten.unflatten.int, aten.alias.default, aten.detach.default, aten._assert_tensor_metadata.default,
     operator.getitem,
+    aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default,  # copies of input pixels
 }
+# Padding modes that copy values (exact on any grid); "constant" must pad the real value 0.
+COPY_PAD_MODES = {"reflect", "replicate"}
 # Ops allowed to stay in float as declared islands: input dequantized, output re-quantized.
 FLOAT_ISLAND_OPS = {
     aten.softmax.int, aten._softmax.default, aten.layer_norm.default, aten.gelu.default,
@@ -59,6 +63,9 @@ FLOAT_ISLAND_OPS = {
     aten.type_as.default, aten.arange.start, aten.arange.default, aten.ones_like.default,
     aten.zeros_like.default, aten.full_like.default, aten.div.Tensor, aten.mul.Tensor,
     aten.add.Tensor, aten.expand_as.default, aten.mean.dim, aten.max.dim, aten.amax.default,
+    # unary functions computed as lookup tables by default (lut.py); islands with lookup_tables=False
+    aten.hardsigmoid.default, aten.mish.default, aten.elu.default, aten.leaky_relu.default,
+    aten.log_softmax.int, aten._log_softmax.default,  # classifier heads: a declared float island
 }
 
 
@@ -185,6 +192,40 @@ def fold_batch_norm(gm: fx.GraphModule) -> int:
     return folded
 
 
+def batch_norm_as_conv(gm: fx.GraphModule) -> int:
+    """Eval batch norm on NCHW that follows no conv -> a depthwise 1x1 conv (per-channel affine),
+    which the plan quantizes like any conv; relay_passes/batch_norm.py does the same in Relax."""
+    done = 0
+    for bn in list(gm.graph.nodes):
+        if bn.target not in (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default):
+            continue
+        x = bn.args[0]
+        val = x.meta.get("val") if isinstance(x, fx.Node) else None
+        gamma, beta, mean, var = (const_value(gm, a) for a in bn.args[1:5])
+        if val is None or val.dim() != 4 or mean is None or var is None:
+            continue
+        eps = bn.args[7] if bn.target == aten.batch_norm.default else bn.args[6]
+        c = mean.numel()
+        g = (gamma.double() if gamma is not None else torch.ones(c, dtype=torch.float64)) * torch.rsqrt(var.double() + eps)
+        b = (beta.double() if beta is not None else 0) - mean.double() * g
+        w = _new_param(gm, f"{bn.name}_as_conv_weight", g.float().view(c, 1, 1, 1), bn)
+        bias = _new_param(gm, f"{bn.name}_as_conv_bias", b.float(), bn)
+        with gm.graph.inserting_before(bn):
+            conv = gm.graph.call_function(aten.conv2d.default, (x, w, bias, [1, 1], [0, 0], [1, 1], c))
+        conv.meta["val"] = val
+        if bn.target == aten._native_batch_norm_legit_no_training.default:
+            for u in list(bn.users):  # getitem(bn, 0)
+                u.replace_all_uses_with(conv)
+                gm.graph.erase_node(u)
+        else:
+            bn.replace_all_uses_with(conv)
+        gm.graph.erase_node(bn)
+        done += 1
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return done
+
+
 def _fusable_activation(node: fx.Node) -> tuple[fx.Node, str, tuple | None] | None:
     """The activation node fused into ``node``'s output clip, if it is the only user."""
     if len(node.users) != 1:
@@ -235,8 +276,11 @@ def _kernel_layer(gm, node, kind) -> Layer:
     return Layer(node.name, "matmul", node, node, [args[0], args[1]])
 
 
-def classify(gm: fx.GraphModule) -> LayerGraph:
-    """Find layers, quantization points, float islands and auxiliary (non-activation) ops."""
+def classify(gm: fx.GraphModule, lookup_tables: bool = True) -> LayerGraph:
+    """Find layers, quantization points, float islands and auxiliary (non-activation) ops.
+
+    ``lookup_tables``: unary functions of one quantized tensor (sigmoid, SiLU, GELU, ..., see
+    lut.FUNCTIONS) become integer lookup-table layers (kind "lut"); off, they stay float islands."""
     layers: list[Layer] = []
     quant_points: dict[str, fx.Node] = {}
     source: dict[str, str] = {}
@@ -271,13 +315,20 @@ def classify(gm: fx.GraphModule) -> LayerGraph:
         non_act_inputs = [a for a in node.all_input_nodes
                           if not is_activation.get(a.name) and const_value(gm, a) is None]
         if kind == "mul_const" and not isinstance(node.args[1], (int, float)):
-            kind = None
+            kind = _product_kind(node, act_args, non_act_inputs, source)
+        if kind == "mul":
+            act_args = list(node.args[:2])
         if kind in ("add", "cat") and non_act_inputs:
             kind = None  # mixes in auxiliary data (e.g. an attention mask): a float island
         if kind == "add" and (len(act_args) != 2 or (len(node.args) > 2 and node.args[2] != 1)):
             kind = None
         if kind in REQUANT_OPS.values() and not any(a.name in source for a in act_args):
             kind = None  # elementwise math on float-island outputs stays in the island
+        # A table needs an integer input: functions of float-island results stay in the island.
+        quantized_input = bool(node.args) and isinstance(node.args[0], fx.Node) and (node.args[0].name in source or node.args[0].op == "placeholder")
+        lut = _lookup_table(node) if lookup_tables and kind is None and quantized_input else None
+        if lut is not None:
+            kind = "lut"
         if kind == "mean" and target == aten.adaptive_avg_pool2d.default and list(node.args[1]) != [1, 1]:
             raise UnsupportedOpError(f"adaptive_avg_pool2d '{node.name}' to {node.args[1]}: only global pooling")
         if kind is not None:
@@ -291,9 +342,19 @@ def classify(gm: fx.GraphModule) -> LayerGraph:
                                        else list(node.args[1]))
                 layer.attrs["keepdim"] = (True if target == aten.adaptive_avg_pool2d.default
                                           else bool(node.args[2]) if len(node.args) > 2 else False)
+            if kind == "avg_pool":
+                layer.attrs.update(_avg_pool_attrs(node))
             if kind == "cat":
                 layer.inputs = list(node.args[0])
                 layer.attrs["dim"] = node.args[1] if len(node.args) > 1 else 0
+            if kind == "lut":
+                layer.inputs = [node.args[0]]
+                layer.attrs["function"], layer.attrs["function_attrs"], layer.out_node = lut
+                layer.attrs["aten"] = getattr(target, "__name__", str(target))  # how Relax spells it
+                if layer.out_node is not node:  # x * sigmoid(x) spelled out (ONNX SiLU)
+                    layer.attrs["aten"] += "+" + layer.out_node.target.__name__
+                    consumed_by_act.add(layer.out_node.name)
+                    node = layer.out_node
             fused = _fusable_activation(node)
             if fused is not None:
                 layer.out_node, layer.activation, layer.act_range = fused
@@ -312,9 +373,10 @@ def classify(gm: fx.GraphModule) -> LayerGraph:
             if target == aten.pad.default:
                 mode = node.args[2] if len(node.args) > 2 else "constant"
                 value = node.args[3] if len(node.args) > 3 else None
-                if mode != "constant" or value not in (None, 0, 0.0):
-                    raise UnsupportedOpError(f"pad '{node.name}' mode={mode} value={value}: "
-                                             "only zero constant padding is exact in the integer domain")
+                if mode not in COPY_PAD_MODES and (mode != "constant" or value not in (None, 0, 0.0)):
+                    raise UnsupportedOpError(f"pad '{node.name}' mode={mode} value={value}: only zero constant "
+                                             f"padding and {'/'.join(sorted(COPY_PAD_MODES))} padding are exact "
+                                             "in the integer domain")
             if target in FUSABLE_ACTIVATIONS:
                 islands.append(node)  # an unfused activation: computed on dequantized values
             elif isinstance(src, fx.Node) and src.name in source:
@@ -326,6 +388,62 @@ def classify(gm: fx.GraphModule) -> LayerGraph:
                 f"unsupported op {getattr(target, '__name__', target)} at node '{node.name}': "
                 "no integer lowering and not a declared float island")
     return LayerGraph(gm, layers, quant_points, islands, aux, inputs, source)
+
+
+def _avg_pool_attrs(node: fx.Node) -> dict:
+    """Kernel, stride, padding and the one divisor of an avg_pool2d; refused (named) when the divisor
+    varies with the position, which would need a multiplier per output pixel."""
+    pair = lambda v: [int(v[0]), int(v[-1])] if isinstance(v, (list, tuple)) else [int(v), int(v)]  # noqa: E731
+    args = list(node.args) + [None] * (7 - len(node.args))
+    kernel = pair(args[1])
+    stride = pair(args[2]) if args[2] not in (None, [], ()) else list(kernel)
+    padding = pair(args[3] if args[3] is not None else 0)
+    ceil_mode = bool(args[4]) if args[4] is not None else False
+    include_pad = bool(args[5]) if args[5] is not None else True
+    divisor = args[6]
+    shape = node.args[0].meta["val"].shape[-2:]
+    partial = False
+    for n, k, s, p in zip(shape, kernel, stride, padding):
+        span = int(n) + 2 * p - k
+        out = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (out - 1) * s >= int(n) + p:
+            out -= 1
+        partial |= (out - 1) * s + k > int(n) + 2 * p
+    if divisor is None and (partial or (any(padding) and not include_pad)):
+        raise UnsupportedOpError(
+            f"avg_pool2d '{node.name}' (kernel {kernel}, stride {stride}, padding {padding}, ceil_mode={ceil_mode}, "
+            f"count_include_pad={include_pad}) divides border windows by fewer elements: that needs a requantize "
+            "multiplier per output position (not lowered); use count_include_pad=True without partial windows")
+    count = int(divisor) if divisor is not None else kernel[0] * kernel[1]
+    return dict(kernel=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode, count=count)
+
+
+def _product_kind(node: fx.Node, act_args, non_act_inputs, source) -> str | None:
+    """"mul" for the product of two quantized activations (squeeze-excite ``x * gate``): int32
+    product of the centred integers, one requantize; else None (a float island)."""
+    if node.target != aten.mul.Tensor or non_act_inputs or len(node.args) != 2:
+        return None
+    a, b = node.args
+    if not (isinstance(a, fx.Node) and isinstance(b, fx.Node) and a in act_args and b in act_args):
+        return None
+    return "mul" if all(x.name in source or x.op == "placeholder" for x in (a, b)) else None
+
+
+def _lookup_table(node: fx.Node) -> tuple[str, dict, fx.Node] | None:
+    """(function, attrs, last node) if ``node`` is a unary function computed by a lookup table."""
+    from .lut import FUNCTIONS, function_attrs
+    if node.target not in FUNCTIONS or not isinstance(node.args[0], fx.Node):
+        return None
+    try:
+        name, attrs = function_attrs(node)
+    except TypeError:  # e.g. a clamp with tensor bounds: not a function of the input alone
+        return None
+    x = node.args[0]
+    if name == "sigmoid" and len(node.users) == 1:  # x * sigmoid(x) is SiLU, one table
+        user = next(iter(node.users))
+        if user.target == aten.mul.Tensor and set(user.args[:2]) == {x, node} and x is not node:
+            return "silu", {}, user
+    return name, attrs, node
 
 
 def _plain(value):
@@ -364,7 +482,8 @@ def _resolve_source(node: fx.Node, source: dict, quant_points: dict) -> str:
     return node.name
 
 
-def build_layer_graph(module: torch.nn.Module, example_inputs: tuple) -> LayerGraph:
+def build_layer_graph(module: torch.nn.Module, example_inputs: tuple, lookup_tables: bool = True) -> LayerGraph:
     gm = export_model(module, example_inputs)
     fold_batch_norm(gm)
-    return classify(gm)
+    batch_norm_as_conv(gm)
+    return classify(gm, lookup_tables)

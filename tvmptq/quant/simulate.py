@@ -20,6 +20,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from . import lut
 from .graph import LayerGraph
 from .plan import LayerPlan, QuantPlan, TensorQuant
 
@@ -205,6 +206,55 @@ class QMulConst(_IntLayer):
         return self._finish(self.requant(_centered(x, self.tin[0])))
 
 
+class QAvgPool(_IntLayer):
+    """Average pooling: the integer window sum (padding holds the real 0, i.e. q - z = 0), then
+    one requantize by s_in / (s_out * divisor)."""
+
+    def __init__(self, lp, tensors):
+        super().__init__(lp, tensors)
+        k = lp.attrs["kernel"]
+        self.requant = self._requant(_input_range(self.tin[0]) * k[0] * k[1])
+
+    def forward(self, x):
+        at = self.lp.attrs
+        s = F.avg_pool2d(_centered(x, self.tin[0]).double(), at["kernel"], at["stride"], at["padding"],
+                         at["ceil_mode"], True, divisor_override=1)
+        return self._finish(self.requant(s))
+
+
+class QMul(_IntLayer):
+    """Product of two activations: (a - za)(b - zb) exactly (float64: |product| < 2^18), then the
+    plan's requantize by s_a s_b / s_out."""
+
+    def __init__(self, lp, tensors):
+        super().__init__(lp, tensors)
+        self.requant = self._requant(_input_range(self.tin[0]) * _input_range(self.tin[1]))
+
+    def forward(self, a, b):
+        prod = _centered(a, self.tin[0]).double() * _centered(b, self.tin[1]).double()
+        return self._finish(self.requant(prod))
+
+
+class QLookup(_IntLayer):
+    """A unary function as a table from input code to output code (lut.py); kept in float
+    (override), the same function evaluated on the dequantized input and quantized."""
+
+    def __init__(self, lp, tensors):
+        super().__init__(lp, tensors)
+        t = self.tin[0]
+        self.base = t.qmin - t.zero_point  # index = (q - z) - (qmin - z)
+        if not lp.keep_float:
+            table = lp.arrays["table"].astype(np.float64) - self.tout.zero_point
+            self.register_buffer("table", torch.as_tensor(table))
+
+    def forward(self, x):
+        if self.lp.keep_float:
+            y = lut.evaluate(self.lp.attrs["function"], self.lp.attrs["function_attrs"], x.float())
+            return self._finish(torch.round(y / self.tout.scale).to(torch.float64))
+        index = _centered(x, self.tin[0]).sub_(self.base).to(torch.int64)
+        return self._finish(self.table[index])
+
+
 # Float islands computed in float64 and rounded once to float32. float32 LayerNorm, softmax and
 # GELU differ between libraries by a few ulps, enough to flip a quantization tie now and then,
 # and a transformer amplifies one flipped LSB layer after layer (MiniLM: 0.8 % of sentences
@@ -223,13 +273,18 @@ def _gelu_f64(x, approximate="none"):
     return F.gelu(x.double(), approximate=approximate).to(x.dtype)
 
 
+def _log_softmax_f64(x, dim, dtype_or_half=None):
+    return torch.log_softmax(x.double(), dim).to(x.dtype)
+
+
 _aten = torch.ops.aten
-FLOAT64_ISLANDS = {_aten.layer_norm.default: _layer_norm_f64, _aten.softmax.int: _softmax_f64,
+FLOAT64_ISLANDS = {_aten.log_softmax.int: _log_softmax_f64, _aten._log_softmax.default: _log_softmax_f64,
+                   _aten.layer_norm.default: _layer_norm_f64, _aten.softmax.int: _softmax_f64,
                    _aten._softmax.default: _softmax_f64, _aten.gelu.default: _gelu_f64}
 
 
 LAYER_MODULES = {"conv2d": QKernel, "linear": QKernel, "matmul": QMatmul, "add": QAdd,
-                 "mean": QMean, "mul_const": QMulConst, "cat": QCat}
+                 "mean": QMean, "mul_const": QMulConst, "cat": QCat, "lut": QLookup, "mul": QMul, "avg_pool": QAvgPool}
 
 
 def simulate(graph: LayerGraph, plan: QuantPlan) -> fx.GraphModule:

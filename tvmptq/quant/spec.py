@@ -97,6 +97,7 @@ class QuantConfig:
     first_last_8bit: bool = False  # first and last conv/linear: 8-bit weights and 8-bit inputs
     overrides: tuple[tuple[str, LayerOverride], ...] = ()
     bias_correction: bool = True   # empirical per-channel bias correction (bias_correction.py)
+    lookup_tables: bool = True     # unary functions (sigmoid, SiLU, GELU, ...) as integer tables (lut.py)
 
     @property
     def name(self) -> str:
@@ -107,10 +108,11 @@ class QuantConfig:
 
 
 def make_config(w_bits=8, a_bits=8, observer="minmax", weight_rule="mse", symmetric=False,
-                percentile=99.99, first_last_8bit=False, overrides=None, bias_correction=True) -> QuantConfig:
+                percentile=99.99, first_last_8bit=False, overrides=None, bias_correction=True,
+                lookup_tables=True) -> QuantConfig:
     """Convenience constructor used by the CLI and the benchmarks."""
     ovr = tuple(sorted((k, v if isinstance(v, LayerOverride) else LayerOverride(**v))
                        for k, v in (overrides or {}).items()))
     return QuantConfig(WeightSpec(w_bits, weight_rule),
                        ActivationSpec(a_bits, symmetric, observer, percentile),
-                       first_last_8bit, ovr, bias_correction)
+                       first_last_8bit, ovr, bias_correction, lookup_tables)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ops
+from . import lut, ops
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,6 +60,24 @@ def _matmul(lp, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ops.requantize(acc, lp.arrays["multiplier"].reshape(()), lp.arrays["shift"].reshape(()))
 
 
+def _avg_pool(lp, x: np.ndarray) -> np.ndarray:
+    """Window sums of the centred integers (zero padding is the real 0), one requantize."""
+    at = lp.attrs
+    (kh, kw), (sh, sw), (ph, pw) = at["kernel"], at["stride"], at["padding"]
+    n, c, h, w = x.shape
+    ho, wo = (ops.max_pool2d(np.zeros((1, 1, h, w)), at["kernel"], at["stride"], at["padding"],
+                             ceil_mode=at["ceil_mode"]).shape[-2:])
+    xp = np.zeros((n, c, max(h + 2 * ph, (ho - 1) * sh + kh), max(w + 2 * pw, (wo - 1) * sw + kw)), np.int64)
+    xp[:, :, ph:ph + h, pw:pw + w] = x
+    s = sum(xp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] for i in range(kh) for j in range(kw))
+    return ops.requantize(s, lp.arrays["multiplier"].reshape(()), lp.arrays["shift"].reshape(()))
+
+
+def _mul(lp, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Product of two activations: exact int64 product of the centred integers, one requantize."""
+    return ops.requantize(a * b, lp.arrays["multiplier"].reshape(()), lp.arrays["shift"].reshape(()))
+
+
 def _add(lp, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     m, k = lp.arrays["multiplier"], lp.arrays["shift"][0]
     return ops.requantize(a * m[0] + b * m[1], 1, k)
@@ -81,7 +99,7 @@ def _cat(lp, *xs: np.ndarray) -> np.ndarray:
 
 
 LAYERS = {"conv2d": _kernel, "linear": _kernel, "matmul": _matmul, "add": _add, "mean": _mean,
-          "mul_const": _mul_const, "cat": _cat}
+          "mul_const": _mul_const, "cat": _cat, "mul": _mul, "avg_pool": _avg_pool}
 
 
 def _float_kernel(lp, x: QValue, t) -> np.ndarray:
@@ -103,6 +121,8 @@ def _run_layer(plan, lp, inputs: list) -> QValue:
     for i, v in enumerate(inputs):
         if not isinstance(v, QValue):
             raise TypeError(f"layer {lp.name!r}: input {lp.inputs[i]!r} is not an integer tensor")
+    if lp.kind == "lut":  # codes in, codes out (the output zero point is in the table)
+        return QValue(np.clip(lut.run(plan, lp, inputs[0]), *lp.clip), t)
     if lp.keep_float:
         y = _float_kernel(lp, inputs[0], t)
     else:
@@ -183,7 +203,7 @@ def _run_op(step: dict, args: list, kwargs: dict):
         strip = lambda v: v.q if isinstance(v, QValue) else v
         out = fn(*_map(strip, args), zero_point=src.t.zero_point, **_map(strip, kwargs))
         return _map(lambda v: QValue(np.asarray(v), src.t) if isinstance(v, np.ndarray) else v, out)
-    fn = ops.OPS.get(op)
+    fn = ops.OPS.get(op) or lut.ISLAND_OPS.get(op)
     if fn is None:
         raise NotImplementedError(f"op {op!r} (step {step['name']!r}) is not implemented by the NumPy reference")
     real = lambda v: v.dequantize() if isinstance(v, QValue) else v

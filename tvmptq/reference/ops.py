@@ -155,6 +155,11 @@ def softmax(x, dim, half_to_float=False, dtype=None):
     return e / e.sum(axis=dim, keepdims=True)
 
 
+def log_softmax(x, dim, half_to_float=False, dtype=None):
+    shifted = x - x.max(axis=dim, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
+
+
 def layer_norm(x, shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
     axes = tuple(range(x.ndim - len(shape), x.ndim))
     mean = x.mean(axis=axes, keepdims=True)
@@ -307,7 +312,12 @@ def _pad_widths(x, pad):
     return widths
 
 
+COPY_PAD_MODES = {"reflect": "reflect", "replicate": "edge"}  # ATen -> NumPy: values copied
+
+
 def pad(x, pad, mode="constant", value=None, *, fill=None):
+    if mode in COPY_PAD_MODES:
+        return np.pad(x, _pad_widths(x, pad), mode=COPY_PAD_MODES[mode])
     if mode != "constant":
         raise NotImplementedError(f"pad mode {mode!r}")
     widths = _pad_widths(x, pad)
@@ -344,6 +354,21 @@ def max_pool2d(x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False
     return out
 
 
+def upsample_nearest2d(x, output_size=None, scale_factors=None):
+    """ATen's nearest: source index floor(dst * scale) (float32), scale = 1 / factor when a factor
+    is given, else in / out; clamped to the last row/column."""
+    h, w = x.shape[-2:]
+    if output_size is not None:
+        sizes, scales = [int(s) for s in output_size], [np.float32(h / int(output_size[0])), np.float32(w / int(output_size[1]))]
+    else:
+        f = list(scale_factors)
+        sizes = [int(np.floor(h * f[0])), int(np.floor(w * f[-1]))]
+        scales = [np.float32(1.0 / f[0]), np.float32(1.0 / f[-1])]
+    rows = np.minimum(np.floor(np.arange(sizes[0], dtype=np.float32) * scales[0]).astype(np.int64), h - 1)
+    cols = np.minimum(np.floor(np.arange(sizes[1], dtype=np.float32) * scales[1]).astype(np.int64), w - 1)
+    return x[..., rows, :][..., cols]
+
+
 def _identity(x, *args, **kw):
     return x
 
@@ -369,6 +394,8 @@ MOVEMENT = {
     "getitem": lambda seq, i: seq[i],
     "pad.default": pad, "constant_pad_nd.default": lambda x, p, value=0: pad(x, p, "constant", value),
     "max_pool2d.default": max_pool2d,
+    "upsample_nearest2d.vec": upsample_nearest2d,
+    "upsample_nearest2d.default": lambda x, output_size, scales_h=None, scales_w=None: upsample_nearest2d(x, output_size),
 }
 
 
@@ -398,6 +425,7 @@ OPS = dict(MOVEMENT) | {
     "where.self": where, "masked_fill.Scalar": masked_fill,
     # transcendental functions and reductions (float64 inside, one rounding)
     "softmax.int": _f64(softmax), "_softmax.default": _f64(softmax),
+    "log_softmax.int": _f64(log_softmax), "_log_softmax.default": _f64(log_softmax),
     "layer_norm.default": _f64(layer_norm), "gelu.default": _f64(gelu),
     "exp.default": _f64(np.exp), "sqrt.default": _f64(np.sqrt),
     "rsqrt.default": _f64(lambda x: 1.0 / np.sqrt(x)), "tanh.default": _f64(np.tanh),
@@ -427,6 +455,8 @@ INTEGER_OPS = {name: _on_integers(fn) for name, fn in MOVEMENT.items()} | {
 
 
 def _int_pad(x, p, mode, value, zero_point):
+    if mode in COPY_PAD_MODES:
+        return pad(x, p, mode)
     if value not in (None, 0, 0.0):
         raise NotImplementedError(f"integer pad with value {value}: only the real value 0 is on the grid")
     return pad(x, p, mode, fill=zero_point)
