@@ -6,6 +6,8 @@ import warnings
 import torch
 import tvm
 
+from tvmptq.quant.decompose import decompose
+
 
 def import_model(module: torch.nn.Module, example_inputs) -> tvm.IRModule:
     """Import ``module`` for the exact shapes of ``example_inputs`` (the batch size is static)."""
@@ -15,6 +17,8 @@ def import_model(module: torch.nn.Module, example_inputs) -> tvm.IRModule:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation notice
         ep = torch.export.export(module.eval(), example_inputs)
+    # The attention decompositions the plan was made with (one attention path for every model).
+    ep = decompose(ep)
     # Constants (not parameters) so that batch-norm folding and FoldConstant can see the weights.
     return from_exported_program(ep, keep_params_as_input=False)
 

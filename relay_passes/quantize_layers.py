@@ -52,10 +52,22 @@ class _LayerRewriter(relax.PyExprMutator):
         g = _Graph(mod["main"])
         self.tensors = {name: _source(g, x) for m in matches for x, name in zip(m.inputs, m.layer.inputs)}
         self.tensors.update({m.layer.output: m.output for m in matches})
+        # Float island results the plan quantizes (a pre-LN residual stream, say): every user,
+        # the float ones (the next LayerNorm) included, reads the quantized value, as in the
+        # simulation; the integer users' quantize(dequantize(q)) pairs cancel in CancelQDQ.
+        layer_outputs = {m.layer.output for m in matches}
+        params = set(mod["main"].params)
+        self.quantized_islands = {v: name for name, v in self.tensors.items()
+                                  if name not in layer_outputs and isinstance(v, relax.Var) and v not in params}
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         if binding.var in self.interior:
             return  # recomputed in integers when the region's output binding is reached
+        if binding.var in self.quantized_islands:
+            grid = Grid.of(self.plan.tensors[self.quantized_islands[binding.var]])
+            value = self.builder_.emit(self.visit_expr(binding.value))
+            fake = dequantize(self.builder_.emit(quantize(value, grid)), grid)
+            return super().visit_var_binding_(relax.VarBinding(binding.var, fake))
         match = self.by_output.get(binding.var)
         if match is None:
             return super().visit_var_binding_(binding)

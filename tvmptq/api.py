@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 
 from .errors import ConfigError, DataError, ShapeError
-from .eval.sets import batches, get_set, run_outputs, torch_runner
+from .eval.sets import batch_size_for, batches, get_set, run_outputs, torch_runner
 from .eval.metrics import sqnr_db
 from .quant.calibrate import build_plan, collect_statistics
 from .quant.graph import LayerGraph, build_layer_graph
@@ -25,16 +25,22 @@ from .quant.report import format_report, layer_sqnr
 from .quant.simulate import simulate
 from .quant.spec import QuantConfig
 from .util import peak_rss_mb
-from .zoo import ZooModel, from_onnx, get_model
+from .zoo import ZooModel, from_exported, from_onnx, get_model
 
 OBSERVERS = ("minmax", "percentile", "mse")
 AUTO_SELECT_SAMPLES = 64  # calibration samples used to pick the observer in "auto" mode
 
 
 def load(name_or_path: str, input_shapes=None) -> ZooModel:
-    """A zoo model by name, or a user ONNX file by path."""
-    if str(name_or_path).endswith(".onnx") or Path(str(name_or_path)).suffix == ".onnx":
+    """A zoo model by name, a user ONNX file by path, or a ``.pt2`` file written by
+    ``torch.export.save`` (exported with a dynamic batch or at a fixed one)."""
+    suffix = Path(str(name_or_path)).suffix
+    if suffix == ".onnx":
         return from_onnx(name_or_path, input_shapes=input_shapes)
+    if suffix == ".pt2":
+        if input_shapes:
+            raise ConfigError("--input-shape applies to ONNX files; a .pt2 program carries its own shapes")
+        return from_exported(name_or_path)
     return get_model(name_or_path)
 
 
@@ -51,14 +57,17 @@ class QuantizedModel:
 
     def report(self, arrays, batch_size: int = 16, max_samples: int = 32) -> str:
         arrays = tuple(a[:max_samples] for a in arrays)
+        batch_size = batch_size_for(self.graph, batch_size)
         rows = layer_sqnr(self.graph, self.simulated, self.plan, batches(arrays, batch_size))
         return format_report(rows, self.plan)
 
 
 def prepare(model: ZooModel, lookup_tables: bool = True) -> LayerGraph:
     """Export and analyse the float model once; reuse the result for several configs (with the
-    same ``lookup_tables``: unary functions as integer tables, or as float islands)."""
-    return build_layer_graph(model.build(), model.example_inputs(1), lookup_tables)
+    same ``lookup_tables``: unary functions as integer tables, or as float islands). A model whose
+    graph fixes its batch (``model.batch``) is captured at that batch."""
+    batch = getattr(model, "batch", None)
+    return build_layer_graph(model.build(), model.example_inputs(batch or 1), lookup_tables, batch)
 
 
 def check_inputs(model: ZooModel, arrays) -> tuple[np.ndarray, ...]:
@@ -93,6 +102,7 @@ def _calibrate(model: ZooModel, calibration, graph, batch_size, progress, lookup
     """Checked inputs, the graph, streaming statistics, and what the pass cost."""
     calibration = check_inputs(model, calibration)
     graph = graph or prepare(model, lookup_tables)
+    batch_size = batch_size_for(graph, batch_size)
     t0 = time.perf_counter()
     observers, samples = collect_statistics(graph, batches(calibration, batch_size), progress)
     return calibration, graph, observers, lambda: {
@@ -137,6 +147,7 @@ def quantize(model: ZooModel, calibration, config: QuantConfig, graph: LayerGrap
     compensation, a declared float branch, :mod:`tvmptq.algorithms.qwt`)."""
     calibration, graph, observers, stats = _calibrate(model, calibration, graph, batch_size, progress,
                                                       config.lookup_tables)
+    batch_size = batch_size_for(graph, batch_size)
     plan = build_plan(graph, observers, config, model.name, calibration, batch_size)
     plan.stats = stats()
     return apply_method(QuantizedModel(model, graph, plan, simulate(graph, plan)), calibration, method,
@@ -158,6 +169,8 @@ def apply_method(qm: QuantizedModel, calibration, method: str = "baseline", opti
     options = dict(options or {})
     if "iters" in options and (not isinstance(options["iters"], int) or options["iters"] < 1):
         raise ConfigError(f"iters must be a positive integer, got {options['iters']!r}")
+    if qm.graph.batch:  # the fits run the graph, which takes exactly this many samples per call
+        options["batch_size"] = batch_size_for(qm.graph, 32)
     plan, sim = qm.plan, qm.simulated
     for name in names:
         plan, sim = _fit(name, qm, plan, calibration, options, progress)
@@ -218,6 +231,7 @@ def quantize_auto(model: ZooModel, calibration, config: QuantConfig, graph: Laye
     data): see :func:`select_observer`; then ``method`` as in :func:`quantize`."""
     calibration, graph, observers, stats = _calibrate(model, calibration, graph, batch_size, progress,
                                                       config.lookup_tables)
+    batch_size = batch_size_for(graph, batch_size)
     probe = tuple(a[:AUTO_SELECT_SAMPLES] for a in calibration)
     _, plan, sim, scores = select_observer(graph, observers, config, probe, batch_size, model.name)
     plan.stats = stats()
@@ -247,6 +261,8 @@ def simulated_plan(graph: LayerGraph, plan: QuantPlan) -> fx.GraphModule:
 def fp32_outputs(model: ZooModel, arrays, graph: LayerGraph | None = None, batch_size: int = 32,
                  progress: bool = True) -> np.ndarray:
     module = graph.gm if graph is not None else model.build()
+    batch_size = batch_size_for(graph, batch_size) if graph is not None else (
+        batch_size_for(model, batch_size))
     return run_outputs(torch_runner(module), arrays, batch_size, "fp32", progress)
 
 

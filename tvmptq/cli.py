@@ -219,6 +219,9 @@ def cmd_compile(args) -> int:
     t0 = time.perf_counter()
     m = compile_artifact(model, plan, args.out, args.batch, args.target, pre, source, plan_file=args.plan,
                          database=database, targets_file=args.targets_file or (), tensorize=not args.no_tensorize)
+    if m["batch"] != args.batch:
+        print(f"note: {model.name}'s graph fixes batch size {m['batch']}: compiled at that batch "
+              f"(not --batch {args.batch}); `tvmptq run` feeds any number of samples in batches of it")
     after = m["op_counts"]["after"]
     integer = sum(v for k, v in after.items() if k.split(" -> ")[0] in ("nn.conv2d", "matmul") and "int" in k)
     print(f"compiled {model.name} {m['plan']['config']} for {args.target} (static batch {m['batch']}) in "

@@ -131,6 +131,8 @@ def compile_artifact(model, plan: QuantPlan, out_dir, batch: int = 8, target: st
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output path exists and is not a folder: {out}")
+    fixed = plan.config.get("fixed_batch") or getattr(model, "batch", None)
+    batch = int(fixed) if fixed else batch  # a graph that fixes its batch compiles at that batch
     named, tvm_target = resolve(target, targets_file)
     before, mod = _lower(model, plan, batch, named, tensorize)
     try:
@@ -168,6 +170,7 @@ def compile_artifact(model, plan: QuantPlan, out_dir, batch: int = 8, target: st
         "model": {"name": model.name, "task": model.task, "source": source or f"zoo:{model.name}",
                   "description": model.description},
         "batch": batch,
+        "batch_fixed_by_model": bool(fixed),
         "inputs": [{"name": n, "relax_name": p.name, **_tensor_info(p.ty)}
                    for n, p in zip(model.input_names, func.params)],
         "outputs": [{"name": n, **_tensor_info(t), "grid": grids[i] if i < len(grids) else None}

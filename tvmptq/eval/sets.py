@@ -85,10 +85,26 @@ def get_set(name: str) -> EvalSet:
     return SETS[name]
 
 
+class FixedBatch(int):
+    """A batch size that a model's graph requires exactly (an ONNX file or ``.pt2`` exported at
+    batch 1, say): :func:`batches` pads a short last chunk to it by repeating its last sample and
+    :func:`run_outputs` trims the padded rows, so such a model takes any number of samples."""
+
+
+def batch_size_for(graph, batch_size: int) -> int:
+    """``batch_size``, or the :class:`FixedBatch` of a graph that fixes its batch size."""
+    fixed = getattr(graph, "batch", None)
+    return FixedBatch(fixed) if fixed else batch_size
+
+
 def batches(arrays: Arrays, batch_size: int) -> Iterator[Arrays]:
     n = len(arrays[0])
     for i in range(0, n, batch_size):
-        yield tuple(a[i:i + batch_size] for a in arrays)
+        chunk = tuple(a[i:i + batch_size] for a in arrays)
+        short = batch_size - len(chunk[0])
+        if isinstance(batch_size, FixedBatch) and short > 0:
+            chunk = tuple(np.concatenate([c, np.repeat(c[-1:], short, axis=0)]) for c in chunk)
+        yield chunk
 
 
 def torch_runner(module: torch.nn.Module) -> Callable[..., np.ndarray]:
@@ -110,7 +126,7 @@ def run_outputs(runner, arrays: Arrays, batch_size: int = 32, desc: str = "evalu
     for batch in tqdm(batches(arrays, batch_size), total=total, desc=desc, unit="batch",
                       disable=not progress, leave=False):
         outs.append(np.asarray(runner(*batch)))
-    return np.concatenate(outs)
+    return np.concatenate(outs)[:len(arrays[0])]  # without the rows a FixedBatch padded
 
 
 def score(task: str, reference: np.ndarray, outputs: np.ndarray, labels=None) -> dict[str, float]:

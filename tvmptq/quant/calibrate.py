@@ -193,6 +193,8 @@ def build_plan(graph: LayerGraph, observers: dict[str, HistogramObserver], confi
     plan = QuantPlan(model_name, cfg, tensors, layers, [n.name for n in graph.islands],
                      [n for n in graph.input_names if n in tensors], program=program, constants=constants)
     plan.config["bias_correction"] = False
+    if graph.batch:  # the graph fixes its batch size: the program is compiled at that batch
+        plan.config["fixed_batch"] = int(graph.batch)
     if config.bias_correction and calibration is not None:
         from ..eval.sets import batches
         from .bias_correction import SAMPLES, correct_biases

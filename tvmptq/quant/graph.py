@@ -41,7 +41,7 @@ FUSABLE_ACTIVATIONS = {aten.relu.default, aten.relu_.default, aten.hardtanh.defa
                        aten.hardtanh_.default, aten.clamp.default}
 # Ops that move or select integers without changing the grid: output shares the input's quant.
 PASSTHROUGH_OPS = {
-    aten.view.default, aten.reshape.default, aten.flatten.using_ints, aten.permute.default,
+    aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints, aten.permute.default,
     aten.transpose.int, aten.t.default, aten.contiguous.default, aten.clone.default,
     aten.dropout.default, aten.pad.default, aten.max_pool2d.default, aten.squeeze.dim,
     aten.squeeze.default, aten.unsqueeze.default, aten.expand.default, aten.slice.Tensor,
@@ -94,25 +94,66 @@ class LayerGraph:
     aux: list[fx.Node]                    # ops on non-activation data (masks, shapes)
     input_names: list[str]
     source: dict[str, str]                # node name -> quantized tensor it aliases
+    batch: int | None = None              # the batch size the graph fixes (None: dynamic batch)
 
     def tensor_of(self, node: fx.Node) -> str:
         return self.source[node.name]
 
 
-def export_model(module: torch.nn.Module, example_inputs: tuple) -> fx.GraphModule:
-    """Capture the model as an ATen graph; clear errors for what torch.export cannot take."""
+def export_model(module: torch.nn.Module, example_inputs: tuple, batch: int | None = None) -> fx.GraphModule:
+    """Capture the model as an ATen graph; clear errors for what torch.export cannot take.
+
+    ``batch``: the batch size the model's graph fixes (an ONNX file or ``.pt2`` exported at batch
+    1, say), captured at exactly that size; None: a dynamic batch dimension, and where the model
+    cannot be captured with one, the examples' own batch size instead. The graph's ``fixed_batch``
+    attribute says which (None: dynamic). Attention ops are decomposed (quant/decompose.py)."""
+    from .decompose import decompose
+
     module = module.eval()
-    # A dynamic batch dimension lets one graph run calibration and evaluation batches of any
-    # size. torch.export specializes sizes 0 and 1, so the example is given a batch of 2.
-    examples = tuple(torch.cat([t[:1], t[:1]]) for t in example_inputs)
-    dynamic = tuple({0: torch.export.Dim.AUTO} for _ in examples)
+    if batch is None:
+        # A dynamic batch dimension lets one graph run calibration and evaluation batches of any
+        # size. torch.export specializes sizes 0 and 1, so the example is given a batch of 2.
+        examples = tuple(torch.cat([t[:1], t[:1]]) for t in example_inputs)
+        dynamic = tuple({0: torch.export.Dim.AUTO} for _ in examples)
+        try:
+            with torch.no_grad():
+                ep = torch.export.export(module, examples, dynamic_shapes=dynamic)
+            if _batch_is_symbolic(ep):
+                gm = decompose(ep).module()
+                gm.fixed_batch = None
+                return gm
+            dynamic_error = None  # Dim.AUTO specialised the batch to the example's: the graph fixes it
+        except UnsupportedOpError:
+            raise
+        except Exception as err:  # the graph fixes its batch: capture it at the examples' size
+            dynamic_error = err
+        batch = len(example_inputs[0])
+        example_inputs = tuple(t[:batch] for t in example_inputs)
+    else:
+        dynamic_error = None
+    examples = tuple(example_inputs)
+    if len(examples[0]) != batch:
+        raise ModelError(f"the model's graph fixes batch size {batch}; example inputs have {len(examples[0])}")
     try:
         with torch.no_grad():
-            ep = torch.export.export(module, examples, dynamic_shapes=dynamic)
+            gm = decompose(torch.export.export(module, examples)).module()
+    except UnsupportedOpError:
+        raise
     except Exception as err:  # torch raises many types; the message is what helps users
+        err = dynamic_error or err
         raise ModelError(f"torch.export could not capture the model: {type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}") from err
-    return ep.module()
+    gm.fixed_batch = batch
+    return gm
+
+
+def _batch_is_symbolic(ep) -> bool:
+    """Whether dim 0 of every user tensor input of the captured program is a symbolic size."""
+    specs = [s for s in ep.graph_signature.input_specs if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
+    nodes = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    vals = [nodes[s.arg.name].meta.get("val") for s in specs if s.arg.name in nodes]
+    return all(not isinstance(v, torch.Tensor) or (v.dim() > 0 and isinstance(v.shape[0], torch.SymInt))
+               for v in vals)
 
 
 def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
@@ -130,19 +171,26 @@ def const_value(gm: fx.GraphModule, node) -> torch.Tensor | None:
         return _attr(gm, node.target).detach()
     if node.op != "call_function":
         return None
-    args = []
-    for a in node.args:
-        if isinstance(a, fx.Node):
-            v = const_value(gm, a)
-            if v is None:
-                return None
-            args.append(v)
-        else:
-            args.append(a)
     if not any(isinstance(a, fx.Node) for a in node.args):
         return None
+    # Node arguments may sit inside lists (a size list holding the symbolic batch, as in
+    # ``cls.expand(b, 1, -1)``): such a node is not constant and is never evaluated.
+    missing = object()
+
+    def fold(a):
+        if isinstance(a, fx.Node):
+            v = const_value(gm, a)
+            return missing if v is None else v
+        if isinstance(a, (list, tuple)):
+            vals = [fold(x) for x in a]
+            return missing if any(v is missing for v in vals) else type(a)(vals)
+        return a
+    args = fold(list(node.args))
+    kwargs = {k: fold(v) for k, v in node.kwargs.items()}
+    if args is missing or any(v is missing for v in kwargs.values()):
+        return None
     with torch.no_grad():
-        return node.target(*args, **node.kwargs)
+        return node.target(*args, **kwargs)
 
 
 def _new_param(gm: fx.GraphModule, name: str, value: torch.Tensor, before: fx.Node) -> fx.Node:
@@ -224,6 +272,36 @@ def batch_norm_as_conv(gm: fx.GraphModule) -> int:
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return done
+
+
+def fold_linear_bias(gm: fx.GraphModule) -> int:
+    """``matmul(x, W) + b`` (how ONNX files spell a linear layer on 3-D tokens: MatMul, then Add
+    with the bias first) -> ``linear(x, W^T, b)``, so the bias joins the layer's int32 bias as in
+    the PyTorch graph; returns how many were folded."""
+    folded = 0
+    for mm in list(gm.graph.nodes):
+        if mm.target not in (aten.matmul.default, aten.mm.default) or len(mm.users) != 1:
+            continue
+        w = const_value(gm, mm.args[1])
+        add = next(iter(mm.users))
+        if w is None or w.dim() != 2 or add.target != aten.add.Tensor or len(add.args) != 2 or add.kwargs:
+            continue
+        other = add.args[0] if add.args[1] is mm else add.args[1]
+        b = const_value(gm, other) if isinstance(other, fx.Node) else None
+        if b is None or b.shape != (w.shape[1],) or const_value(gm, mm.args[0]) is not None:
+            continue
+        wn = _new_param(gm, f"{mm.name}_linear_weight", w.t().contiguous(), mm)
+        bn = _new_param(gm, f"{mm.name}_linear_bias", b, mm)
+        with gm.graph.inserting_before(add):
+            linear = gm.graph.call_function(aten.linear.default, (mm.args[0], wn, bn))
+        linear.meta = dict(add.meta)
+        add.replace_all_uses_with(linear)
+        gm.graph.erase_node(add)
+        gm.graph.erase_node(mm)
+        folded += 1
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return folded
 
 
 def _fusable_activation(node: fx.Node) -> tuple[fx.Node, str, tuple | None] | None:
@@ -314,10 +392,13 @@ def classify(gm: fx.GraphModule, lookup_tables: bool = True) -> LayerGraph:
         kind = KERNEL_OPS.get(target) or REQUANT_OPS.get(target)
         non_act_inputs = [a for a in node.all_input_nodes
                           if not is_activation.get(a.name) and const_value(gm, a) is None]
-        if kind == "mul_const" and not isinstance(node.args[1], (int, float)):
+        factor = _scalar_factor(gm, node) if kind == "mul_const" else None
+        if kind == "mul_const" and factor is None:
             kind = _product_kind(node, act_args, non_act_inputs, source)
         if kind == "mul":
             act_args = list(node.args[:2])
+        if kind == "cat" and any(const_value(gm, a) is not None for a in node.args[0]):
+            kind = None  # joins a constant (an ONNX file's CLS token folded at batch 1): a float island
         if kind in ("add", "cat") and non_act_inputs:
             kind = None  # mixes in auxiliary data (e.g. an attention mask): a float island
         if kind == "add" and (len(act_args) != 2 or (len(node.args) > 2 and node.args[2] != 1)):
@@ -335,7 +416,7 @@ def classify(gm: fx.GraphModule, lookup_tables: bool = True) -> LayerGraph:
             layer = (_kernel_layer(gm, node, kind) if target in KERNEL_OPS else
                      Layer(node.name, kind, node, node, list(act_args)))
             if kind == "mul_const":
-                c = float(node.args[1])
+                c = factor
                 layer.attrs["factor"] = 1.0 / c if target == aten.div.Tensor else c
             if kind == "mean":
                 layer.attrs["dims"] = ([2, 3] if target == aten.adaptive_avg_pool2d.default
@@ -446,6 +527,18 @@ def _lookup_table(node: fx.Node) -> tuple[str, dict, fx.Node] | None:
     return name, attrs, node
 
 
+def _scalar_factor(gm, node: fx.Node) -> float | None:
+    """The constant of ``x * c`` / ``x / c``: a Python number, or a one-element constant tensor
+    (how ONNX files spell attention's scale), else None."""
+    c = node.args[1] if len(node.args) > 1 else None
+    if isinstance(c, (int, float)) and not isinstance(c, bool):
+        return float(c)
+    value = const_value(gm, c) if isinstance(c, fx.Node) else None
+    if value is not None and value.numel() == 1 and value.is_floating_point():
+        return float(value.reshape(()))
+    return None
+
+
 def _plain(value):
     """JSON-friendly op argument: a symbolic size (the dynamic batch) becomes {"symbolic": name} of
     the program value that holds it (a sym_size step), so several symbolic sizes stay distinct."""
@@ -482,8 +575,12 @@ def _resolve_source(node: fx.Node, source: dict, quant_points: dict) -> str:
     return node.name
 
 
-def build_layer_graph(module: torch.nn.Module, example_inputs: tuple, lookup_tables: bool = True) -> LayerGraph:
-    gm = export_model(module, example_inputs)
+def build_layer_graph(module: torch.nn.Module, example_inputs: tuple, lookup_tables: bool = True,
+                      batch: int | None = None) -> LayerGraph:
+    gm = export_model(module, example_inputs, batch)
     fold_batch_norm(gm)
     batch_norm_as_conv(gm)
-    return classify(gm, lookup_tables)
+    fold_linear_bias(gm)
+    graph = classify(gm, lookup_tables)
+    graph.batch = getattr(gm, "fixed_batch", None)
+    return graph

@@ -49,7 +49,10 @@ def build_program(graph: LayerGraph) -> tuple[list[dict], dict[str, np.ndarray]]
         if isinstance(a, fx.Node):
             if a.name not in from_input:  # parameters and what is computed from them alone
                 if a.name not in consts:
-                    consts[a.name] = _evaluate_const(gm, a).detach().cpu().numpy()
+                    value = _evaluate_const(gm, a)
+                    if isinstance(value, (bool, int, float)):  # a folded scalar, e.g. item() of a constant
+                        return value
+                    consts[a.name] = value.detach().cpu().numpy()
                 return {"const": a.name}
             return {"value": a.name}
         if isinstance(a, dict):

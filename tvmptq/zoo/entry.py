@@ -25,6 +25,7 @@ class ZooModel:
     example_inputs: Callable[[int], tuple[torch.Tensor, ...]]  # batch size -> forward() arguments
     input_names: tuple[str, ...]
     description: str = ""
+    batch: int | None = None  # the batch size the model's graph fixes (None: any batch size)
 
     def __post_init__(self):
         if self.task not in TASKS:

@@ -80,6 +80,32 @@ class StaticExpand(nn.Module):
         return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(self.shape)))
 
 
+class StaticSplit(nn.Module):
+    """ONNX Split with constant sizes (or equal parts): plain ints, so torch.export sees static
+    part sizes (onnx2torch reads the sizes with ``Tensor.tolist()``, data-dependent under export,
+    and a following Squeeze of a part then cannot tell that its dim is 1)."""
+
+    def __init__(self, sizes: Optional[list[int]], parts: int, axis: int):
+        super().__init__()
+        self.sizes, self.parts, self.axis = sizes, parts, axis
+
+    def forward(self, x: torch.Tensor):
+        sizes = self.sizes or -(-x.shape[self.axis] // self.parts)  # ONNX: equal parts, the last smaller
+        return torch.split(x, sizes, dim=self.axis)
+
+
+class StaticSelect(nn.Module):
+    """ONNX Gather with a constant scalar index (a ViT's CLS token, ``x[:, 0]``): ``select`` with a
+    Python int, which torch.export keeps static (onnx2torch indexes with the tensor's ``item()``)."""
+
+    def __init__(self, axis: int, index: int):
+        super().__init__()
+        self.axis, self.index = axis, index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.select(self.axis, self.index)
+
+
 class StaticSlice(nn.Module):
     def __init__(self, starts: list[int], ends: list[int], axes: Optional[list[int]], steps: Optional[list[int]]):
         super().__init__()
@@ -178,6 +204,22 @@ def _slice(node, graph):
     return _result(StaticSlice(starts, ends, axes, steps), node)
 
 
+def _split(node, graph):
+    sizes = _ints(_constant(node, graph, 1)) or node.attributes.get("split")
+    module = StaticSplit(list(sizes) if sizes else None, len(node.output_values), node.attributes.get("axis", 0))
+    return _result(module, node)
+
+
+def _gather(node, graph):
+    data = node.input_values[0]
+    if data in graph.initializers:
+        raise _NotConstant  # a table lookup (embedding): onnx2torch's own converter
+    index = _constant(node, graph, 1)
+    if index is None or index.dim() != 0:
+        raise _NotConstant
+    return _result(StaticSelect(node.attributes.get("axis", 0), int(index)), node)
+
+
 def _pad(node, graph):
     value = _constant(node, graph, 2)
     module = StaticPad(
@@ -234,6 +276,8 @@ _STATIC_CONVERTERS: list[tuple[str, tuple[int, ...], Callable]] = [
     ("Tile", (6, 13), _tile),
     ("ConstantOfShape", (9, 20, 21), _constant_of_shape),
     ("Squeeze", (13, 21), _squeeze),
+    ("Split", (13, 18), _split),
+    ("Gather", (1, 11, 13), _gather),
     *((op, (18,), _reduce_with_axes_input) for op in _REDUCE_OPS_18),
     ("ReduceMax", (20,), _reduce_with_axes_input),
     ("ReduceMin", (20,), _reduce_with_axes_input),

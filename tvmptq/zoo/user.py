@@ -299,10 +299,12 @@ def _input_templates(model, path: Path, input_shapes: Mapping[str, Sequence[int]
                     f"{path.name}: shape {shape} given for input {value.name!r} does not fit its ONNX shape "
                     f"{_describe_dims(tensor_type)}"
                 )
+        elif dims and dims[0] is None and all(d is not None for d in dims[1:]):
+            shape = (1,) + tuple(dims[1:])  # a dynamic batch needs no shape: converted at batch 1
         elif any(d is None for d in dims):
             raise ShapeError(
                 f"{path.name}: input {value.name!r} has dynamic dims {_describe_dims(tensor_type)}; pass "
-                f"input_shapes={{{value.name!r}: (...)}} with a concrete shape"
+                f"--input-shape {value.name}=D0,D1,... (API: input_shapes={{{value.name!r}: (...)}}) with a concrete shape"
             )
         else:
             shape = tuple(dims)
@@ -374,7 +376,8 @@ def from_onnx(
     inputs with dynamic dims, the shapes given in `input_shapes` ({input name: shape}), so that its
     shape arithmetic folds away and `torch.export` can trace the module. Reshapes that keep the batch
     dim are converted so that the module still works at other batch sizes; if it does not (checked
-    at load time), `example_inputs(batch)` accepts only the loaded batch size.
+    at load time), the entry's ``batch`` is the loaded batch size and the pipeline runs the model
+    at that size (calibration and evaluation batches split or padded, compiled at that batch).
     Example float inputs are seeded standard normal, integer inputs zeros, bool True.
     `build()` returns the same converted module each time.
     Raises ModelError (missing, unreadable, invalid or unconvertible file), UnsupportedOpError (first
@@ -395,20 +398,59 @@ def from_onnx(
     module = _convert(model, path, templates)
     _check_runs(module, make_inputs(batch_size), f"ONNX model {path.name} (converted by onnx2torch)")
     any_batch = _runs_at_other_batch_sizes(module, make_inputs, batch_size)
-
-    def example_inputs(batch: int) -> tuple[torch.Tensor, ...]:
-        if batch != batch_size and not any_batch:
-            raise ShapeError(
-                f"{name}: the converted model works only at batch size {batch_size} (its ONNX graph fixes "
-                f"that batch size in its shape operations), not {batch}"
-            )
-        return make_inputs(batch)
-
     return ZooModel(
         name=name,
         task=task,
         build=lambda: module,
-        example_inputs=example_inputs,
+        example_inputs=make_inputs,
         input_names=tuple(t[0] for t in templates),
         description=f"user ONNX model {path.name}, converted to PyTorch by onnx2torch",
+        batch=None if any_batch else batch_size,
+    )
+
+
+def from_exported(
+    path: str | Path,
+    name: str | None = None,
+    task: str = "classification",
+) -> ZooModel:
+    """Load a ``.pt2`` file written by ``torch.export.save`` (the serialized PyTorch graph).
+
+    The program is exported with a dynamic batch or at a fixed one (say 1); the example inputs
+    take their per-sample shapes and dtypes from the program's input signature, and a fixed batch
+    is kept as ``batch`` (the pipeline then runs it at that size)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"exported program not found: {path}")
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as exc:
+        raise ModelError(f"cannot read {path} as a torch.export program (torch.export.save): "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    specs = [s for s in ep.graph_signature.input_specs
+             if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
+    nodes = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    vals = [nodes[s.arg.name].meta.get("val") for s in specs]
+    if not vals or not all(isinstance(v, torch.Tensor) and v.dim() > 0 for v in vals):
+        raise ModelError(f"{path.name}: every input of the exported program must be a tensor with a batch dim")
+    fixed = [int(v.shape[0]) for v in vals if not isinstance(v.shape[0], torch.SymInt)]
+    batch = fixed[0] if len(fixed) == len(vals) else None
+    templates = [(tuple(int(d) for d in v.shape[1:]), v.dtype) for v in vals]
+    module = ep.module()
+    # The unlifted program refuses train()/eval(); it was captured in the mode it runs in.
+    module.train = module.eval = lambda mode=True: module
+
+    def make_inputs(n: int) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(0)
+        return tuple(_example_tensor((n,) + shape, dtype, generator) for shape, dtype in templates)
+
+    _check_runs(module, make_inputs(batch or 2), f"exported program {path.name}")
+    return ZooModel(
+        name=name or path.stem,
+        task=task,
+        build=lambda: module,
+        example_inputs=make_inputs,
+        input_names=tuple(s.arg.name for s in specs),
+        description=f"user PyTorch program {path.name} (torch.export.save)",
+        batch=batch,
     )
