@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import relay_passes as rp
+from targets.build import compile_integer
 import tvmptq
 
 FUNCTIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "silu": F.silu, "hardswish": F.hardswish,
@@ -64,7 +65,7 @@ def main():
         for tables in (True, False):
             qm = tvmptq.quantize(model, (calib,), tvmptq.make_config(8, 8, lookup_tables=tables), progress=False)
             mod = rp.lower(model.build(), model.example_inputs(1), qm.plan)
-            run = rp.compile_integer(mod, "x86-host", tensorize=True)
+            run = compile_integer(mod, "x86-host", tensorize=True)
             res[tables] = (median_ms(run, x, args.repeat),
                            sum(v for k, v in rp.op_counts(mod).items() if "float" in k.split("->")[-1]))
         (lut_ms, lut_iqr), lut_float = res[True]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import relay_passes as rp
+from targets.build import compile_integer
 import tvmptq
 from tvmptq.quant import lut
 from tvmptq.quant.plan import LayerPlan, TensorQuant
@@ -113,7 +114,7 @@ def test_compiled_equals_simulation_and_reference(every_function):
     assert rp.float_ops(mod) == []  # integer-only: no declared island either
     counts = rp.op_counts(mod)
     assert counts["take -> uint8"] + counts["take -> int8"] == 10
-    got = rp.compile_integer(mod, "x86-host", tensorize=True)(x)
+    got = compile_integer(mod, "x86-host", tensorize=True)(x)
     np.testing.assert_array_equal(got, ref)
     fp = module(torch.as_tensor(x)).detach().numpy()
     assert (fp * got).sum() / np.linalg.norm(fp) / np.linalg.norm(got) > 0.999

@@ -78,6 +78,7 @@ def test_plan_changes_only_values(fitted, digits_w2a4, method):
 def test_compiled_is_zero_cost_and_bit_exact(fitted, digits_w2a4, digits_relax, method):
     pytest.importorskip("tvm")
     import relay_passes as rp
+    from targets.build import compile_integer
     from tvmptq.algorithms.cost import parameter_count, relax_constants
     _, _, _, x, qm = digits_w2a4
     imported = digits_relax[4]
@@ -85,7 +86,7 @@ def test_compiled_is_zero_cost_and_bit_exact(fitted, digits_w2a4, digits_relax, 
     base_mod, mod = rp.lowering_passes(qm.plan)(imported), rp.lowering_passes(plan)(imported)
     assert rp.op_counts(base_mod) == rp.op_counts(mod)
     assert relax_constants(base_mod) == relax_constants(mod) and parameter_count(base_mod) == parameter_count(mod)
-    got = rp.compile_integer(mod)(x)
+    got = compile_integer(mod)(x)
     assert np.array_equal(got, torch_runner(sim)(x)) and np.array_equal(got, run_plan(plan, x))
 
 
