@@ -23,9 +23,10 @@ INT32 = (-(2 ** 31), 2 ** 31 - 1)
 SAMPLES = 64  # calibration samples used; the per-channel means settle well before that
 
 
-def _channel_sums(y: torch.Tensor) -> np.ndarray:
-    """Per-channel sums (channel axis 1 for conv maps, last for linear) and the element count."""
-    flat = y.double().movedim(1, -1) if y.dim() == 4 else y.double()
+def _channel_sums(y: torch.Tensor, conv: bool) -> np.ndarray:
+    """Per-channel sums (channel axis 1 for conv maps; last for linear layers, also on 4-D
+    channels-last tensors such as ConvNeXt's) and the element count."""
+    flat = y.double().movedim(1, -1) if conv else y.double()
     flat = flat.reshape(-1, flat.shape[-1])
     return np.append(flat.sum(0).numpy(), flat.shape[0])
 
@@ -55,8 +56,9 @@ class _LayerErrors(fx.Interpreter):
                 acc = F.conv2d(xc, w, None, at["stride"], at["padding"], at["dilation"], at["groups"])
             else:
                 acc = F.linear(xc, w)
-            self.int_sums[lp.name] = self.int_sums.get(lp.name, 0) + _channel_sums(acc)
-            self.fp_sums[lp.name] = self.fp_sums.get(lp.name, 0) + _channel_sums(out)
+            conv = lp.kind == "conv2d"
+            self.int_sums[lp.name] = self.int_sums.get(lp.name, 0) + _channel_sums(acc, conv)
+            self.fp_sums[lp.name] = self.fp_sums.get(lp.name, 0) + _channel_sums(out, conv)
         return out
 
 
