@@ -36,7 +36,7 @@ from tvm.relax import op as R
 
 from .match import op_name
 from .mutate import mutate_functions
-from .linear_bias import BiasBeforeReshape
+from .linear_form import BiasBeforeReshape, UnbroadcastWeights
 from .slices import SelectsAsSlices
 
 _BINARY = {"relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply,
@@ -172,5 +172,5 @@ def Canonicalize(numpy_fold: bool = True) -> tvm.transform.Pass:  # noqa: N802 (
         passes.append(FoldConstantNumpy())
     # (x, indices)[0] from max_pool2d_with_indices -> x, then drop what is no longer used.
     passes += [relax.transform.FoldConstant(), BatchNormAsConv(), ClipFromTIR(), relax.transform.CanonicalizeBindings(),
-               relax.transform.DeadCodeElimination(), SelectsAsSlices(), BiasBeforeReshape()]
+               relax.transform.DeadCodeElimination(), SelectsAsSlices(), UnbroadcastWeights(), BiasBeforeReshape()]
     return tvm.transform.Sequential(passes, name="tvmptq.Canonicalize")

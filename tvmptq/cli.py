@@ -54,7 +54,7 @@ def _calibration_arrays(args, model):
     else:
         path = Path(source)
         if path.suffix in (".npy", ".npz"):
-            arrays = (data.load_array_file(path, args.npz_key),)
+            arrays = data.load_named_arrays(path, model.input_names, args.npz_key)
         elif path.suffix == ".txt":
             if model.name != "minilm_l6":
                 raise ConfigError(f"text calibration data needs a model with a tokenizer; {model.name!r} has none")

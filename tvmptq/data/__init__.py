@@ -10,7 +10,8 @@ from tvmptq.data.text import (
     sentences_sha256,
     stdlib_sentences,
 )
-from tvmptq.data.user import check_finite_nonempty, load_array_file, load_image_folder, load_text_file
+from tvmptq.data.user import (check_finite_nonempty, load_array_file, load_image_folder, load_named_arrays,
+                             load_text_file)
 from tvmptq.data.vision import (
     CALIBRATION_PHOTOS,
     EVALUATION_PHOTOS,
@@ -29,5 +30,5 @@ __all__ = [
     "views_sha256",
     "load_digits_split", "calibration_digits", "evaluation_digits",
     "stdlib_sentences", "calibration_sentences", "evaluation_sentences", "sentences_sha256",
-    "load_image_folder", "load_array_file", "load_text_file", "check_finite_nonempty",
+    "load_image_folder", "load_array_file", "load_named_arrays", "load_text_file", "check_finite_nonempty",
 ]

@@ -118,6 +118,40 @@ def load_array_file(path: str | Path, key: str | None = None) -> np.ndarray:
     return check_finite_nonempty(arr, f"calibration data {file}" + (f"[{key!r}]" if suffix == ".npz" else ""))
 
 
+def load_named_arrays(path: str | Path, names: Sequence[str], key: str | None = None,
+                      what: str = "calibration") -> tuple[np.ndarray, ...]:
+    """One array per model input from a .npy (single-input models) or a .npz: its only array, the
+    array ``key``, or, for several inputs, the arrays named like the inputs (missing or extra keys
+    are named in the error)."""
+    file = Path(path)
+    names = list(names)
+    if len(names) == 1 or key is not None or file.suffix.lower() != ".npz":
+        if len(names) > 1:
+            raise DataError(f"the model takes {len(names)} inputs ({', '.join(names)}): give a .npz with "
+                            f"one array per input, named like them ({file} holds one array)")
+        return (load_array_file(file, key),)
+    if not file.is_file():
+        raise DataError(f"{what} array file not found: {file}")
+    try:
+        with np.load(file, allow_pickle=False) as loaded:
+            keys = list(loaded.files)
+            missing, extra = [n for n in names if n not in keys], [k for k in keys if k not in names]
+            if missing or extra:
+                raise DataError(f"{file} must hold one array per model input ({', '.join(names)}): "
+                                + "; ".join(part for part in (
+                                    f"missing {', '.join(missing)}" if missing else "",
+                                    f"extra {', '.join(extra)}" if extra else "") if part))
+            arrays = tuple(loaded[n] for n in names)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"cannot read {what} array file {file}: {exc}") from None
+    for n, a in zip(names, arrays):
+        check_finite_nonempty(a, f"{what} data {file}[{n!r}]")
+    if len({len(a) for a in arrays}) != 1:
+        raise DataError(f"{file}: the inputs have different sample counts "
+                        + ", ".join(f"{n} {len(a)}" for n, a in zip(names, arrays)))
+    return arrays
+
+
 def load_text_file(path: str | Path) -> list[str]:
     """One sentence per non-empty line of a UTF-8 text file (lines stripped)."""
     file = Path(path)

@@ -93,9 +93,11 @@ def _load_array_file(path: Path, names: list[str]) -> tuple[np.ndarray, ...]:
         keys = list(loaded.files)
         if len(names) == 1 and len(keys) == 1:
             return (loaded[keys[0]],)
-        missing = [n for n in names if n not in keys]
-        if missing:
-            raise DataError(f"{path} must hold arrays named {', '.join(names)}; it has {', '.join(keys) or 'none'}")
+        missing, extra = [n for n in names if n not in keys], [k for k in keys if k not in names]
+        if missing or extra:
+            raise DataError(f"{path} must hold one array per model input ({', '.join(names)}): "
+                            + "; ".join(p for p in (f"missing {', '.join(missing)}" if missing else "",
+                                                     f"extra {', '.join(extra)}" if extra else "") if p))
         return tuple(loaded[n] for n in names)
 
 

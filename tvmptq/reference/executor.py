@@ -297,7 +297,19 @@ def run_plan_values(plan, *inputs: np.ndarray, check_input_ops: bool = True) -> 
 def run_plan(plan, *inputs: np.ndarray, batch_size: int | None = None, check_input_ops: bool = True,
              ) -> np.ndarray:
     """The model's first output; an integer output is dequantized to float32. ``batch_size``
-    bounds memory by running the inputs in slices along dim 0."""
+    bounds memory by running the inputs in slices along dim 0. A plan whose graph fixes its batch
+    (``config["fixed_batch"]``) runs in slices of exactly that size, the last padded by repeating
+    its last sample and trimmed."""
+    fixed = plan.config.get("fixed_batch")
+    if fixed and len(inputs[0]) != fixed:
+        n = len(inputs[0])
+        outs = []
+        for i in range(0, n, fixed):
+            chunk = [x[i:i + fixed] for x in inputs]
+            short = fixed - len(chunk[0])
+            chunk = [np.concatenate([c, np.repeat(c[-1:], short, axis=0)]) if short else c for c in chunk]
+            outs.append(run_plan(plan, *chunk, check_input_ops=check_input_ops)[:fixed - short])
+        return np.concatenate(outs)
     if batch_size is not None and len(inputs[0]) > batch_size:
         return np.concatenate([run_plan(plan, *(x[i:i + batch_size] for x in inputs),
                                         check_input_ops=check_input_ops)

@@ -406,6 +406,9 @@ def _train_dropout():
 OPS = dict(MOVEMENT) | {
     # shapes, dtypes, metadata
     "sym_size.int": lambda x, dim=0: int(x.shape[dim]),
+    # Python arithmetic on sizes (nn.MultiheadAttention's batch * heads)
+    "mul": lambda a, b: a * b, "add": lambda a, b: a + b, "sub": lambda a, b: a - b,
+    "floordiv": lambda a, b: a // b,
     "_assert_tensor_metadata.default": _none,
     "to.dtype": to_dtype, "_to_copy.default": to_dtype,
     "type_as.default": lambda x, other: x.astype(other.dtype),
