@@ -31,8 +31,9 @@ from tvmptq.errors import ConfigError, DataError
 
 REGISTRY_FILE = Path(__file__).with_name("registry.toml")
 USER_FILE = Path.home() / ".config" / "tvmptq" / "targets.toml"
-KNOWN_CAPABILITIES = {"avx2", "fma", "avx512", "vnni", "amx", "neon", "dotprod", "i8mm", "sve", "dp4a", "tensorcore"}
-_FIELDS = {"tvm", "host", "arch", "cross_cc", "capabilities", "rpc_key", "qemu", "note"}
+KNOWN_CAPABILITIES = {"avx2", "fma", "avx512", "vnni", "amx", "neon", "dotprod", "i8mm", "sve", "dp4a", "tensorcore",
+                      "int8", "int16"}
+_FIELDS = {"tvm", "host", "arch", "cross_cc", "capabilities", "rpc_key", "qemu", "note", "npu"}
 
 
 class TargetError(ConfigError):
@@ -60,6 +61,11 @@ class Target:
     @property
     def kind(self) -> str:
         return self.tvm.get("kind", "llvm")
+
+    @property
+    def is_npu(self) -> bool:
+        """An NPU compiled by its vendor's compiler (``npu`` table: Vela's settings), not by TVM."""
+        return "npu" in self.extra
 
     @property
     def is_cuda(self) -> bool:
@@ -192,7 +198,8 @@ def _entry(name: str, raw, source: str) -> Target:
                                "aarch64" if "aarch64" in str(tvm_dict.get("mtriple", "")) else "x86_64")
     return Target(name=name, tvm=dict(tvm_dict), arch=arch, host=raw.get("host"), cross_cc=raw.get("cross_cc", ""),
                   capabilities=tuple(caps), rpc_key=raw.get("rpc_key", name), qemu=raw.get("qemu", ""),
-                  note=raw.get("note", ""), source=source)
+                  note=raw.get("note", ""), source=source,
+                  extra={"npu": dict(raw["npu"])} if "npu" in raw else {})
 
 
 def _read(path: Path) -> dict:
