@@ -242,6 +242,34 @@ def test_float_island_sigmoid_and_unsupported_op_named(tmp_path):
         export_qdq_onnx(plan, tmp_path / "island.onnx")
 
 
+class Tables(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(torch.sigmoid(self.fc1(x))))
+
+
+def test_lookup_tables_export_as_gather(tmp_path):
+    """Lookup-table layers (the default for unary functions) export as Gather on the plan's table:
+    ONNX Runtime's integer tensors equal the NumPy reference's (fixed and dynamic batch)."""
+    from tvmptq.reference import run_plan
+    torch.manual_seed(0)
+    x = torch.randn(32, 6)
+    qm = tvmptq.quantize(from_module(Tables().eval(), (x[:1],)), (x.numpy(),), tvmptq.make_config(8, 8),
+                         progress=False)
+    assert [lp.kind for lp in qm.plan.layers].count("lut") == 2
+    want = run_plan(qm.plan, x.numpy())
+    for batch in (4, None):
+        path = export_qdq_onnx(qm.plan, tmp_path / f"tables_{batch}.onnx", batch=batch)
+        ops = count_ops(path)
+        assert ops.get("Gather") == 2 and "Sigmoid" not in ops and "Erf" not in ops and "Gelu" not in ops
+        got = OrtRunner(path, threads=1)(x.numpy())
+        step = output_scale(qm.plan)
+        assert np.abs(got - want).max() <= step * 1.01  # ORT's float requantize of the linears: one step at most
+
+
 # --- MiniLM: float islands (embeddings, masks, LayerNorm, softmax, GELU, pooling), x*x matmuls ----
 MINILM_SENTENCES = 8
 

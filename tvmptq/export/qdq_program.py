@@ -10,6 +10,8 @@ from onnx import helper
 
 from .qdq_float_ops import FLOAT_OPS as _FLOAT_OPS
 from .qdq_movement import QDQMovement
+from .qdq_values import (_CONTAINERS, _IR_VERSION, _MOVEMENT_OPS, _NO_OPS, _ONNX_INPUT_TYPES, _Const, _DType, _Dim,
+                         _Float, _Int, _container_range, _leaves, _onnx_type)
 
 
 class QDQProgram(QDQMovement):
@@ -24,6 +26,9 @@ class QDQProgram(QDQMovement):
         base = step["name"]
         kind, at = lp.kind, lp.attrs
         unflatten = None
+        if kind == "lut":  # codes in, codes out: Gather on the plan's table, exact
+            self.values[step["name"]] = self._lookup(lp, ins[0], t, base)
+            return
         if kind == "conv2d":
             x = self.dq(ins[0])
             ph, pw = at["padding"]
@@ -94,6 +99,22 @@ class QDQProgram(QDQMovement):
             out = _Int(self.node("Reshape", [out.name, shape], f"{base}_unflat"), out.t, out.container,
                        unflatten.rank)
         self.values[step["name"]] = out
+
+    def _lookup(self, lp, x: _Int, t, base: str) -> _Int:
+        """A lookup-table layer (tvmptq/quant/lut.py): ``T[q - qmin]`` with Gather; the table holds
+        output codes, clipped to the layer's bounds, in the output's container."""
+        if lp.keep_float:
+            raise NotImplementedError(f"lookup-table layer {lp.name!r} kept in float has no QDQ ONNX export")
+        c = self.container(t.qmin, t.qmax, f"tensor {t.name!r}")
+        if c not in ("uint8", "int8", "uint16", "int16"):
+            raise NotImplementedError(f"lookup-table layer {lp.name!r}: a {c} table (ONNX Gather takes no 4-bit data)")
+        dtype = {"uint8": np.uint8, "int8": np.int8, "uint16": np.uint16, "int16": np.int16}[c]
+        table = self.init(f"{lp.name}_table", np.clip(lp.arrays["table"], *lp.clip).astype(dtype))
+        idx = self.node("Cast", [x.name], f"{base}_codes", to=onnx.TensorProto.INT32)
+        start = self.init(f"{base}_qmin", np.array(x.t.qmin, np.int32))
+        idx = self.node("Sub", [idx, start], f"{base}_index")
+        self.containers_used.add(c)
+        return _Int(self.node("Gather", [table, idx], f"{base}_lookup", axis=0), t, c, x.rank)
 
     def _linear(self, lp, x: _Int, base: str) -> str:
         xf = self.dq(x)
@@ -224,5 +245,3 @@ class QDQProgram(QDQMovement):
             name = self.fresh("output" if len(leaves) == 1 else f"output_{i}")
             self.nodes.append(helper.make_node("Identity", [x], [name], name=self.fresh(f"Identity_{name}")))
             self.outputs.append(helper.make_tensor_value_info(name, _onnx_type(self.dtype_of(v)), None))
-from .qdq_values import (_CONTAINERS, _IR_VERSION, _MOVEMENT_OPS, _NO_OPS, _ONNX_INPUT_TYPES, _Const, _DType, _Dim,
-                         _Float, _Int, _container_range, _leaves, _onnx_type)
