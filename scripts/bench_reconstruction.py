@@ -118,6 +118,13 @@ def write_md(rows, args, path: Path, seconds: float) -> None:
         lines.append(f"| {r['model']} | {r['bits']} | {r['method']} | {f(r[r['primary']], 3 if r['primary'] == 'cosine_mean' else 1)} "
                      f"| {f(r['held_out'], 3 if r['primary'] == 'cosine_mean' else 1)} | {f(r.get('accuracy'), 1)} "
                      f"| {f(r['fit_seconds'], 1)} | {f(r['peak_rss_mb'], 0)} | {same} | {r.get('compiled_equals_sim', '-')} | {lat} |")
+    lines += ["", "Notes. Iterations are ReconConfig's default unless the command says otherwise (500 per block: "
+              "BRECQ's 20,000 scaled for 2 cores; the accuracy cost of the scaling is not measured here). "
+              "WAPS `in`/`in_mixed`/`block` fold power-of-two input-group scales into int8 weights "
+              "(`W << t`), so their stored weights need more than the nominal bits (the plan's `weight_bits` "
+              "says how many); on int8 dot-product kernels this costs nothing at run time, which the "
+              "latency column measures. A partial-sum shift kernel for engines storing b-bit weights is "
+              "not lowered. Rows not in the table were not run in this invocation (see `make bench-recon`)."]
     path.write_text("\n".join(lines) + "\n")
     path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
 
