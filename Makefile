@@ -4,7 +4,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 
-.PHONY: demo test test-slow bench bench-targets bench-speed bench-cwac arm-setup venv clean
+.PHONY: demo test test-slow bench bench-targets bench-speed bench-cwac bench-recon arm-setup venv clean
 
 venv: $(STAMP)
 
@@ -50,6 +50,10 @@ bench-speed: $(STAMP) arm-setup
 
 # results/cwac.md (issue 4; about 85 min on 2 cores), then EfficientNet W4A4 fitted on all
 # calibration samples and the cross-scene check that explains it (about 35 min more)
+# results/reconstruction.md: digits, EfficientNet-Lite0 and MiniLM rows (hours on 2 cores)
+bench-recon: $(STAMP)
+	$(PY) scripts/bench_reconstruction.py
+
 bench-cwac: $(STAMP)
 	$(PY) scripts/bench_cwac.py --models digits_resnet efficientnet_lite0 minilm_l6 --fit-samples 64 \
 	  --ablation --ablation-bits digits_resnet:W2A4 digits_resnet:W4A4 efficientnet_lite0:W4A4 minilm_l6:W8A8 --latency-bits W4A4

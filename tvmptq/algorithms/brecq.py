@@ -10,11 +10,9 @@ granularity in between. For each block in order:
 
 with ``x^Q`` the block input on the already reconstructed quantized stream, ``x^FP`` the FP32
 model's, AdaRound's rounding variables ``V`` (:mod:`.adaround`) for every conv/linear of the block
-and the LSQ step sizes ``s`` of the activations the block produces. ``loss="fisher"`` weights the
-squared error with the squared gradient of the task loss w.r.t. the block output (BRECQ's
-Fisher-diagonal approximation, ``(pred - tgt)^2 grad^2``); the gradient is that of the FP32
-model's cross-entropy against its own prediction, a label-free stand-in for BRECQ's KL term
-[our choice]. ``drop_prob`` is QDrop's (Wei et al., ICLR 2022) option: during reconstruction
+and the LSQ step sizes ``s`` of the activations the block produces. BRECQ's Fisher-diagonal
+weighting of the loss (``(pred - tgt)^2 grad^2``) is NOT implemented yet: ``loss="fisher"`` is
+refused with an error. ``drop_prob`` is QDrop's (Wei et al., ICLR 2022) option: during reconstruction
 each activation element keeps its FP value with that probability, so the rounding does not over-fit
 the activation noise of the calibration samples; 0 (plain BRECQ) by default.
 

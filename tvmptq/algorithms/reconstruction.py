@@ -69,7 +69,7 @@ class ReconConfig:
     beta: tuple = (20.0, 2.0)
     warmup: float = 0.2
     p: float = 2.4
-    loss: str = "mse"               # mse | fisher (squared FP32 output gradients, see fisher_weights)
+    loss: str = "mse"               # mse only; BRECQ's Fisher weighting is not implemented (refused)
     drop_prob: float = 0.0          # QDrop: each activation element keeps its FP value with this probability
     memory_budget_mb: float = 512.0
     threads: int = 1                # 2 threads ran 17x slower on this shared 2-core machine (spin-waits)
@@ -332,6 +332,9 @@ def reconstruct(graph, plan: QuantPlan, calibration, cfg: ReconConfig, make_weig
     ``make_weight(layer, lp)`` gives each conv/linear its learnable weight module, which has
     ``forward(soft) -> real weights``, ``regulariser(beta)`` and ``fold() -> (stored int8
     weights, per-channel weight scale, attrs)``."""
+    if cfg.loss != "mse" or cfg.iters < 1 or cfg.granularity not in ("block", "layer"):
+        raise ValueError(f"bad reconstruction config (loss must be 'mse': Fisher weighting is not "
+                         f"implemented; iters >= 1; granularity block|layer): {cfg}")
     t0, rss0 = time.perf_counter(), peak_rss_mb()
     torch.manual_seed(cfg.seed)
     threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
