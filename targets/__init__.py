@@ -247,6 +247,34 @@ def is_name(spec: str, extra_files=()) -> bool:
     return spec in load(extra_files)
 
 
+def _machine() -> str:
+    import platform
+    m = platform.machine()
+    return {"arm64": "aarch64", "AMD64": "x86_64"}.get(m, m)
+
+
+def default_target(extra_files=()) -> tuple[str, str]:
+    """(target, why): what ``tvmptq compile``/``tune`` and ``compile_artifact`` build for when no
+    target is named. On x86: ``x86-host`` (this CPU, resolved by :func:`host_cpu`, with its int8
+    kernels). Elsewhere: the registry entry for this machine, i.e. a target of this architecture
+    whose CPU is LLVM's host CPU name; plain ``llvm`` (generic, said so) when none is."""
+    arch = _machine()
+    if arch == "x86_64":
+        caps = ",".join(host_capabilities()) or "none"
+        return "x86-host", f"this {arch} machine: {host_cpu()}, int8 capabilities {caps}"
+    cpu = ""
+    try:
+        import tvm
+        cpu = str(tvm.target.codegen.llvm_get_system_cpu())
+    except Exception:  # no LLVM host detection: fall through to the generic build
+        pass
+    for t in load(extra_files).values():
+        if t.arch == arch and t.kind == "llvm" and cpu and t.resolved().get("mcpu") == cpu:
+            return t.name, f"this {arch} machine: {cpu} ({', '.join(t.caps()) or 'no int8 extensions'})"
+    return "llvm", (f"this {arch} machine ({cpu or 'CPU unknown to LLVM'}) has no entry in the target registry: "
+                    "generic llvm build; add one in a targets file for its int8 kernels")
+
+
 def format_table(table: dict[str, Target]) -> str:
     rows = [("name", "arch", "TVM target", "cross compiler", "capabilities", "rpc key", "source")]
     for t in table.values():
@@ -261,5 +289,5 @@ def format_table(table: dict[str, Target]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-__all__ = ["Target", "TargetError", "TargetFileError", "load", "get", "names", "is_name", "host_cpu",
+__all__ = ["Target", "TargetError", "TargetFileError", "load", "get", "names", "is_name", "host_cpu", "default_target",
            "host_capabilities", "format_table", "REGISTRY_FILE", "USER_FILE"]

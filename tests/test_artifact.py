@@ -29,7 +29,7 @@ def digits(tmp_path_factory, digits_cli_plan):
     """(plan path, artifact folder, evaluation images, simulated outputs of the plan)."""
     tmp = tmp_path_factory.mktemp("artifact")
     plan = digits_cli_plan
-    assert main(["compile", MODEL, "--plan", str(plan), "-o", str(tmp / "art"), "--batch", "8"]) == 0
+    assert main(["compile", MODEL, "--plan", str(plan), "-o", str(tmp / "art"), "--batch", "8", "--target", "llvm"]) == 0
     x = np.array(tvmptq.get_set("digits").evaluation()[0][:20])  # 20: the last chunk of 8 is padded
     qm = tvmptq.from_plan(tvmptq.load(MODEL), tvmptq.QuantPlan.load(plan))
     return plan, tmp / "art", x, qm.runner()(x)

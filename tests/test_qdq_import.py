@@ -37,7 +37,8 @@ def test_digits_plan_holds_ort_numbers(digits_qdq):
     assert all(lp.arrays["weight"].tobytes() in stored and lp.arrays["bias"].tobytes() in biases for lp in convs)
     x = qm.plan.tensors[qm.plan.inputs[0]]
     assert (np.float32(x.scale), x.zero_point) == (init["input_scale"], int(init["input_zero_point"]))
-    assert all(lp.activation == "none" for lp in qm.plan.layers)  # ORT folded ReLU into the uint8 grid
+    # ORT folded the ReLUs into the uint8 grids; the importer restores them (fused, so the clip is the same)
+    assert {lp.activation for lp in qm.plan.layers} <= {"none", "relu"}
 
 
 @pytest.mark.parametrize("bits", [8, 4])

@@ -139,7 +139,8 @@ def test_compile_lists_the_float_branches(digits_qwt, tmp_path):
     from tvmptq.deploy import load_artifact
     plan = digits_qwt[4]
     path = plan.save(tmp_path / "qwt.npz")
-    assert main(["compile", "digits_resnet", "--plan", str(path), "-o", str(tmp_path / "art"), "--batch", "8"]) == 0
+    assert main(["compile", "digits_resnet", "--plan", str(path), "-o", str(tmp_path / "art"), "--batch", "8",
+                 "--target", "llvm"]) == 0
     m = json.loads((tmp_path / "art" / "manifest.json").read_text())
     assert [(b["layer"], b["input"], b["stride"]) for b in m["float_branches"]] == \
         [("add", "relu", 1), ("add_1", "relu_2", 2), ("add_2", "relu_4", 2)]

@@ -18,7 +18,7 @@ import torch.fx as fx
 from .errors import ConfigError, DataError, ShapeError
 from .eval.sets import batch_size_for, batches, get_set, run_outputs, torch_runner
 from .eval.metrics import sqnr_db
-from .quant.calibrate import build_plan, collect_statistics
+from .quant.calibrate import build_plan, check_overrides, collect_statistics
 from .quant.graph import LayerGraph, build_layer_graph
 from .quant.plan import QuantPlan
 from .quant.report import format_report, layer_sqnr
@@ -29,6 +29,7 @@ from .zoo import ZooModel, from_exported, from_onnx, get_model
 
 OBSERVERS = ("minmax", "percentile", "mse")
 AUTO_SELECT_SAMPLES = 64  # calibration samples used to pick the observer in "auto" mode
+FLOAT32_EXACT_INT = 2 ** 24  # integer data fed to a float input is converted only where float32 is exact
 
 
 def load(name_or_path: str, input_shapes=None) -> ZooModel:
@@ -56,7 +57,7 @@ class QuantizedModel:
         return torch_runner(self.simulated)
 
     def report(self, arrays, batch_size: int = 16, max_samples: int = 32) -> str:
-        arrays = tuple(a[:max_samples] for a in arrays)
+        arrays = check_inputs(self.model, tuple(a[:max_samples] for a in arrays))
         batch_size = batch_size_for(self.graph, batch_size)
         rows = layer_sqnr(self.graph, self.simulated, self.plan, batches(arrays, batch_size))
         return format_report(rows, self.plan)
@@ -91,17 +92,22 @@ def check_inputs(model: ZooModel, arrays) -> tuple[np.ndarray, ...]:
             raise ShapeError(f"input {name!r} has per-sample shape {tuple(arr.shape[1:])}, "
                              f"model {model.name!r} expects {tuple(ex.shape[1:])}")
         if ex.is_floating_point():
-            arr = check_finite_nonempty(arr.astype(np.float32), f"input {name!r}")
+            if arr.dtype.kind in "biu" and arr.size and np.abs(arr.astype(np.int64)).max() > FLOAT32_EXACT_INT:
+                raise DataError(f"input {name!r} holds {arr.dtype} values up to {np.abs(arr).max()}, which float32 "
+                                f"(what model {model.name!r} takes) cannot represent exactly; scale them first")
+            arr = check_finite_nonempty(arr.astype(np.float32), f"input {name!r}")  # integers below 2^24: exact
         else:
             arr = arr.astype(torch.empty((), dtype=ex.dtype).numpy().dtype)
         out.append(arr)
     return tuple(out)
 
 
-def _calibrate(model: ZooModel, calibration, graph, batch_size, progress, lookup_tables=True):
-    """Checked inputs, the graph, streaming statistics, and what the pass cost."""
+def _calibrate(model: ZooModel, calibration, graph, batch_size, progress, config: QuantConfig):
+    """Checked inputs, the graph, streaming statistics, and what the pass cost. Per-layer overrides
+    naming no layer fail here, before the calibration pass, not after it."""
     calibration = check_inputs(model, calibration)
-    graph = graph or prepare(model, lookup_tables)
+    graph = graph or prepare(model, config.lookup_tables)
+    check_overrides(graph, config)
     batch_size = batch_size_for(graph, batch_size)
     t0 = time.perf_counter()
     observers, samples = collect_statistics(graph, batches(calibration, batch_size), progress)
@@ -145,8 +151,7 @@ def quantize(model: ZooModel, calibration, config: QuantConfig, graph: LayerGrap
     requantize multipliers and int32 biases, :mod:`tvmptq.algorithms.cwac`; options are
     :class:`~tvmptq.algorithms.cwac.CWACConfig` fields); "qwt" (QwT v1 per-block linear
     compensation, a declared float branch, :mod:`tvmptq.algorithms.qwt`)."""
-    calibration, graph, observers, stats = _calibrate(model, calibration, graph, batch_size, progress,
-                                                      config.lookup_tables)
+    calibration, graph, observers, stats = _calibrate(model, calibration, graph, batch_size, progress, config)
     batch_size = batch_size_for(graph, batch_size)
     plan = build_plan(graph, observers, config, model.name, calibration, batch_size)
     plan.stats = stats()
@@ -229,8 +234,7 @@ def quantize_auto(model: ZooModel, calibration, config: QuantConfig, graph: Laye
                   method_options: dict | None = None) -> QuantizedModel:
     """PTQ with the activation observer chosen on calibration data only (never on evaluation
     data): see :func:`select_observer`; then ``method`` as in :func:`quantize`."""
-    calibration, graph, observers, stats = _calibrate(model, calibration, graph, batch_size, progress,
-                                                      config.lookup_tables)
+    calibration, graph, observers, stats = _calibrate(model, calibration, graph, batch_size, progress, config)
     batch_size = batch_size_for(graph, batch_size)
     probe = tuple(a[:AUTO_SELECT_SAMPLES] for a in calibration)
     _, plan, sim, scores = select_observer(graph, observers, config, probe, batch_size, model.name)

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import cli_qdq, cli_targets
 from .errors import ConfigError, DataError, TvmptqError
 
 
@@ -106,7 +107,16 @@ def cmd_quantize(args) -> int:
                                 args.weight_rule, args.symmetric, args.percentile, args.first_last_8bit,
                                 _parse_layer_overrides(args.layer), not args.no_bias_correction,
                                 lookup_tables=not args.float_activations)
-    model = tvmptq.load(args.model, _input_shapes(args.input_shape))
+    if args.out:  # a plan that cannot be written fails now, not after calibrating
+        from .deploy.artifact import make_folder
+        make_folder(Path(args.out).parent, "folder of --out")
+    if cli_qdq.is_qdq(args.model) and not args.requantize:
+        return cli_qdq.already_quantized(args, _input_shapes(args.input_shape))
+    if args.requantize and not cli_qdq.is_qdq(args.model):
+        raise ConfigError(f"--requantize is for quantized (QDQ) ONNX files; {args.model!r} is not one")
+    model = cli_qdq.load_model(args.model, _input_shapes(args.input_shape))
+    if args.requantize:
+        print(f"requantizing {args.model} from its float weights (its Q/DQ nodes dequantized, folded ReLUs restored)")
     saved = tvmptq.QuantPlan.load(args.from_plan) if args.from_plan else None
     if saved is not None and saved.model != model.name:
         raise ConfigError(f"--from-plan {args.from_plan} was made for model {saved.model!r}; "
@@ -193,40 +203,38 @@ def _evaluate_and_print(qm, evalset, batch_size: int) -> None:
 def cmd_evaluate(args) -> int:
     import tvmptq
     from .eval.sets import DEFAULT_SET, SETS
-    model = tvmptq.load(args.model, _input_shapes(args.input_shape))
-    plan = tvmptq.QuantPlan.load(args.plan)
-    qm = tvmptq.from_plan(model, plan)
+    model, plan, _ = cli_qdq.plan_for(args.model, args.plan, _input_shapes(args.input_shape), "evaluate")
     set_name = args.set or DEFAULT_SET.get(model.name)
+    if set_name is None:
+        raise ConfigError(f"model {model.name!r} has no default evaluation set: pass --set ({', '.join(SETS)})")
     if set_name not in SETS:
         raise ConfigError(f"unknown evaluation set {set_name!r}; known: {', '.join(SETS)}")
+    qm = tvmptq.from_plan(model, plan)
     _evaluate_and_print(qm, SETS[set_name], args.batch_size)
     return 0
 
 
 def cmd_compile(args) -> int:
-    import tvmptq
     from .deploy import compile_artifact, preprocessing_for
     from .deploy.artifact import sha256_file
+    from .deploy.report import kernel_summary
     from targets.build import resolve
 
-    resolve(args.target, args.targets_file or ())  # an unknown target fails before any work
-    plan = tvmptq.QuantPlan.load(args.plan)
-    model = tvmptq.load(args.model, _input_shapes(args.input_shape))
+    target = cli_targets.resolve_target(args)
+    resolve(target, args.targets_file or ())  # an unknown target fails before any work
+    model, plan, plan_file = cli_qdq.plan_for(args.model, args.plan, _input_shapes(args.input_shape))
     path = Path(args.model)
     source = f"{path.resolve()} (sha256 {sha256_file(path)})" if path.is_file() else f"zoo:{model.name}"
     pre = preprocessing_for(model, args.image_size, args.resize, _floats(args.mean, "--mean"), _floats(args.std, "--std"))
-    database = _tuning_database(args, model.name)
+    database = cli_targets.tuning_database(args, target, model.name)
     t0 = time.perf_counter()
-    m = compile_artifact(model, plan, args.out, args.batch, args.target, pre, source, plan_file=args.plan,
+    m = compile_artifact(model, plan, args.out, args.batch, target, pre, source, plan_file=plan_file,
                          database=database, targets_file=args.targets_file or (), tensorize=not args.no_tensorize)
     if m["batch"] != args.batch:
         print(f"note: {model.name}'s graph fixes batch size {m['batch']}: compiled at that batch "
               f"(not --batch {args.batch}); `tvmptq run` feeds any number of samples in batches of it")
-    after = m["op_counts"]["after"]
-    integer = sum(v for k, v in after.items() if k.split(" -> ")[0] in ("nn.conv2d", "matmul") and "int" in k)
-    print(f"compiled {model.name} {m['plan']['config']} for {args.target} (static batch {m['batch']}) in "
-          f"{time.perf_counter() - t0:.1f} s: {integer} integer conv/matmul ops, "
-          f"{len(m['float_ops'])} float ops inside the program")
+    print(f"compiled {model.name} {m['plan']['config']} for {target} (static batch {m['batch']}) in "
+          f"{time.perf_counter() - t0:.1f} s: {kernel_summary(m)}")
     if m["float_islands"]:
         print(f"float islands ({len(m['float_islands'])}): {', '.join(m['float_islands'])}")
     if m["float_branches"]:
@@ -234,38 +242,6 @@ def cmd_compile(args) -> int:
               + ", ".join(f"{b['layer']} ({b['kind']} {b['features']})" for b in m["float_branches"]))
     print(f"artifact written to {args.out}/ (model.so, plan.npz, manifest.json, report.md)")
     return 0
-
-
-def _tuning_database(args, model_name: str):
-    """The tuning database folder a compile reuses: --db ROOT/<target> when it holds records (named
-    targets only), else the committed database of this zoo model (targets/tuned/<cpu>/...) tuned on
-    this target's CPU, else one tuned on another CPU of the same architecture (said: its schedules
-    are correct here, not tuned for this CPU); None with --untuned or when nothing fits (said, with
-    the reason)."""
-    import targets
-    if args.untuned or not targets.is_name(args.target, args.targets_file or ()):
-        return None
-    from targets.tuning_db import (SHIPPED, db_dir, default_root, has_records, shipped_folder, target_cpu,
-                                   transferable_database, usable_database)
-    folder = db_dir(args.db or default_root(), args.target)
-    if has_records(folder):
-        print(f"using tuned schedules from {folder} (--untuned to ignore)")
-        return folder
-    T = targets.get(args.target, args.targets_file or ()).tvm_target()
-    shipped = shipped_folder(args.target, model_name, "int8", args.batch, T)
-    why = usable_database(shipped, T)
-    if why is None:
-        print(f"using the committed tuned schedules from {shipped} (--untuned to ignore)")
-        return shipped
-    other = transferable_database(SHIPPED, args.target, model_name, "int8", args.batch, T)
-    if other is not None:
-        print(f"using the committed schedules tuned on {other[1]} ({other[0]}): none were tuned on this "
-              f"CPU ({target_cpu(T)}), so they compute the same but are not tuned for it "
-              f"(`tvmptq tune` to tune, --untuned to ignore)")
-        return other[0]
-    if shipped.parent.parent == SHIPPED and any(SHIPPED.glob(f"*/{shipped.name}")):
-        print(f"not using the committed tuning databases: {why}; compiling untuned (`tvmptq tune` to tune)")
-    return None
 
 
 def cmd_targets(args) -> int:
@@ -285,19 +261,17 @@ def cmd_targets(args) -> int:
 
 def cmd_tune(args) -> int:
     import targets
-    import tvmptq
     from targets.tune import tune
     from targets.tuning_db import db_dir, default_root
 
-    target = targets.get(args.target, args.targets_file or ())
+    target = targets.get(cli_targets.resolve_target(args), args.targets_file or ())
     if target.is_cuda and not args.rpc_tracker:
         raise ConfigError(f"tuning {target.name} needs a GPU to measure on: pass --rpc-tracker/--rpc-key of a "
                           "machine with that GPU (this machine only builds CUDA code)")
     if target.cross and not args.rpc_tracker:
         raise ConfigError(f"tuning {target.name} needs the device to measure on: pass --rpc-tracker/--rpc-key "
                           "(times under qemu are not ARM times)")
-    plan = tvmptq.QuantPlan.load(args.plan)
-    model = tvmptq.load(args.model, _input_shapes(args.input_shape))
+    model, plan, _ = cli_qdq.plan_for(args.model, args.plan, _input_shapes(args.input_shape), "tune")
     if plan.model != model.name:
         raise ConfigError(f"plan was made for model {plan.model!r}; it does not fit {model.name!r}")
     from tvmptq.deploy.artifact import _lower
@@ -373,8 +347,9 @@ def cmd_run(args) -> int:
         print(f"{m['outputs'][0]['name']}: shape {first.shape}, mean L2 norm "
               f"{np.linalg.norm(first.reshape(len(first), -1), axis=1).mean():.4f}")
     if args.out:
+        from .deploy.artifact import make_folder
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(out.parent, "folder of -o")
         if isinstance(outputs, tuple):
             out = out.with_suffix(".npz")
             np.savez(out, **{o["name"]: v for o, v in zip(m["outputs"], outputs)})
@@ -399,7 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list zoo models and evaluation sets").set_defaults(func=cmd_models)
 
     q = sub.add_parser("quantize", help="calibrate and write a quantization plan")
-    q.add_argument("model", help="zoo model name (see `tvmptq models`) or a path to an .onnx file")
+    q.add_argument("model", help="zoo model name (see `tvmptq models`) or a path to an .onnx file (a QDQ file "
+                                 "is already quantized: it is reported, see --requantize)")
+    q.add_argument("--requantize", action="store_true",
+                   help="for a QDQ ONNX file: dequantize its weights back to a float model and quantize that")
     q.add_argument("--calib", help="protocol set name, image folder, .npy/.npz file or .txt of sentences "
                                    "(default: the model's protocol set)")
     q.add_argument("--calib-samples", type=int, help="use only the first N calibration samples")
@@ -448,21 +426,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_quantize)
 
     e = sub.add_parser("evaluate", help="score a saved plan's simulation against FP32 on a protocol set")
-    e.add_argument("model")
-    e.add_argument("--plan", required=True)
+    e.add_argument("model", help="zoo model name or .onnx file (a QDQ file needs no --plan)")
+    e.add_argument("--plan", help="plan written by `tvmptq quantize --out` (default for a QDQ file: its own)")
     e.add_argument("--set", help="protocol set (default: the model's)")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
     e.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("compile", help="lower a plan to an integer-only TVM program: a deployable artifact folder")
-    c.add_argument("model", help="zoo model name or a path to an .onnx file (as for quantize)")
-    c.add_argument("--plan", required=True, help="plan written by `tvmptq quantize --out`")
+    c.add_argument("model", help="zoo model name or a path to an .onnx file (as for quantize), or a QDQ .onnx "
+                                 "file (ONNX Runtime quantize_static, PT2E export...), whose plan is read from it")
+    c.add_argument("--plan", help="plan written by `tvmptq quantize --out` (not needed for a QDQ file)")
     c.add_argument("-o", "--out", required=True, help="artifact folder to write")
     c.add_argument("--batch", type=int, default=8, help="static batch of the compiled program (default 8)")
-    c.add_argument("--target", default="llvm",
+    c.add_argument("--target",
                    help="a target name from `tvmptq targets` (cross-compiles where needed), or a TVM target "
-                        "string / JSON object (default llvm)")
+                        "string / JSON object (default: this machine, x86-host on x86 with its int8 kernels; "
+                        "llvm for the generic build)")
     c.add_argument("--targets-file", action="append", help="TOML file of user targets (repeatable)")
     c.add_argument("--db", help="tuning database root (default $TVMPTQ_TUNE_DB or ~/.cache/tvmptq/tune); "
                                 "schedules tuned for --target there are used")
@@ -491,8 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tu = sub.add_parser("tune", help="MetaSchedule-tune a plan's integer program for a target (resumable)")
     tu.add_argument("model")
-    tu.add_argument("--plan", required=True)
-    tu.add_argument("--target", required=True, help="a target name from `tvmptq targets`")
+    tu.add_argument("--plan", help="plan written by `tvmptq quantize --out` (not needed for a QDQ file)")
+    tu.add_argument("--target", help="a target name from `tvmptq targets` (default: this machine's, x86-host on x86)")
     tu.add_argument("--trials", type=int, default=64, help="measured trials in total (default 64)")
     tu.add_argument("--chunk", type=int, default=8, help="trials per task and chunk (default 8); finished "
                                                          "chunks survive an interrupted run")

@@ -106,7 +106,28 @@ def _lower(model, plan: QuantPlan, batch: int, target=None, tensorize: bool = Tr
                          f"{type(err).__name__}: {_first_line(err)}") from err
 
 
-def compile_artifact(model, plan: QuantPlan, out_dir, batch: int = 8, target: str = "llvm",
+def make_folder(path, what: str = "output folder") -> Path:
+    """``path`` created (with its parents) or a DataError naming it (exit code 3)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"cannot use {path} as the {what}: it exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create the {what} {path}: {err.strerror or err}") from None
+    return path
+
+
+def _dot_instruction(named, target: str) -> tuple:
+    """(instruction or None, why none): the int8 dot-product instruction the target's kernels use."""
+    if named is None:
+        return None, f"{target!r} is a plain TVM target, not a registry target, so no int8 kernels are chosen for it"
+    from relay_passes.tensorize_x86 import target_isa
+    isa, why = target_isa(named)
+    return (isa.instruction, "") if isa is not None else (None, why)
+
+
+def compile_artifact(model, plan: QuantPlan, out_dir, batch: int = 8, target: str | None = None,
                      preprocess: dict | None = None, source: str | None = None, plan_file=None,
                      database=None, targets_file=(), tensorize: bool = True) -> dict:
     """Lower ``plan`` on ``model`` at a static ``batch``, compile for ``target`` and write the
@@ -115,32 +136,34 @@ def compile_artifact(model, plan: QuantPlan, out_dir, batch: int = 8, target: st
     its zip timestamps). ``target``: a registry name (``tvmptq targets``; cross-compiled where the
     target names a cross compiler), a TVM target string or a JSON dict. ``database``: a tuning
     database folder (targets.tune) whose schedules are applied; None: untuned. ``tensorize``: the
-    target's int8 kernels (x86 VNNI, see ``_lower``); False builds the plain lowering."""
+    target's int8 kernels (x86 VNNI, see ``_lower``); False builds the plain lowering. ``target``
+    None: this machine's default (``targets.default_target``: x86-host on x86)."""
     import tvm
     import relay_passes as rp
     from targets.build import compile_module, export, resolve
 
     from .. import __version__
     from .inputs import preprocessing_for
-    from .report import format_report
+    from .report import format_report, layer_kernels
+
+    if target is None:
+        from targets import default_target
+        target, _ = default_target(targets_file)
 
     if plan.model != model.name:
         raise ConfigError(f"plan was made for model {plan.model!r}; it does not fit {model.name!r}")
     if batch < 1:
         raise ConfigError(f"--batch must be at least 1, got {batch}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output path exists and is not a folder: {out}")
     fixed = plan.config.get("fixed_batch") or getattr(model, "batch", None)
     batch = int(fixed) if fixed else batch  # a graph that fixes its batch compiles at that batch
     named, tvm_target = resolve(target, targets_file)
+    out = make_folder(out_dir, "artifact folder")  # before the work: an impossible path fails fast
     before, mod = _lower(model, plan, batch, named, tensorize)
     try:
         executable = compile_module(mod, tvm_target, database)
     except ModelError as err:
         raise ModelError(f"TVM could not compile {model.name!r} for {target!r}: {err}") from err
 
-    out.mkdir(parents=True, exist_ok=True)
     export(executable, out / LIBRARY, named)
     cuda_entry = None
     if tvm_target.kind.name == "cuda":  # the source nvcc validates (targets.cuda.validate)
@@ -191,6 +214,8 @@ def compile_artifact(model, plan: QuantPlan, out_dir, batch: int = 8, target: st
                  "observer": plan.config.get("observer"), "layers": len(plan.layers)},
         "op_counts": {"before": dict(sorted(before.items())), "after": dict(sorted(rp.op_counts(mod).items()))},
         "kernels": rp.tensorize_report(mod),
+        "layer_kernels": layer_kernels(plan, rp.tensorize_report(mod),
+                                       *(_dot_instruction(named, target) if tensorize else (None, "--no-tensorize"))),
         "float_islands": list(plan.float_islands),
         "float_branches": _float_branches(plan),
         "float_layers": list(plan.float_layers),

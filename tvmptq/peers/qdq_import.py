@@ -1,4 +1,5 @@
-"""Import a QDQ ONNX model written by ONNX Runtime's ``quantize_static`` as a tvmptq plan.
+"""Import a QDQ ONNX model (ONNX Runtime's ``quantize_static``, PyTorch's PT2E + ONNX exporter) as a
+tvmptq plan.
 
     float_path, qm = plan_from_qdq("model_qdq.onnx")
     mod = relay_passes.lowering_passes(qm.plan)(relay_passes.import_onnx(float_path))
@@ -14,9 +15,11 @@ How:
    consumers read the float tensor; its scale and zero point are kept by tensor name); every
    DequantizeLinear of a stored integer initializer (weights, int32 biases) becomes a float
    initializer with the dequantized values. Nodes are renamed ``n<i>_<op>`` so that onnx2torch's
-   module names (kept by torch.export in ``nn_module_stack``) lead back to the ONNX node. ORT has
-   already deleted the Relu/Clip nodes whose clipping the uint8 grid does, so the float graph is
-   the graph ORT runs, without them.
+   module names (kept by torch.export in ``nn_module_stack``) lead back to the ONNX node. ORT
+   deletes the Relu nodes whose clipping the grid does (asymmetric grids starting at 0: zero point
+   = qmin); they are put back (``restore_relu``) after each Conv/Gemm/MatMul/Add whose output grid
+   starts at 0, so the float graph computes what the QDQ model does up to rounding, and requantizing
+   it (``float_model_from_qdq``) starts from the float model, not from one without its ReLUs.
 2. The float graph is loaded the normal way (``tvmptq.load``: onnx2torch + torch.export) to get the
    layer graph and the program.
 3. The plan is built as ``calibrate.build_plan`` builds it, but each quantized tensor takes ORT's
@@ -44,6 +47,7 @@ same file disagree as much as this program and ORT do (``scripts/qdq_vs_ort.py -
 """
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +75,24 @@ class QdqImportError(ModelError):
     """A QDQ model this importer cannot represent as a tvmptq plan (the message names the node)."""
 
 
+# Producers after which ORT removes a Relu whose clipping the output grid does (restored by strip_qdq).
+RELU_FOLDED_AFTER = ("Conv", "Gemm", "MatMul", "Add")
+
+
+def qdq_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The model's Q/DQ nodes (any domain) and QOperator nodes: non-empty for a quantized model."""
+    return [n for n in model.graph.node if n.op_type in QDQ_OPS + QOPERATOR_OPS]
+
+
+def is_quantized_onnx(path) -> bool:
+    """Whether the ONNX file at ``path`` holds Q/DQ or QOperator nodes (False if it cannot be read:
+    the normal loader then reports why)."""
+    try:
+        return bool(qdq_nodes(onnx.load(str(path), load_external_data=False)))
+    except Exception:
+        return False
+
+
 @dataclass
 class QParams:
     scale: np.ndarray        # float32, scalar or per channel
@@ -89,6 +111,11 @@ class QdqGraph:
     activations: dict[str, QParams]                    # float tensor -> its QuantizeLinear params
     weights: dict[str, tuple[np.ndarray, QParams]]     # float initializer -> (integers, params)
     nodes: dict[str, onnx.NodeProto]                   # node name (n<i>_<op>) -> node
+    origin: dict[str, str] = dataclasses.field(default_factory=dict)  # n<i>_<op> -> the file's node name
+
+    def where(self, node) -> str:
+        """A node of the float graph named as the QDQ file names it."""
+        return _where(node).replace(repr(node.name), repr(self.origin.get(node.name, node.name)), 1)
 
     def consumers(self, tensor: str) -> list[onnx.NodeProto]:
         return [n for n in self.nodes.values() if tensor in n.input]
@@ -122,7 +149,7 @@ def _qparams(node, init: dict) -> QParams:
     return QParams(scale, zero, bits, qmin, qmax, int(attrs.get("axis", 1)) if scale.size > 1 else None)
 
 
-def strip_qdq(model: onnx.ModelProto) -> QdqGraph:
+def strip_qdq(model: onnx.ModelProto, restore_relu: bool = True) -> QdqGraph:
     """The float graph of ``model`` plus the Q/DQ parameters, by float tensor name (see module doc)."""
     graph = model.graph
     init = {t.name: t for t in graph.initializer}
@@ -175,11 +202,15 @@ def strip_qdq(model: onnx.ModelProto) -> QdqGraph:
 
     activations = {rename.get(k, k): v for k, v in activations.items()}
 
-    kept, nodes = [], {}
-    for i, node in enumerate(n for k, n in enumerate(all_nodes) if k not in dropped):
+    survivors = [n for k, n in enumerate(all_nodes) if k not in dropped]
+    if restore_relu:
+        survivors = _restore_relus(survivors, activations, fix)
+    kept, nodes, origin = [], {}, {}
+    for i, node in enumerate(survivors):
         new = onnx.NodeProto()
         new.CopyFrom(node)
         new.name = f"n{i}_{node.op_type}"  # a valid torch module name that leads back here
+        origin[new.name] = node.name or f"#{i}"
         new.input[:] = [fix(x) for x in node.input]
         new.output[:] = [fix(x) for x in node.output]
         kept.append(new)
@@ -191,7 +222,27 @@ def strip_qdq(model: onnx.ModelProto) -> QdqGraph:
     domains = {n.domain for n in kept}
     opsets = [o for o in model.opset_import if o.domain in domains or o.domain in ("", "ai.onnx")]
     fmodel = helper.make_model(fgraph, opset_imports=opsets, ir_version=model.ir_version)
-    return QdqGraph(fmodel, activations, weights, nodes)
+    return QdqGraph(fmodel, activations, weights, nodes, origin)
+
+
+def _restore_relus(nodes: list, activations: dict, fix) -> list:
+    """``nodes`` with a Relu after each Conv/Gemm/MatMul/Add whose quantized output grid starts at 0
+    (zero point = qmin on an asymmetric grid: the clipping ORT folded a Relu into). Outputs also read
+    in float, bypassing the grid, are left alone: there the grid does not clip them."""
+    out = []
+    for node in nodes:
+        t = node.output[0] if node.op_type in RELU_FOLDED_AFTER and node.domain in ("", "ai.onnx") else None
+        q = activations.get(t)
+        if q is None or int(q.zero_point) != q.qmin or fix(t) != t or any(t in n.input for n in nodes):
+            out.append(node)  # not on a grid starting at 0, a graph output, or read in float too
+            continue
+        pre = f"{t}_before_relu"
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        new.output[0] = pre
+        out.append(new)
+        out.append(helper.make_node("Relu", [pre], [t], name=f"{node.name or t}_restored_relu"))
+    return out
 
 
 def _same(a: QParams, b: QParams) -> bool:
@@ -221,8 +272,14 @@ def _tensor_params(tensor: str, qdq: QdqGraph, what: str) -> QParams:
             return qdq.activations[t]
         seen.add(t)
         todo += [n.output[0] for n in qdq.consumers(t) if n.op_type in MOVEMENT_OPS and n.output[0] not in seen]
-    raise QdqImportError(f"{what}: ONNX tensor {tensor!r} is not quantized in the QDQ model (no QuantizeLinear "
-                         "on it or after data movement), but the integer program needs its grid")
+    producer = qdq.node_of(tensor)
+    readers = ", ".join(qdq.where(n) for n in qdq.consumers(tensor)) or "the graph output"
+    made = f"{qdq.where(producer)} writes" if producer is not None else "the graph input"
+    raise QdqImportError(f"{what}: {made} the float tensor {tensor!r}, which {readers} read(s) without a "
+                         "QuantizeLinear/DequantizeLinear on it or after data movement; an integer-only program "
+                         "needs its grid (PT2E's X86InductorQuantizer, for one, leaves pooling inputs and model "
+                         "outputs in float). Quantize that tensor too, or requantize the model from its float "
+                         "weights (tvmptq quantize --requantize)")
 
 
 def _kernel_arrays(layer, lp, qdq: QdqGraph, tensors: dict) -> None:
@@ -230,7 +287,7 @@ def _kernel_arrays(layer, lp, qdq: QdqGraph, tensors: dict) -> None:
     node = _onnx_node(layer.node, qdq)
     w_name = node.input[1]
     if w_name not in qdq.weights:
-        raise QdqImportError(f"layer {lp.name!r}: weight {w_name!r} of {_where(node)} is not stored quantized")
+        raise QdqImportError(f"layer {lp.name!r}: weight {w_name!r} of {qdq.where(node)} is not stored quantized")
     ints, q = qdq.weights[w_name]
     out_axis = 0
     if node.op_type == "Gemm":
@@ -248,7 +305,7 @@ def _kernel_arrays(layer, lp, qdq: QdqGraph, tensors: dict) -> None:
     s_w = np.broadcast_to(q.scale.astype(np.float64), (ints.shape[0],)).copy()
     real = (ints * s_w.astype(np.float32).reshape((-1,) + (1,) * (ints.ndim - 1))).astype(np.float32)
     if layer.weight.shape != ints.shape or not np.array_equal(layer.weight, real):
-        raise QdqImportError(f"layer {lp.name!r} was paired with {_where(node)}, whose dequantized weights differ")
+        raise QdqImportError(f"layer {lp.name!r} was paired with {qdq.where(node)}, whose dequantized weights differ")
     s_x, s_y = float(tensors[lp.inputs[0]].scale), float(tensors[lp.output].scale)
     acc_scale = s_x * s_w
     bias = np.zeros(len(s_w), dtype=np.int64)
@@ -267,10 +324,52 @@ def _kernel_arrays(layer, lp, qdq: QdqGraph, tensors: dict) -> None:
     lp.arrays["multiplier"], lp.arrays["shift"] = quantize_multiplier(acc_scale / s_y)
 
 
-def plan_from_qdq(qdq_path, float_path=None, name: str | None = None):
-    """``(float_path, QuantizedModel)`` for an ORT QDQ model: the float ONNX graph (written to
-    ``float_path``, default a temporary file) and a tvmptq plan holding ORT's quantization, with
-    its simulation (``qm.runner()``). Lower it with ``relay_passes.import_onnx(float_path)``."""
+def _static_batch(model: onnx.ModelProto, input_shapes):
+    """``input_shapes`` for the float graph: the given ones, else a dynamic leading (batch) dim set
+    to 1 where every other dim is static (the importer compiles at any static batch later)."""
+    if input_shapes:
+        return input_shapes
+    init = {t.name for t in model.graph.initializer}
+    shapes = {}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name in init or not dims:
+            continue
+        static = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+        if static[0] is None and all(d is not None for d in static[1:]):
+            shapes[value.name] = [1] + static[1:]
+    return shapes or None
+
+
+def float_model_from_qdq(qdq_path, float_path=None, name: str | None = None, input_shapes=None):
+    """``(float_path, ZooModel, QdqGraph)``: the QDQ file's float graph (weights dequantized, the Relu
+    nodes ORT folded into grids restored; written to ``float_path``, default a temporary file),
+    loaded like any user ONNX model under ``name`` (default: the QDQ file's stem). This is the
+    model a plan of the QDQ file describes, and the one ``tvmptq quantize --requantize`` calibrates."""
+    from ..zoo import from_onnx
+
+    qdq_path = Path(qdq_path)
+    try:
+        proto = onnx.load(str(qdq_path))
+    except Exception as err:
+        raise ModelError(f"cannot read ONNX file {qdq_path}: {type(err).__name__}: {err}") from None
+    qdq = strip_qdq(proto)
+    if float_path is None:
+        float_path = Path(tempfile.mkdtemp(prefix="tvmptq-qdq-")) / f"{qdq_path.stem}_float.onnx"
+    float_path = Path(float_path)
+    onnx.save(qdq.float_model, str(float_path))
+    model = from_onnx(float_path, _static_batch(qdq.float_model, input_shapes), name=name or qdq_path.stem)
+    model = dataclasses.replace(model, description=f"QDQ model {qdq_path.name} (float graph: weights "
+                                                   "dequantized, converted by onnx2torch)")
+    return float_path, model, qdq
+
+
+def plan_from_qdq(qdq_path, float_path=None, name: str | None = None, input_shapes=None):
+    """``(float_path, QuantizedModel)`` for a QDQ model: the float ONNX graph (written to
+    ``float_path``, default a temporary file; see ``float_model_from_qdq``) and a tvmptq plan
+    holding the file's quantization, with its simulation (``qm.runner()``). Lower it with
+    ``relay_passes.import_onnx(float_path)``, or compile it with ``tvmptq.deploy.compile_artifact(
+    qm.model, qm.plan, out)``. Raises QdqImportError naming the node it cannot represent."""
     import tvmptq
     from ..api import QuantizedModel
     from ..quant.calibrate import _layer_plan
@@ -280,12 +379,7 @@ def plan_from_qdq(qdq_path, float_path=None, name: str | None = None):
     from ..quant.simulate import simulate
 
     qdq_path = Path(qdq_path)
-    qdq = strip_qdq(onnx.load(str(qdq_path)))
-    if float_path is None:
-        float_path = Path(tempfile.mkdtemp(prefix="tvmptq-qdq-")) / f"{qdq_path.stem}_float.onnx"
-    float_path = Path(float_path)
-    onnx.save(qdq.float_model, str(float_path))
-    model = tvmptq.load(str(float_path))
+    float_path, model, qdq = float_model_from_qdq(qdq_path, float_path, name, input_shapes)
     graph = tvmptq.prepare(model, lookup_tables=False)  # ORT's QDQ models compute unary functions in float
 
     onnx_inputs = [i.name for i in qdq.float_model.graph.input
@@ -315,8 +409,8 @@ def plan_from_qdq(qdq_path, float_path=None, name: str | None = None):
     w_bits = sorted({lp.weight_bits for lp in layers if lp.weight_bits})
     a_bits = sorted({t.bits for t in tensors.values()})
     tag = f"W{'/'.join(map(str, w_bits))}A{'/'.join(map(str, a_bits))}"
-    cfg = {"source": "onnxruntime QDQ", "file": qdq_path.name, "weight_bits": max(w_bits, default=8),
-           "activation_bits": max(a_bits), "observer": "onnxruntime", "symmetric": False,
+    cfg = {"source": "QDQ ONNX", "file": qdq_path.name, "weight_bits": max(w_bits, default=8),
+           "activation_bits": max(a_bits), "observer": "read from QDQ", "symmetric": False,
            "first_last_8bit": False, "overrides": {}, "name": tag, "bias_correction": False}
     program, constants = build_program(graph)
     plan = QuantPlan(name or qdq_path.stem, cfg, tensors, layers, [n.name for n in graph.islands],

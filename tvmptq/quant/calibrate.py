@@ -153,7 +153,7 @@ def _layer_plan(layer: Layer, graph: LayerGraph, tensors: dict, config: QuantCon
     return plan
 
 
-def _check_overrides(graph: LayerGraph, config: QuantConfig) -> None:
+def check_overrides(graph: LayerGraph, config: QuantConfig) -> None:
     names = [layer.name for layer in graph.layers]
     unknown = [k for k, _ in config.overrides if k not in names]
     if unknown:
@@ -172,7 +172,7 @@ def build_plan(graph: LayerGraph, observers: dict[str, HistogramObserver], confi
     """The plan for ``config`` from calibration statistics. With ``calibration`` (input arrays)
     and ``config.bias_correction``, biases are corrected on its first samples; the plan's config
     records whether that happened."""
-    _check_overrides(graph, config)
+    check_overrides(graph, config)
     bits = _tensor_bits(graph, config)
     tensors = {}
     outputs = model_output_tensors(graph)
