@@ -49,9 +49,10 @@ def _latency(run, xs, repeats=20) -> float:
 
 def _compiled(plan, imported):
     import relay_passes as rp
+    from targets.build import compile_integer
     from tvmptq.algorithms.cost import relax_constants
     mod = rp.lowering_passes(plan)(imported)
-    return rp.compile_integer(mod, "x86-host", tensorize=True), rp.op_counts(mod), relax_constants(mod)
+    return compile_integer(mod, "x86-host", tensorize=True), rp.op_counts(mod), relax_constants(mod)
 
 
 def bench(name: str, tag: str, args) -> list[dict]:
@@ -74,6 +75,7 @@ def bench(name: str, tag: str, args) -> list[dict]:
     imported = None
     if not args.no_latency:
         import relay_passes as rp
+        from targets.build import compile_integer
         imported = rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(1)))
         base_run, base_ops, base_consts = _compiled(base.plan, imported)
     lat_x = tuple(x[:1] for x in evals)

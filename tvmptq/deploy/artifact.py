@@ -122,7 +122,7 @@ def _dot_instruction(named, target: str) -> tuple:
     """(instruction or None, why none): the int8 dot-product instruction the target's kernels use."""
     if named is None:
         return None, f"{target!r} is a plain TVM target, not a registry target, so no int8 kernels are chosen for it"
-    from relay_passes.tensorize_x86 import target_isa
+    from relay_passes.tensorize import target_isa
     isa, why = target_isa(named)
     return (isa.instruction, "") if isa is not None else (None, why)
 
