@@ -255,8 +255,9 @@ class _PeakRss:
             self._samples.append(_rss_mb())
 
     def __exit__(self, *exc):
-        if self.method == "VmHWM":
-            self.peak_mb = _read_vm_hwm_mb()
+        if self.method == "VmHWM":  # the reset sets the mark to the RSS of that moment, which pages freed
+            # between the reading of before_mb and the reset can put below before_mb: the block's peak is both
+            self.peak_mb = max(_read_vm_hwm_mb(), self.before_mb)
         else:
             self._stop.set()
             self._thread.join()
