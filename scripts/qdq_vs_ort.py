@@ -28,7 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tvmptq  # noqa: E402
 from tvmptq.peers import OrtRunner, export_onnx, ort_quantize_static  # noqa: E402
-from tvmptq.peers.qdq_import import compare_with_ort, compile_qdq  # noqa: E402
+from targets.build import compile_qdq  # noqa: E402
+from tvmptq.peers.qdq_import import compare_with_ort  # noqa: E402
 
 
 def _ort_unoptimized(path, x) -> np.ndarray:

@@ -158,3 +158,15 @@ def run_batched(func, arrays, batch: int, dtypes, device):
         outs.append([r.numpy()[:batch - short] for r in res])
     merged = [np.concatenate(parts) for parts in zip(*outs)]
     return merged[0] if len(merged) == 1 else tuple(merged)
+
+
+def compile_qdq(qdq_path, float_path=None, target="llvm"):
+    """``(run, qm)``: a QDQ ONNX model (ORT ``quantize_static``, PT2E) read as a plan
+    (``tvmptq.peers.plan_from_qdq``), lowered by relay_passes to an integer-only Relax program and
+    compiled (``run(x) -> dequantized logits``); ``qm`` holds the plan and its simulation."""
+    import relay_passes as rp
+    from tvmptq.peers.qdq_import import plan_from_qdq
+
+    float_path, qm = plan_from_qdq(qdq_path, float_path)
+    mod = rp.lowering_passes(qm.plan)(rp.import_onnx(float_path))
+    return compile_integer(mod, target), qm

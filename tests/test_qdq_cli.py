@@ -18,7 +18,8 @@ pytest.importorskip("tvm")
 import targets  # noqa: E402  (needs tvm)
 from tvmptq.deploy import load_artifact  # noqa: E402
 from tvmptq.peers import OrtRunner  # noqa: E402
-from tvmptq.peers.qdq_import import compare_with_ort, compile_qdq, plan_from_qdq  # noqa: E402
+from targets.build import compile_qdq  # noqa: E402
+from tvmptq.peers.qdq_import import compare_with_ort, plan_from_qdq  # noqa: E402
 
 import qdq_models as qm_  # noqa: E402
 from test_cli import error_line, expect_error, run  # noqa: E402

@@ -7,7 +7,8 @@ from onnx import numpy_helper
 
 import tvmptq
 from tvmptq.peers import OrtRunner, export_onnx, ort_quantize_static
-from tvmptq.peers.qdq_import import QdqImportError, compare_with_ort, compile_qdq, plan_from_qdq
+from targets.build import compile_qdq
+from tvmptq.peers.qdq_import import QdqImportError, compare_with_ort, plan_from_qdq
 
 pytest.importorskip("tvm")
 import relay_passes as rp  # noqa: E402  (needs tvm)

@@ -15,13 +15,12 @@ from .onnxruntime_peer import (
     quantized_tensor_names,
     weight_scale_axes,
 )
-from .qdq_import import QdqImportError, compare_with_ort, compile_qdq, plan_from_qdq
+from .qdq_import import QdqImportError, compare_with_ort, plan_from_qdq
 
 __all__ = [
     "CalibrationStats",
     "QdqImportError",
     "compare_with_ort",
-    "compile_qdq",
     "plan_from_qdq",
     "OrtRefusedError",
     "OrtRunner",

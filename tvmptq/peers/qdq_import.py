@@ -4,6 +4,7 @@ tvmptq plan.
     float_path, qm = plan_from_qdq("model_qdq.onnx")
     mod = relay_passes.lowering_passes(qm.plan)(relay_passes.import_onnx(float_path))
     run = targets.build.compile_integer(mod)          # qm.runner(): the plan's bit-exact simulation
+    # or in one call: run, qm = targets.build.compile_qdq("model_qdq.onnx")
 
 Why a plan, and not a Relax pass over the Q/DQ ops: the plan is the one contract every stage reads
 (simulation, NumPy reference, Relax lowering, QDQ export). Filling it from the QDQ file instead of
@@ -368,8 +369,9 @@ def plan_from_qdq(qdq_path, float_path=None, name: str | None = None, input_shap
     """``(float_path, QuantizedModel)`` for a QDQ model: the float ONNX graph (written to
     ``float_path``, default a temporary file; see ``float_model_from_qdq``) and a tvmptq plan
     holding the file's quantization, with its simulation (``qm.runner()``). Lower it with
-    ``relay_passes.import_onnx(float_path)``, or compile it with ``tvmptq.deploy.compile_artifact(
-    qm.model, qm.plan, out)``. Raises QdqImportError naming the node it cannot represent."""
+    ``relay_passes.import_onnx(float_path)``, compile it with ``targets.build.compile_qdq``, or
+    write an artifact with ``tvmptq.deploy.compile_artifact(qm.model, qm.plan, out)``. Raises
+    QdqImportError naming the node it cannot represent."""
     import tvmptq
     from ..api import QuantizedModel
     from ..quant.calibrate import _layer_plan
@@ -422,28 +424,16 @@ def plan_from_qdq(qdq_path, float_path=None, name: str | None = None, input_shap
 # Compiled integer program vs ONNX Runtime
 
 
-def compile_qdq(qdq_path, float_path=None, target="llvm"):
-    """``(run, qm)``: the QDQ model lowered by relay_passes to an integer-only Relax program and
-    compiled (``run(x) -> dequantized logits``), and the plan with its simulation."""
-    import relay_passes as rp
-    from targets.build import compile_integer
-
-    float_path, qm = plan_from_qdq(qdq_path, float_path)
-    mod = rp.lowering_passes(qm.plan)(rp.import_onnx(float_path))
-    return compile_integer(mod, target), qm
-
-
-def compare_with_ort(qdq_path, inputs, run=None, qm=None, ort_outputs=None) -> dict:
+def compare_with_ort(qdq_path, inputs, run, qm, ort_outputs=None) -> dict:
     """Compiled integer program vs ORT's own execution of the same QDQ file on ``inputs``.
 
     Logits are compared as integers on the output grid: ``round(y / s)``. Returns the top-1
     agreement, the share of samples whose logits are all identical, the share of logit elements
-    that differ, the largest difference in LSBs and a histogram {LSBs: elements}. Pass ``run``/``qm``
-    (from ``compile_qdq``) and ``ort_outputs`` to reuse them."""
+    that differ, the largest difference in LSBs and a histogram {LSBs: elements}. ``run``/``qm`` come
+    from ``targets.build.compile_qdq`` (the compile side sits above the peers); pass ``ort_outputs``
+    to reuse ORT's."""
     from .onnxruntime_peer import OrtRunner
 
-    if run is None:
-        run, qm = compile_qdq(qdq_path)
     ours = run(inputs)
     theirs = OrtRunner(qdq_path)(inputs) if ort_outputs is None else ort_outputs
     scale = np.float32(qm.plan.tensors[qm.plan.layers[-1].output].scale)

@@ -111,26 +111,52 @@ def _new_param(gm: fx.GraphModule, name: str, value: torch.Tensor, before: fx.No
         return gm.graph.get_attr(name)
 
 
+_BATCH_NORMS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
+
+
+def _batch_norm_affine(gm: fx.GraphModule, bn: fx.Node):
+    """An eval batch norm as the per-channel affine ``y = g * x + h`` (float64), or None when its
+    statistics are not constants."""
+    gamma, beta, mean, var = (const_value(gm, a) for a in bn.args[1:5])
+    if mean is None or var is None:
+        return None
+    eps = bn.args[7] if bn.target == aten.batch_norm.default else bn.args[6]
+    g = torch.rsqrt(var.double() + eps)
+    if gamma is not None:
+        g = g * gamma.double()
+    h = -mean.double() * g + (beta.double() if beta is not None else 0)
+    return g, h
+
+
+def _replace_batch_norm(gm: fx.GraphModule, bn: fx.Node, new: fx.Node) -> None:
+    """Route the batch norm's users to ``new`` and drop it (the no-training form returns a tuple
+    read through getitem(bn, 0))."""
+    if bn.target == aten._native_batch_norm_legit_no_training.default:
+        for u in list(bn.users):
+            u.replace_all_uses_with(new)
+            gm.graph.erase_node(u)
+    else:
+        bn.replace_all_uses_with(new)
+    gm.graph.erase_node(bn)
+
+
 def fold_batch_norm(gm: fx.GraphModule) -> int:
     """Fold eval-mode batch norm into the conv that feeds it; returns how many were folded."""
     folded = 0
     for bn in list(gm.graph.nodes):
-        if bn.target not in (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default):
+        if bn.target not in _BATCH_NORMS:
             continue
         conv = bn.args[0]
         if not (isinstance(conv, fx.Node) and conv.target == aten.conv2d.default and len(conv.users) == 1):
             continue
         w = const_value(gm, conv.args[1])
         b = const_value(gm, conv.args[2]) if len(conv.args) > 2 and conv.args[2] is not None else None
-        gamma, beta, mean, var = (const_value(gm, a) for a in bn.args[1:5])
-        eps = bn.args[7] if bn.target == aten.batch_norm.default else bn.args[6]
-        if w is None or mean is None or var is None:
+        affine = _batch_norm_affine(gm, bn)
+        if w is None or affine is None:
             continue
-        inv = torch.rsqrt(var.double() + eps)
-        g = (gamma.double() if gamma is not None else torch.ones_like(inv)) * inv
+        g, h = affine
         new_w = (w.double() * g.view(-1, 1, 1, 1)).float()
-        b0 = b.double() if b is not None else torch.zeros_like(inv)
-        new_b = ((b0 - mean.double()) * g + (beta.double() if beta is not None else 0)).float()
+        new_b = ((b.double() * g if b is not None else 0) + h).float()
         wn = _new_param(gm, f"{conv.name}_folded_weight", new_w, conv)
         bnode = _new_param(gm, f"{conv.name}_folded_bias", new_b, conv)
         args = list(conv.args) + [None] * (7 - len(conv.args))
@@ -138,14 +164,7 @@ def fold_batch_norm(gm: fx.GraphModule) -> int:
         args = [a if a is not None else d for a, d in zip(args, defaults)]
         args[1], args[2] = wn, bnode
         conv.args = tuple(args)
-        out = bn
-        if bn.target == aten._native_batch_norm_legit_no_training.default:
-            for u in list(bn.users):  # getitem(bn, 0)
-                u.replace_all_uses_with(conv)
-                gm.graph.erase_node(u)
-        else:
-            out.replace_all_uses_with(conv)
-        gm.graph.erase_node(bn)
+        _replace_batch_norm(gm, bn, conv)
         folded += 1
     gm.graph.eliminate_dead_code()
     gm.recompile()
@@ -157,29 +176,21 @@ def batch_norm_as_conv(gm: fx.GraphModule) -> int:
     which the plan quantizes like any conv; relay_passes/batch_norm.py does the same in Relax."""
     done = 0
     for bn in list(gm.graph.nodes):
-        if bn.target not in (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default):
+        if bn.target not in _BATCH_NORMS:
             continue
         x = bn.args[0]
         val = x.meta.get("val") if isinstance(x, fx.Node) else None
-        gamma, beta, mean, var = (const_value(gm, a) for a in bn.args[1:5])
-        if val is None or val.dim() != 4 or mean is None or var is None:
+        affine = _batch_norm_affine(gm, bn)
+        if val is None or val.dim() != 4 or affine is None:
             continue
-        eps = bn.args[7] if bn.target == aten.batch_norm.default else bn.args[6]
-        c = mean.numel()
-        g = (gamma.double() if gamma is not None else torch.ones(c, dtype=torch.float64)) * torch.rsqrt(var.double() + eps)
-        b = (beta.double() if beta is not None else 0) - mean.double() * g
+        g, h = affine
+        c = g.numel()
         w = _new_param(gm, f"{bn.name}_as_conv_weight", g.float().view(c, 1, 1, 1), bn)
-        bias = _new_param(gm, f"{bn.name}_as_conv_bias", b.float(), bn)
+        bias = _new_param(gm, f"{bn.name}_as_conv_bias", h.float(), bn)
         with gm.graph.inserting_before(bn):
             conv = gm.graph.call_function(aten.conv2d.default, (x, w, bias, [1, 1], [0, 0], [1, 1], c))
         conv.meta["val"] = val
-        if bn.target == aten._native_batch_norm_legit_no_training.default:
-            for u in list(bn.users):  # getitem(bn, 0)
-                u.replace_all_uses_with(conv)
-                gm.graph.erase_node(u)
-        else:
-            bn.replace_all_uses_with(conv)
-        gm.graph.erase_node(bn)
+        _replace_batch_norm(gm, bn, conv)
         done += 1
     gm.graph.eliminate_dead_code()
     gm.recompile()
