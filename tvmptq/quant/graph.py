@@ -17,6 +17,7 @@ import torch.fx as fx
 
 from ..errors import UnsupportedOpError
 from .capture import batch_norm_as_conv, const_value, export_model, fold_batch_norm, fold_linear_bias
+from .edge_ops import bilinear_attrs, conv_transpose_as_conv, prelu_alpha
 
 aten = torch.ops.aten
 
@@ -37,6 +38,9 @@ REQUANT_OPS = {
     aten.div.Tensor: "mul_const",   # likewise
     aten.cat.default: "cat",
     aten.avg_pool2d.default: "avg_pool",  # int32 window sum, one requantize (uniform divisor)
+    aten.upsample_bilinear2d.vec: "bilinear",      # integer 2x2 weights on a 1/D grid (edge_ops.py)
+    aten.upsample_bilinear2d.default: "bilinear",
+    aten.prelu.default: "prelu",                   # two multipliers: x >= 0 and x < 0 (per channel)
 }
 # Activations fused into the clip of the op that produces their input.
 FUSABLE_ACTIVATIONS = {aten.relu.default, aten.relu_.default, aten.hardtanh.default,
@@ -223,6 +227,11 @@ def classify(gm: fx.GraphModule, lookup_tables: bool = True) -> LayerGraph:
                                           else bool(node.args[2]) if len(node.args) > 2 else False)
             if kind == "avg_pool":
                 layer.attrs.update(_avg_pool_attrs(node))
+            if kind == "bilinear":
+                layer.attrs.update(bilinear_attrs(node))
+            if kind == "prelu":
+                layer.inputs, layer.attrs["alpha"] = [node.args[0]], prelu_alpha(gm, node)
+                layer.attrs["ndim"] = node.args[0].meta["val"].dim()  # slopes along dim 1
             if kind == "cat":
                 layer.inputs = list(node.args[0])
                 layer.attrs["dim"] = node.args[1] if len(node.args) > 1 else 0
@@ -376,6 +385,7 @@ def _resolve_source(node: fx.Node, source: dict, quant_points: dict) -> str:
 def build_layer_graph(module: torch.nn.Module, example_inputs: tuple, lookup_tables: bool = True,
                       batch: int | None = None) -> LayerGraph:
     gm = export_model(module, example_inputs, batch)
+    conv_transpose_as_conv(gm)  # zero insertion + conv2d: before batch norm folds into that conv
     fold_batch_norm(gm)
     batch_norm_as_conv(gm)
     fold_linear_bias(gm)
