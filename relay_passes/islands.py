@@ -55,6 +55,7 @@ UNARY_SIGNATURES: dict[str, tuple[str, ...]] = {
     "hardswish.default": ("add", "clip", "clip", "multiply", "divide"),
     "hardsigmoid.default": ("add", "clip", "clip", "divide"),
     "gelu.default": ("nn.gelu",),
+    "gelu.default+erf": ("divide", "erf", "add", "multiply", "multiply"),  # ONNX before opset 20
     "mish.default": ("exp", "add", "log", "greater", "where", "tanh", "multiply"),
     "elu.default": ("exp", "subtract", "nn.relu", "multiply", "nn.relu", "add"),
     "leaky_relu.default": ("nn.leakyrelu",),

@@ -182,3 +182,41 @@ def prelu_alpha(gm: fx.GraphModule, node: fx.Node) -> list[float]:
         raise UnsupportedOpError(f"prelu '{node.name}': the slope must be a constant of one value or one per "
                                  "channel")
     return [float(a) for a in alpha.reshape(-1)]
+
+
+def _const_near(gm, a, value: float) -> bool:
+    v = const_value(gm, a) if isinstance(a, fx.Node) else (torch.tensor(float(a)) if isinstance(a, (int, float)) else None)
+    return v is not None and v.numel() == 1 and abs(float(v.reshape(())) - value) < 1e-6
+
+
+def fuse_erf_gelu(gm: fx.GraphModule) -> int:
+    """``mul(mul(x, add(erf(div(x, sqrt 2)), 1)), 0.5)`` (GELU as ONNX files before opset 20 spell
+    it) -> ``gelu(x)``, so it becomes one lookup table; ``meta["tvmptq_spelling"]`` tells the
+    Relax lowering which run of ops to replace (islands.UNARY_SIGNATURES)."""
+    done = 0
+    for erf in list(gm.graph.nodes):
+        if erf.target != aten.erf.default or len(erf.users) != 1:
+            continue
+        div, add = erf.args[0], next(iter(erf.users))
+        if not (isinstance(div, fx.Node) and div.target == aten.div.Tensor and len(div.users) == 1
+                and _const_near(gm, div.args[1], 2 ** 0.5)):
+            continue
+        x = div.args[0]
+        if add.target != aten.add.Tensor or len(add.users) != 1 or not _const_near(gm, add.args[1], 1.0):
+            continue
+        mul = next(iter(add.users))
+        if mul.target != aten.mul.Tensor or set(mul.args) != {x, add} or len(mul.users) != 1:
+            continue
+        half = next(iter(mul.users))
+        if half.target != aten.mul.Tensor or half.args[0] is not mul or not _const_near(gm, half.args[1], 0.5):
+            continue
+        gelu = _call(gm, aten.gelu.default, (x,), half, half.meta.get("val"))
+        gelu.meta["tvmptq_spelling"] = "+erf"
+        half.replace_all_uses_with(gelu)
+        for n in (half, mul, add, erf, div):
+            gm.graph.erase_node(n)
+        done += 1
+    if done:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return done

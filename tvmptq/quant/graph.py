@@ -17,7 +17,7 @@ import torch.fx as fx
 
 from ..errors import UnsupportedOpError
 from .capture import batch_norm_as_conv, const_value, export_model, fold_batch_norm, fold_linear_bias
-from .edge_ops import bilinear_attrs, conv_transpose_as_conv, prelu_alpha
+from .edge_ops import bilinear_attrs, conv_transpose_as_conv, fuse_erf_gelu, prelu_alpha
 
 aten = torch.ops.aten
 
@@ -239,6 +239,7 @@ def classify(gm: fx.GraphModule, lookup_tables: bool = True) -> LayerGraph:
                 layer.inputs = [node.args[0]]
                 layer.attrs["function"], layer.attrs["function_attrs"], layer.out_node = lut
                 layer.attrs["aten"] = getattr(target, "__name__", str(target))  # how Relax spells it
+                layer.attrs["aten"] += node.meta.get("tvmptq_spelling", "")  # e.g. ONNX's erf GELU
                 if layer.out_node is not node:  # x * sigmoid(x) spelled out (ONNX SiLU)
                     layer.attrs["aten"] += "+" + layer.out_node.target.__name__
                     consumed_by_act.add(layer.out_node.name)
@@ -386,6 +387,7 @@ def build_layer_graph(module: torch.nn.Module, example_inputs: tuple, lookup_tab
                       batch: int | None = None) -> LayerGraph:
     gm = export_model(module, example_inputs, batch)
     conv_transpose_as_conv(gm)  # zero insertion + conv2d: before batch norm folds into that conv
+    fuse_erf_gelu(gm)
     fold_batch_norm(gm)
     batch_norm_as_conv(gm)
     fold_linear_bias(gm)

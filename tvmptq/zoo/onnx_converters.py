@@ -302,6 +302,15 @@ def _resize(node, graph):
     return _result(module, node)
 
 
+def _hard_sigmoid(node, graph):
+    """PyTorch's hardsigmoid (alpha 1/6, beta 1/2) as nn.Hardsigmoid, one op the classifier turns into
+    a lookup table (onnx2torch spells it as multiply, add, clip); other slopes: onnx2torch's."""
+    alpha, beta = node.attributes.get("alpha", 0.2), node.attributes.get("beta", 0.5)
+    if abs(alpha - 1 / 6) > 1e-6 or abs(beta - 0.5) > 1e-6:
+        raise _NotConstant
+    return _result(nn.Hardsigmoid(), node)
+
+
 _REDUCE_OPS_18 = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
                   "ReduceMin", "ReduceProd", "ReduceSumSquare")  # ReduceSum took axes as an input at 13
 
@@ -319,6 +328,7 @@ _STATIC_CONVERTERS: list[tuple[str, tuple[int, ...], Callable]] = [
     ("Split", (13, 18), _split),
     ("Gather", (1, 11, 13), _gather),
     ("Resize", (11, 13, 18, 19), _resize),
+    ("HardSigmoid", (6,), _hard_sigmoid),
     *((op, (18,), _reduce_with_axes_input) for op in _REDUCE_OPS_18),
     ("ReduceMax", (20,), _reduce_with_axes_input),
     ("ReduceMin", (20,), _reduce_with_axes_input),
