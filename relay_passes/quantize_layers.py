@@ -220,7 +220,7 @@ class _LayerRewriter(relax.PyExprMutator):
         for key, axis in (("rows", 2), ("cols", 3)):
             index, weight = a[key].astype(np.int32), a[f"{key}_weight"].astype(np.int32)
             shape = (-1, 1) if axis == 2 else (-1,)
-            taps = [bb.emit(R.multiply(bb.emit(R.take(y, relax.const(index[:, t]), axis=axis)),
+            taps = [bb.emit(R.multiply(bb.emit(R.take(y, relax.const(index[:, t]), axis=axis, mode="clip")),
                                        relax.const(weight[:, t].reshape(shape)))) for t in (0, 1)]
             y = bb.emit(R.add(taps[0], taps[1]))
         dh, dw = lp.attrs["denominators"]

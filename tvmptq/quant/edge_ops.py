@@ -30,6 +30,22 @@ from ..errors import UnsupportedOpError
 from .capture import _new_param, const_value
 
 aten = torch.ops.aten
+# What the ops edge models use and tvmptq does not lower would need (named in the refusal).
+NEEDS = {
+    "upsample_bicubic2d": "bicubic upsampling would need 4x4 integer weights per output pixel (not lowered); "
+                          "use bilinear or nearest",
+    "upsample_nearest2d_exact": "nearest-exact would need half-pixel source indices (not lowered); use nearest",
+    "_upsample_nearest_exact2d": "nearest-exact would need half-pixel source indices (not lowered); use nearest",
+    "conv_transpose1d": "1-D transposed convs would need the zero-insertion rewrite in 1-D; reshape to 2-D",
+    "conv_transpose3d": "3-D convolutions have no integer kernel",
+    "conv3d": "3-D convolutions have no integer kernel",
+    "group_norm": "GroupNorm would need a declared float island (not declared) or an integer normalisation",
+    "instance_norm": "InstanceNorm would need a declared float island (not declared) or an integer normalisation",
+    "grid_sampler_2d": "grid sampling reads data-dependent positions: no integer lowering",
+    "pixel_shuffle": "pixel shuffle is data movement but not in the movement table yet",
+    "erf": "GELU spelled with erf (ONNX before opset 20) becomes one lookup table; with --float-activations "
+           "it is not lowered: use lookup tables",
+}
 MAX_DENOMINATOR = 64  # weights wh * ww <= 64^2 = 2^12: |acc| < 2^20 for 8-bit inputs
 
 

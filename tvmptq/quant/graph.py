@@ -17,7 +17,7 @@ import torch.fx as fx
 
 from ..errors import UnsupportedOpError
 from .capture import batch_norm_as_conv, const_value, export_model, fold_batch_norm, fold_linear_bias
-from .edge_ops import bilinear_attrs, conv_transpose_as_conv, fuse_erf_gelu, prelu_alpha
+from .edge_ops import NEEDS, bilinear_attrs, conv_transpose_as_conv, fuse_erf_gelu, prelu_alpha
 
 aten = torch.ops.aten
 
@@ -273,9 +273,10 @@ def classify(gm: fx.GraphModule, lookup_tables: bool = True) -> LayerGraph:
         elif target in FLOAT_ISLAND_OPS:
             islands.append(node)
         else:
+            op = getattr(target, '__name__', str(target))
             raise UnsupportedOpError(
-                f"unsupported op {getattr(target, '__name__', target)} at node '{node.name}': "
-                "no integer lowering and not a declared float island")
+                f"unsupported op {op} at node '{node.name}': no integer lowering and not a declared float island"
+                + (f"; {NEEDS[op.split('.')[0]]}" if op.split('.')[0] in NEEDS else ""))
     return LayerGraph(gm, layers, quant_points, islands, aux, inputs, source)
 
 
@@ -387,7 +388,8 @@ def build_layer_graph(module: torch.nn.Module, example_inputs: tuple, lookup_tab
                       batch: int | None = None) -> LayerGraph:
     gm = export_model(module, example_inputs, batch)
     conv_transpose_as_conv(gm)  # zero insertion + conv2d: before batch norm folds into that conv
-    fuse_erf_gelu(gm)
+    if lookup_tables:  # one table; as a float island the erf spelling would not match the plan's GELU
+        fuse_erf_gelu(gm)
     fold_batch_norm(gm)
     batch_norm_as_conv(gm)
     fold_linear_bias(gm)
