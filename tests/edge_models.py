@@ -103,6 +103,6 @@ class UNetDecoder(nn.Module):
 # (block, float islands the plan may declare with lookup tables on)
 BLOCKS = {"unet_decoder": (UNetDecoder, set()), "mobilenetv3": (MobileNetV3Block, set()), "yolo_neck": (YoloNeck, set()),
           "preact": (PreActBlock, set()), "reflect_pad": (ReflectPad, set()),
-          "convnext": (ConvNeXtBlock, {"layer_norm", "mul"})}
+          "convnext": (ConvNeXtBlock, {"layer_norm"})}
 
 

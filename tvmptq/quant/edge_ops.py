@@ -236,3 +236,34 @@ def fuse_erf_gelu(gm: fx.GraphModule) -> int:
         gm.graph.eliminate_dead_code()
         gm.recompile()
     return done
+
+
+def fold_layer_scale(gm: fx.GraphModule) -> int:
+    """``gamma * linear(x, W, b)`` with a constant per-feature ``gamma`` (ConvNeXt's and timm's layer
+    scale) -> ``linear(x, gamma W, gamma b)``: the scale joins the per-channel weight scales instead
+    of staying a float multiply (relay_passes/layer_scale.py folds it on the Relax import)."""
+    done = 0
+    for mul in list(gm.graph.nodes):
+        if mul.target != aten.mul.Tensor or len(mul.args) != 2:
+            continue
+        lin = next((a for a in mul.args if isinstance(a, fx.Node) and a.target == aten.linear.default), None)
+        other = mul.args[1] if lin is mul.args[0] else mul.args[0]
+        gamma = const_value(gm, other) if isinstance(other, fx.Node) else None
+        if lin is None or len(lin.users) != 1 or gamma is None or not gamma.is_floating_point():
+            continue
+        w = const_value(gm, lin.args[1])
+        b = const_value(gm, lin.args[2]) if len(lin.args) > 2 and lin.args[2] is not None else None
+        if w is None or b is None or w.dim() != 2 or gamma.numel() != w.shape[0] or any(s != 1 for s in gamma.shape[:-1]):
+            continue  # (a linear without bias stays: the Relax fold matches matmul + bias add)
+        g = gamma.reshape(-1).double()
+        wn = _new_param(gm, f"{lin.name}_scaled_weight", (w.double() * g[:, None]).float(), lin)
+        bn = _new_param(gm, f"{lin.name}_scaled_bias", (b.double() * g).float(), lin)
+        lin.args = (lin.args[0], wn, bn)
+        lin.meta["val"] = mul.meta.get("val", lin.meta.get("val"))
+        mul.replace_all_uses_with(lin)
+        gm.graph.erase_node(mul)
+        done += 1
+    if done:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return done

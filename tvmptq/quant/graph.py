@@ -17,7 +17,7 @@ import torch.fx as fx
 
 from ..errors import UnsupportedOpError
 from .capture import batch_norm_as_conv, const_value, export_model, fold_batch_norm, fold_linear_bias
-from .edge_ops import NEEDS, bilinear_attrs, conv_transpose_as_conv, fuse_erf_gelu, prelu_alpha
+from .edge_ops import NEEDS, bilinear_attrs, conv_transpose_as_conv, fold_layer_scale, fuse_erf_gelu, prelu_alpha
 
 aten = torch.ops.aten
 
@@ -393,6 +393,7 @@ def build_layer_graph(module: torch.nn.Module, example_inputs: tuple, lookup_tab
     fold_batch_norm(gm)
     batch_norm_as_conv(gm)
     fold_linear_bias(gm)
+    fold_layer_scale(gm)
     graph = classify(gm, lookup_tables)
     graph.batch = getattr(gm, "fixed_batch", None)
     return graph
