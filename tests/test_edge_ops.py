@@ -169,3 +169,29 @@ def test_onnx_resize_modes(tmp_path):
         qm = tvmptq.quantize(tvmptq.load(str(path)), (x,), tvmptq.make_config(8, 8), progress=False)
         assert [lp.kind for lp in qm.plan.layers] == ["conv2d", "bilinear", "add"]
         np.testing.assert_array_equal(qm.runner()(x), run_plan(qm.plan, x))
+
+
+class InputAndIsland(nn.Module):
+    """Bilinear on the model input (a segmenter resizing its image), PReLU, then bilinear on a
+    float-island result (LayerNorm): both quantized at the layer's input, like a conv's."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.p, self.ln = nn.Conv2d(3, 4, 3, padding=1), nn.PReLU(), nn.LayerNorm(16)
+
+    def forward(self, x):
+        y = self.p(self.c(F.interpolate(x, scale_factor=2.0, mode="bilinear")))
+        return F.interpolate(self.ln(y), scale_factor=2.0, mode="bilinear", align_corners=True)
+
+
+def test_bilinear_on_model_input_and_island_result():
+    torch.manual_seed(0)
+    model = tvmptq.zoo.from_module(InputAndIsland().eval(), (torch.randn(1, 3, 8, 8),))
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    qm = tvmptq.quantize(model, (x,), tvmptq.make_config(8, 8), progress=False)
+    assert [lp.kind for lp in qm.plan.layers] == ["bilinear", "conv2d", "prelu", "bilinear"]
+    assert qm.plan.float_islands == ["layer_norm"]
+    ref = run_plan(qm.plan, x)
+    np.testing.assert_array_equal(qm.runner()(x), ref)
+    mod = rp.lower(model.build(), model.example_inputs(4), qm.plan)
+    np.testing.assert_array_equal(compile_integer(mod, "x86-host", tensorize=True)(x), ref)

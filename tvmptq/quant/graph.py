@@ -205,7 +205,9 @@ def classify(gm: fx.GraphModule, lookup_tables: bool = True) -> LayerGraph:
             kind = None  # mixes in auxiliary data (e.g. an attention mask): a float island
         if kind == "add" and (len(act_args) != 2 or (len(node.args) > 2 and node.args[2] != 1)):
             kind = None
-        if kind in REQUANT_OPS.values() and not any(a.name in source for a in act_args):
+        if kind in ("bilinear", "prelu"):
+            pass  # like a kernel: a model input or a float-island result is quantized at its input
+        elif kind in REQUANT_OPS.values() and not any(a.name in source for a in act_args):
             kind = None  # elementwise math on float-island outputs stays in the island
         # A table needs an integer input: functions of float-island results stay in the island.
         quantized_input = bool(node.args) and isinstance(node.args[0], fx.Node) and (node.args[0].name in source or node.args[0].op == "placeholder")
