@@ -145,8 +145,9 @@ def test_unlowerable_ops_name_node_and_what_is_needed():
 
 
 def test_onnx_resize_modes(tmp_path):
-    """Nearest and linear Resize with constant scales or sizes convert (simulation == reference);
-    a cubic Resize is refused naming the node."""
+    """Nearest and linear Resize with constant scales, or sizes computed from another tensor's shape
+    (folded to constants at load), convert (simulation == reference); a cubic Resize is refused
+    naming the node."""
     class Up(nn.Module):
         def __init__(self, mode):
             super().__init__()
@@ -156,7 +157,8 @@ def test_onnx_resize_modes(tmp_path):
             y = self.c(x)
             if self.mode == "bicubic":
                 return F.interpolate(y, scale_factor=2.0, mode="bicubic")
-            return F.interpolate(y, scale_factor=2.0, mode="nearest") + F.interpolate(y, size=(16, 16), mode="bilinear")
+            u = F.interpolate(y, scale_factor=2.0, mode="nearest")
+            return u + F.interpolate(y, size=u.shape[-2:], mode="bilinear")  # sizes from Shape -> Slice -> Concat
 
     x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
     for mode in ("mixed", "bicubic"):
