@@ -36,6 +36,8 @@ NEEDS = {
                           "use bilinear or nearest",
     "upsample_nearest2d_exact": "nearest-exact would need half-pixel source indices (not lowered); use nearest",
     "_upsample_nearest_exact2d": "nearest-exact would need half-pixel source indices (not lowered); use nearest",
+    "_upsample_bilinear2d_aa": "antialiased bilinear resizing would need a wider integer filter per output "
+                               "pixel (not lowered); use antialias=False",
     "conv_transpose1d": "1-D transposed convs would need the zero-insertion rewrite in 1-D; reshape to 2-D",
     "conv_transpose3d": "3-D convolutions have no integer kernel",
     "conv3d": "3-D convolutions have no integer kernel",
