@@ -167,10 +167,13 @@ class ClipFromTIR:
 
 def Canonicalize(numpy_fold: bool = True) -> tvm.transform.Pass:  # noqa: N802 (a pass, named like TVM's)
     from .batch_norm import BatchNormAsConv  # batch norm after no conv: a depthwise 1x1 conv
-    passes = [relax.transform.FoldBatchnormToConv2D()]
+    from .conv_transpose import ConvTransposeAsConv  # first: a batch norm after it folds into its conv
+    from .layer_scale import FoldLayerScale  # gamma * linear: after the linear forms are canonical
+    passes = [ConvTransposeAsConv(), relax.transform.FoldBatchnormToConv2D()]
     if numpy_fold:
         passes.append(FoldConstantNumpy())
     # (x, indices)[0] from max_pool2d_with_indices -> x, then drop what is no longer used.
     passes += [relax.transform.FoldConstant(), BatchNormAsConv(), ClipFromTIR(), relax.transform.CanonicalizeBindings(),
-               relax.transform.DeadCodeElimination(), SelectsAsSlices(), UnbroadcastWeights(), BiasBeforeReshape()]
+               relax.transform.DeadCodeElimination(), SelectsAsSlices(), UnbroadcastWeights(), BiasBeforeReshape(),
+               FoldLayerScale()]
     return tvm.transform.Sequential(passes, name="tvmptq.Canonicalize")

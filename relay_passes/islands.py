@@ -55,6 +55,7 @@ UNARY_SIGNATURES: dict[str, tuple[str, ...]] = {
     "hardswish.default": ("add", "clip", "clip", "multiply", "divide"),
     "hardsigmoid.default": ("add", "clip", "clip", "divide"),
     "gelu.default": ("nn.gelu",),
+    "gelu.default+erf": ("divide", "erf", "add", "multiply", "multiply"),  # ONNX before opset 20
     "mish.default": ("exp", "add", "log", "greater", "where", "tanh", "multiply"),
     "elu.default": ("exp", "subtract", "nn.relu", "multiply", "nn.relu", "add"),
     "leaky_relu.default": ("nn.leakyrelu",),
@@ -107,7 +108,7 @@ def float_step_anchor_kind(step: dict) -> str | None:
 
 
 # Layer kinds rewritten before matching (lookup_tables.LookupTables): no anchor in the Relax graph.
-PRELOWERED_KINDS = {"lut"}
+PRELOWERED_KINDS = {"lut", "prelu"}  # prelu: relay_passes/prelu.PReLUs
 
 
 def expected_anchors(plan: QuantPlan) -> list[tuple[str, LayerPlan | str]]:

@@ -94,6 +94,8 @@ def anchor_key(call: relax.Call):
         return "mean", None
     if name == "relax.nn.avg_pool2d":
         return "avg_pool", None
+    if name == "relax.image.resize2d" and str(call.attrs.method) == "linear":
+        return "bilinear", None
     if name == "relax.concat":
         return "cat", None
     if name in ("relax.multiply", "relax.divide") and _is_const(args[1]) and not _is_const(args[0]):

@@ -204,6 +204,29 @@ class _LayerRewriter(relax.PyExprMutator):
         return requantize(bb, acc, a["multiplier"], a["shift"], out, lp.clip, bias=-count * g.zero_point,
                           acc_bound=count * g.max_abs, mode=self.mode)
 
+    def _bilinear(self, m, qs, grids, out):
+        """QBilinear: rows then columns of ``w0 (q0 - z) + w1 (q1 - z)`` (take + multiply in int32,
+        the plan's integer weights), one requantize by s_in / (s_out Dh Dw)."""
+        at, bb, g, lp = m.call.attrs, self.builder_, grids[0], m.layer
+        mode = "align_corners" if lp.attrs["align_corners"] else "half_pixel"
+        size = [int(v) for v in m.call.ty.shape][-2:]
+        if str(at.coordinate_transformation_mode) != mode or size != lp.attrs["out_size"]:
+            raise LoweringError(f"layer {lp.name!r}: Relax {m.anchor.name} resizes to {size} with "
+                                f"{at.coordinate_transformation_mode}, the plan to {lp.attrs['out_size']} with {mode}")
+        a = lp.arrays
+        y = bb.emit(R.astype(qs[0], "int32"))
+        if g.zero_point:
+            y = bb.emit(R.subtract(y, relax.const(g.zero_point, "int32")))
+        for key, axis in (("rows", 2), ("cols", 3)):
+            index, weight = a[key].astype(np.int32), a[f"{key}_weight"].astype(np.int32)
+            shape = (-1, 1) if axis == 2 else (-1,)
+            taps = [bb.emit(R.multiply(bb.emit(R.take(y, relax.const(index[:, t]), axis=axis, mode="clip")),
+                                       relax.const(weight[:, t].reshape(shape)))) for t in (0, 1)]
+            y = bb.emit(R.add(taps[0], taps[1]))
+        dh, dw = lp.attrs["denominators"]
+        return requantize(bb, y, a["multiplier"], a["shift"], out, lp.clip, acc_bound=dh * dw * g.max_abs_centered,
+                          mode=self.mode)
+
     def _mul(self, m, qs, grids, out):
         """QMul: (a - za)(b - zb) in int32 (|product| < 2^16 for 8-bit grids), one requantize."""
         bb = self.builder_

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from tvmptq.quant import graph, lut
+from tvmptq.quant import edge_ops, graph, lut
 
 HOW = {
     "conv2d": "integer kernel (int8 x int8 -> int32, per-channel requantize)",
@@ -21,6 +21,9 @@ HOW = {
     "mul_const": "integer requantize (by a Python scalar; a tensor product of two activations: 'mul')",
     "cat": "integer requantize (each input rescaled to the output grid)",
     "avg_pool": "integer requantize (int32 window sum, one multiplier; per-position divisors refused)",
+    "bilinear": ("integer requantize (2x2 integer weights on a 1/D grid per axis, int32 sum, one multiplier; "
+                 "half-pixel and align_corners; grids finer than 1/64 refused by name)"),
+    "prelu": "integer requantize (two multipliers: x >= 0 shared, x < 0 per channel, slope sign included)",
 }
 
 
@@ -49,13 +52,23 @@ def main():
         if op not in graph.FUSABLE_ACTIVATIONS:
             rows[name(op)] = (f"lookup table ({fn}: input code -> output code) on a quantized input; float island "
                               "with --float-activations or on float-island outputs")
+    rows["aten.conv_transpose2d.input"] = ("integer kernel: zero insertion + padding (data movement) and a stride-1 "
+                                           "conv2d (int8 x int8 -> int32, per-channel requantize; im2col + dot-product "
+                                           "kernel when groups=1 and undilated)")
+    rows["aten.erf.default"] = ("with the ONNX GELU spelling around it (div by sqrt 2, +1, mul, mul 0.5): one GELU "
+                                "lookup table; alone: refused")
     rows["aten.batch_norm.default"] = "folded into the conv before it; otherwise a depthwise 1x1 integer conv"
     rows["aten.log_softmax.int"] = rows["aten._log_softmax.default"] = "float island (float64, declared)"
     lines = ["# Operators: how each ATen op runs in the integer program", "",
              "`python scripts/list_ops.py` (from the classifier tables). Any op not listed is refused with "
              "`UnsupportedOpError` naming the node and the op.", "",
-             "Not yet lowered (refused by name): `conv_transpose2d`, `upsample_bilinear2d`, `prelu`; "
-             "avg_pool2d with per-position divisors (count_include_pad=False with padding, ceil_mode partial windows).",
+             "Refused by name with what would be needed (`tvmptq/quant/edge_ops.py` NEEDS): "
+             + "; ".join(f"`{op}`: {why}" for op, why in sorted(edge_ops.NEEDS.items()))
+             + "; avg_pool2d with per-position divisors (count_include_pad=False with padding, ceil_mode partial windows).",
+             "", "ONNX files (onnx2torch, tvmptq/zoo/onnx_converters.py): `Resize` with constant scales or sizes becomes "
+             "`upsample_nearest2d` (mode nearest, asymmetric + floor) or `upsample_bilinear2d` (linear: half_pixel, "
+             "pytorch_half_pixel, align_corners); other Resize modes are refused naming the node. `HardSigmoid` "
+             "(alpha 1/6, beta 1/2) is `hardsigmoid`; GELU spelled with `Erf` (opset < 20) is one `gelu` table.",
              "", "| ATen op | how it runs |", "|---|---|"]
     lines += [f"| `{k}` | {v} |" for k, v in sorted(rows.items())]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

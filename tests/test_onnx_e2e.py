@@ -17,18 +17,11 @@ from torch import nn
 
 import tvmptq
 from tvmptq.cli import main
-from tvmptq.errors import ModelError
 from tvmptq.peers.onnxruntime_peer import OrtRunner, export_onnx
 
 IMAGE = (3, 16, 16)
 SAMPLES = 64
 
-# onnx2torch's OnnxResize reads its constant `scales` input with `.tolist()` and branches on the values
-# (onnx2torch/node_converters/resize.py:84 `if scales[:2] != [1, 1]`), which torch.export cannot trace.
-RESIZE_BUG = ("user ONNX with Resize (F.interpolate nearest x2): torch.export in quant/graph.export_model "
-              "fails with GuardOnDataDependentSymNode 'Could not guard on data-dependent expression "
-              "Eq(zuf0, 1.0)' in onnx2torch OnnxResize.forward (scales.tolist()); needs a static Resize "
-              "converter in tvmptq/zoo/onnx_converters.py")
 
 
 class UserCNN(nn.Module):
@@ -177,7 +170,6 @@ class UpsampleCNN(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-@pytest.mark.xfail(strict=True, raises=ModelError, reason=RESIZE_BUG)
 def test_api_user_onnx_with_resize(tmp_path, data):
     calib, evals = data
     torch.manual_seed(0)

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, DataError
 from .fixedpoint import quantize_multiplier, shared_shift_multipliers
 from .graph import Layer, LayerGraph
+from .edge_ops import bilinear_arrays
 from .lut import build_table
 from .observers import HistogramObserver
 from .plan import LayerPlan, QuantPlan, TensorQuant
@@ -135,6 +136,16 @@ def _layer_plan(layer: Layer, graph: LayerGraph, tensors: dict, config: QuantCon
     elif layer.kind == "avg_pool":  # the window sum times s_in / (s_out * divisor)
         real = float(tensors[ins[0]].scale) / (float(out.scale) * layer.attrs["count"])
         arr["multiplier"], arr["shift"] = quantize_multiplier(real)
+    elif layer.kind == "bilinear":  # sum of wh * ww * (q - z), times s_in / (s_out * Dh * Dw)
+        arr.update(bilinear_arrays(layer.attrs))
+        dh, dw = layer.attrs["denominators"]
+        arr["multiplier"], arr["shift"] = quantize_multiplier(float(tensors[ins[0]].scale) / (float(out.scale) * dh * dw))
+    elif layer.kind == "prelu":  # x >= 0: s_in / s_out; x < 0: alpha_c s_in / s_out (sign in the multiplier)
+        ratio = float(tensors[ins[0]].scale) / float(out.scale)
+        arr["multiplier_pos"], arr["shift_pos"] = quantize_multiplier(ratio)
+        alpha = np.asarray(layer.attrs["alpha"], np.float64)
+        m, k = quantize_multiplier(np.abs(alpha) * ratio)
+        arr["multiplier"], arr["shift"] = m * np.where(alpha < 0, -1, 1), k
     elif layer.kind == "mean":
         shape = layer.inputs[0].meta["val"].shape
         count = int(np.prod([shape[d] for d in layer.attrs["dims"]]))

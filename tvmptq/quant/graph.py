@@ -17,6 +17,7 @@ import torch.fx as fx
 
 from ..errors import UnsupportedOpError
 from .capture import batch_norm_as_conv, const_value, export_model, fold_batch_norm, fold_linear_bias
+from .edge_ops import NEEDS, bilinear_attrs, conv_transpose_as_conv, fold_layer_scale, fuse_erf_gelu, prelu_alpha
 
 aten = torch.ops.aten
 
@@ -37,6 +38,9 @@ REQUANT_OPS = {
     aten.div.Tensor: "mul_const",   # likewise
     aten.cat.default: "cat",
     aten.avg_pool2d.default: "avg_pool",  # int32 window sum, one requantize (uniform divisor)
+    aten.upsample_bilinear2d.vec: "bilinear",      # integer 2x2 weights on a 1/D grid (edge_ops.py)
+    aten.upsample_bilinear2d.default: "bilinear",
+    aten.prelu.default: "prelu",                   # two multipliers: x >= 0 and x < 0 (per channel)
 }
 # Activations fused into the clip of the op that produces their input.
 FUSABLE_ACTIVATIONS = {aten.relu.default, aten.relu_.default, aten.hardtanh.default,
@@ -201,7 +205,9 @@ def classify(gm: fx.GraphModule, lookup_tables: bool = True) -> LayerGraph:
             kind = None  # mixes in auxiliary data (e.g. an attention mask): a float island
         if kind == "add" and (len(act_args) != 2 or (len(node.args) > 2 and node.args[2] != 1)):
             kind = None
-        if kind in REQUANT_OPS.values() and not any(a.name in source for a in act_args):
+        if kind in ("bilinear", "prelu"):
+            pass  # like a kernel: a model input or a float-island result is quantized at its input
+        elif kind in REQUANT_OPS.values() and not any(a.name in source for a in act_args):
             kind = None  # elementwise math on float-island outputs stays in the island
         # A table needs an integer input: functions of float-island results stay in the island.
         quantized_input = bool(node.args) and isinstance(node.args[0], fx.Node) and (node.args[0].name in source or node.args[0].op == "placeholder")
@@ -223,6 +229,11 @@ def classify(gm: fx.GraphModule, lookup_tables: bool = True) -> LayerGraph:
                                           else bool(node.args[2]) if len(node.args) > 2 else False)
             if kind == "avg_pool":
                 layer.attrs.update(_avg_pool_attrs(node))
+            if kind == "bilinear":
+                layer.attrs.update(bilinear_attrs(node))
+            if kind == "prelu":
+                layer.inputs, layer.attrs["alpha"] = [node.args[0]], prelu_alpha(gm, node)
+                layer.attrs["ndim"] = node.args[0].meta["val"].dim()  # slopes along dim 1
             if kind == "cat":
                 layer.inputs = list(node.args[0])
                 layer.attrs["dim"] = node.args[1] if len(node.args) > 1 else 0
@@ -230,6 +241,7 @@ def classify(gm: fx.GraphModule, lookup_tables: bool = True) -> LayerGraph:
                 layer.inputs = [node.args[0]]
                 layer.attrs["function"], layer.attrs["function_attrs"], layer.out_node = lut
                 layer.attrs["aten"] = getattr(target, "__name__", str(target))  # how Relax spells it
+                layer.attrs["aten"] += node.meta.get("tvmptq_spelling", "")  # e.g. ONNX's erf GELU
                 if layer.out_node is not node:  # x * sigmoid(x) spelled out (ONNX SiLU)
                     layer.attrs["aten"] += "+" + layer.out_node.target.__name__
                     consumed_by_act.add(layer.out_node.name)
@@ -263,9 +275,10 @@ def classify(gm: fx.GraphModule, lookup_tables: bool = True) -> LayerGraph:
         elif target in FLOAT_ISLAND_OPS:
             islands.append(node)
         else:
+            op = getattr(target, '__name__', str(target))
             raise UnsupportedOpError(
-                f"unsupported op {getattr(target, '__name__', target)} at node '{node.name}': "
-                "no integer lowering and not a declared float island")
+                f"unsupported op {op} at node '{node.name}': no integer lowering and not a declared float island"
+                + (f"; {NEEDS[op.split('.')[0]]}" if op.split('.')[0] in NEEDS else ""))
     return LayerGraph(gm, layers, quant_points, islands, aux, inputs, source)
 
 
@@ -376,9 +389,13 @@ def _resolve_source(node: fx.Node, source: dict, quant_points: dict) -> str:
 def build_layer_graph(module: torch.nn.Module, example_inputs: tuple, lookup_tables: bool = True,
                       batch: int | None = None) -> LayerGraph:
     gm = export_model(module, example_inputs, batch)
+    conv_transpose_as_conv(gm)  # zero insertion + conv2d: before batch norm folds into that conv
+    if lookup_tables:  # one table; as a float island the erf spelling would not match the plan's GELU
+        fuse_erf_gelu(gm)
     fold_batch_norm(gm)
     batch_norm_as_conv(gm)
     fold_linear_bias(gm)
+    fold_layer_scale(gm)
     graph = classify(gm, lookup_tables)
     graph.batch = getattr(gm, "fixed_batch", None)
     return graph

@@ -235,6 +235,44 @@ class QMul(_IntLayer):
         return self._finish(self.requant(prod))
 
 
+class QBilinear(_IntLayer):
+    """Bilinear upsampling on integer weights (edge_ops.axis_weights): rows, then columns, of
+    ``w0 (q0 - z) + w1 (q1 - z)`` (exact in float64), one requantize by s_in / (s_out Dh Dw)."""
+
+    def __init__(self, lp, tensors):
+        super().__init__(lp, tensors)
+        a = lp.arrays
+        for key in ("rows", "cols"):
+            self.register_buffer(key, torch.as_tensor(a[key], dtype=torch.int64))
+            self.register_buffer(f"{key}_weight", torch.as_tensor(a[f"{key}_weight"], dtype=torch.float64))
+        dh, dw = lp.attrs["denominators"]
+        self.requant = self._requant(_input_range(self.tin[0]) * dh * dw)
+
+    def forward(self, x):
+        xc = _centered(x, self.tin[0]).double()
+        r, wr = self.rows, self.rows_weight
+        y = xc[:, :, r[:, 0]] * wr[:, :1] + xc[:, :, r[:, 1]] * wr[:, 1:]
+        c, wc = self.cols, self.cols_weight
+        y = y[..., c[:, 0]] * wc[:, 0] + y[..., c[:, 1]] * wc[:, 1]
+        return self._finish(self.requant(y))
+
+
+class QPrelu(_IntLayer):
+    """PReLU: (q - z) requantized by the positive multiplier where q >= z, by the channel's
+    negative one (alpha_c s_in / s_out, sign included) elsewhere."""
+
+    def __init__(self, lp, tensors):
+        super().__init__(lp, tensors)
+        a, bound = lp.arrays, _input_range(self.tin[0])
+        shape = (1, -1) + (1,) * (lp.attrs["ndim"] - 2)
+        self.pos = Requantize(a["multiplier_pos"], a["shift_pos"], bound)
+        self.neg = Requantize(a["multiplier"], a["shift"], bound, shape=shape)
+
+    def forward(self, x):
+        xc = _centered(x, self.tin[0])
+        return self._finish(torch.where(xc >= 0, self.pos(xc), self.neg(xc)))
+
+
 class QLookup(_IntLayer):
     """A unary function as a table from input code to output code (lut.py); kept in float
     (override), the same function evaluated on the dequantized input and quantized."""
@@ -284,7 +322,8 @@ FLOAT64_ISLANDS = {_aten.log_softmax.int: _log_softmax_f64, _aten._log_softmax.d
 
 
 LAYER_MODULES = {"conv2d": QKernel, "linear": QKernel, "matmul": QMatmul, "add": QAdd,
-                 "mean": QMean, "mul_const": QMulConst, "cat": QCat, "lut": QLookup, "mul": QMul, "avg_pool": QAvgPool}
+                 "mean": QMean, "mul_const": QMulConst, "cat": QCat, "lut": QLookup, "mul": QMul, "avg_pool": QAvgPool,
+                 "bilinear": QBilinear, "prelu": QPrelu}
 
 
 def simulate(graph: LayerGraph, plan: QuantPlan) -> fx.GraphModule:

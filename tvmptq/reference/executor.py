@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import lut, ops
+from . import edge, lut, ops
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,7 +99,8 @@ def _cat(lp, *xs: np.ndarray) -> np.ndarray:
 
 
 LAYERS = {"conv2d": _kernel, "linear": _kernel, "matmul": _matmul, "add": _add, "mean": _mean,
-          "mul_const": _mul_const, "cat": _cat, "mul": _mul, "avg_pool": _avg_pool}
+          "mul_const": _mul_const, "cat": _cat, "mul": _mul, "avg_pool": _avg_pool,
+          "bilinear": edge.bilinear, "prelu": edge.prelu}
 
 
 def _float_kernel(lp, x: QValue, t) -> np.ndarray:

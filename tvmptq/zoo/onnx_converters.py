@@ -170,6 +170,19 @@ class StaticConstant(nn.Module):
         return self.value.clone()
 
 
+class StaticResize(nn.Module):
+    """Resize with constant scales or sizes: F.interpolate with Python numbers (onnx2torch's OnnxResize
+    reads them with ``.tolist()`` at run time, which torch.export cannot trace)."""
+
+    def __init__(self, mode: str, size: Optional[list[int]], scale: Optional[list[float]], align_corners):
+        super().__init__()
+        self.mode, self.size, self.scale, self.align_corners = mode, size, scale, align_corners
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=self.size, scale_factor=self.scale, mode=self.mode,
+                             align_corners=self.align_corners)
+
+
 # ---- converters -----------------------------------------------------------------------------------
 
 
@@ -262,6 +275,42 @@ def _gelu(node, graph):
     return _result(nn.GELU(approximate=node.attributes.get("approximate", "none")), node)
 
 
+# ONNX (mode, coordinate_transformation_mode) -> (F.interpolate mode, align_corners): the pairs
+# whose sampling positions are PyTorch's; nearest needs nearest_mode "floor" too.
+_RESIZE_MODES = {("nearest", "asymmetric"): ("nearest", None), ("linear", "half_pixel"): ("bilinear", False),
+                 ("linear", "pytorch_half_pixel"): ("bilinear", False), ("linear", "align_corners"): ("bilinear", True)}
+
+
+def _resize(node, graph):
+    a = node.attributes
+    mode, coords = a.get("mode", "nearest"), a.get("coordinate_transformation_mode", "half_pixel")
+    scales, sizes = _constant(node, graph, 2), _constant(node, graph, 3)
+    scales = None if scales is None or scales.numel() == 0 else [float(v) for v in scales.flatten().tolist()]
+    sizes = _ints(None if sizes is None or sizes.numel() == 0 else sizes)
+    if (scales or sizes) is None or len(scales or sizes) != 4:
+        raise _NotConstant  # not a constant 4-D resize: onnx2torch's own converter
+    if mode == "nearest" and a.get("nearest_mode", "round_prefer_floor") != "floor" or (mode, coords) not in _RESIZE_MODES:
+        raise NotImplementedError(f"Resize mode={mode!r} coordinate_transformation_mode={coords!r} nearest_mode="
+                                  f"{a.get('nearest_mode', 'round_prefer_floor')!r}: only PyTorch's sampling (nearest: "
+                                  "asymmetric + floor; linear: half_pixel, pytorch_half_pixel, align_corners) is converted")
+    if a.get("antialias", 0) or a.get("axes") is not None or (scales and scales[:2] != [1.0, 1.0]):
+        raise NotImplementedError("Resize with antialias, axes or a batch/channel scale is not converted")
+    torch_mode, align = _RESIZE_MODES[mode, coords]
+    if coords == "pytorch_half_pixel" and sizes and min(sizes[2:]) == 1:
+        raise NotImplementedError("Resize pytorch_half_pixel to a size of 1 samples differently from half_pixel")
+    module = StaticResize(torch_mode, sizes[2:] if sizes else None, None if sizes else scales[2:], align)
+    return _result(module, node)
+
+
+def _hard_sigmoid(node, graph):
+    """PyTorch's hardsigmoid (alpha 1/6, beta 1/2) as nn.Hardsigmoid, one op the classifier turns into
+    a lookup table (onnx2torch spells it as multiply, add, clip); other slopes: onnx2torch's."""
+    alpha, beta = node.attributes.get("alpha", 0.2), node.attributes.get("beta", 0.5)
+    if abs(alpha - 1 / 6) > 1e-6 or abs(beta - 0.5) > 1e-6:
+        raise _NotConstant
+    return _result(nn.Hardsigmoid(), node)
+
+
 _REDUCE_OPS_18 = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
                   "ReduceMin", "ReduceProd", "ReduceSumSquare")  # ReduceSum took axes as an input at 13
 
@@ -278,6 +327,8 @@ _STATIC_CONVERTERS: list[tuple[str, tuple[int, ...], Callable]] = [
     ("Squeeze", (13, 21), _squeeze),
     ("Split", (13, 18), _split),
     ("Gather", (1, 11, 13), _gather),
+    ("Resize", (11, 13, 18, 19), _resize),
+    ("HardSigmoid", (6,), _hard_sigmoid),
     *((op, (18,), _reduce_with_axes_input) for op in _REDUCE_OPS_18),
     ("ReduceMax", (20,), _reduce_with_axes_input),
     ("ReduceMin", (20,), _reduce_with_axes_input),
