@@ -66,3 +66,32 @@ def test_training_is_reproducible(tmp_path):
                     "--out-dir", str(tmp_path)], check=True, cwd=REPO, timeout=1800)
     retrained = json.loads((tmp_path / "digits_vit.json").read_text())
     assert abs(retrained["test_accuracy"] - recorded_training()["test_accuracy"]) <= 0.005
+
+
+def test_reconstruction_runs_on_the_vit_and_folds_zero_cost():
+    """AdaRound (layer-wise: its blocks read the batch size and the CLS token from other blocks) and
+    BRECQ (blocks holding GELU tables) fit on the ViT and fold into a plan that lowers to the same
+    Relax op and constant counts as the baseline, compiled == simulation == NumPy reference."""
+    from targets.build import compile_integer
+
+    import relay_passes as rp
+    from tvmptq.algorithms.cost import relax_constants
+    from tvmptq.api import apply_method
+    from tvmptq.reference.executor import run_plan
+
+    model = tvmptq.load("digits_vit")
+    digits = tvmptq.get_set("digits")
+    calib = tuple(np.asarray(a[:32]) for a in digits.calibration())
+    x = np.asarray(digits.evaluation()[0][:4])
+    base = tvmptq.quantize(model, calib, tvmptq.make_config(4, 4, "minmax"), progress=False)
+    imported = rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(4)))
+    lowered = rp.lowering_passes(base.plan)(imported)
+    for method in ("adaround", "brecq"):
+        qm = apply_method(base, calib, method, {"samples": 32, "iters": 10})
+        assert any(not np.array_equal(a.arrays["weight"], b.arrays["weight"])
+                   for a, b in zip(qm.plan.layers, base.plan.layers) if "weight" in a.arrays)  # it learned
+        mod = rp.lowering_passes(qm.plan)(imported)
+        assert rp.op_counts(mod) == rp.op_counts(lowered) and relax_constants(mod) == relax_constants(lowered)
+        simulated = qm.runner()(x)
+        assert np.array_equal(simulated, run_plan(qm.plan, x))
+    assert np.array_equal(compile_integer(mod, "x86-host", tensorize=True)(x), simulated)

@@ -43,6 +43,13 @@ def _constant(node, graph, index: int) -> Optional[torch.Tensor]:
     return value if isinstance(value, torch.Tensor) else torch.tensor(value)
 
 
+def _is_constant(node, graph, index: int) -> bool:
+    try:
+        return _constant(node, graph, index) is not None
+    except _NotConstant:
+        return False
+
+
 def _ints(value: Optional[torch.Tensor]) -> Optional[list[int]]:
     return None if value is None else [int(v) for v in value.flatten().tolist()]
 
@@ -228,8 +235,9 @@ def _gather(node, graph):
     data = node.input_values[0]
     if data in graph.initializers:
         table = graph.initializers[data].to_torch()
-        if node.attributes.get("axis", 0) != 0 or table.dim() != 2 or not table.is_floating_point():
-            raise _NotConstant  # some other lookup in a constant: onnx2torch's own converter
+        if node.attributes.get("axis", 0) != 0 or table.dim() != 2 or not table.is_floating_point() \
+                or _is_constant(node, graph, 1):
+            raise _NotConstant  # another lookup in a constant (it folds): onnx2torch's own converter
         from onnx2torch.utils.common import OnnxMapping, OperationConverterResult
 
         # The module reads only the indices; the table is its weight.
