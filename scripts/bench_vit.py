@@ -149,6 +149,8 @@ def write_md(rows, fp32: dict, path: Path, seconds: float) -> None:
             gap = fp32["accuracy"] - best["accuracy"]
             lines.append(f"- {tag}: best {best['method']} {best['accuracy']:.1f} % ({gap:+.1f} pt below FP32): "
                          f"{'met' if gap <= allowed else 'MISSED'}")
+    lines.append("- Why a missed W4A4 target is missed: results/vit_sensitivity.md (`scripts/vit_sensitivity.py`: "
+                 "accuracy with each group of activation tensors alone at 4 / alone at 8 bits).")
     path.write_text("\n".join(lines) + "\n")
     path.with_suffix(".json").write_text(json.dumps({"fp32": fp32, "rows": rows}, indent=1))
 
