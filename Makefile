@@ -4,7 +4,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 
-.PHONY: demo test test-slow bench bench-targets bench-speed bench-cwac bench-recon arm-setup venv clean
+.PHONY: demo test test-slow bench bench-targets bench-speed bench-cwac bench-recon bench-vit arm-setup venv clean
 
 venv: $(STAMP)
 
@@ -53,6 +53,10 @@ bench-speed: $(STAMP) arm-setup
 # results/reconstruction.md: digits, EfficientNet-Lite0 and MiniLM rows (hours on 2 cores)
 bench-recon: $(STAMP)
 	$(PY) scripts/bench_reconstruction.py
+
+# results/vit.md (issue 26): digits_vit W8A8..W2A4, baseline/CWAC/AdaRound/BRECQ/WAPS, ORT int8 latency
+bench-vit: $(STAMP)
+	$(PY) scripts/bench_vit.py
 
 bench-cwac: $(STAMP)
 	$(PY) scripts/bench_cwac.py --models digits_resnet efficientnet_lite0 minilm_l6 --fit-samples 64 \

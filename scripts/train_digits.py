@@ -1,6 +1,7 @@
-"""Train the digits ResNet (tvmptq/zoo/digits_resnet.py) and write its weights and JSON sidecar.
+"""Train a digits zoo model (the ResNet or the ViT) and write its weights and JSON sidecar.
 
     python scripts/train_digits.py                      # -> tvmptq/zoo/weights/digits_resnet.{pt,json}
+    python scripts/train_digits.py --model digits_vit   # -> tvmptq/zoo/weights/digits_vit.{pt,json}
     python scripts/train_digits.py --out-dir /tmp/x     # retrain elsewhere (the slow test does this)
 
 Deterministic: fixed seeds, deterministic algorithms and 2 threads, so a rerun on the same
@@ -19,9 +20,15 @@ import torch
 import torch.nn.functional as F
 
 from tvmptq.data.digits import load_digits_split
-from tvmptq.zoo.digits_resnet import SIDECAR_FILE, WEIGHTS_FILE, DigitsResNet, count_correct
+from tvmptq.zoo import digits_resnet, digits_vit
+from tvmptq.zoo.digits_resnet import count_correct
 
 THREADS = 2
+# model -> (class, weights file, sidecar file, default epochs, max learning rate)
+MODELS = {
+    "digits_resnet": (digits_resnet.DigitsResNet, digits_resnet.WEIGHTS_FILE, digits_resnet.SIDECAR_FILE, 30, 3e-3),
+    "digits_vit": (digits_vit.DigitsViT, digits_vit.WEIGHTS_FILE, digits_vit.SIDECAR_FILE, 60, 5e-3),
+}
 
 
 def random_roll(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -35,14 +42,15 @@ def random_roll(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
                   rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def train(epochs: int, seed: int, batch_size: int = 64, max_lr: float = 3e-3) -> tuple[DigitsResNet, dict]:
+def train(epochs: int, seed: int, batch_size: int = 64, max_lr: float = 3e-3,
+          model_class: type = digits_resnet.DigitsResNet) -> tuple[torch.nn.Module, dict]:
     torch.set_num_threads(THREADS)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     generator = torch.Generator().manual_seed(seed)  # batch order and augmentation
 
     x_train, y_train, x_test, y_test = (torch.tensor(np.array(a)) for a in load_digits_split())
-    model = DigitsResNet()
+    model = model_class()
     optimizer = torch.optim.AdamW(model.parameters(), lr=max_lr, weight_decay=1e-4)
     steps_per_epoch = (len(x_train) + batch_size - 1) // batch_size
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
@@ -81,18 +89,22 @@ def train(epochs: int, seed: int, batch_size: int = 64, max_lr: float = 3e-3) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--model", choices=sorted(MODELS), default="digits_resnet")
+    parser.add_argument("--epochs", type=int, default=None, help="default: 30 (ResNet), 60 (ViT)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", type=Path, default=WEIGHTS_FILE.parent)
+    parser.add_argument("--out-dir", type=Path, default=None, help="default: tvmptq/zoo/weights")
     args = parser.parse_args()
 
-    model, record = train(args.epochs, args.seed)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), args.out_dir / WEIGHTS_FILE.name)
-    (args.out_dir / SIDECAR_FILE.name).write_text(json.dumps(record, indent=2) + "\n")
+    model_class, weights_file, sidecar_file, epochs, max_lr = MODELS[args.model]
+    model, record = train(args.epochs or epochs, args.seed, max_lr=max_lr, model_class=model_class)
+    record["model"] = args.model
+    out_dir = args.out_dir or weights_file.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out_dir / weights_file.name)
+    (out_dir / sidecar_file.name).write_text(json.dumps(record, indent=2) + "\n")
     print(
         f"test accuracy {record['test_accuracy']:.4f} ({record['test_correct']}/{record['test_images']}), "
-        f"train time {record['train_seconds']:.1f}s -> {args.out_dir}"
+        f"train time {record['train_seconds']:.1f}s -> {out_dir}"
     )
 
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..quant import lut
 from ..quant.calibrate import _clip
 from ..quant.fixedpoint import quantize_multiplier, shared_shift_multipliers
 from ..quant.plan import QuantPlan
@@ -134,7 +135,7 @@ class TrainKernel(nn.Module):
 
 
 class TrainRequant(nn.Module):
-    """add / mean / mul_const / matmul / cat in float, then the output ActQuant."""
+    """add / mean / mul_const / matmul / cat / lut / mul in float, then the output ActQuant."""
 
     def __init__(self, layer, lp, tensors, learn_act: bool):
         super().__init__()
@@ -151,6 +152,10 @@ class TrainRequant(nn.Module):
             y = xs[0] * a["factor"]
         elif k == "cat":
             y = torch.cat(xs, dim=a["dim"])
+        elif k == "lut":                        # the table's function; its output grid is learned
+            y = lut.evaluate(a["function"], a["function_attrs"], xs[0])
+        elif k == "mul":
+            y = xs[0] * xs[1]
         else:
             b = xs[1].transpose(-1, -2) if a.get("transpose_b") else xs[1]
             y = torch.matmul(xs[0], b)
@@ -184,6 +189,11 @@ class TrainModel:
             self.modules[node.name] = mod
         self.attrs = {n.name: _get_attr(sim, n.target) for n in sim.graph.nodes if n.op == "get_attr"}
         self.nodes = [n for n in sim.graph.nodes if n.op not in ("output",)]
+        # The batch size as a value (a ViT's ``x.shape[0]``, sym_size): every block that uses it
+        # runs it (find_blocks) and reads it off the model input, which every block sees.
+        self.batch_sizes = {n.name for n in self.nodes if n.target == torch.ops.aten.sym_size.int
+                            and len(n.args) > 1 and n.args[1] == 0}
+        self.first_input = next(n.name for n in self.nodes if n.op == "placeholder")
 
     def set_mode(self, mode: str, drop_prob: float = 0.0) -> None:
         for m in self.modules.values():
@@ -198,6 +208,9 @@ class TrainModel:
         env = dict(env)
         for node in nodes:
             if node.op == "placeholder" or node.name in env:
+                continue
+            if node.name in self.batch_sizes:
+                env[node.name] = env[self.first_input].shape[0]
                 continue
             args = fx.node.map_arg(node.args, lambda n: env[n.name])
             kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n.name])
@@ -235,6 +248,10 @@ def find_blocks(model: TrainModel, granularity: str = "block") -> list[Block]:
     for n in nodes:
         if n.op == "placeholder" or any(a.name in data for a in n.all_input_nodes):
             data.add(n.name)
+    # Constants (a CLS token, a position embedding) and the batch size are not cached: every block
+    # that reads one recomputes it (cheap), whichever block it first appears in.
+    shared = [n for n in nodes if n.op != "placeholder" and (n.name not in data or n.name in model.batch_sizes)]
+    data -= model.batch_sizes
     out_node = next(n for n in model.graph.nodes if n.op == "output")
     last_use = {}
     for n in list(nodes) + [out_node]:
@@ -270,6 +287,7 @@ def find_blocks(model: TrainModel, granularity: str = "block") -> list[Block]:
         if not kernels and c != len(nodes) - 1:
             continue                                   # nothing to learn: merged into the next block
         names = {n.name for n in seg}
+        seg = [n for n in shared if n.name not in names] + seg
         inputs = live_after[start - 1] if start else []
         outputs = live_after[c] if c < len(nodes) - 1 else [a.name for a in out_node.all_input_nodes]
         blocks.append(Block(seg, inputs, outputs, [o for o in outputs if o in names],

@@ -19,6 +19,7 @@ from ..errors import ConfigError, DataError
 # [0, 1] with the ink bright (0 background); photos use EfficientNet-Lite's (x - 127) / 128.
 _ZOO = {
     "digits_resnet": {"kind": "image", "mode": "L", "size": 8, "resize": 8, "mean": [0.0], "std": [255.0]},
+    "digits_vit": {"kind": "image", "mode": "L", "size": 8, "resize": 8, "mean": [0.0], "std": [255.0]},
     "efficientnet_lite0": {"kind": "image", "mode": "RGB", "size": 224, "resize": 256,
                            "mean": [127.0] * 3, "std": [128.0] * 3},
 }

@@ -76,7 +76,7 @@ SETS = {
     "sentences": EvalSet("sentences", "embedding", _sentences_calib, _sentences_eval,
                          description="256 calibration / 512 evaluation stdlib docstring sentences"),
 }
-DEFAULT_SET = {"efficientnet_lite0": "photos", "digits_resnet": "digits", "minilm_l6": "sentences"}
+DEFAULT_SET = {"efficientnet_lite0": "photos", "digits_resnet": "digits", "digits_vit": "digits", "minilm_l6": "sentences"}
 
 
 def get_set(name: str) -> EvalSet:

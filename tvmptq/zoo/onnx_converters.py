@@ -43,6 +43,13 @@ def _constant(node, graph, index: int) -> Optional[torch.Tensor]:
     return value if isinstance(value, torch.Tensor) else torch.tensor(value)
 
 
+def _is_constant(node, graph, index: int) -> bool:
+    try:
+        return _constant(node, graph, index) is not None
+    except _NotConstant:
+        return False
+
+
 def _ints(value: Optional[torch.Tensor]) -> Optional[list[int]]:
     return None if value is None else [int(v) for v in value.flatten().tolist()]
 
@@ -104,6 +111,20 @@ class StaticSelect(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.select(self.axis, self.index)
+
+
+class TableLookup(nn.Module):
+    """ONNX Gather of rows of a constant float table by run-time indices (a word embedding):
+    ``F.embedding``, as a PyTorch model spells it, so the gathered rows are activations the
+    quantizer sees (onnx2torch's ``index`` of a buffer reads as auxiliary data). Indices are
+    non-negative token ids (ONNX also allows negative ones; embedding refuses them)."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", table)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        return F.embedding(indices.long(), self.weight)
 
 
 class StaticSlice(nn.Module):
@@ -226,7 +247,15 @@ def _split(node, graph):
 def _gather(node, graph):
     data = node.input_values[0]
     if data in graph.initializers:
-        raise _NotConstant  # a table lookup (embedding): onnx2torch's own converter
+        table = graph.initializers[data].to_torch()
+        if node.attributes.get("axis", 0) != 0 or table.dim() != 2 or not table.is_floating_point() \
+                or _is_constant(node, graph, 1):
+            raise _NotConstant  # another lookup in a constant (it folds): onnx2torch's own converter
+        from onnx2torch.utils.common import OnnxMapping, OperationConverterResult
+
+        # The module reads only the indices; the table is its weight.
+        return OperationConverterResult(torch_module=TableLookup(table), onnx_mapping=OnnxMapping(
+            inputs=(node.input_values[1],), outputs=node.output_values))
     index = _constant(node, graph, 1)
     if index is None or index.dim() != 0:
         raise _NotConstant

@@ -19,8 +19,9 @@ def register(model: ZooModel) -> ZooModel:
 
 def _ensure_builtins() -> None:
     # Imported lazily so that `import tvmptq.zoo.registry` stays light (no model code); idempotent.
-    from tvmptq.zoo import digits_resnet, efficientnet, minilm
-    for entry in (digits_resnet.DIGITS_RESNET, efficientnet.EFFICIENTNET_LITE0, minilm.MINILM_L6):
+    from tvmptq.zoo import digits_resnet, digits_vit, efficientnet, minilm
+    for entry in (digits_resnet.DIGITS_RESNET, digits_vit.DIGITS_VIT, efficientnet.EFFICIENTNET_LITE0,
+                  minilm.MINILM_L6):
         _REGISTRY.setdefault(entry.name, entry)
 
 
