@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import cli_qdq, cli_targets
+from . import cli_npu, cli_qdq, cli_targets
 from .errors import ConfigError, DataError, TvmptqError
 
 
@@ -225,6 +225,8 @@ def cmd_compile(args) -> int:
     model, plan, plan_file = cli_qdq.plan_for(args.model, args.plan, _input_shapes(args.input_shape))
     path = Path(args.model)
     source = f"{path.resolve()} (sha256 {sha256_file(path)})" if path.is_file() else f"zoo:{model.name}"
+    if cli_npu.is_npu_target(target, args.targets_file or ()):  # Ethos-U: TFLite + Vela (issue 22)
+        return cli_npu.compile_npu(args, model, plan, plan_file, source)
     pre = preprocessing_for(model, args.image_size, args.resize, _floats(args.mean, "--mean"), _floats(args.std, "--std"))
     database = cli_targets.tuning_database(args, target, model.name)
     t0 = time.perf_counter()
@@ -449,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--untuned", action="store_true", help="ignore any tuning database")
     c.add_argument("--no-tensorize", action="store_true",
                    help="build the plain lowering, without the target's tensorized int8 kernels (x86 VNNI)")
+    cli_npu.add_compile_flags(c)
     _add_data_flags(c)
     c.set_defaults(func=cmd_compile)
 
