@@ -24,7 +24,7 @@ import numpy as np
 
 from tvmptq.errors import ModelError
 
-from .capabilities import partition
+from .capabilities import check_llvm, partition
 from .ethos_u import compile_vela
 from .litert import compare_outputs
 
@@ -47,15 +47,20 @@ def check_inputs(model, n: int = 8) -> np.ndarray:
     return np.asarray(model.example_inputs(1)[0], np.float32)
 
 
-def npu_partition(model, plan, target, inputs=None):
-    """Lower the plan at batch 1 and partition it for ``target`` (with the llvm bit-exact check)."""
+def npu_partition(model, plan, target, inputs=None, check: bool = True):
+    """Lower the plan at batch 1 and partition it for ``target``; ``check``: with the llvm
+    bit-exact check on ``inputs`` (default: a few samples of the model's set). Returns
+    (Partition, the unpartitioned module)."""
     import warnings
 
     import relay_passes as rp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         mod = rp.lower(model.build(), model.example_inputs(1), plan)
-    return partition(mod, plan, target, check_inputs(model) if inputs is None else inputs)
+    part = partition(mod, plan, target)
+    if check:
+        check_llvm(part, mod, plan, check_inputs(model) if inputs is None else inputs)
+    return part, mod
 
 
 def refuse(part, model_name: str, allow_cpu_fallback: bool) -> None:
@@ -78,8 +83,9 @@ def compile_npu_artifact(model, plan, out_dir, target, plan_file=None, source: s
     t = registry.get(target) if isinstance(target, str) else target
     t0 = time.perf_counter()
     xs = check_inputs(model, max(litert_samples, 1))
-    part = npu_partition(model, plan, t, xs)
-    refuse(part, model.name, allow_cpu_fallback)
+    part, mod = npu_partition(model, plan, t, check=False)
+    refuse(part, model.name, allow_cpu_fallback)  # before any compile: the refusal is quick
+    check_llvm(part, mod, plan, xs)
     if part.bit_exact is False or part.matches_reference is False:
         raise ModelError(f"the partitioned program for {t.name} is not bit-exact on llvm "
                          f"(vs unpartitioned: {part.bit_exact}, vs NumPy reference: {part.matches_reference})")

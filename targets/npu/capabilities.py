@@ -75,18 +75,24 @@ class Partition:
 
 def partition(mod, plan, target, check_inputs: np.ndarray | None = None) -> Partition:
     """Partition the lowered integer module ``mod`` (relay_passes.lower at batch 1) for an NPU
-    target; with ``check_inputs`` (float model inputs) both programs are compiled for llvm and run,
-    and the partitioned one compared with the unpartitioned one and with the NumPy reference."""
+    target; with ``check_inputs`` (float model inputs) also :func:`check_llvm`."""
     caps = capabilities(target)
     p = PartitionForNPU(caps, plan)
     out = p(mod)
     result = Partition(caps.name, list(p.report), p.host_ops, out)
     if check_inputs is not None:
-        from targets.build import compile_integer
-        from tvmptq.reference import run_plan
-        x = np.asarray(check_inputs, np.float32)
-        got, want = compile_integer(out)(x), compile_integer(mod)(x)
-        got, want = (g[0] if isinstance(g, tuple) else g for g in (got, want))
-        result.bit_exact = bool(np.array_equal(got, want))
-        result.matches_reference = bool(np.array_equal(got, run_plan(plan, x)))
+        check_llvm(result, mod, plan, check_inputs)
     return result
+
+
+def check_llvm(part: Partition, mod, plan, inputs: np.ndarray) -> Partition:
+    """Compile the partitioned and the unpartitioned module for llvm, run both on ``inputs`` and
+    compare them with each other and with the NumPy integer reference (sets the two flags)."""
+    from targets.build import compile_integer
+    from tvmptq.reference import run_plan
+    x = np.asarray(inputs, np.float32)
+    got, want = compile_integer(part.module)(x), compile_integer(mod)(x)
+    got, want = (g[0] if isinstance(g, tuple) else g for g in (got, want))
+    part.bit_exact = bool(np.array_equal(got, want))
+    part.matches_reference = bool(np.array_equal(got, run_plan(plan, x)))
+    return part
