@@ -504,9 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cp = sub.add_parser("compare", help="one or more models across targets and variants: markdown table + bar chart")
     cp.add_argument("models", nargs="+", help="zoo model names")
-    cp.add_argument("--targets", nargs="+", default=["x86-host", "cortex-a72", "neoverse-v1", "sm_87", "sm_90"],
+    cp.add_argument("--targets", nargs="+", default=["x86-host", "cortex-a72", "neoverse-v1", "sm_87", "sm_90",
+                                                     "ethos-u55-128", "ethos-u65-256", "ethos-u85-256"],
                     help="target names (x86: latency here; aarch64: qemu bit-exactness + instruction counts; "
-                         "CUDA: nvcc validation)")
+                         "CUDA: nvcc validation; Ethos-U: Vela's estimates at W8A8 and W4A8, labelled so)")
     cp.add_argument("--variants", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
     cp.add_argument("--trials", type=int, default=0, help="MetaSchedule trials per model and variant on x86 (0: untuned only)")
     cp.add_argument("--chunk", type=int, default=8)
