@@ -234,7 +234,7 @@ def write_report(result: dict, out_md: Path) -> None:
     rows = result["rows"]
     out_md.parent.mkdir(parents=True, exist_ok=True)
     chart = out_md.with_suffix(".png")
-    lines = ["# Targets: latency, bit-exactness and nvcc validation\n",
+    lines = ["# Targets: latency, bit-exactness, nvcc validation and Ethos-U estimates\n",
              f"TVM {result['tvm']}, x86-host = `{result['host_cpu']}` (LLVM host CPU corrected with /proc/cpuinfo), "
              "tuning: MetaSchedule (XGBoost cost model), the same budget for FP32 and int8: "
              + ("; ".join(f"{m} {b} trials" for m, b in result.get("budget", {}).items()) or f"{result['trials']} trials")
@@ -281,7 +281,10 @@ def write_report(result: dict, out_md: Path) -> None:
         lines.append("")
     lines += npu_section(rows)
     if any(r["arch"] == "ethos-u" for r in rows):
-        lines += [f"![int8 latency across targets]({cross_target_chart(rows, out_md.with_name(out_md.stem + '_npu.png'))})\n"]
+        lines += [f"![int8 latency across targets]({cross_target_chart(rows, out_md.with_name(out_md.stem + '_npu.png'))})\n",
+                  "int8 latency per model, batch 1: x86-host measured here (blue) next to each Ethos-U NPU's "
+                  "Vela-estimated latency (orange, hatched: estimates). The Arm rows have no latency (qemu-user "
+                  "instruction counts are a proxy) and the CUDA rows none either (no GPU here), so they have no bar.\n"]
     if x86:
         labels = [f"{r['model']}\n{r['variant']} {r['target']}" for r in x86]
         fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(x86)), 4))

@@ -131,3 +131,29 @@ def test_cli_refuses_sub_8_bit_activations_by_name(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "4-bit activations" in err and "'conv2d'" in err and "'linear'" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_compare_npu_rows_are_labelled_estimates(tmp_path):
+    from targets.compare import run_compare
+    out = tmp_path / "cmp.md"
+    r = run_compare(["digits_resnet"], ["ethos-u55-128"], tmp_path / "work", out_md=out, npu_wbits=(8,),
+                    log=lambda m: None)
+    (row,) = r["rows"]
+    assert row["arch"] == "ethos-u" and row["latency_kind"] == "Vela estimate" and row["vela_summary_checked"]
+    assert row["vela_est_ms"] == pytest.approx(row["vela_cycles"] / (row["clock_mhz"] * 1e3), rel=1e-3)
+    assert row["partition_cpu_ops"] == [] and row["partition_bit_exact_llvm"] is True
+    md = out.read_text()
+    assert "estimates, not measurements" in md and "| digits_resnet | w8a8 | ethos-u55-128 |" in md
+    assert (tmp_path / "cmp_npu.png").is_file()
+
+
+def test_litert_peer_worker_times_the_export(digits_cli_plan, tmp_path):
+    from targets.speed import run_worker
+    from tvmptq.export.tflite import export_tflite, quantize_input
+    plan = QuantPlan.load(digits_cli_plan)
+    ex = export_tflite(plan, tmp_path / "d.tflite")
+    x = tvmptq.get_set("digits").evaluation()[0][:1]
+    np.savez(tmp_path / "in.npz", in0=quantize_input(plan, ex, x))
+    r = run_worker({"engine": "litert_int8", "kind": "litert", "path": str(ex.path), "inputs": str(tmp_path / "in.npz"),
+                    "threads": 1, "repeat": 3, "number": 2, "warmup": 1})
+    assert r["engine"] == "litert_int8" and r["median_ms"] > 0

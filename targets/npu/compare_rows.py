@@ -135,8 +135,11 @@ def cross_target_chart(rows: list[dict], path: Path) -> str:
         xs = np.arange(len(bars))
         for i, (_, v, est) in enumerate(bars):
             ax.bar(i, v, color="tab:orange" if est else "tab:blue", hatch="//" if est else None)
+            ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(xs, [b[0] for b in bars], fontsize=6)
         ax.set_yscale("log")
+        if bars:
+            ax.set_ylim(min(b[1] for b in bars) / 3, max(b[1] for b in bars) * 2)
         ax.set_ylabel("ms per inference, batch 1")
         ax.set_title(f"{m}: x86 measured vs Ethos-U estimated (Vela)", fontsize=9)
     fig.tight_layout()
