@@ -70,6 +70,13 @@ def _onnx_input_names(path) -> list[str]:
     return [i.name for i in m.graph.input if i.name not in inits]
 
 
+class _Skipped(Exception):
+    """An engine left out by --peers-only."""
+
+
+PEER_ENGINES = ("tvm_int8_untuned", "tvm_int8_tuned", "litert_int8")
+
+
 def budget(name: str, args) -> tuple[int, int, int]:
     """(trials, cover, chunk) of one model: targets.tune.ZOO_BUDGETS unless given on the command line."""
     from targets.tune import ZOO_BUDGETS
@@ -200,9 +207,26 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
             "warmup": args.warmup, "profile_dir": str(d / "profiles")}
     specs = {"torch_fp32": {**base, "engine": "torch_fp32", "kind": "torch", "model": name}}
 
+    # LiteRT: tvmptq's fully-integer TFLite export of the same plan, fed its int8 input
+    try:
+        from targets.npu.litert import compare_outputs
+        from tvmptq.export.tflite import export_tflite, quantize_input
+        tfl = export_tflite(plan, d / "tvmptq_int8.tflite", batch=1)
+        np.savez(d / "litert_inputs.npz", in0=quantize_input(plan, tfl, np.asarray(evaluation[0][:1])))
+        specs["litert_int8"] = {**base, "engine": "litert_int8", "kind": "litert", "path": str(tfl.path),
+                                "inputs": str(d / "litert_inputs.npz")}
+        eq = compare_outputs(plan, tfl, np.asarray(evaluation[0][:args.exact_samples]), resolvers=("AUTO",))[0]
+        res["litert_vs_reference"] = {"kernels": eq.resolver, "equal": eq.equal, "total": eq.total,
+                                      "max_abs": eq.max_abs, "top1_equal": eq.top1_equal, "samples": eq.samples}
+    except Exception as err:  # noqa: BLE001 - reported (e.g. MiniLM's float islands have no integer TFLite form)
+        res["errors"]["tvmptq TFLite export"] = f"{type(err).__name__}: {str(err)[:300]}"
+        log(f"  tvmptq TFLite export / LiteRT failed: {str(err)[:200]}")
+
     # ONNX Runtime: FP32 export, its own quantize_static, and tvmptq's QDQ export of the same plan
     t0 = time.perf_counter()
     try:
+        if args.peers_only:
+            raise _Skipped()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fp32_onnx = export_onnx(model.build(), tuple(torch.from_numpy(np.array(x)) for x in xs), d / "fp32.onnx",
@@ -215,12 +239,18 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
         q = ort_quantize_static(fp32_onnx, d / "ort_int8.onnx", batches, method="MinMax")
         res["ort_int8_config"] = {**describe_qdq(q), "calibration": f"MinMax, {len(batches)} samples"}
         specs["ort_int8"] = {**base, "engine": "ort_int8", "kind": "ort", "path": str(q)}
+    except _Skipped:
+        pass
     except Exception as err:  # noqa: BLE001 - reported, the other engines still run
         res["errors"]["onnx export / quantize_static"] = f"{type(err).__name__}: {str(err)[:300]}"
         log(f"  ONNX FP32 / quantize_static failed: {err}")
     try:
+        if args.peers_only:
+            raise _Skipped()
         qdq = export_qdq_onnx(plan, d / "tvmptq_qdq.onnx", batch=1)
         specs["ort_tvmptq_qdq"] = {**base, "engine": "ort_tvmptq_qdq", "kind": "ort", "path": str(qdq)}
+    except _Skipped:
+        pass
     except Exception as err:  # noqa: BLE001
         res["errors"]["tvmptq QDQ export"] = f"{type(err).__name__}: {str(err)[:300]}"
         log(f"  tvmptq QDQ export failed: {err}")
@@ -230,10 +260,14 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
     t0 = time.perf_counter()
     tuning: dict = {}
     root = Path(args.db)
-    ex = {"tvm_fp32_tuned": _tvm_build(mods["fp32"], T, root, args, "fp32", tuning, name),
-          "tvm_int8_untuned": compile_module(tens, T),
-          "tvm_int8_tuned": _tvm_build(tens, T, root, args, "int8", tuning, name),
-          "tvm_int8_plain": compile_module(mods["int8"], T)}
+    if args.peers_only:  # the TVM int8 programs the new peer is compared with, nothing else
+        ex = {"tvm_int8_untuned": compile_module(tens, T),
+              "tvm_int8_tuned": _tvm_build(tens, T, root, args, "int8", tuning, name)}
+    else:
+        ex = {"tvm_fp32_tuned": _tvm_build(mods["fp32"], T, root, args, "fp32", tuning, name),
+              "tvm_int8_untuned": compile_module(tens, T),
+              "tvm_int8_tuned": _tvm_build(tens, T, root, args, "int8", tuning, name),
+              "tvm_int8_plain": compile_module(mods["int8"], T)}
     res["tuning"] = tuning
     for key, e in ex.items():
         path = d / f"{key}.so"
@@ -242,6 +276,8 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
     held = "; ".join(f"{v}: {i.get('trials_in_db', 0)} trials" for v, i in tuning.items())
     log(f"{name}: TVM builds in {time.perf_counter() - t0:.0f} s ({held})")
 
+    if args.peers_only:
+        return {"specs": specs, "mods": mods, "plan": plan, "xs": xs}
     t0 = time.perf_counter()
     fused_base, fused_tens = kp.fused(mods["int8"], T), kp.fused(tens, T)
     asm = {"plain": kp.library_asm(ex["tvm_int8_plain"]), "untuned": kp.library_asm(ex["tvm_int8_untuned"]),
@@ -350,6 +386,10 @@ def main(argv=None) -> int:
     p.add_argument("--profile-runs", type=int, default=20)
     p.add_argument("--work", default=str(REPO / "build" / "bench_speed"))
     p.add_argument("--out", default=str(REPO / "results" / "speed.md"))
+    p.add_argument("--peers-only", action="store_true",
+                   help="measure only the LiteRT peer and the TVM int8 programs it is compared with "
+                        f"({', '.join(PEER_ENGINES)}), in one run, and merge them into the existing <out>.json "
+                        "(its other columns, kernel proof and Arm rows kept; the report says which run is which)")
     args = p.parse_args(argv)
 
     import onnxruntime
@@ -361,6 +401,8 @@ def main(argv=None) -> int:
     from targets.speed import ENGINES, measure_in_subprocess, write_report
     from targets.tuning_db import SHIPPED
     args.db = args.db or str(SHIPPED)
+    if args.peers_only:
+        args.engines, args.no_arm = list(PEER_ENGINES), True
     engines = [e for e in ENGINES if args.engines is None or e[0] in args.engines]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -398,6 +440,8 @@ def main(argv=None) -> int:
                 if key not in lat:
                     lat[key] = {"error": "; ".join(result["models"][name].get("errors", {}).values()) or "not built"}
 
+    if args.peers_only:
+        return merge_peers(result, Path(args.out), engines)
     prof_model = args.profile_model or ("efficientnet_lite0" if "efficientnet_lite0" in args.models else args.models[0])
     if prof_model in preps:
         log(f"== per-layer profile: {prof_model}")
@@ -419,6 +463,27 @@ def main(argv=None) -> int:
     result["seconds"] = time.perf_counter() - T0
     out = write_report(result, Path(args.out))
     log(f"wrote {out} ({result['seconds'] / 60:.1f} min)")
+    return 0
+
+
+def merge_peers(result: dict, out: Path, engines) -> int:
+    """--peers-only: these engines' latencies (and the LiteRT equality check) into <out>.json."""
+    from targets.speed import ENGINES, write_report
+    old = json.loads(out.with_suffix(".json").read_text())
+    keys = [k for k, _ in engines]
+    for name, m in result["models"].items():
+        dst = old["models"].setdefault(name, {})
+        for th, lat in m.get("latency", {}).items():
+            dst.setdefault("latency", {}).setdefault(th, {}).update({k: lat[k] for k in keys if k in lat})
+        if "litert_vs_reference" in m:
+            dst["litert_vs_reference"] = m["litert_vs_reference"]
+        for k, e in m.get("errors", {}).items():
+            dst.setdefault("errors", {})[k] = e
+    old["engines"] = [list(e) for e in ENGINES if list(e) in old["engines"] or e[0] in keys]
+    old.setdefault("partial_runs", []).append({"engines": keys, "date": result["date"], "command": result["command"],
+                                               "seconds": time.perf_counter() - T0})
+    path = write_report(old, out)
+    log(f"merged {', '.join(keys)} into {path}")
     return 0
 
 

@@ -23,6 +23,8 @@ import numpy as np
 
 from tvmptq.errors import ConfigError
 
+from .npu.compare_rows import cross_target_chart, npu_section
+
 
 def _log(msg):
     print(msg, flush=True)
@@ -83,14 +85,16 @@ def _x86_latency(ex, args, repeat, number, warmup):
 
 def run_compare(models, target_names, work, trials=0, chunk=8, batch=1, calib_samples=64, repeat=20, number=5,
                 warmup=3, variants=("fp32", "int8"), out_md=None, log=_log, db_root=None, cover=0,
-                budgets=None, tune_first=None) -> dict:
+                budgets=None, tune_first=None, npu_wbits=(8, 4)) -> dict:
     """``db_root``: where the tuning databases live (default ``work/tune``; the benchmark uses the
     committed ``targets/tuned``, so tuning done once, in chunks over several runs, is kept).
     ``budgets``: {model: (trials, cover, chunk)} overriding ``trials``/``cover``/``chunk`` per model
     (targets.tune.ZOO_BUDGETS, the budgets the committed databases were tuned with).
     ``tune_first``: top the databases up to the budget before timing (default: when ``trials`` > 0
     or ``budgets`` are given); False times what the databases hold, and where none was tuned on this
-    CPU, the one tuned on another CPU of the same architecture (the row says which)."""
+    CPU, the one tuned on another CPU of the same architecture (the row says which).
+    NPU targets (registry rows with an ``npu`` table) get targets.npu.compare_rows rows: Vela's
+    estimates at each of ``npu_wbits`` (W8A8, W4A8), labelled as estimates."""
     import tvm
 
     import targets
@@ -105,6 +109,7 @@ def run_compare(models, target_names, work, trials=0, chunk=8, batch=1, calib_sa
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     tlist = [targets.get(n) for n in target_names]
+    npus, tlist = [t for t in tlist if t.is_npu], [t for t in tlist if not t.is_npu]  # NPUs: Vela, not TVM
     rows, t_start = [], time.perf_counter()
     for name in models:
         model = tvmptq.load(name)
@@ -168,6 +173,10 @@ def run_compare(models, target_names, work, trials=0, chunk=8, batch=1, calib_sa
                                                            for k, v in row.items() if k not in ("model", "variant",
                                                                                                 "target", "arch")))
                 rows.append(row)
+        if npus:
+            from .npu.compare_rows import npu_rows
+            rows += npu_rows(model, plan if "int8" in variants else None, set_name, npus, work / "npu",
+                             calib_samples, npu_wbits, log=log)
     budget = {r["model"]: r["budget"] for r in rows if "budget" in r}
     result = {"rows": rows, "host_cpu": targets.host_cpu(), "tvm": tvm.__version__, "trials": trials, "budget": budget,
               "tuned_now": bool(tune_first), "seconds": time.perf_counter() - t_start}
@@ -225,7 +234,7 @@ def write_report(result: dict, out_md: Path) -> None:
     rows = result["rows"]
     out_md.parent.mkdir(parents=True, exist_ok=True)
     chart = out_md.with_suffix(".png")
-    lines = ["# Targets: latency, bit-exactness and nvcc validation\n",
+    lines = ["# Targets: latency, bit-exactness, nvcc validation and Ethos-U estimates\n",
              f"TVM {result['tvm']}, x86-host = `{result['host_cpu']}` (LLVM host CPU corrected with /proc/cpuinfo), "
              "tuning: MetaSchedule (XGBoost cost model), the same budget for FP32 and int8: "
              + ("; ".join(f"{m} {b} trials" for m, b in result.get("budget", {}).items()) or f"{result['trials']} trials")
@@ -235,7 +244,10 @@ def write_report(result: dict, out_md: Path) -> None:
              + " (cover: trials every kernel gets first; chunk: trials per kernel after that, largest first; "
              "each kernel's default schedule is measured too and kept where no sample beat it, and the applied "
              "schedules are checked against the unscheduled kernels: targets/verify.py); "
-             f"run took {result['seconds'] / 60:.1f} min. Batch {rows[0]['batch'] if rows else '-'}.\n",
+             f"run took {result['seconds'] / 60:.1f} min. Batch {rows[0]['batch'] if rows else '-'}."
+             + (f" The Ethos-U rows were recomputed alone (`--npu-only`, {result['npu_run']}, "
+                f"{result['npu_seconds'] / 60:.1f} min) and merged; the other rows are from the run above."
+                if result.get("npu_run") else "") + "\n",
              "Guest instructions are counted by a qemu-user TCG plugin: **a proxy for work, not an ARM latency** "
              "(caches, memory and pipelines are ignored). Emulated wall time is never reported. CUDA builds are "
              "validated by compiling the generated CUDA source with nvcc for the arch; no GPU was available, so "
@@ -267,6 +279,12 @@ def write_report(result: dict, out_md: Path) -> None:
         for r in gpu:
             lines.append(f"| {r['model']} | {_variant(r)} | {r['target']} | {r['nvcc']} | {r['latency']} |")
         lines.append("")
+    lines += npu_section(rows)
+    if any(r["arch"] == "ethos-u" for r in rows):
+        lines += [f"![int8 latency across targets]({cross_target_chart(rows, out_md.with_name(out_md.stem + '_npu.png'))})\n",
+                  "int8 latency per model, batch 1: x86-host measured here (blue) next to each Ethos-U NPU's "
+                  "Vela-estimated latency (orange, hatched: estimates). The Arm rows have no latency (qemu-user "
+                  "instruction counts are a proxy) and the CUDA rows none either (no GPU here), so they have no bar.\n"]
     if x86:
         labels = [f"{r['model']}\n{r['variant']} {r['target']}" for r in x86]
         fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(x86)), 4))

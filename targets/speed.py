@@ -40,7 +40,8 @@ ENGINES = (("torch_fp32", "PyTorch FP32"),
            ("tvm_fp32_tuned", "TVM FP32 tuned"),
            ("tvm_int8_untuned", "TVM int8 untuned"),
            ("tvm_int8_tuned", "TVM int8 tuned"),
-           ("tvm_int8_plain", "TVM int8 untuned, no dot kernels"))
+           ("tvm_int8_plain", "TVM int8 untuned, no dot kernels"),
+           ("litert_int8", "LiteRT int8 (tvmptq TFLite, XNNPACK)"))
 LABELS = dict(ENGINES)
 THREAD_VARS = ("TVM_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -137,6 +138,9 @@ def run_worker(spec: dict) -> dict:
         else:
             from .profile import _measure
             out.update(_measure(vm, dev, args, repeat, number, warmup))
+    elif kind == "litert":  # the int8 input is quantized beforehand (the .tflite takes int8)
+        from .npu.litert import invoke_fn
+        out.update(time_calls(invoke_fn(spec["path"], xs[0], threads), repeat, number, warmup))
     else:
         raise ValueError(f"unknown engine kind {kind!r}")
     return out
@@ -288,7 +292,8 @@ def ratios(result: dict) -> list[dict]:
         for th, lat in m.get("latency", {}).items():
             q = lat.get("tvm_int8_tuned")
             out.append({"model": name, "threads": int(th), "vs_tvm_fp32": _ratio(lat.get("tvm_fp32_tuned"), q),
-                        "vs_ort_int8": _ratio(lat.get("ort_int8"), q), "vs_ort_fp32": _ratio(lat.get("ort_fp32"), q)})
+                        "vs_ort_int8": _ratio(lat.get("ort_int8"), q), "vs_ort_fp32": _ratio(lat.get("ort_fp32"), q),
+                        "vs_litert_int8": _ratio(lat.get("litert_int8"), q)})
     return out
 
 
@@ -317,6 +322,10 @@ def write_report(result: dict, out_md) -> Path:
                 "`--no-tune`: the databases on disk as they are")
              + "; the trials each database holds, and the CPU it was tuned on, are listed under the tables "
                "(a database may hold more than the budget from earlier runs).\n"]
+    for run in result.get("partial_runs", []):  # columns re-measured later (scripts/bench_speed.py --peers-only)
+        lines.append(f"**{', '.join(LABELS.get(k, k) for k in run['engines'])}**: measured together in a later "
+                     f"run on {run['date']} (`{run['command']}`, {run['seconds'] / 60:.1f} min); the other columns "
+                     "are from the run above.\n")
     cfg = result.get("ort_int8_config")
     if cfg:
         lines.append(f"ORT int8: `quantize_static` {cfg}.\n")
@@ -324,6 +333,15 @@ def write_report(result: dict, out_md) -> Path:
                  + ". TVM int8 = the W8A8 plan's integer-only program; *untuned* / *tuned* are the program "
                    "`tvmptq compile` builds for x86-host (linears and convs as tensorized dot-product "
                    "kernels); *no dot kernels* is the plain lowering (no hand kernels), untuned.\n")
+    lite = [(n, m["litert_vs_reference"]) for n, m in models.items() if m.get("litert_vs_reference")]
+    if lite:
+        lines.append("LiteRT int8: ai-edge-litert running tvmptq's fully-integer TFLite export of the same W8A8 plan "
+                     "(default kernels, XNNPACK, num_threads set), timed from its int8 input (the float input's "
+                     "quantize is not in the timed call; TVM's program includes it); outputs vs the NumPy integer "
+                     "reference: " + "; ".join(
+                         f"{n} {r['equal']}/{r['total']} equal, max diff {r['max_abs']}, top-1 "
+                         f"{r['top1_equal']}/{r['samples']}" for n, r in lite)
+                     + " (the differences are TFLite's requantize rounding: results/npu.md).\n")
     for th in threads:
         lines += [f"## Latency, {th} thread{'s' if th > 1 else ''} (ms, median (IQR))\n",
                   "| model | " + " | ".join(label for _, label in engines) + " |",
@@ -351,7 +369,9 @@ def write_report(result: dict, out_md) -> Path:
     for r in ratios(result):
         lines.append(f"- {r['model']}, {r['threads']} thread(s): TVM FP32 tuned / TVM int8 tuned = "
                      f"{_fmt_ratio(r['vs_tvm_fp32'])}; ORT int8 / TVM int8 tuned = {_fmt_ratio(r['vs_ort_int8'])}; "
-                     f"ORT FP32 / TVM int8 tuned = {_fmt_ratio(r['vs_ort_fp32'])}")
+                     f"ORT FP32 / TVM int8 tuned = {_fmt_ratio(r['vs_ort_fp32'])}"
+                     + (f"; LiteRT int8 / TVM int8 tuned = {_fmt_ratio(r['vs_litert_int8'])}"
+                        if r.get("vs_litert_int8") is not None else ""))
     eff = [r for r in ratios(result) if r["model"] == "efficientnet_lite0"]
     if eff:
         wins = all((r["vs_tvm_fp32"] or 0) > 1 and (r["vs_ort_int8"] or 0) > 1 for r in eff)

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import cli_qdq, cli_targets
+from . import cli_npu, cli_qdq, cli_targets
 from .errors import ConfigError, DataError, TvmptqError
 
 
@@ -225,6 +225,8 @@ def cmd_compile(args) -> int:
     model, plan, plan_file = cli_qdq.plan_for(args.model, args.plan, _input_shapes(args.input_shape))
     path = Path(args.model)
     source = f"{path.resolve()} (sha256 {sha256_file(path)})" if path.is_file() else f"zoo:{model.name}"
+    if cli_npu.is_npu_target(target, args.targets_file or ()):  # Ethos-U: TFLite + Vela (issue 22)
+        return cli_npu.compile_npu(args, model, plan, plan_file, source)
     pre = preprocessing_for(model, args.image_size, args.resize, _floats(args.mean, "--mean"), _floats(args.std, "--std"))
     database = cli_targets.tuning_database(args, target, model.name)
     t0 = time.perf_counter()
@@ -449,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--untuned", action="store_true", help="ignore any tuning database")
     c.add_argument("--no-tensorize", action="store_true",
                    help="build the plain lowering, without the target's tensorized int8 kernels (x86 VNNI)")
+    cli_npu.add_compile_flags(c)
     _add_data_flags(c)
     c.set_defaults(func=cmd_compile)
 
@@ -501,9 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cp = sub.add_parser("compare", help="one or more models across targets and variants: markdown table + bar chart")
     cp.add_argument("models", nargs="+", help="zoo model names")
-    cp.add_argument("--targets", nargs="+", default=["x86-host", "cortex-a72", "neoverse-v1", "sm_87", "sm_90"],
+    cp.add_argument("--targets", nargs="+", default=["x86-host", "cortex-a72", "neoverse-v1", "sm_87", "sm_90",
+                                                     "ethos-u55-128", "ethos-u65-256", "ethos-u85-256"],
                     help="target names (x86: latency here; aarch64: qemu bit-exactness + instruction counts; "
-                         "CUDA: nvcc validation)")
+                         "CUDA: nvcc validation; Ethos-U: Vela's estimates at W8A8 and W4A8, labelled so)")
     cp.add_argument("--variants", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
     cp.add_argument("--trials", type=int, default=0, help="MetaSchedule trials per model and variant on x86 (0: untuned only)")
     cp.add_argument("--chunk", type=int, default=8)

@@ -48,6 +48,7 @@ class VelaEstimate:
     cpu_ops: tuple[str, ...]         # "TYPE = tensor name" of every op left on the CPU
     summary_csv: str
     optimized_tflite: str
+    per_layer_csv: str = ""          # Vela's per-layer estimates (--verbose-performance)
 
     @property
     def estimated_ms(self) -> float:
@@ -72,7 +73,8 @@ def compile_vela(tflite_path, target, out_dir, timeout: float = 900) -> VelaEsti
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [vela_executable(), str(tflite_path), "--accelerator-config", npu["accelerator"],
            "--config", npu.get("config", "Arm/vela.ini"), "--system-config", npu["system_config"],
-           "--memory-mode", npu["memory_mode"], "--output-dir", str(out_dir), "--show-cpu-operations"]
+           "--memory-mode", npu["memory_mode"], "--output-dir", str(out_dir), "--show-cpu-operations",
+           "--verbose-performance"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError:
@@ -94,4 +96,4 @@ def compile_vela(tflite_path, target, out_dir, timeout: float = 900) -> VelaEsti
         int(num("cycles_npu")), int(num("cycles_total")), num("inference_time"),
         int(num("sram_total_bytes")), int(num("dram_total_bytes")), int(num("off_chip_flash_total_bytes")),
         int(num("total_npu_encoded_weights")), npu_ops, cpu, str(summary),
-        str(out_dir / f"{stem}_vela.tflite"))
+        str(out_dir / f"{stem}_vela.tflite"), str(out_dir / f"{stem}_per-layer.csv"))

@@ -32,6 +32,20 @@ def interpreter(content: bytes, resolver: str = "BUILTIN_REF", keep_all: bool = 
     return it
 
 
+def invoke_fn(path, x_int8: np.ndarray, threads: int = 1, resolver: str = "AUTO"):
+    """A call that runs the TFLite file at ``path`` on ``x_int8`` (its int8 input, already
+    quantized) in LiteRT: the timed unit of the LiteRT CPU peer (targets/speed.py)."""
+    from pathlib import Path
+    it = interpreter(Path(path).read_bytes(), resolver, threads=threads)
+    inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+
+    def run():
+        it.set_tensor(inp, x_int8)
+        it.invoke()
+        return it.get_tensor(out)
+    return run
+
+
 def _out_q(values) -> np.ndarray:
     out = values["__output__"]
     while isinstance(out, (list, tuple)):
