@@ -4,7 +4,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 
-.PHONY: demo test test-slow bench bench-targets bench-speed bench-cwac bench-recon arm-setup venv clean
+.PHONY: demo test test-slow bench bench-targets bench-speed bench-cwac bench-recon bench-qft arm-setup venv clean
 
 venv: $(STAMP)
 
@@ -53,6 +53,13 @@ bench-speed: $(STAMP) arm-setup
 # results/reconstruction.md: digits, EfficientNet-Lite0 and MiniLM rows (hours on 2 cores)
 bench-recon: $(STAMP)
 	$(PY) scripts/bench_reconstruction.py
+
+# results/qft.md (issue 20): digits, EfficientNet-Lite0 and MiniLM rows: baseline, CLE, CWAC, QFT,
+# CWAC+QFT, BRECQ+QFT (digits with --compile: ~10 min; EfficientNet/MiniLM rows take hours on 2 cores)
+bench-qft: $(STAMP)
+	$(PY) scripts/bench_qft.py --rows digits_resnet:W4A8 digits_resnet:W4A4 digits_resnet:W2A4 --compile
+	$(PY) scripts/bench_qft.py --append --rows efficientnet_lite0:W4A8 efficientnet_lite0:W8A8 \
+	  efficientnet_lite0:W4A4 minilm_l6:W4A8
 
 bench-cwac: $(STAMP)
 	$(PY) scripts/bench_cwac.py --models digits_resnet efficientnet_lite0 minilm_l6 --fit-samples 64 \
