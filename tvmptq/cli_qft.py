@@ -4,13 +4,13 @@ from __future__ import annotations
 from .errors import ConfigError
 
 FLAGS = {  # flag -> (QFTConfig field, type, help)
-    "--qft-iters": ("qft_iters", int, "QFT training iterations (default 300)"),
+    "--qft-iters": ("qft_iters", int, "QFT training iterations (default 150)"),
     "--qft-holdout": ("qft_holdout", float, "share of the --method-samples held out for QFT's early stopping (default 0.25)"),
     "--qft-patience": ("qft_patience", int, "held-out scores without improvement before QFT stops (default 4)"),
     "--qft-eval-every": ("qft_eval_every", int, "QFT iterations between held-out scores (default 25)"),
     "--qft-intermediate": ("qft_intermediate", float,
                            "weight of block-boundary distillation terms next to the output's (default 0)"),
-    "--qft-batch-size": ("batch_size", int, "QFT batch size (default 16)"),
+    "--qft-batch-size": ("batch_size", int, "QFT batch size (default 8)"),
 }
 
 
