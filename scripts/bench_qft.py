@@ -46,7 +46,7 @@ def _compiled(plan, imported):
     return compile_integer(mod, "x86-host"), rp.op_counts(mod), relax_constants(mod)
 
 
-def bench(name: str, tag: str, args) -> list[dict]:
+def bench(name: str, tag: str, args, sink) -> list[dict]:
     model = tvmptq.load(name)
     evalset = tvmptq.get_set(DEFAULT_SET[name])
     graph = tvmptq.prepare(model)
@@ -99,7 +99,10 @@ def bench(name: str, tag: str, args) -> list[dict]:
             x = tuple(v[:8] for v in evals)
             row.update(same_ops=ops == base_ops, same_constants=consts == base_consts,
                        compiled_equals_sim=bool(np.array_equal(run(*x), qm.runner()(*x))))
+        if "qft" in qm.plan.config:
+            row["qft_config"] = {k: qm.plan.config["qft"][k] for k in ("qft_iters", "batch_size", "samples")}
         rows.append(row)
+        sink(row)
         print(json.dumps({k: v for k, v in row.items() if k != "cle"}), flush=True)
     return rows
 
@@ -139,6 +142,10 @@ def write_md(rows, path: Path, seconds: float) -> None:
             reasons = sorted({s["reason"] for s in c["skipped"]})
             lines.append(f"- {m} {b}: {len(c['pairs'])} pairs equalized (largest |log factor| {c['max_factor']:.2f}), "
                          f"{len(c['skipped'])} skipped" + (f" ({'; '.join(reasons)})" if reasons else ""))
+    old = sorted({f"{r['model']} {r['bits']}" for r in rows if r.get("qft") and "qft_config" not in r})
+    if old:
+        lines += ["", f"QFT settings: {', '.join(old)} ran at 300 iterations, batch 16 (the defaults when they ran); "
+                  "other rows at QFTConfig's defaults (150 iterations, batch 8) unless the command says otherwise."]
     path.write_text("\n".join(lines) + "\n")
     path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
 
@@ -163,8 +170,12 @@ def main():
     rows = json.loads(out.with_suffix(".json").read_text()) if args.append and out.with_suffix(".json").exists() else []
     for spec in args.rows:
         name, tag = spec.split(":")
-        rows = [r for r in rows if (r["model"], r["bits"]) != (name, tag)] + bench(name, tag, args)
-        write_md(rows, out, time.perf_counter() - t0)
+        rows = [r for r in rows if (r["model"], r["bits"]) != (name, tag)]
+
+        def sink(row):
+            rows.append(row)
+            write_md(rows, out, time.perf_counter() - t0)
+        bench(name, tag, args, sink)
     print(f"wrote {out}")
 
 

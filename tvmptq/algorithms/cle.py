@@ -24,9 +24,11 @@ Which pairs are equalized (``find_pairs``), and why the others are not:
   (``LayerPlan.clip``), so such pairs are skipped and listed in ``plan.stats["cle"]``.
   LeakyReLU is homogeneous but tvmptq runs it as an integer lookup table, a layer of its own,
   so W1 -> LeakyReLU -> W2 is not a direct pair either (also listed).
-* EfficientNet-Lite0 is ReLU6 after every expand and depthwise conv, and each projection's
-  output feeds a residual add or the next block's add: CLE finds no valid pair there (measured
-  in results/qft.md), so ``cle`` is the baseline plan for it.
+* EfficientNet-Lite0 is ReLU6 after every expand and depthwise conv, and most projections'
+  outputs feed a residual add: of its 18 kernel -> kernel edges, 16 are ReLU6 (skipped) and 2
+  pass through identity (block 1's projection -> block 2's expand, the last projection -> the
+  head conv) and are equalized (results/qft.md: top-1 agreement 48.0 -> 45.9 % at W4A8, so CLE
+  does next to nothing there, and what it does on two identity pairs is not a gain).
 
 Folding: the equalized float weights are calibrated again exactly as the baseline was (same
 config, observers and bias correction), so the per-tensor activation grid of the intermediate
