@@ -4,7 +4,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 
-.PHONY: demo test test-slow bench bench-targets bench-speed bench-cwac bench-recon bench-vit arm-setup venv clean
+.PHONY: demo test test-slow bench bench-targets bench-speed bench-cwac bench-recon bench-vit bench-qft arm-setup venv clean
 
 venv: $(STAMP)
 
@@ -57,6 +57,13 @@ bench-recon: $(STAMP)
 # results/vit.md (issue 26): digits_vit W8A8..W2A4, baseline/CWAC/AdaRound/BRECQ/WAPS, ORT int8 latency
 bench-vit: $(STAMP)
 	$(PY) scripts/bench_vit.py
+
+# results/qft.md (issue 20): digits, EfficientNet-Lite0 and MiniLM rows: baseline, CLE, CWAC, QFT,
+# CWAC+QFT, BRECQ+QFT (digits with --compile: ~10 min; EfficientNet/MiniLM rows take hours on 2 cores)
+bench-qft: $(STAMP)
+	$(PY) scripts/bench_qft.py --rows digits_resnet:W4A8 digits_resnet:W4A4 digits_resnet:W2A4 --compile
+	$(PY) scripts/bench_qft.py --append --rows efficientnet_lite0:W4A8 efficientnet_lite0:W8A8 \
+	  efficientnet_lite0:W4A4 minilm_l6:W4A8
 
 bench-cwac: $(STAMP)
 	$(PY) scripts/bench_cwac.py --models digits_resnet efficientnet_lite0 minilm_l6 --fit-samples 64 \

@@ -116,29 +116,49 @@ def _calibrate(model: ZooModel, calibration, graph, batch_size, progress, config
         "peak_rss_mb": peak_rss_mb()}
 
 
-METHODS = ("baseline", "cwac", "qwt", "adaround", "brecq", "waps")
+METHODS = ("baseline", "cwac", "qwt", "adaround", "brecq", "waps", "cle", "qft")
 RECONSTRUCTION = ("adaround", "brecq", "waps")   # learn rounding/steps; refold the whole plan
 COMPENSATION = ("cwac", "qwt")                    # fitted on the plan they are given
+PRECONDITION = ("cle",)                           # recalibrates the equalized model: first only
+FINETUNE = ("qft",)                               # trains all stored values of the plan it is given: last
 
 
 def parse_method(method: str) -> list[str]:
     """``a+b``: methods applied left to right. A reconstruction method (it recomputes every
     multiplier from the learned step sizes, so it would discard a compensation fitted before it)
-    comes first, then at most one compensation fitted on its result; "baseline" stands alone."""
+    comes first, then at most one compensation fitted on its result; "baseline" stands alone.
+    ``cle`` (it recalibrates the equalized model from scratch) only stands alone or as ``cle+qft``;
+    ``qft`` (it reads and trains every value the plan stores) comes last, after a reconstruction
+    and/or ``cwac`` (not ``qwt``: its float branch is no integer value); ``qft`` alone means
+    ``cle+qft`` (the baseline, closed-form CLE, then QFT)."""
     names = [m.strip() for m in str(method).split("+")]
     unknown = [m for m in names if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method {', '.join(map(repr, unknown))} in {method!r}: choose from "
-                          f"{', '.join(METHODS)} (combine as reconstruction+compensation, e.g. brecq+cwac)")
-    if len(names) > 1:
-        recon = [m for m in names if m in RECONSTRUCTION]
-        comp = [m for m in names if m in COMPENSATION]
-        ok = ("baseline" not in names and len(recon) <= 1 and len(comp) <= 1
-              and (not recon or names[0] == recon[0]))
+                          f"{', '.join(METHODS)} (combine as reconstruction+compensation+qft, e.g. brecq+cwac+qft)")
+    if names == ["qft"]:
+        return ["cle", "qft"]
+    core = names[:-1] if names[-1] in FINETUNE else names
+    bad = next((m for m in core if m in FINETUNE), None)
+    if bad is None and "cle" in names and names not in (["cle"], ["cle", "qft"]):
+        bad = "cle"
+    if bad is None and "qwt" in core and core != names:
+        bad = "qwt"
+    if bad:
+        raise ConfigError(f"methods {method!r} do not compose ({bad!r}): cle stands alone or as cle+qft (it "
+                          "recalibrates the equalized model); qft comes last, after a reconstruction and/or cwac "
+                          "(qwt's float branch is no integer value to train)")
+    if len(core) > 1:
+        recon = [m for m in core if m in RECONSTRUCTION]
+        comp = [m for m in core if m in COMPENSATION]
+        ok = ("baseline" not in core and len(recon) <= 1 and len(comp) <= 1
+              and (not recon or core[0] == recon[0]))
         if not ok:
             raise ConfigError(f"methods {method!r} do not compose: a combination is one of "
                               f"{'/'.join(RECONSTRUCTION)} followed by one of {'/'.join(COMPENSATION)} "
-                              "(a reconstruction refolds every multiplier, so it must come first)")
+                              "(a reconstruction refolds every multiplier, so it must come first), then qft")
+    if "baseline" in names and len(names) > 1:
+        raise ConfigError(f"methods {method!r} do not compose ('baseline' stands alone)")
     return names
 
 
@@ -194,6 +214,12 @@ def _fit(name: str, qm: QuantizedModel, plan: QuantPlan, calibration, options: d
         from .algorithms.cwac import CWACConfig, fit_cwac
         opts = {"task": qm.model.task, **_fields(CWACConfig, options)}   # what select_by="task" ranks by
         return fit_cwac(qm.graph, plan, calibration, CWACConfig(**opts), progress)
+    if name == "cle":
+        from .algorithms.cle import fit_cle
+        return fit_cle(qm.graph, plan, calibration, options.get("batch_size", 32), progress)
+    if name == "qft":
+        from .algorithms.qft import QFTConfig, fit_qft
+        return fit_qft(qm.graph, plan, calibration, QFTConfig(**_fields(QFTConfig, options)), progress)
     if name == "qwt":
         from .algorithms.qwt import QwTConfig, fit_qwt
         return fit_qwt(qm.graph, plan, calibration, QwTConfig(**_fields(QwTConfig, options)), progress)

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import cli_npu, cli_qdq, cli_targets
+from . import cli_npu, cli_qdq, cli_qft, cli_targets
 from .errors import ConfigError, DataError, TvmptqError
 
 
@@ -132,7 +132,7 @@ def cmd_quantize(args) -> int:
     opts = {"samples": args.method_samples, "seed": args.seed, "drop_prob": args.qdrop,
             "reading": args.waps_reading} | ({"iters": args.iters} if args.iters is not None else {}) | (
         {"ridge": args.cwac_ridge, "target": args.cwac_target, "select_by": args.cwac_select}
-        if "cwac" in methods else {})
+        if "cwac" in methods else {}) | cli_qft.options(args, methods)
     if args.from_plan:
         base = tvmptq.from_plan(model, saved)
         qm = tvmptq.apply_method(base, calib, args.method, opts, progress=True)
@@ -154,6 +154,7 @@ def cmd_quantize(args) -> int:
                   f"{'held-out ' if sel['probe_held_out'] else ''}calibration samples, output SQNR dB "
                   + ", ".join(f"{k} {v:.2f}" for k, v in sel["probe_sqnr_db"].items())
                   + "".join(f"; task metric {k} {v:.4f}" for k, v in sel["probe_metric"].items()) + ")")
+    cli_qft.summary(plan, methods)
     if "qwt" in methods:
         print(f"QwT v1: {plan.stats['qwt']['extra_params']} extra float parameters (float branches: "
               f"{', '.join(lp.name for lp in plan.layers if lp.attrs.get('float_branch'))})")
@@ -402,12 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "into requantize multipliers/int32 biases (zero cost); qwt: QwT v1 per-block float "
                         "linear branch (a declared float64 island); adaround: learned per-weight rounding, "
                         "layer-wise; brecq: block reconstruction (rounding + LSQ activation steps); waps: "
-                        "BRECQ + power-of-two weight-activation product scaling (all folded into the plan)")
+                        "BRECQ + power-of-two weight-activation product scaling (all folded into the plan); "
+                        "cle: cross-layer equalization (alone or cle+qft); qft: joint finetuning of every stored "
+                        "value, last (qft alone = cle+qft; e.g. cwac+qft, brecq+qft)")
     q.add_argument("--iters", type=int, help="reconstruction iterations per block (adaround/brecq/waps; default 500)")
     q.add_argument("--seed", type=int, default=0, help="seed of the reconstruction's sample order (default 0)")
     q.add_argument("--waps-reading", default="in_mixed", choices=["out", "in", "in_mixed", "block"],
                    help="WAPS product-scale granularity (see tvmptq/algorithms/waps.py)")
     q.add_argument("--qdrop", type=float, default=0.0, help="QDrop probability during reconstruction (default 0)")
+    cli_qft.add_arguments(q)
     q.add_argument("--from-plan", help="apply --method to this saved plan instead of calibrating a new one")
     q.add_argument("--method-samples", type=int, default=256, help="calibration samples used to fit --method")
     q.add_argument("--cwac-ridge", type=float, default=0.0, help="CWAC ridge towards identity (0: least squares)")

@@ -1,0 +1,183 @@
+"""QFT / CLE benchmark: baseline vs CLE vs CWAC vs QFT (= CLE + QFT) vs CWAC+QFT vs the best
+reconstruction method + QFT, per model and bit width. Writes results/qft.md (+ .json).
+
+As scripts/bench_reconstruction.py: the baseline plan (observer chosen on calibration data), every
+method fitted on the first 3/4 of the calibration set (QFT holds out its own share of those for
+early stopping), scored against FP32 on the evaluation split (top-1 agreement %; mean cosine for
+MiniLM) and on the last 1/4 of the calibration set, never used for fitting: the seen-scene /
+unseen-scene check (photos: calibration and evaluation views come from different scenes; digits:
+one distribution). Fit wall time (total, and QFT's own part: the 20-minute budget excludes the
+initialising method), process peak RSS. With --compile: the plan lowered to Relax and compiled for
+x86-host, op and constant counts against the baseline's, compiled == simulation on a batch.
+
+Usage: .venv/bin/python scripts/bench_qft.py [--rows digits_resnet:W4A8 ...] [--methods ...]
+       [--qft-iters N] [--recon brecq] [--compile] [--out PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import tvmptq  # noqa: E402
+from tvmptq.api import AUTO_SELECT_SAMPLES, QuantizedModel, apply_method, select_observer  # noqa: E402
+from tvmptq.eval.sets import DEFAULT_SET, batches, run_outputs, score, torch_runner  # noqa: E402
+from tvmptq.quant.calibrate import collect_statistics  # noqa: E402
+from tvmptq.util import peak_rss_mb  # noqa: E402
+
+ROWS = ["digits_resnet:W4A8", "digits_resnet:W4A4", "digits_resnet:W2A4", "efficientnet_lite0:W4A8",
+        "efficientnet_lite0:W8A8", "efficientnet_lite0:W4A4", "minilm_l6:W4A8"]
+METHODS = ["baseline", "cle", "cwac", "qft", "cwac+qft", "RECON+qft"]
+PRIMARY = {"classification": "top1_agreement", "embedding": "cosine_mean"}
+
+
+def _compiled(plan, imported):
+    import relay_passes as rp
+    from targets.build import compile_integer
+    from tvmptq.algorithms.cost import relax_constants
+    mod = rp.lowering_passes(plan)(imported)
+    return compile_integer(mod, "x86-host"), rp.op_counts(mod), relax_constants(mod)
+
+
+def bench(name: str, tag: str, args, sink) -> list[dict]:
+    model = tvmptq.load(name)
+    evalset = tvmptq.get_set(DEFAULT_SET[name])
+    graph = tvmptq.prepare(model)
+    calib = tuple(np.asarray(a[:args.calib_samples]) for a in evalset.calibration())
+    n_fit = len(calib[0]) * 3 // 4
+    fit, held = tuple(a[:n_fit] for a in calib), tuple(a[n_fit:] for a in calib)
+    evals = tuple(a[:args.eval_samples] for a in evalset.evaluation())
+    labels = evalset.labels()[:len(evals[0])] if evalset.labels else None
+    key = PRIMARY[evalset.task]
+    ref = run_outputs(torch_runner(graph.gm), evals, 32, "fp32", False)
+    ref_held = run_outputs(torch_runner(graph.gm), held, 32, "fp32", False)
+    w, a = int(tag[1]), int(tag[3])
+    observers, _ = collect_statistics(graph, batches(fit, 32), False)
+    rule, plan, sim, _ = select_observer(graph, observers, tvmptq.make_config(w, a, "minmax"),
+                                         tuple(x[:AUTO_SELECT_SAMPLES] for x in fit), 32, model.name)
+    base = QuantizedModel(model, graph, plan, sim)
+    imported = base_ops = None
+    if args.compile:
+        import relay_passes as rp
+        imported = rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(8)))
+        _, base_ops, base_consts = _compiled(base.plan, imported)
+    rows, cache = [], {}
+    for method in args.methods:
+        method = method.replace("RECON", args.recon)
+        opts = {"samples": n_fit, "seed": args.seed, **({"qft_iters": args.qft_iters} if args.qft_iters else {}),
+                **({"iters": args.recon_iters} if args.recon_iters else {})}
+        t0 = time.perf_counter()
+        head = "cle" if method == "qft" else method[:-len("+qft")] if method.endswith("+qft") else None
+        if head in cache:                          # the initialising method's plan, fitted in this run
+            start, start_s = cache[head]
+            qm = _qft_on(start, fit, opts, args.progress)
+            seconds = start_s + time.perf_counter() - t0
+        else:
+            qm = apply_method(base, fit, method, opts, progress=args.progress)
+            seconds = time.perf_counter() - t0
+            cache[method] = (qm, seconds)
+        out = run_outputs(qm.runner(), evals, 32, method, False)
+        s = score(evalset.task, ref, out, labels)
+        s_held = score(evalset.task, ref_held, run_outputs(qm.runner(), held, 32, method, False))
+        q = qm.plan.stats.get("qft")
+        row = {"model": name, "bits": tag, "observer": rule, "method": method, "primary": key, **s,
+               "held_out": s_held[key], "fit_seconds": seconds,
+               "qft_seconds": qm.plan.run_info.get("qft", {}).get("fit_seconds"), "peak_rss_mb": peak_rss_mb(),
+               "qft": None if q is None else {k: q[k] for k in ("iterations", "best_iteration", "stopped_early",
+                                                                "held_out_loss_start", "held_out_loss_best",
+                                                                "cle_pairs_learned")},
+               "cle": qm.plan.stats.get("cle", {}) and {k: qm.plan.stats["cle"][k] for k in ("pairs", "skipped", "max_factor")}}
+        if imported is not None:
+            run, ops, consts = _compiled(qm.plan, imported)
+            x = tuple(v[:8] for v in evals)
+            row.update(same_ops=ops == base_ops, same_constants=consts == base_consts,
+                       compiled_equals_sim=bool(np.array_equal(run(*x), qm.runner()(*x))))
+        if "qft" in qm.plan.config:
+            row["qft_config"] = {k: qm.plan.config["qft"][k] for k in ("qft_iters", "batch_size", "samples")}
+        rows.append(row)
+        sink(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "cle"}), flush=True)
+    return rows
+
+
+def _qft_on(start: QuantizedModel, fit, opts, progress):
+    """QFT on a plan already fitted in this run (its own fit time is added by the caller)."""
+    from tvmptq.algorithms.qft import QFTConfig, fit_qft
+    from tvmptq.api import _fields
+    plan, sim = fit_qft(start.graph, start.plan, fit, QFTConfig(**_fields(QFTConfig, opts)), progress)
+    plan.config["method"] = f"{start.plan.config.get('method', 'baseline')}+qft"
+    return QuantizedModel(start.model, start.graph, plan, sim)
+
+
+def write_md(rows, path: Path, seconds: float) -> None:
+    lines = ["# QFT and CLE", "",
+             f"`scripts/bench_qft.py {' '.join(sys.argv[1:])}`, {seconds / 60:.1f} min, run with `nice` on a 2-core "
+             "machine shared by seven agents: wall times are loaded-machine figures. Methods fitted on the first 3/4 "
+             "of the calibration set (QFT early-stops on its own held-out share of those); **eval**: evaluation split "
+             "vs FP32 (top-1 agreement %, mean cosine for MiniLM); **held-out**: the last 1/4 of the calibration set, "
+             "never fitted on (photos: seen scenes, eval = unseen scenes). `qft` is `cle+qft`; **fit s** is the "
+             "whole method (initialising method included), **QFT s** QFT's own part.", "",
+             "| model | bits | method | eval | held-out | accuracy | fit s | QFT s | QFT its (best) | peak RSS MB "
+             "| same ops/consts | compiled == sim |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    f = lambda v, d=2: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{d}f}"  # noqa: E731
+    for r in rows:
+        d = 3 if r["primary"] == "cosine_mean" else 1
+        q = r.get("qft")
+        its = f"{q['iterations']} ({q['best_iteration']})" if q else "-"
+        same = f"{r['same_ops']}/{r['same_constants']}" if "same_ops" in r else "-"
+        lines.append(f"| {r['model']} | {r['bits']} | {r['method']} | {f(r[r['primary']], d)} | {f(r['held_out'], d)} "
+                     f"| {f(r.get('accuracy'), 1)} | {f(r['fit_seconds'], 1)} | {f(r.get('qft_seconds'), 1)} | {its} "
+                     f"| {f(r['peak_rss_mb'], 0)} | {same} | {r.get('compiled_equals_sim', '-')} |")
+    cle = {(r["model"], r["bits"]): r["cle"] for r in rows if r.get("cle")}
+    if cle:
+        lines += ["", "CLE pairs (closed form, through identity/ReLU only):", ""]
+        for (m, b), c in cle.items():
+            reasons = sorted({s["reason"] for s in c["skipped"]})
+            lines.append(f"- {m} {b}: {len(c['pairs'])} pairs equalized (largest |log factor| {c['max_factor']:.2f}), "
+                         f"{len(c['skipped'])} skipped" + (f" ({'; '.join(reasons)})" if reasons else ""))
+    old = sorted({f"{r['model']} {r['bits']}" for r in rows if r.get("qft") and "qft_config" not in r})
+    if old:
+        lines += ["", f"QFT settings: {', '.join(old)} ran at 300 iterations, batch 16 (the defaults when they ran); "
+                  "other rows at QFTConfig's defaults (150 iterations, batch 8) unless the command says otherwise."]
+    path.write_text("\n".join(lines) + "\n")
+    path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--rows", nargs="+", default=ROWS)
+    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--recon", default="brecq", help="the reconstruction method QFT starts from in RECON+qft")
+    p.add_argument("--qft-iters", type=int, default=None, help="QFT iterations (default: QFTConfig's)")
+    p.add_argument("--recon-iters", type=int, default=None, help="reconstruction iterations per block")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calib-samples", type=int, default=256)
+    p.add_argument("--eval-samples", type=int, default=512)
+    p.add_argument("--compile", action="store_true", help="lower, compile and check each plan (slow on big models)")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--append", action="store_true", help="keep the rows already in --out's .json")
+    p.add_argument("--out", default=str(REPO / "results" / "qft.md"))
+    args = p.parse_args()
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    rows = json.loads(out.with_suffix(".json").read_text()) if args.append and out.with_suffix(".json").exists() else []
+    for spec in args.rows:
+        name, tag = spec.split(":")
+        rows = [r for r in rows if (r["model"], r["bits"]) != (name, tag)]
+
+        def sink(row):
+            rows.append(row)
+            write_md(rows, out, time.perf_counter() - t0)
+        bench(name, tag, args, sink)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
