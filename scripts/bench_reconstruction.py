@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,7 +56,8 @@ def _compiled(plan, imported):
     return compile_integer(mod, "x86-host", tensorize=True), rp.op_counts(mod), relax_constants(mod)
 
 
-def bench(name: str, tag: str, args) -> list[dict]:
+def bench(name: str, tag: str, args, rows: list, flush) -> None:
+    """Append one row per method to ``rows``, calling ``flush()`` after each (partial tables)."""
     model = tvmptq.load(name)
     evalset = tvmptq.get_set(DEFAULT_SET[name])
     graph = tvmptq.prepare(model)
@@ -79,19 +81,21 @@ def bench(name: str, tag: str, args) -> list[dict]:
         imported = rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(1)))
         base_run, base_ops, base_consts = _compiled(base.plan, imported)
     lat_x = tuple(x[:1] for x in evals)
-    rows = []
     for method in args.methods:
         meth, _, reading = method.partition(":")
         opts = {"samples": n_fit, "seed": args.seed, **({"iters": args.iters} if args.iters else {}),
+                **({"work": args.work} if args.work else {}),
                 **({"reading": reading} if reading else {})}
-        t0 = time.perf_counter()
+        t0, load0 = time.perf_counter(), os.getloadavg()[0]
         qm = apply_method(base, fit, meth, opts, progress=args.progress)
         seconds = time.perf_counter() - t0
         out = run_outputs(qm.runner(), evals, 32, method, False)
         s = score(evalset.task, ref, out, labels)
         s_held = score(evalset.task, ref_held, run_outputs(qm.runner(), held, 32, method, False))
         row = {"model": name, "bits": tag, "observer": rule, "method": method, "primary": key, **s,
-               "held_out": s_held[key], "fit_seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+               "held_out": s_held[key], "fit_seconds": seconds, "peak_rss_mb": peak_rss_mb(),
+               "load_avg": [load0, os.getloadavg()[0]],
+               "block_iters": [b.get("iters") for b in qm.plan.run_info.get(meth, {}).get("blocks", [])]}
         if imported is not None:
             run, ops, consts = (base_run, base_ops, base_consts) if meth == "baseline" else _compiled(qm.plan, imported)
             got = run(*lat_x)
@@ -100,7 +104,12 @@ def bench(name: str, tag: str, args) -> list[dict]:
                        latency_ms=_latency(run, lat_x), base_latency_ms=_latency(base_run, lat_x))
         rows.append(row)
         print(json.dumps(row), flush=True)
-    return rows
+        flush()
+
+
+def _iters(row) -> str:
+    its = [i for i in row.get("block_iters") or [] if i is not None]
+    return "-" if not its else (str(its[0]) if min(its) == max(its) else f"{min(its)}-{max(its)} (sum {sum(its)})")
 
 
 def write_md(rows, args, path: Path, seconds: float) -> None:
@@ -112,14 +121,16 @@ def write_md(rows, args, path: Path, seconds: float) -> None:
              "1/4 of the calibration set (seen scenes for photos, unseen scenes = eval). Latency: batch 1, "
              "median of 20, x86-host (VNNI) untuned, baseline compiled in the same run.", "",
              "| model | bits | method | eval | held-out | accuracy | fit s | peak RSS MB | same ops/consts | "
-             "compiled == sim | latency ms (baseline) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "compiled == sim | latency ms (baseline) | load (1-min avg, fit start/end) | iterations per block |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda v, d=2: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{d}f}"  # noqa: E731
     for r in rows:
         lat = f"{f(r.get('latency_ms'), 3)} ({f(r.get('base_latency_ms'), 3)})" if "latency_ms" in r else "-"
         same = f"{r['same_ops']}/{r['same_constants']}" if "same_ops" in r else "-"
         lines.append(f"| {r['model']} | {r['bits']} | {r['method']} | {f(r[r['primary']], 3 if r['primary'] == 'cosine_mean' else 1)} "
                      f"| {f(r['held_out'], 3 if r['primary'] == 'cosine_mean' else 1)} | {f(r.get('accuracy'), 1)} "
-                     f"| {f(r['fit_seconds'], 1)} | {f(r['peak_rss_mb'], 0)} | {same} | {r.get('compiled_equals_sim', '-')} | {lat} |")
+                     f"| {f(r['fit_seconds'], 1)} | {f(r['peak_rss_mb'], 0)} | {same} | {r.get('compiled_equals_sim', '-')} | {lat} "
+                     f"| {'/'.join(f'{v:.1f}' for v in r['load_avg']) if 'load_avg' in r else '-'} | {_iters(r)} |")
     lines += ["", "Notes. Iterations are ReconConfig's default unless the command says otherwise (500 per block: "
               "BRECQ's 20,000 scaled for 2 cores; the accuracy cost of the scaling is not measured here). "
               "WAPS `in`/`in_mixed`/`block` fold power-of-two input-group scales into int8 weights "
@@ -141,13 +152,20 @@ def main():
     p.add_argument("--eval-samples", type=int, default=512)
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--append", action="store_true", help="keep the rows already in the .json, add these")
+    p.add_argument("--regenerate", action="store_true", help="only rewrite the .md from the .json")
+    p.add_argument("--work", type=float, default=None, help="per-block work cap (ReconConfig.work)")
     p.add_argument("--out", default=str(REPO / "results" / "reconstruction.md"))
     args = p.parse_args()
-    t0, rows = time.perf_counter(), []
+    out = Path(args.out)
+    if args.regenerate:                          # the table from the rows already in the .json
+        write_md(json.loads(out.with_suffix(".json").read_text()), args, out, float("nan"))
+        return
+    t0 = time.perf_counter()
+    rows = json.loads(out.with_suffix(".json").read_text()) if args.append else []
     for spec in args.rows:
         name, tag = spec.split(":")
-        rows += bench(name, tag, args)
-        write_md(rows, args, Path(args.out), time.perf_counter() - t0)
+        bench(name, tag, args, rows, lambda: write_md(rows, args, out, time.perf_counter() - t0))
     print(f"wrote {args.out}")
 
 
