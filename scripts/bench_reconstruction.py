@@ -28,24 +28,14 @@ sys.path.insert(0, str(REPO))
 
 import tvmptq  # noqa: E402
 from tvmptq.api import AUTO_SELECT_SAMPLES, QuantizedModel, apply_method, select_observer  # noqa: E402
-from tvmptq.eval.sets import DEFAULT_SET, batches, run_outputs, score, torch_runner  # noqa: E402
+from tvmptq.eval.sets import batches, run_outputs, score, torch_runner  # noqa: E402
+from bench_common import latency_ms, load_case, relax_import  # noqa: E402
 from tvmptq.quant.calibrate import collect_statistics  # noqa: E402
 from tvmptq.util import peak_rss_mb  # noqa: E402
 
 ROWS = ["digits_resnet:W4A4", "digits_resnet:W2A4", "efficientnet_lite0:W4A8", "efficientnet_lite0:W4A4",
         "minilm_l6:W4A8"]
 METHODS = ["baseline", "cwac", "adaround", "brecq", "waps:out", "waps:in", "waps:in_mixed", "waps:block"]
-PRIMARY = {"classification": "top1_agreement", "embedding": "cosine_mean"}
-
-
-def _latency(run, xs, repeats=20) -> float:
-    run(*xs)
-    t = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(*xs)
-        t.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(t))
 
 
 def _compiled(plan, imported):
@@ -58,33 +48,28 @@ def _compiled(plan, imported):
 
 def bench(name: str, tag: str, args, rows: list, flush) -> None:
     """Append one row per method to ``rows``, calling ``flush()`` after each (partial tables)."""
-    model = tvmptq.load(name)
-    evalset = tvmptq.get_set(DEFAULT_SET[name])
-    graph = tvmptq.prepare(model)
-    calib = tuple(np.asarray(a[:args.calib_samples]) for a in evalset.calibration())
+    case = load_case(name, args.calib_samples, args.eval_samples)
+    model, evalset, graph, calib, evals, labels, key = (case.model, case.evalset, case.graph, case.calib,
+                                                        case.evals, case.labels, case.key)
     n_fit = len(calib[0]) * 3 // 4
     fit, held = tuple(a[:n_fit] for a in calib), tuple(a[n_fit:] for a in calib)
-    evals = tuple(a[:args.eval_samples] for a in evalset.evaluation())
-    labels = evalset.labels()[:len(evals[0])] if evalset.labels else None
-    key = PRIMARY[evalset.task]
     ref = run_outputs(torch_runner(graph.gm), evals, 32, "fp32", False)
     ref_held = run_outputs(torch_runner(graph.gm), held, 32, "fp32", False)
     w, a = int(tag[1]), int(tag[3])
     observers, _ = collect_statistics(graph, batches(fit, 32))
-    rule, plan, sim, _ = select_observer(graph, observers, tvmptq.make_config(w, a, "minmax"),
+    config = tvmptq.make_config(w, a, "minmax", first_last_8bit=args.first_last_8bit)
+    rule, plan, sim, _ = select_observer(graph, observers, config,
                                          tuple(x[:AUTO_SELECT_SAMPLES] for x in fit), 32, model.name)
     base = QuantizedModel(model, graph, plan, sim)
     imported = None
     if not args.no_latency:
-        import relay_passes as rp
-        from targets.build import compile_integer
-        imported = rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(1)))
+        imported = relax_import(model, 1)
         base_run, base_ops, base_consts = _compiled(base.plan, imported)
     lat_x = tuple(x[:1] for x in evals)
     for method in args.methods:
         meth, _, reading = method.partition(":")
         opts = {"samples": n_fit, "seed": args.seed, **({"iters": args.iters} if args.iters else {}),
-                **({"work": args.work} if args.work else {}),
+                **({"work": args.work} if args.work else {}), **dict(_opt(o) for o in args.opt),
                 **({"reading": reading} if reading else {})}
         t0, load0 = time.perf_counter(), os.getloadavg()[0]
         qm = apply_method(base, fit, meth, opts, progress=args.progress)
@@ -92,7 +77,9 @@ def bench(name: str, tag: str, args, rows: list, flush) -> None:
         out = run_outputs(qm.runner(), evals, 32, method, False)
         s = score(evalset.task, ref, out, labels)
         s_held = score(evalset.task, ref_held, run_outputs(qm.runner(), held, 32, method, False))
-        row = {"model": name, "bits": tag, "observer": rule, "method": method, "primary": key, **s,
+        label = " ".join([method] + [f"{k}={v}" for k, v in opts.items() if k not in ("samples", "seed", "reading")])
+        row = {"model": name, "bits": tag + (" fl8" if args.first_last_8bit else ""), "observer": rule,
+               "method": label if meth != "baseline" else method, "n_fit": n_fit, "primary": key, **s,
                "held_out": s_held[key], "fit_seconds": seconds, "peak_rss_mb": peak_rss_mb(),
                "load_avg": [load0, os.getloadavg()[0]],
                "block_iters": [b.get("iters") for b in qm.plan.run_info.get(meth, {}).get("blocks", [])]}
@@ -101,10 +88,20 @@ def bench(name: str, tag: str, args, rows: list, flush) -> None:
             got = run(*lat_x)
             row.update(same_ops=ops == base_ops, same_constants=consts == base_consts,
                        compiled_equals_sim=bool(np.array_equal(got, qm.runner()(*lat_x))),
-                       latency_ms=_latency(run, lat_x), base_latency_ms=_latency(base_run, lat_x))
+                       latency_ms=latency_ms(run, lat_x, 20), base_latency_ms=latency_ms(base_run, lat_x, 20))
         rows.append(row)
         print(json.dumps(row), flush=True)
         flush()
+
+
+def _opt(text: str):
+    """``key=value`` of a ReconConfig/WAPSConfig field, the value read as a Python literal."""
+    import ast
+    key, _, value = text.partition("=")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
 
 
 def _iters(row) -> str:
@@ -152,6 +149,8 @@ def main():
     p.add_argument("--eval-samples", type=int, default=512)
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--opt", nargs="*", default=[], help="key=value for ReconConfig / WAPSConfig fields, e.g. drop_prob=0.5")
+    p.add_argument("--first-last-8bit", action="store_true", help="first and last conv/linear at 8 bits (BRECQ's convention)")
     p.add_argument("--append", action="store_true", help="keep the rows already in the .json, add these")
     p.add_argument("--regenerate", action="store_true", help="only rewrite the .md from the .json")
     p.add_argument("--work", type=float, default=None, help="per-block work cap (ReconConfig.work)")

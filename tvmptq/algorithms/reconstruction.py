@@ -40,7 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..quant import lut
 from ..quant.calibrate import _clip
+from ..quant.lut import build_table
 from ..quant.fixedpoint import quantize_multiplier, shared_shift_multipliers
 from ..quant.plan import QuantPlan
 from ..quant.simulate import simulate
@@ -149,7 +151,7 @@ class TrainRequant(nn.Module):
 
     def __init__(self, layer, lp, tensors, learn_act: bool):
         super().__init__()
-        self.kind, self.attrs = lp.kind, lp.attrs
+        self.kind, self.attrs, self.name = lp.kind, lp.attrs, lp.name
         self.out = ActQuant(tensors[lp.output], layer.act_range, learn_act)
 
     def forward(self, *xs):
@@ -162,9 +164,18 @@ class TrainRequant(nn.Module):
             y = xs[0] * a["factor"]
         elif k == "cat":
             y = torch.cat(xs, dim=a["dim"])
-        else:
+        elif k == "mul":
+            y = xs[0] * xs[1]
+        elif k == "avg_pool":                 # window sum / count, as the plan's requantize divides
+            y = F.avg_pool2d(xs[0], a["kernel"], a["stride"], a["padding"], a["ceil_mode"], True,
+                             divisor_override=a["count"])
+        elif k == "lut":                      # the tabulated function, evaluated in float
+            y = lut.evaluate(a["function"], a["function_attrs"], xs[0])
+        elif k == "matmul":
             b = xs[1].transpose(-1, -2) if a.get("transpose_b") else xs[1]
             y = torch.matmul(xs[0], b)
+        else:
+            raise NotImplementedError(f"reconstruction cannot train through {k!r} layer {self.name!r}")
         return self.out(y)
 
 
@@ -210,6 +221,9 @@ class TrainModel:
         for node in nodes:
             if node.op == "placeholder" or node.name in env:
                 continue
+            if _is_batch_size(node) and node.args[0].name not in env:     # a block past its source
+                env[node.name] = next(env[n.name] for n in self.nodes if n.op == "placeholder").shape[0]
+                continue
             args = fx.node.map_arg(node.args, lambda n: env[n.name])
             kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n.name])
             if node.op == "get_attr":
@@ -242,14 +256,10 @@ def find_blocks(model: TrainModel, granularity: str = "block") -> list[Block]:
     """Cut the program into blocks (see the module docstring)."""
     nodes = model.nodes
     pos = {n.name: i for i, n in enumerate(nodes)}
-    # Shape scalars read off the inputs (torch.export's ``sym_size`` of the batch) are recomputed
-    # by every block from the inputs rather than cached: otherwise one lives across the whole
-    # program and no cut would have a single live value.
-    prelude, placeholders = [], {n.name for n in nodes if n.op == "placeholder"}
-    for n in nodes:
-        if (n.op == "call_function" and "val" in n.meta and not isinstance(n.meta["val"], torch.Tensor)
-                and all(a.name in placeholders or a in prelude for a in n.all_input_nodes)):
-            prelude.append(n)
+    # The batch size read off a tensor (torch.export's ``sym_size(x, 0)``) is recomputed by every
+    # block (TrainModel.run) rather than cached: otherwise it lives across the whole program and
+    # no cut would have a single live value.
+    prelude = [n for n in nodes if _is_batch_size(n)]
     pre = {n.name for n in prelude}
     data = set()                                       # values that depend on the inputs (batched)
     for n in nodes:
@@ -298,6 +308,11 @@ def find_blocks(model: TrainModel, granularity: str = "block") -> list[Block]:
                             [n.name for n in seg if isinstance(model.modules.get(n.name), TrainKernel)]))
         start = c + 1
     return blocks
+
+
+def _is_batch_size(node) -> bool:
+    return (node.op == "call_function" and node.target is torch.ops.aten.sym_size.int
+            and len(node.args) > 1 and node.args[1] == 0)
 
 
 def _is_tensor(node) -> bool:
@@ -507,8 +522,13 @@ def refold(graph, plan: QuantPlan, scales: dict, weights: dict) -> QuantPlan:
             bias_q = np.round(b_real / acc)
             arr["bias"] = np.clip(bias_q, *INT32).astype(np.int32)
             arr["multiplier"], arr["shift"] = quantize_multiplier(acc / float(t_out.scale))
-        elif lp.kind == "matmul":
+        elif lp.kind in ("matmul", "mul"):
             arr["multiplier"], arr["shift"] = quantize_multiplier(s_in[0] * s_in[1] / float(t_out.scale))
+        elif lp.kind == "avg_pool":
+            arr["multiplier"], arr["shift"] = quantize_multiplier(s_in[0] / (float(t_out.scale) * lp.attrs["count"]))
+        elif lp.kind == "lut":                 # the table maps input codes to output codes: rebuilt
+            arr["table"] = build_table(lp.attrs["function"], lp.attrs["function_attrs"],
+                                       new.tensors[lp.inputs[0]], t_out, lp.clip)
         elif lp.kind in ("add", "cat"):
             m, k = shared_shift_multipliers([s / float(t_out.scale) for s in s_in])
             arr["multiplier"], arr["shift"] = m, np.array([k], dtype=np.int64)
