@@ -13,6 +13,7 @@ from tvmptq.algorithms.reconstruction import ReconConfig, TrainModel, find_block
 from tvmptq.algorithms.waps import READINGS, WAPSConfig, WAPSWeight, fit_waps
 from tvmptq.errors import ConfigError
 from tvmptq.eval.sets import torch_runner
+from tvmptq.quant.simulate import simulate
 from tvmptq.reference import run_plan
 
 FAST = ReconConfig(iters=60, samples=64, batch_size=16)
@@ -204,3 +205,26 @@ def test_blocks_cut_around_batch_size_scalars_and_work_cap():
     assert iters[-1] == 40 and min(iters[1:3]) < 40 and all(i >= 1 for i in iters)
     with pytest.raises(ValueError, match="work"):
         fit_brecq(qm.graph, qm.plan, (x,), dataclasses.replace(cfg, work=0), progress=False)
+
+
+def test_refold_rebuilds_lookup_tables_for_learned_steps():
+    """A learned step of a lookup table's input moves the codes the table is indexed by: the
+    table is rebuilt (a stale one would map every code through the old grid)."""
+    from tvmptq.zoo import from_module
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4)).eval()
+    x = torch.randn(64, 16).numpy()
+    model = from_module(net, (torch.from_numpy(x[:1]),))
+    qm = tvmptq.quantize(model, (x,), tvmptq.make_config(8, 8), progress=False)
+    lut_layer = next(lp for lp in qm.plan.layers if lp.kind == "lut")
+    t_in = lut_layer.inputs[0]
+    new = refold(qm.graph, qm.plan, {t_in: qm.plan.tensors[t_in].scale * 1.25}, {})
+    table = next(lp for lp in new.layers if lp.kind == "lut").arrays["table"]
+    assert not np.array_equal(table, lut_layer.arrays["table"])
+    ref = net(torch.from_numpy(x)).detach().numpy()
+    got = torch_runner(simulate(qm.graph, new))(x)
+    stale = new                                   # the same plan with the old table put back
+    assert np.corrcoef(ref.ravel(), got.ravel())[0, 1] > 0.99
+    next(lp for lp in stale.layers if lp.kind == "lut").arrays["table"] = lut_layer.arrays["table"]
+    bad = torch_runner(simulate(qm.graph, stale))(x)
+    assert np.abs(bad - ref).mean() > 2 * np.abs(got - ref).mean()
