@@ -78,7 +78,7 @@ def bench(name: str, tag: str, args, rows: list, flush) -> None:
         s = score(evalset.task, ref, out, labels)
         s_held = score(evalset.task, ref_held, run_outputs(qm.runner(), held, 32, method, False))
         label = " ".join([method] + [f"{k}={v}" for k, v in opts.items() if k not in ("samples", "seed", "reading")])
-        row = {"model": name, "bits": tag + (" fl8" if args.first_last_8bit else ""), "observer": rule,
+        row = {"command": "scripts/bench_reconstruction.py " + " ".join(sys.argv[1:]), "model": name, "bits": tag + (" fl8" if args.first_last_8bit else ""), "observer": rule,
                "method": label if meth != "baseline" else method, "n_fit": n_fit, "primary": key, **s,
                "held_out": s_held[key], "fit_seconds": seconds, "peak_rss_mb": peak_rss_mb(),
                "load_avg": [load0, os.getloadavg()[0]],
@@ -109,32 +109,48 @@ def _iters(row) -> str:
     return "-" if not its else (str(its[0]) if min(its) == max(its) else f"{min(its)}-{max(its)} (sum {sum(its)})")
 
 
-def write_md(rows, args, path: Path, seconds: float) -> None:
-    lines = ["# Reconstruction PTQ: AdaRound, BRECQ, WAPS-Quant", "",
-             f"`scripts/bench_reconstruction.py {' '.join(sys.argv[1:])}`, {seconds / 60:.1f} min, under load "
-             "(2 cores shared by six agents; wall times and latencies are loaded-machine figures). "
-             "Methods fitted on the first 3/4 of the calibration set; **eval** is the evaluation split "
-             "(primary metric vs FP32: top-1 agreement %, mean cosine for MiniLM); **held-out** is the last "
-             "1/4 of the calibration set (seen scenes for photos, unseen scenes = eval). Latency: batch 1, "
-             "median of 20, x86-host (VNNI) untuned, baseline compiled in the same run.", "",
-             "| model | bits | method | eval | held-out | accuracy | fit s | peak RSS MB | same ops/consts | "
+def _is_setting(row) -> bool:
+    """A row of the settings study (a non-default option or bit assignment), not the main table."""
+    return "=" in row["method"] or " " in row["bits"]
+
+
+def _table(rows) -> list[str]:
+    f = lambda v, d=2: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{d}f}"  # noqa: E731
+    lines = ["| model | bits | method | eval | held-out | accuracy | fit s | peak RSS MB | same ops/consts | "
              "compiled == sim | latency ms (baseline) | load (1-min avg, fit start/end) | iterations per block |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    f = lambda v, d=2: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{d}f}"  # noqa: E731
     for r in rows:
+        d = 3 if r["primary"] == "cosine_mean" else 1
         lat = f"{f(r.get('latency_ms'), 3)} ({f(r.get('base_latency_ms'), 3)})" if "latency_ms" in r else "-"
         same = f"{r['same_ops']}/{r['same_constants']}" if "same_ops" in r else "-"
-        lines.append(f"| {r['model']} | {r['bits']} | {r['method']} | {f(r[r['primary']], 3 if r['primary'] == 'cosine_mean' else 1)} "
-                     f"| {f(r['held_out'], 3 if r['primary'] == 'cosine_mean' else 1)} | {f(r.get('accuracy'), 1)} "
-                     f"| {f(r['fit_seconds'], 1)} | {f(r['peak_rss_mb'], 0)} | {same} | {r.get('compiled_equals_sim', '-')} | {lat} "
-                     f"| {'/'.join(f'{v:.1f}' for v in r['load_avg']) if 'load_avg' in r else '-'} | {_iters(r)} |")
-    lines += ["", "Notes. Iterations are ReconConfig's default unless the command says otherwise (500 per block: "
-              "BRECQ's 20,000 scaled for 2 cores; the accuracy cost of the scaling is not measured here). "
-              "WAPS `in`/`in_mixed`/`block` fold power-of-two input-group scales into int8 weights "
-              "(`W << t`), so their stored weights need more than the nominal bits (the plan's `weight_bits` "
-              "says how many); on int8 dot-product kernels this costs nothing at run time, which the "
-              "latency column measures. A partial-sum shift kernel for engines storing b-bit weights is "
-              "not lowered. Rows not in the table were not run in this invocation (see `make bench-recon`)."]
+        load = "/".join(f"{v:.1f}" for v in r["load_avg"]) if "load_avg" in r else "-"
+        lines.append(f"| {r['model']} | {r['bits']} | {r['method']} | {f(r[r['primary']], d)} | {f(r['held_out'], d)} "
+                     f"| {f(r.get('accuracy'), 1)} | {f(r['fit_seconds'], 1)} | {f(r['peak_rss_mb'], 0)} | {same} "
+                     f"| {r.get('compiled_equals_sim', '-')} | {lat} | {load} | {_iters(r)} |")
+    return lines
+
+
+def write_md(rows, args, path: Path, seconds: float) -> None:
+    commands = list(dict.fromkeys(r.get("command", "(an earlier run: see git log)") for r in rows))
+    lines = ["# Reconstruction PTQ: AdaRound, BRECQ, WAPS-Quant", "",
+             "Rows from " + "; ".join(f"`{c}`" for c in commands) + " (each row's command is in the .json; "
+             "`--regenerate` rewrites this file from it). Under load: 2 cores shared by seven agents, so wall "
+             "times and latencies are loaded-machine figures and the load column says how loaded. "
+             "Methods fitted on the first 3/4 of the calibration set; **eval** is the evaluation split "
+             "(primary metric vs FP32: top-1 agreement %, mean cosine for MiniLM); **held-out** is the last "
+             "1/4 of the calibration set (seen scenes for photos, unseen scenes = eval), the only score "
+             "settings are chosen by. Latency: batch 1, median of 20, x86-host (VNNI) untuned, baseline "
+             "compiled in the same run.", ""]
+    lines += _table([r for r in rows if not _is_setting(r)])
+    settings = [r for r in rows if _is_setting(r)]
+    if settings:
+        lines += ["", "## Settings (BRECQ's conventions, iterations, samples), digits W2A4", "",
+                  "One change at a time against the default row above; `fl8`: first and last conv/linear "
+                  "at 8 bits (the plan's `first_last_8bit`, BRECQ's convention; its baseline changes too).", ""]
+        lines += _table(settings)
+    notes = Path(__file__).with_name("reconstruction_notes.md")
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
     path.write_text("\n".join(lines) + "\n")
     path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
 
@@ -152,13 +168,17 @@ def main():
     p.add_argument("--opt", nargs="*", default=[], help="key=value for ReconConfig / WAPSConfig fields, e.g. drop_prob=0.5")
     p.add_argument("--first-last-8bit", action="store_true", help="first and last conv/linear at 8 bits (BRECQ's convention)")
     p.add_argument("--append", action="store_true", help="keep the rows already in the .json, add these")
+    p.add_argument("--merge", nargs="*", default=[], help="with --regenerate: add the rows of these .json files")
     p.add_argument("--regenerate", action="store_true", help="only rewrite the .md from the .json")
     p.add_argument("--work", type=float, default=None, help="per-block work cap (ReconConfig.work)")
     p.add_argument("--out", default=str(REPO / "results" / "reconstruction.md"))
     args = p.parse_args()
     out = Path(args.out)
-    if args.regenerate:                          # the table from the rows already in the .json
-        write_md(json.loads(out.with_suffix(".json").read_text()), args, out, float("nan"))
+    if args.regenerate:                          # the table from the rows already in the .json(s)
+        rows = json.loads(out.with_suffix(".json").read_text())
+        for extra in args.merge:
+            rows += json.loads(Path(extra).read_text())
+        write_md(rows, args, out, float("nan"))
         return
     t0 = time.perf_counter()
     rows = json.loads(out.with_suffix(".json").read_text()) if args.append else []
