@@ -178,6 +178,8 @@ def main():
         rows = json.loads(out.with_suffix(".json").read_text())
         for extra in args.merge:
             rows += json.loads(Path(extra).read_text())
+        keys = [(r.get("command"), r["model"], r["bits"], r["method"]) for r in rows]
+        rows = [r for i, r in enumerate(rows) if keys[i] not in keys[:i]]      # merged twice: once
         write_md(rows, args, out, float("nan"))
         return
     t0 = time.perf_counter()
