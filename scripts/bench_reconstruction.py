@@ -11,6 +11,9 @@ constant counts compared. Writes results/reconstruction.md (+ .json).
 
 Usage: .venv/bin/python scripts/bench_reconstruction.py [--rows digits:W2A4 ...] [--iters N]
        [--methods baseline cwac adaround brecq waps:in_mixed ...] [--no-latency] [--out PATH]
+       [--opt drop_prob=0.5 ...] [--first-last-8bit] [--append] [--regenerate [--merge A.json ...]]
+Rows are written after each method (a long run leaves a partial table); rows with a non-default
+option or bit assignment go to the settings table.
 """
 from __future__ import annotations
 
@@ -82,6 +85,7 @@ def bench(name: str, tag: str, args, rows: list, flush) -> None:
                "method": label if meth != "baseline" else method, "n_fit": n_fit, "primary": key, **s,
                "held_out": s_held[key], "fit_seconds": seconds, "peak_rss_mb": peak_rss_mb(),
                "load_avg": [load0, os.getloadavg()[0]],
+               "fit_rss_growth_mb": qm.plan.run_info.get(meth, {}).get("peak_rss_growth_mb"),
                "block_iters": [b.get("iters") for b in qm.plan.run_info.get(meth, {}).get("blocks", [])]}
         if imported is not None:
             run, ops, consts = (base_run, base_ops, base_consts) if meth == "baseline" else _compiled(qm.plan, imported)
