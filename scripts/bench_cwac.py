@@ -30,13 +30,13 @@ sys.path.insert(0, str(REPO))
 
 import tvmptq  # noqa: E402
 from tvmptq.api import AUTO_SELECT_SAMPLES, QuantizedModel, apply_method, select_observer  # noqa: E402
-from tvmptq.eval.sets import DEFAULT_SET, batches, run_outputs, score, torch_runner  # noqa: E402
+from tvmptq.eval.sets import batches, run_outputs, score, torch_runner  # noqa: E402
+from bench_common import latency_ms, load_case, relax_import  # noqa: E402
 from tvmptq.quant.calibrate import collect_statistics  # noqa: E402
 
 BITS = {"efficientnet_lite0": ["W8A8", "W6A6", "W4A8", "W4A4"],
         "minilm_l6": ["W8A8", "W6A6", "W4A8", "W4A4"],
         "digits_resnet": ["W8A8", "W6A6", "W4A8", "W4A4", "W2A4"]}
-PRIMARY = {"classification": "top1_agreement", "embedding": "cosine_mean"}
 # Ablations are variations of the FP32-stream fit (the default before target="auto"), so each
 # row changes one thing; the two target rows are the candidates "auto" chooses between.
 FP = {"target": "fp_stream"}
@@ -65,17 +65,6 @@ def _gap_recovery(score: float, base: float, fp32: float) -> float:
     return (score - base) / gap if abs(gap) > 1e-12 else float("nan")
 
 
-def _latency(run, xs, repeats=5) -> float:
-    """Median ms per sample of ``run(*xs)`` (all model inputs, e.g. MiniLM's ids and mask)."""
-    run(*xs)
-    t = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(*xs)
-        t.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(t)) / len(xs[0])
-
-
 def _compiled(model, plan, imported, build: bool):
     """Lowered op counts and parameter count; the compiled callable too when ``build``."""
     import relay_passes as rp
@@ -94,23 +83,17 @@ def _layer_mse_drop(st: dict) -> float:
 
 
 def bench_model(name, bits, args) -> list[dict]:
-    model = tvmptq.load(name)
-    evalset = tvmptq.get_set(DEFAULT_SET[name])
-    graph = tvmptq.prepare(model)
-    calib = tuple(a[:args.calib_samples] for a in evalset.calibration())
-    evals = tuple(a[:args.eval_samples] for a in evalset.evaluation())
-    labels = evalset.labels()[:len(evals[0])] if evalset.labels else None
+    case = load_case(name, args.calib_samples, args.eval_samples)
+    model, evalset, graph, calib, evals, labels, key = (case.model, case.evalset, case.graph, case.calib,
+                                                        case.evals, case.labels, case.key)
     ref = run_outputs(torch_runner(graph.gm), evals, args.batch_size, f"{name} fp32")
     fp = score(evalset.task, ref, ref, labels)
-    key = PRIMARY[evalset.task]
     observers, _ = collect_statistics(graph, batches(calib, args.batch_size))
     probe = tuple(a[:AUTO_SELECT_SAMPLES] for a in calib)
     imported = None
     if not args.no_latency:
         try:
-            import relay_passes as rp
-            from targets.build import compile_integer
-            imported = rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(args.lat_batch)))
+            imported = relax_import(model, args.lat_batch)
         except Exception as err:  # noqa: BLE001 - reported in the table
             print(f"{name}: no Relax import ({type(err).__name__}: {err})")
     lat_x = tuple(a[:args.lat_batch] for a in evals)
@@ -143,13 +126,13 @@ def bench_model(name, bits, args) -> list[dict]:
                 row["selection"] = st.get("selection")
                 row["layer_mse_drop"] = _layer_mse_drop(st)
             timed = not args.no_latency and (args.latency_bits is None or tag in args.latency_bits)
-            row["sim_latency_ms"] = _latency(qm.runner(), lat_x) if timed else float("nan")
+            row["sim_latency_ms"] = latency_ms(qm.runner(), lat_x, 5) if timed else float("nan")
             if imported is not None:
                 try:
                     timed = args.latency_bits is None or tag in args.latency_bits
                     run, ops, params = _compiled(model, qm.plan, imported, build=timed)
                     if timed:
-                        row["compiled_latency_ms"] = _latency(run, lat_x)
+                        row["compiled_latency_ms"] = latency_ms(run, lat_x, 5)
                     row["relax_params"] = params
                     row["relax_ops"] = sum(ops.values())
                     if method == "baseline":

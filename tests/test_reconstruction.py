@@ -13,6 +13,7 @@ from tvmptq.algorithms.reconstruction import ReconConfig, TrainModel, find_block
 from tvmptq.algorithms.waps import READINGS, WAPSConfig, WAPSWeight, fit_waps
 from tvmptq.errors import ConfigError
 from tvmptq.eval.sets import torch_runner
+from tvmptq.quant.simulate import simulate
 from tvmptq.reference import run_plan
 
 FAST = ReconConfig(iters=60, samples=64, batch_size=16)
@@ -163,3 +164,67 @@ def test_cli_methods_and_exit_codes(tmp_path, capsys):
     assert main(["quantize", "efficientnet_lite0", "--from-plan", str(plan), "--method", "brecq",
                  "--calib", "digits"]) == 2
     assert "made for model 'digits_resnet'" in capsys.readouterr().err
+
+
+class _MBConvs(torch.nn.Module):
+    """Two MBConv-style residual blocks and a head reading the batch size off the input (as
+    torch.export writes a ``sym_size`` of it): the scalar lives across the whole program."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.blocks = torch.nn.ModuleList(torch.nn.Sequential(
+            torch.nn.Conv2d(8, 16, 1), torch.nn.ReLU6(), torch.nn.Conv2d(16, 16, 3, padding=1, groups=16),
+            torch.nn.ReLU6(), torch.nn.Conv2d(16, 8, 1)) for _ in range(2))
+        self.head = torch.nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        n = x.shape[0]
+        x = torch.relu(self.stem(x))
+        for block in self.blocks:
+            x = x + block(x)
+        return self.head(torch.nn.functional.avg_pool2d(x, 2).reshape(n, -1))
+
+
+def test_blocks_cut_around_batch_size_scalars_and_work_cap():
+    from tvmptq.algorithms.adaround import adaround_weight
+    from tvmptq.zoo import from_module
+    torch.manual_seed(3)
+    x = torch.randn(24, 3, 16, 16).numpy()
+    model = from_module(_MBConvs().eval(), (torch.from_numpy(x[:1]),))
+    qm = tvmptq.quantize(model, (x,), tvmptq.make_config(4, 4), progress=False)
+    train = TrainModel(qm.graph, qm.plan, adaround_weight, FAST)
+    assert any(n.op == "call_function" and not isinstance(n.meta.get("val"), torch.Tensor)
+               and "val" in n.meta for n in train.nodes)            # the case this test is about
+    blocks = find_blocks(train)
+    assert [len(b.kernels) for b in blocks] == [1, 3, 3, 1]
+    # each block's activations per sample: the work cap runs the big ones fewer iterations
+    cfg = dataclasses.replace(FAST, iters=40, samples=24, batch_size=8, work=8 * 40 * 3000)
+    plan, _ = fit_brecq(qm.graph, qm.plan, (x,), cfg, progress=False)
+    iters = [b["iters"] for b in plan.run_info["brecq"]["blocks"]]
+    assert iters[-1] == 40 and min(iters[1:3]) < 40 and all(i >= 1 for i in iters)
+    with pytest.raises(ValueError, match="work"):
+        fit_brecq(qm.graph, qm.plan, (x,), dataclasses.replace(cfg, work=0), progress=False)
+
+
+def test_refold_rebuilds_lookup_tables_for_learned_steps():
+    """A learned step of a lookup table's input moves the codes the table is indexed by: the
+    table is rebuilt (a stale one would map every code through the old grid)."""
+    from tvmptq.zoo import from_module
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4)).eval()
+    x = torch.randn(64, 16).numpy()
+    model = from_module(net, (torch.from_numpy(x[:1]),))
+    qm = tvmptq.quantize(model, (x,), tvmptq.make_config(8, 8), progress=False)
+    lut_layer = next(lp for lp in qm.plan.layers if lp.kind == "lut")
+    t_in = lut_layer.inputs[0]
+    new = refold(qm.graph, qm.plan, {t_in: qm.plan.tensors[t_in].scale * 1.25}, {})
+    table = next(lp for lp in new.layers if lp.kind == "lut").arrays["table"]
+    assert not np.array_equal(table, lut_layer.arrays["table"])
+    ref = net(torch.from_numpy(x)).detach().numpy()
+    got = torch_runner(simulate(qm.graph, new))(x)
+    stale = new                                   # the same plan with the old table put back
+    assert np.corrcoef(ref.ravel(), got.ravel())[0, 1] > 0.99
+    next(lp for lp in stale.layers if lp.kind == "lut").arrays["table"] = lut_layer.arrays["table"]
+    bad = torch_runner(simulate(qm.graph, stale))(x)
+    assert np.abs(bad - ref).mean() > 2 * np.abs(got - ref).mean()

@@ -406,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "BRECQ + power-of-two weight-activation product scaling (all folded into the plan); "
                         "cle: cross-layer equalization (alone or cle+qft); qft: joint finetuning of every stored "
                         "value, last (qft alone = cle+qft; e.g. cwac+qft, brecq+qft)")
-    q.add_argument("--iters", type=int, help="reconstruction iterations per block (adaround/brecq/waps; default 500)")
+    q.add_argument("--iters", type=int, help="reconstruction iterations per block, at most (adaround/brecq/waps; "
+                   "default 2000; blocks past the compute cap ReconConfig.work run fewer)")
     q.add_argument("--seed", type=int, default=0, help="seed of the reconstruction's sample order (default 0)")
     q.add_argument("--waps-reading", default="in_mixed", choices=["out", "in", "in_mixed", "block"],
                    help="WAPS product-scale granularity (see tvmptq/algorithms/waps.py)")
