@@ -21,7 +21,7 @@ from tvmptq.cli import main
 
 MODEL = "digits_resnet"  # expects per-sample shape (1, 8, 8)
 FAST = ["--calib-samples", "64", "--observer", "minmax", "--report", "0"]
-ZOO = ("digits_resnet", "efficientnet_lite0", "minilm_l6")
+ZOO = ("digits_resnet", "digits_vit", "efficientnet_lite0", "minilm_l6")
 
 
 def run(capsys, *argv):
