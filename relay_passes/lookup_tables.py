@@ -46,7 +46,7 @@ def _unary_steps(plan: QuantPlan) -> list[tuple[str, object]]:
     return steps
 
 
-def _run_at(g: _Graph, i: int, names: tuple[str, ...]):
+def run_at(g: _Graph, i: int, names: tuple[str, ...]):
     """(input var, bindings) if bindings i.. are a run of ``names`` computed from one input."""
     run = g.bindings[i:i + len(names)]
     if len(run) < len(names) or any(op_name(b.value) != "relax." + n for b, n in zip(run, names)):
@@ -68,14 +68,14 @@ def find_regions(func: relax.Function, plan: QuantPlan) -> list[tuple[object, re
     found, i = [], 0
     for aten, what in _unary_steps(plan):
         names = SIGNATURES[aten]
-        while i < len(g.bindings) and _run_at(g, i, names) is None:
+        while i < len(g.bindings) and run_at(g, i, names) is None:
             i += 1
         if i >= len(g.bindings):
             label = what.name if hasattr(what, "name") else what
             raise LayerMatchError(f"unary step {label!r} ({aten}) has no Relax run "
                                   f"{'/'.join(names)} after the previous one; the frontend spells it "
                                   "differently (add its signature to lookup_tables.SIGNATURES)")
-        x, run = _run_at(g, i, names)
+        x, run = run_at(g, i, names)
         found.append((what, x, run))
         i += len(names)
     return found
@@ -106,10 +106,14 @@ def _fits(table, dtype) -> bool:
 
 
 @relax.expr_functor.mutator
-class _TableRewriter(relax.PyExprMutator):
-    def __init__(self, mod, plan: QuantPlan, regions):
+class RunRewriter(relax.PyExprMutator):
+    """Replaces each region's run of bindings (``(layer, input var, bindings)``, as ``find_regions``
+    returns them) by ``lower(builder, input, layer, plan)`` at the run's last binding; the run's
+    other bindings are dropped. Shared by the lookup-table and PReLU passes."""
+
+    def __init__(self, mod, plan: QuantPlan, regions, lower):
         super().__init__(mod)
-        self.plan = plan
+        self.plan, self.lower = plan, lower
         self.at_end = {run[-1].var: (lp, x) for lp, x, run in regions}
         self.interior = {b.var for _, _, run in regions for b in run[:-1]}
 
@@ -119,12 +123,16 @@ class _TableRewriter(relax.PyExprMutator):
         if binding.var not in self.at_end:
             return super().visit_var_binding_(binding)
         lp, x = self.at_end[binding.var]
-        if lp.keep_float:
-            raise LoweringError(f"layer {lp.name!r} ({lp.attrs['function']}) is kept in float by the plan; "
-                                "float layers are not lowered yet (quantize with lookup tables off for a "
-                                "declared float island)")
-        value = table_take(self.builder_, self.visit_expr(x), lp, self.plan)
+        value = self.lower(self.builder_, self.visit_expr(x), lp, self.plan)
         super().visit_var_binding_(relax.VarBinding(binding.var, value))
+
+
+def _table_layer(bb: relax.BlockBuilder, x: relax.Expr, lp, plan: QuantPlan) -> relax.Expr:
+    if lp.keep_float:
+        raise LoweringError(f"layer {lp.name!r} ({lp.attrs['function']}) is kept in float by the plan; "
+                            "float layers are not lowered yet (quantize with lookup tables off for a "
+                            "declared float island)")
+    return table_take(bb, x, lp, plan)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvmptq.LookupTables")
@@ -138,4 +146,4 @@ class LookupTables:
         if not any(lp.kind == "lut" for lp in self.plan.layers):
             return mod
         regions = [r for r in find_regions(mod["main"], self.plan) if not isinstance(r[0], str)]
-        return mutate_functions(mod, _TableRewriter(mod, self.plan, regions))
+        return mutate_functions(mod, RunRewriter(mod, self.plan, regions, _table_layer))

@@ -21,7 +21,7 @@ from tvmptq.quant.plan import QuantPlan
 
 from .errors import LayerMatchError
 from .integer_ops import Grid, _per_axis, dequantize, quantize, requantize_finish
-from .lookup_tables import _run_at
+from .lookup_tables import RunRewriter, run_at
 from .match import _Graph
 from .mutate import mutate_functions
 
@@ -33,12 +33,12 @@ def find_prelus(func: relax.Function, plan: QuantPlan) -> list[tuple[object, rel
     layers = [plan.layer(s["layer"]) for s in plan.program if s["kind"] == "layer" and plan.layer(s["layer"]).kind == "prelu"]
     found, i = [], 0
     for lp in layers:
-        while i < len(g.bindings) and _run_at(g, i, SIGNATURE) is None:
+        while i < len(g.bindings) and run_at(g, i, SIGNATURE) is None:
             i += 1
         if i >= len(g.bindings):
             raise LayerMatchError(f"PReLU layer {lp.name!r} has no Relax run {'/'.join(SIGNATURE)} after the "
                                   "previous one (the frontend spells it differently)")
-        x, run = _run_at(g, i, SIGNATURE)
+        x, run = run_at(g, i, SIGNATURE)
         found.append((lp, x, run))
         i += len(SIGNATURE)
     return found
@@ -64,24 +64,6 @@ def prelu_integer(bb: relax.BlockBuilder, x: relax.Expr, lp, plan: QuantPlan) ->
     return dequantize(requantize_finish(bb, y, "int64", gout, lp.clip), gout)
 
 
-@relax.expr_functor.mutator
-class _PreluRewriter(relax.PyExprMutator):
-    def __init__(self, mod, plan, regions):
-        super().__init__(mod)
-        self.plan = plan
-        self.at_end = {run[-1].var: (lp, x) for lp, x, run in regions}
-        self.interior = {b.var for _, _, run in regions for b in run[:-1]}
-
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        if binding.var in self.interior:
-            return
-        if binding.var not in self.at_end:
-            return super().visit_var_binding_(binding)
-        lp, x = self.at_end[binding.var]
-        value = prelu_integer(self.builder_, self.visit_expr(x), lp, self.plan)
-        super().visit_var_binding_(relax.VarBinding(binding.var, value))
-
-
 @tvm.transform.module_pass(opt_level=0, name="tvmptq.PReLUs")
 class PReLUs:
     """Replace each PReLU layer's Relax run by its integer form (see module doc)."""
@@ -92,4 +74,4 @@ class PReLUs:
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         if not any(lp.kind == "prelu" for lp in self.plan.layers):
             return mod
-        return mutate_functions(mod, _PreluRewriter(mod, self.plan, find_prelus(mod["main"], self.plan)))
+        return mutate_functions(mod, RunRewriter(mod, self.plan, find_prelus(mod["main"], self.plan), prelu_integer))
