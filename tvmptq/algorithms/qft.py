@@ -52,7 +52,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -62,7 +61,7 @@ from ..quant.plan import QuantPlan
 from ..quant.simulate import simulate
 from ..util import peak_rss_mb
 from .cle import equalized_weight, find_pairs
-from .reconstruction import INT32, ActQuant, ReconConfig, TrainModel, find_blocks, refold, round_ste
+from .reconstruction import INT32, ActQuant, ReconConfig, TrainModel, find_blocks, kernel_op, refold, round_ste
 
 SHIFTED_WAPS = ("in", "in_mixed", "block")
 
@@ -160,10 +159,7 @@ class QFTKernel(nn.Module):
         return u, b
 
     def _op(self, x, w, b):
-        if self.kind == "linear":
-            return F.linear(x, w, b)
-        a = self.attrs
-        return F.conv2d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"])
+        return kernel_op(self.kind, self.attrs, x, w, b)
 
     def forward(self, x):
         if self.mode == "fp":

@@ -118,6 +118,13 @@ class ActQuant(nn.Module):
         return y
 
 
+def kernel_op(kind: str, attrs: dict, x, w, b):
+    """The float conv2d / linear of a plan kernel layer (``kind``, ``attrs``) with weight ``w``, bias ``b``."""
+    if kind == "linear":
+        return F.linear(x, w, b)
+    return F.conv2d(x, w, b, attrs["stride"], attrs["padding"], attrs["dilation"], attrs["groups"])
+
+
 class TrainKernel(nn.Module):
     """conv2d / linear with a learnable weight module (AdaRound, WAPS) and an output ActQuant."""
 
@@ -136,10 +143,7 @@ class TrainKernel(nn.Module):
         self.mode = "hard"
 
     def _op(self, x, w, b):
-        if self.kind == "linear":
-            return F.linear(x, w, b)
-        a = self.attrs
-        return F.conv2d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"])
+        return kernel_op(self.kind, self.attrs, x, w, b)
 
     def forward(self, x):
         if self.mode == "fp":
