@@ -118,7 +118,10 @@ def _qft_on(start: QuantizedModel, fit, opts, progress):
 
 def write_md(rows, path: Path, seconds: float) -> None:
     lines = ["# QFT and CLE", "",
-             f"`scripts/bench_qft.py {' '.join(sys.argv[1:])}`, {seconds / 60:.1f} min, run with `nice` on a 2-core "
+             ("Written by `scripts/bench_qft.py` (digits rows: `--rows digits_resnet:W4A8 digits_resnet:W4A4 "
+              "digits_resnet:W2A4 --compile`; EfficientNet-Lite0 rows: `--append --rows efficientnet_lite0:W4A8 "
+              "--methods baseline cle qft cwac cwac+qft`)" if seconds is None else
+              f"`scripts/bench_qft.py {' '.join(sys.argv[1:])}`, {seconds / 60:.1f} min") + ", run with `nice` on a 2-core "
              "machine shared by seven agents: wall times are loaded-machine figures. Methods fitted on the first 3/4 "
              "of the calibration set (QFT early-stops on its own held-out share of those); **eval**: evaluation split "
              "vs FP32 (top-1 agreement %, mean cosine for MiniLM); **held-out**: the last 1/4 of the calibration set, "
@@ -146,6 +149,12 @@ def write_md(rows, path: Path, seconds: float) -> None:
     if old:
         lines += ["", f"QFT settings: {', '.join(old)} ran at 300 iterations, batch 16 (the defaults when they ran); "
                   "other rows at QFTConfig's defaults (150 iterations, batch 8) unless the command says otherwise."]
+    done = {(r["model"], r["bits"], r["method"]) for r in rows}
+    missing = [f"{spec.replace(':', ' ')} {m.replace('RECON', 'brecq')}" for spec in ROWS for m in METHODS
+               if (*spec.split(":"), m.replace("RECON", "brecq")) not in done]
+    if missing:
+        lines += ["", "Not run (the 2-core time budget of the session that wrote this file; `make bench-qft` runs "
+                  "them): " + ", ".join(missing) + "."]
     path.write_text("\n".join(lines) + "\n")
     path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
 
@@ -164,8 +173,12 @@ def main():
     p.add_argument("--progress", action="store_true")
     p.add_argument("--append", action="store_true", help="keep the rows already in --out's .json")
     p.add_argument("--out", default=str(REPO / "results" / "qft.md"))
+    p.add_argument("--md-only", action="store_true", help="rewrite --out from its .json, run nothing")
     args = p.parse_args()
     out = Path(args.out)
+    if args.md_only:
+        write_md(json.loads(out.with_suffix(".json").read_text()), out, None)
+        return
     t0 = time.perf_counter()
     rows = json.loads(out.with_suffix(".json").read_text()) if args.append and out.with_suffix(".json").exists() else []
     for spec in args.rows:
