@@ -18,6 +18,7 @@ from .plan import LayerPlan, QuantPlan, TensorQuant
 from .program import build_program
 from .ranges import activation_range, weight_scales
 from .spec import QuantConfig, check_bits
+from .token_mask import mask_from_inputs, real_token_entries
 
 INT32 = (-(2 ** 31), 2 ** 31 - 1)
 
@@ -28,19 +29,22 @@ class _Recorder(fx.Interpreter):
     def __init__(self, gm, observers):
         super().__init__(gm)
         self.observers = observers
+        self.token_mask = None  # real tokens of the current batch (token_mask.py), or None
 
     def run_node(self, n):
         out = super().run_node(n)
         if n.name in self.observers:
-            self.observers[n.name].update(out)
+            self.observers[n.name].update(real_token_entries(out, self.token_mask))
         return out
 
 
 def collect_statistics(graph: LayerGraph, batches: Iterable[tuple], progress: bool = True,
-                       ) -> tuple[dict[str, HistogramObserver], int]:
-    """One pass over the calibration data; memory does not grow with the number of samples."""
+                       real_tokens_only: bool = True) -> tuple[dict[str, HistogramObserver], int]:
+    """One pass over the calibration data; memory does not grow with the number of samples.
+    With an ``attention_mask`` input, ranges are observed on real tokens only (token_mask.py)."""
     observers = {name: HistogramObserver(name) for name in graph.quant_points}
     recorder = _Recorder(graph.gm, observers)
+    placeholders = [n.name for n in graph.gm.graph.nodes if n.op == "placeholder"]
     samples = 0
     with torch.no_grad():
         for batch in tqdm(batches, desc="calibrate", unit="batch", disable=not progress, leave=False):
@@ -50,6 +54,7 @@ def collect_statistics(graph: LayerGraph, batches: Iterable[tuple], progress: bo
                     raise DataError("calibration batch is empty")
                 if b.is_floating_point() and not torch.isfinite(b).all():
                     raise DataError(f"calibration data has {int((~torch.isfinite(b)).sum())} NaN/Inf values")
+            recorder.token_mask = mask_from_inputs(placeholders, batch) if real_tokens_only else None
             recorder.run(*batch)
             samples += batch[0].shape[0]
     if samples == 0:
