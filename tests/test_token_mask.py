@@ -66,7 +66,9 @@ def test_padding_sets_no_range_and_output_improves():
     err = {}
     for real_only in (False, True):
         obs, _ = collect_statistics(graph, batches(data, 8), False, real_tokens_only=real_only)
-        plan = build_plan(graph, obs, tvmptq.make_config(8, 8, "minmax"), "pooled", data, 8)
+        cfg = tvmptq.make_config(8, 8, "minmax", real_tokens_only=real_only)
+        plan = build_plan(graph, obs, cfg, "pooled", data, 8)
+        assert plan.config["real_tokens_only"] is real_only
         first = plan.tensors[graph.tensor_of(graph.layers[0].inputs[0])]
         span = first.scale * (first.qmax - first.qmin)
         real = x[mask != 0]

@@ -67,14 +67,15 @@ class _LayerErrors(fx.Interpreter):
         return out
 
 
-def correct_biases(graph: LayerGraph, plan: QuantPlan, batches) -> QuantPlan:
-    """Adjust the plan's int32 biases in place and return it (rebuild its simulation after)."""
+def correct_biases(graph: LayerGraph, plan: QuantPlan, batches, real_tokens_only: bool = False) -> QuantPlan:
+    """Adjust the plan's int32 biases in place and return it (rebuild its simulation after).
+    ``real_tokens_only``: output means over real tokens only (token_mask.py)."""
     fp_sums, int_sums = {}, {}
     interp = _LayerErrors(graph, plan, fp_sums, int_sums)
     placeholders = [n.name for n in graph.gm.graph.nodes if n.op == "placeholder"]
     with torch.no_grad():
         for batch in batches:
-            interp.token_mask = mask_from_inputs(placeholders, batch)
+            interp.token_mask = mask_from_inputs(placeholders, batch) if real_tokens_only else None
             interp.run(*(torch.as_tensor(b) for b in batch))
     for name, fp in fp_sums.items():
         lp, acc = plan.layer(name), int_sums[name]

@@ -39,9 +39,10 @@ class _Recorder(fx.Interpreter):
 
 
 def collect_statistics(graph: LayerGraph, batches: Iterable[tuple], progress: bool = True,
-                       real_tokens_only: bool = True) -> tuple[dict[str, HistogramObserver], int]:
+                       real_tokens_only: bool = False) -> tuple[dict[str, HistogramObserver], int]:
     """One pass over the calibration data; memory does not grow with the number of samples.
-    With an ``attention_mask`` input, ranges are observed on real tokens only (token_mask.py)."""
+    ``real_tokens_only`` (with an ``attention_mask`` input): ranges observed on real tokens only
+    (token_mask.py)."""
     observers = {name: HistogramObserver(name) for name in graph.quant_points}
     recorder = _Recorder(graph.gm, observers)
     placeholders = [n.name for n in graph.gm.graph.nodes if n.op == "placeholder"]
@@ -193,6 +194,7 @@ def build_plan(graph: LayerGraph, observers: dict[str, HistogramObserver], confi
            "activation_bits": config.activation.bits, "observer": config.activation.rule,
            "symmetric": config.activation.symmetric, "percentile": config.activation.percentile,
            "first_last_8bit": config.first_last_8bit, "lookup_tables": config.lookup_tables,
+           "real_tokens_only": config.real_tokens_only,
            "overrides": {k: vars(v) for k, v in config.overrides}, "name": config.name}
     program, constants = build_program(graph)
     plan = QuantPlan(model_name, cfg, tensors, layers, [n.name for n in graph.islands],
@@ -203,5 +205,6 @@ def build_plan(graph: LayerGraph, observers: dict[str, HistogramObserver], confi
     if config.bias_correction and calibration is not None:
         from ..eval.sets import batches
         from .bias_correction import SAMPLES, correct_biases
-        correct_biases(graph, plan, batches(tuple(a[:SAMPLES] for a in calibration), batch_size))
+        correct_biases(graph, plan, batches(tuple(a[:SAMPLES] for a in calibration), batch_size),
+                       config.real_tokens_only)
     return plan
