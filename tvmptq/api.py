@@ -110,7 +110,8 @@ def _calibrate(model: ZooModel, calibration, graph, batch_size, progress, config
     check_overrides(graph, config)
     batch_size = batch_size_for(graph, batch_size)
     t0 = time.perf_counter()
-    observers, samples = collect_statistics(graph, batches(calibration, batch_size), progress)
+    observers, samples = collect_statistics(graph, batches(calibration, batch_size), progress,
+                                            config.real_tokens_only)
     return calibration, graph, observers, lambda: {
         "calibration_samples": samples, "calibration_seconds": time.perf_counter() - t0,
         "peak_rss_mb": peak_rss_mb()}

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .graph import LayerGraph
 from .plan import QuantPlan
+from .token_mask import mask_from_inputs, real_token_rows
 
 INT32 = (-(2 ** 31), 2 ** 31 - 1)
 SAMPLES = 64  # calibration samples used; the per-channel means settle well before that
@@ -39,6 +40,7 @@ class _LayerErrors(fx.Interpreter):
         self.plan, self.fp_sums, self.int_sums = plan, fp_sums, int_sums
         self.kernels = {layer.node.name: plan.layer(layer.name) for layer in graph.layers
                         if "weight" in plan.layer(layer.name).arrays}
+        self.token_mask = None
 
     def run_node(self, n):
         out = super().run_node(n)
@@ -57,17 +59,23 @@ class _LayerErrors(fx.Interpreter):
             else:
                 acc = F.linear(xc, w)
             conv = lp.kind == "conv2d"
+            fp = out
+            if not conv:  # padding tokens never reach the output: means over real tokens only
+                acc, fp = real_token_rows(acc, self.token_mask), real_token_rows(out, self.token_mask)
             self.int_sums[lp.name] = self.int_sums.get(lp.name, 0) + _channel_sums(acc, conv)
-            self.fp_sums[lp.name] = self.fp_sums.get(lp.name, 0) + _channel_sums(out, conv)
+            self.fp_sums[lp.name] = self.fp_sums.get(lp.name, 0) + _channel_sums(fp, conv)
         return out
 
 
-def correct_biases(graph: LayerGraph, plan: QuantPlan, batches) -> QuantPlan:
-    """Adjust the plan's int32 biases in place and return it (rebuild its simulation after)."""
+def correct_biases(graph: LayerGraph, plan: QuantPlan, batches, real_tokens_only: bool = False) -> QuantPlan:
+    """Adjust the plan's int32 biases in place and return it (rebuild its simulation after).
+    ``real_tokens_only``: output means over real tokens only (token_mask.py)."""
     fp_sums, int_sums = {}, {}
     interp = _LayerErrors(graph, plan, fp_sums, int_sums)
+    placeholders = [n.name for n in graph.gm.graph.nodes if n.op == "placeholder"]
     with torch.no_grad():
         for batch in batches:
+            interp.token_mask = mask_from_inputs(placeholders, batch) if real_tokens_only else None
             interp.run(*(torch.as_tensor(b) for b in batch))
     for name, fp in fp_sums.items():
         lp, acc = plan.layer(name), int_sums[name]

@@ -19,6 +19,7 @@ from .plan import LayerPlan, QuantPlan, TensorQuant
 from .program import build_program
 from .ranges import activation_range, weight_scales
 from .spec import QuantConfig, check_bits
+from .token_mask import mask_from_inputs, real_token_entries
 
 INT32 = (-(2 ** 31), 2 ** 31 - 1)
 
@@ -29,19 +30,23 @@ class _Recorder(fx.Interpreter):
     def __init__(self, gm, observers):
         super().__init__(gm)
         self.observers = observers
+        self.token_mask = None  # real tokens of the current batch (token_mask.py), or None
 
     def run_node(self, n):
         out = super().run_node(n)
         if n.name in self.observers:
-            self.observers[n.name].update(out)
+            self.observers[n.name].update(real_token_entries(out, self.token_mask))
         return out
 
 
 def collect_statistics(graph: LayerGraph, batches: Iterable[tuple], progress: bool = True,
-                       ) -> tuple[dict[str, HistogramObserver], int]:
-    """One pass over the calibration data; memory does not grow with the number of samples."""
+                       real_tokens_only: bool = False) -> tuple[dict[str, HistogramObserver], int]:
+    """One pass over the calibration data; memory does not grow with the number of samples.
+    ``real_tokens_only`` (with an ``attention_mask`` input): ranges observed on real tokens only
+    (token_mask.py)."""
     observers = {name: HistogramObserver(name) for name in graph.quant_points}
     recorder = _Recorder(graph.gm, observers)
+    placeholders = [n.name for n in graph.gm.graph.nodes if n.op == "placeholder"]
     samples = 0
     with torch.no_grad():
         for batch in tqdm(batches, desc="calibrate", unit="batch", disable=not progress, leave=False):
@@ -51,6 +56,7 @@ def collect_statistics(graph: LayerGraph, batches: Iterable[tuple], progress: bo
                     raise DataError("calibration batch is empty")
                 if b.is_floating_point() and not torch.isfinite(b).all():
                     raise DataError(f"calibration data has {int((~torch.isfinite(b)).sum())} NaN/Inf values")
+            recorder.token_mask = mask_from_inputs(placeholders, batch) if real_tokens_only else None
             recorder.run(*batch)
             samples += batch[0].shape[0]
     if samples == 0:
@@ -199,6 +205,7 @@ def build_plan(graph: LayerGraph, observers: dict[str, HistogramObserver], confi
            "activation_bits": config.activation.bits, "observer": config.activation.rule,
            "symmetric": config.activation.symmetric, "percentile": config.activation.percentile,
            "first_last_8bit": config.first_last_8bit, "lookup_tables": config.lookup_tables,
+           "real_tokens_only": config.real_tokens_only,
            "overrides": {k: vars(v) for k, v in config.overrides}, "name": config.name}
     program, constants = build_program(graph)
     plan = QuantPlan(model_name, cfg, tensors, layers, [n.name for n in graph.islands],
@@ -209,5 +216,6 @@ def build_plan(graph: LayerGraph, observers: dict[str, HistogramObserver], confi
     if config.bias_correction and calibration is not None:
         from ..eval.sets import batches
         from .bias_correction import SAMPLES, correct_biases
-        correct_biases(graph, plan, batches(tuple(a[:SAMPLES] for a in calibration), batch_size))
+        correct_biases(graph, plan, batches(tuple(a[:SAMPLES] for a in calibration), batch_size),
+                       config.real_tokens_only)
     return plan

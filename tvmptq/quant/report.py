@@ -1,6 +1,7 @@
 """Per-layer report: each quantized tensor's SQNR against FP32, worst first.
 
-Both models run on the same inputs; FP32 values are taken at the float graph's quantization
+Both models run on the same inputs (with an ``attention_mask`` input, over real tokens only:
+token_mask.py); FP32 values are taken at the float graph's quantization
 points, simulated values at the outputs of the integer modules. Signal and noise energies are
 accumulated batch by batch, so memory stays flat.
 """
@@ -15,6 +16,7 @@ import torch.fx as fx
 from .graph import LayerGraph
 from .plan import QuantPlan
 from .simulate import QuantizeTensor, _IntLayer
+from .token_mask import mask_from_inputs, real_token_entries
 
 
 @dataclass
@@ -38,7 +40,8 @@ class _Capture(fx.Interpreter):
         return out
 
 
-def layer_sqnr(graph: LayerGraph, sim: fx.GraphModule, plan: QuantPlan, batches) -> list[LayerReport]:
+def layer_sqnr(graph: LayerGraph, sim: fx.GraphModule, plan: QuantPlan, batches,
+               real_tokens: bool = True) -> list[LayerReport]:
     signal = {name: 0.0 for name in plan.tensors}
     noise = {name: 0.0 for name in plan.tensors}
     names = set(plan.tensors)
@@ -53,6 +56,7 @@ def layer_sqnr(graph: LayerGraph, sim: fx.GraphModule, plan: QuantPlan, batches)
             continue
         hooks.append(mod.register_forward_hook(
             lambda m, i, o, name=name: captured_q.__setitem__(name, o)))
+    placeholders = [n.name for n in graph.gm.graph.nodes if n.op == "placeholder"]
     try:
         with torch.no_grad():
             for batch in batches:
@@ -61,9 +65,10 @@ def layer_sqnr(graph: LayerGraph, sim: fx.GraphModule, plan: QuantPlan, batches)
                 _Capture(graph.gm, names, ref).run(*batch)
                 captured_q.clear()
                 sim(*batch)
+                mask = mask_from_inputs(placeholders, batch) if real_tokens else None  # padding never reaches the output
                 for name in names:
-                    r = ref[name].double()
-                    q = captured_q[name].double()
+                    r = real_token_entries(ref[name].double(), mask)
+                    q = real_token_entries(captured_q[name].double(), mask)
                     signal[name] += float((r ** 2).sum())
                     noise[name] += float(((r - q) ** 2).sum())
     finally:

@@ -98,6 +98,9 @@ class QuantConfig:
     overrides: tuple[tuple[str, LayerOverride], ...] = ()
     bias_correction: bool = True   # empirical per-channel bias correction (bias_correction.py)
     lookup_tables: bool = True     # unary functions (sigmoid, SiLU, GELU, ...) as integer tables (lut.py)
+    # statistics and bias correction over real tokens only (an ``attention_mask`` input, token_mask.py);
+    # off by default: on MiniLM it measured worse (results/transformer.md)
+    real_tokens_only: bool = False
 
     @property
     def name(self) -> str:
@@ -109,10 +112,10 @@ class QuantConfig:
 
 def make_config(w_bits=8, a_bits=8, observer="minmax", weight_rule="mse", symmetric=False,
                 percentile=99.99, first_last_8bit=False, overrides=None, bias_correction=True,
-                lookup_tables=True) -> QuantConfig:
+                lookup_tables=True, real_tokens_only=False) -> QuantConfig:
     """Convenience constructor used by the CLI and the benchmarks."""
     ovr = tuple(sorted((k, v if isinstance(v, LayerOverride) else LayerOverride(**v))
                        for k, v in (overrides or {}).items()))
     return QuantConfig(WeightSpec(w_bits, weight_rule),
                        ActivationSpec(a_bits, symmetric, observer, percentile),
-                       first_last_8bit, ovr, bias_correction, lookup_tables)
+                       first_last_8bit, ovr, bias_correction, lookup_tables, real_tokens_only)
