@@ -317,6 +317,9 @@ def write_report(result: dict, out_md) -> Path:
                 "`--no-tune`: the databases on disk as they are")
              + "; the trials each database holds, and the CPU it was tuned on, are listed under the tables "
                "(a database may hold more than the budget from earlier runs).\n"]
+    if result.get("runs"):  # models merged from several runs (scripts/bench_speed.py --merge)
+        lines += ["Models by run (the header's settings are each run's defaults unless its command says otherwise):\n"] + [
+            f"- {', '.join(r['models'])}: `{r['command']}`, {r['date']}, {r['minutes']} min" for r in result["runs"]] + [""]
     cfg = result.get("ort_int8_config")
     if cfg:
         lines.append(f"ORT int8: `quantize_static` {cfg}.\n")
