@@ -7,7 +7,11 @@ not depend on the bit width); a configuration's calibration time is that pass pl
 The "auto" column marks the observer tvmptq would pick on calibration data alone. ONNX Runtime's
 quantize_static rows for EfficientNet-Lite0 come from scripts/peer_ort_efficientnet.py in the same run.
 
-Usage: .venv/bin/python scripts/bench_baseline.py [--models ...] [--eval-samples N] [--no-ort]
+Usage: .venv/bin/python scripts/bench_baseline.py [--models ...] [--eval-samples N] [--no-ort] [--resume]
+
+--resume keeps the models already in --json (each section keeps the command, commit and date that
+produced it) and runs only the others; a kept EfficientNet section also keeps the ONNX Runtime peer
+section from results/ort_efficientnet.md unless the peer is rerun.
 """
 from __future__ import annotations
 
@@ -35,7 +39,8 @@ from tvmptq.util import peak_rss_mb  # noqa: E402
 
 BITS = {"efficientnet_lite0": ["W8A8", "W6A6", "W4A8", "W4A4"],
         "minilm_l6": ["W8A8", "W6A6", "W4A8", "W4A4"],
-        "digits_resnet": ["W8A8", "W6A6", "W4A8", "W4A4", "W2A4"]}
+        "digits_resnet": ["W8A8", "W6A6", "W4A8", "W4A4", "W2A4"],
+        "digits_vit": ["W8A8", "W6A6", "W4A8", "W4A4", "W2A4"]}
 COLUMNS = {"classification": [("top1_agreement", "top-1 agr %", 1), ("top5_contains_ref_top1", "top-5 %", 1),
                               ("kl_mean", "KL", 4), ("sqnr_db", "SQNR dB", 2)],
            "embedding": [("cosine_mean", "cosine", 4), ("spearman", "Spearman", 4),
@@ -105,9 +110,14 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _command(argv) -> str:
+    return "$ .venv/bin/python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+
+
 def _write(args, argv, results, ort_md, complete: bool) -> Path:
-    command = "$ .venv/bin/python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    md = ["# Baseline PTQ (tvmptq) under EVAL_PROTOCOL.md", "", "```", command, "```", "",
+    command = _command(argv)
+    commands = list(dict.fromkeys([*(r["command"] for r in results if r.get("command")), command]))
+    md = ["# Baseline PTQ (tvmptq) under EVAL_PROTOCOL.md", "", "```", *commands, "```", "",
           f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, 2 threads. "
           "Weights per-output-channel symmetric on the narrow grid (MSE range search), activations per "
           "tensor asymmetric, empirical bias correction on 64 calibration samples; no layer kept at higher "
@@ -121,7 +131,8 @@ def _write(args, argv, results, ort_md, complete: bool) -> Path:
         md += ["**Run in progress: sections below are complete, the rest is still running.**", ""]
     for r in results:
         md += [f"## {r['name']}", "",
-               f"Run from commit {r.get('commit', '?')}, finished {r.get('date', '?')}. {r['layers']} integer "
+               f"Run from commit {r.get('commit', '?')}, finished {r.get('date', '?')}"
+               f"{' by `' + r['command'][2:] + '`' if r.get('command') else ''}. {r['layers']} integer "
                f"layers, {r['islands']} float-island ops; {r['samples']} calibration samples, "
                f"{r['eval_samples']} evaluation samples; statistics pass {r['stats_s']:.1f} s; observer state "
                f"{r['observer_state_kb']:.0f} KiB (fixed: histograms of 2048 bins, independent of the number "
@@ -137,7 +148,7 @@ def _write(args, argv, results, ort_md, complete: bool) -> Path:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default="efficientnet_lite0,minilm_l6,digits_resnet")
+    p.add_argument("--models", default="efficientnet_lite0,minilm_l6,digits_resnet,digits_vit")
     p.add_argument("--eval-samples", type=int, help="score only the first N evaluation samples")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime peer rows")
@@ -166,7 +177,7 @@ def main(argv=None) -> int:
             results.append(previous[name])
             continue
         result = bench_model(name, args.eval_samples, args.batch_size)
-        result.update(commit=commit, date=time.strftime("%Y-%m-%d %H:%M"))
+        result.update(commit=commit, date=time.strftime("%Y-%m-%d %H:%M"), command=_command(argv))
         results.append(result)
         _write(args, argv, results, None, complete=False)  # a section lands as soon as it is done
     ort_md = None
@@ -174,6 +185,8 @@ def main(argv=None) -> int:
         if ort.wait() != 0:
             raise SystemExit("the ONNX Runtime peer script failed")
         ort_md = ort_out.read_text()
+    elif "efficientnet_lite0" in previous and ort_out.is_file():
+        ort_md = ort_out.read_text()  # the kept EfficientNet section's peer rows, from their own run
     print(f"wrote {_write(args, argv, results, ort_md, complete=True)}")
     return 0
 

@@ -11,7 +11,11 @@ and peak RSS, and host latency (llvm, untuned) of the compiled programs, next to
 simulation's.
 
 Usage: .venv/bin/python scripts/bench_cwac.py [--models ...] [--bits W4A4 ...] [--eval-samples N]
-       [--calib-samples N] [--fit-samples N] [--no-latency] [--ablation] [--out results/cwac.md]
+       [--calib-samples N] [--fit-samples N] [--no-latency] [--ablation] [--out results/cwac.md] [--merge]
+
+--merge keeps the rows of the models not run now from the --out json (results/cwac.json) and adds
+this run's: each row records the run that produced it ("run": command, minutes, sample counts), and
+the header lists every run with its models.
 """
 from __future__ import annotations
 
@@ -36,7 +40,9 @@ from tvmptq.quant.calibrate import collect_statistics  # noqa: E402
 
 BITS = {"efficientnet_lite0": ["W8A8", "W6A6", "W4A8", "W4A4"],
         "minilm_l6": ["W8A8", "W6A6", "W4A8", "W4A4"],
-        "digits_resnet": ["W8A8", "W6A6", "W4A8", "W4A4", "W2A4"]}
+        "digits_resnet": ["W8A8", "W6A6", "W4A8", "W4A4", "W2A4"],
+        "digits_vit": ["W8A8", "W6A6", "W4A8", "W4A4", "W2A4"]}
+PRIMARY = {"classification": "top1_agreement", "embedding": "cosine_mean"}
 # Ablations are variations of the FP32-stream fit (the default before target="auto"), so each
 # row changes one thing; the two target rows are the candidates "auto" chooses between.
 FP = {"target": "fp_stream"}
@@ -243,15 +249,22 @@ def _fmt(v, d=2):
 
 
 def write_md(rows, args, path: Path, seconds: float):
-    lines = ["# CWAC (QwT-v2) vs QwT v1 vs baseline", "",
-             f"Command: `.venv/bin/python scripts/bench_cwac.py {' '.join(sys.argv[1:])}` "
-             f"({seconds / 60:.1f} min on {platform.node()}, {torch.get_num_threads()} threads). "
-             f"Calibration samples {args.calib_samples}, fitting samples {args.fit_samples}, evaluation "
-             f"samples {args.eval_samples}. Latency: llvm host, **untuned**, batch {args.lat_batch}, ms per "
-             "sample (median of 5); QwT v1 compiles its declared float branches as float64 islands "
-             "(counted in extra Relax ops). Compiled and timed widths: "
-             f"{', '.join(args.latency_bits) if args.latency_bits else 'all'} (the other widths lower to the "
-             "same op structure; their op and parameter counts are still taken).", "",
+    this_run = (f"`.venv/bin/python scripts/bench_cwac.py {' '.join(sys.argv[1:])}` "
+                f"({seconds / 60:.1f} min on {platform.node()}, {torch.get_num_threads()} threads). "
+                f"Calibration samples {args.calib_samples}, fitting samples {args.fit_samples}, evaluation "
+                f"samples {args.eval_samples}. Latency: llvm host, **untuned**, batch {args.lat_batch}, ms per "
+                "sample (median of 5); QwT v1 compiles its declared float branches as float64 islands "
+                "(counted in extra Relax ops). Compiled and timed widths: "
+                f"{', '.join(args.latency_bits) if args.latency_bits else 'all'} (the other widths lower to the "
+                "same op structure; their op and parameter counts are still taken).")
+    rows = [{**r, "run": r.get("run", this_run)} for r in rows]  # this run's rows carry its line
+    runs = {}
+    for r in rows:
+        runs.setdefault(r["run"], []).append(r["model"])
+    lines = ["# CWAC (QwT-v2) vs QwT v1 vs baseline", ""]
+    for run, models in runs.items():
+        lines += [f"Command ({', '.join(dict.fromkeys(models))}): {run}", ""]
+    lines += [
              "Layer MSE drop = median over CWAC layers of the calibration MSE (to the FP32 activation) that "
              "the fitted per-channel affine removes: the share of a layer's error that is a gain/offset at all.", "",
              *([f"Note: {args.note}", ""] if args.note else []),
@@ -297,7 +310,7 @@ def write_md(rows, args, path: Path, seconds: float):
         lines += [f"| {k} | {b[k]:.2f} | {c[k]:.2f} | {c[k] - b[k]:+.2f} |" for k in b if k in c]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
-    path.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=float))
+    path.with_suffix(".json").write_text(json.dumps(rows + profiles, indent=1, default=float))
 
 
 def main():
@@ -319,13 +332,17 @@ def main():
                    help="widths whose compiled programs are built and timed (default all; op counts always)")
     p.add_argument("--note", default="", help="a line for the report header (e.g. machine load)")
     p.add_argument("--out", default=str(REPO / "results" / "cwac.md"))
+    p.add_argument("--merge", action="store_true", help="keep the other models' rows from the --out json")
     args = p.parse_args()
     t0 = time.perf_counter()
+    kept = []
+    if args.merge and Path(args.out).with_suffix(".json").is_file():
+        kept = [r for r in json.loads(Path(args.out).with_suffix(".json").read_text()) if r["model"] not in args.models]
     rows = []
     for name in args.models:
         bits = [b for b in BITS[name] if args.bits is None or b in args.bits]
         rows += bench_model(name, bits, args)
-        write_md(rows, args, Path(args.out), time.perf_counter() - t0)
+        write_md(kept + rows, args, Path(args.out), time.perf_counter() - t0)
     print(f"wrote {args.out}")
 
 

@@ -9,6 +9,12 @@ is also checked bit for bit against the independent NumPy executor (all evaluati
 Usage: .venv/bin/python scripts/bench_lowering.py [--models a,b] [--eval-samples N] [--no-reference]
        .venv/bin/python scripts/bench_lowering.py --from-json a.json,b.json   (models run separately,
        e.g. in parallel, rendered into one report)
+
+results/lowering.md is rendered that way from results/lowering.json (digits_resnet, EfficientNet),
+results/lowering_minilm.json and results/lowering_vit.json (each run with --models <one> and its
+own --out; each file records the command and commit that produced it):
+    .venv/bin/python scripts/bench_lowering.py \
+        --from-json results/lowering.json,results/lowering_minilm.json,results/lowering_vit.json
 """
 from __future__ import annotations
 
@@ -38,9 +44,10 @@ from tvmptq.reference import run_plan  # noqa: E402
 
 BITS = {"digits_resnet": ["W8A8", "W6A6", "W4A8", "W4A4", "W2A4"],
         "efficientnet_lite0": ["W8A8", "W6A6", "W4A8", "W4A4"],
-        "minilm_l6": ["W8A8", "W6A6", "W4A8", "W4A4"]}
+        "minilm_l6": ["W8A8", "W6A6", "W4A8", "W4A4"],
+        "digits_vit": ["W8A8", "W6A6", "W4A8", "W4A4", "W2A4"]}
 OBSERVER = "mse"      # one activation rule for every row (the best W8A8 rule in results/baseline.md)
-BATCH = {"digits_resnet": 32, "efficientnet_lite0": 16, "minilm_l6": 8}  # static batch compiled
+BATCH = {"digits_resnet": 32, "efficientnet_lite0": 16, "minilm_l6": 8, "digits_vit": 32}  # static batch compiled
 REFERENCE_BITS = {"W8A8", "W4A4"}  # the NumPy executor is slow: the issue's two widths
 
 
@@ -166,7 +173,7 @@ def render(results: list[dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default="digits_resnet,efficientnet_lite0,minilm_l6")
+    p.add_argument("--models", default="digits_resnet,efficientnet_lite0,minilm_l6,digits_vit")
     p.add_argument("--eval-samples", type=int)
     p.add_argument("--no-reference", dest="reference", action="store_false")
     p.add_argument("--out", default="results/lowering.md")

@@ -2,14 +2,23 @@
 Vela's estimates for the Ethos-U NPUs; writes results/npu.md and results/npu.png.
 
     python scripts/bench_npu.py [--models digits_resnet efficientnet_lite0] [--views 16] [--calib 32]
+    python scripts/bench_npu.py --models digits_vit --append   # adds the refusal section only
+
+A model the fully-integer TFLite export refuses (float islands such as LayerNorm/softmax, which
+tvmptq keeps in float and TFLite would need as integer ops) gets a row in "Refused by the TFLite
+export" with the export's error, naming the op. --append keeps results/npu.md as it is and
+replaces only that section (with its own command line); it is for runs whose models are all
+refused (the md has no json, so measured rows are only written by a full run).
 
 Plans: minmax observer, W8A8 and W4A8 (4-bit weights on int8 containers; Vela is int8/int16).
 NPU latencies are Vela's performance-model estimates, not measurements.
 """
 import argparse
+import re
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -17,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tvmptq  # noqa: E402
 from targets.npu.ethos_u import compile_vela, npu_targets  # noqa: E402
 from targets.npu.litert import attribute, compare_outputs  # noqa: E402
-from tvmptq.export.tflite import export_tflite  # noqa: E402
+from tvmptq.export.tflite import TFLiteExportError, export_tflite  # noqa: E402
 
-SETS = {"digits_resnet": "digits", "efficientnet_lite0": "photos"}
+SETS = {"digits_resnet": "digits", "efficientnet_lite0": "photos", "digits_vit": "digits"}
+REFUSED_HEAD = "## Refused by the TFLite export"
 
 
 def main():
@@ -29,9 +39,10 @@ def main():
     ap.add_argument("--attribute-views", type=int, default=4)
     ap.add_argument("--calib", type=int, default=32)
     ap.add_argument("-o", default="results/npu.md")
+    ap.add_argument("--append", action="store_true", help="only replace the refusal section of the existing -o")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_npu_"))
-    eq_rows, vela_rows, attr_rows = [], [], []
+    eq_rows, vela_rows, attr_rows, refused = [], [], [], []
     for name in args.models:
         model, s = tvmptq.load(name), tvmptq.get_set(SETS[name])
         calib = tuple(a[:args.calib] for a in s.calibration())
@@ -40,7 +51,14 @@ def main():
             tag = f"W{wbits}A8"
             qm = tvmptq.quantize(model, calib, tvmptq.make_config(wbits, 8, "minmax"), progress=False)
             t0 = time.time()
-            ex = export_tflite(qm.plan, work / f"{name}_{tag}.tflite")
+            try:
+                ex = export_tflite(qm.plan, work / f"{name}_{tag}.tflite")
+            except TFLiteExportError as err:  # reported as a row, never a silent float fallback
+                kinds = Counter(re.sub(r"_\d+$", "", n) for n in qm.plan.float_islands)  # layer_norm_1 -> layer_norm
+                islands = [f"{k} x{v}" for k, v in sorted(kinds.items())]
+                refused.append((name, tag, str(err), islands))
+                print(name, tag, "refused:", err, flush=True)
+                continue
             export_s = time.time() - t0
             for r in compare_outputs(qm.plan, ex, xs):
                 eq_rows.append((name, tag, r.resolver, r.equal, r.total, r.share, r.max_abs, r.top1_equal, r.samples))
@@ -56,7 +74,29 @@ def main():
                 e = compile_vela(ex.path, t, work / f"{name}_{tag}_{t.name}")
                 vela_rows.append((name, tag, e))
             print(name, tag, "done", flush=True)
-    write(args.o, eq_rows, attr_rows, vela_rows, args)
+    if args.append:
+        if eq_rows:
+            raise SystemExit("--append only adds refusals; exported models need a full run")
+        write_refused(Path(args.o), refused, args)
+    else:
+        write(args.o, eq_rows, attr_rows, vela_rows, args)
+        if refused:
+            write_refused(Path(args.o), refused, args)
+
+
+def write_refused(out: Path, refused, args):
+    """Replace (or add) the refusal section at the end of ``out``, with the command that produced it."""
+    text = out.read_text() if out.is_file() else ""
+    text = text.split("\n" + REFUSED_HEAD)[0].rstrip("\n") + "\n"
+    L = ["", REFUSED_HEAD, "",
+         f"`python scripts/bench_npu.py --models {' '.join(args.models)} --calib {args.calib}"
+         f"{' --append' if args.append else ''}` ({time.strftime('%Y-%m-%d %H:%M')}); minmax plans. The export "
+         "refuses rather than leave anything in float; the float-island ops the plan declares are listed.", "",
+         "| model | bits | export error | float-island ops in the plan |", "|---|---|---|---|"]
+    for name, tag, err, islands in refused:
+        L.append(f"| {name} | {tag} | {err.replace('|', '/')} | {', '.join(islands) or '-'} |")
+    out.write_text(text + "\n".join(L) + "\n")
+    print(f"wrote {out} (refusals)")
 
 
 def write(path, eq_rows, attr_rows, vela_rows, args):

@@ -2,6 +2,10 @@
 
     python scripts/bench_speed.py                                   # make bench-speed: everything
     python scripts/bench_speed.py --models digits_resnet --no-tune --no-arm --repeat 5 --out /tmp/speed.md
+    python scripts/bench_speed.py --models digits_vit --no-tune --merge   # add one model to speed.md
+
+--merge keeps the other models (latency, tuning, kernel proof, Arm rows, profile) from the --out json
+and adds this run's; the report lists each run (command, date, minutes, its models) under the header.
 
 Per model (EfficientNet-Lite0, MiniLM at sequence length 128, digits), batch 1, 1 and 2 threads, each
 (engine, model, thread count) measured in a fresh process (targets/speed.py): PyTorch FP32, ONNX
@@ -43,7 +47,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-MODELS = ("efficientnet_lite0", "minilm_l6", "digits_resnet")
+MODELS = ("efficientnet_lite0", "minilm_l6", "digits_resnet", "digits_vit")
 ARM_TARGETS = ("cortex-a76", "neoverse-v1")
 T0 = time.perf_counter()
 
@@ -360,6 +364,25 @@ def run_profile(name: str, prep: dict, res: dict, args, work: Path) -> dict:
     return out
 
 
+def _merged(result: dict, old_json: Path, models) -> dict:
+    """The earlier report's other models with this run's added; ``runs`` says which run made which rows."""
+    if not old_json.is_file():
+        return result
+    old = json.loads(old_json.read_text())
+    keep = [n for n in old["models"] if n not in models]
+    runs = old.get("runs") or [{"command": old.get("command"), "date": old.get("date"),
+                                "minutes": round(old.get("seconds", 0) / 60, 1), "models": keep}]
+    runs = [r for r in runs if set(r["models"]) - set(models)] + [
+        {"command": result["command"], "date": result["date"], "minutes": round(result["seconds"] / 60, 1),
+         "models": list(models)}]
+    merged = {**old, "models": {**{n: old["models"][n] for n in keep}, **result["models"]},
+              "budgets": {**old.get("budgets", {}), **result["budgets"]}, "runs": runs,
+              "arm": [r for r in old.get("arm", []) if r["model"] not in models] + result.get("arm", [])}
+    if "profile" in result:
+        merged["profile"] = result["profile"]
+    return merged
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -390,6 +413,7 @@ def main(argv=None) -> int:
                    help="measure only the LiteRT peer and the TVM int8 programs it is compared with "
                         f"({', '.join(PEER_ENGINES)}), in one run, and merge them into the existing <out>.json "
                         "(its other columns, kernel proof and Arm rows kept; the report says which run is which)")
+    p.add_argument("--merge", action="store_true", help="keep the other models' results from the --out json")
     args = p.parse_args(argv)
 
     import onnxruntime
@@ -461,6 +485,8 @@ def main(argv=None) -> int:
                     result["arm"] += arm_rows(name, preps[name], args, work)
 
     result["seconds"] = time.perf_counter() - T0
+    if args.merge:
+        result = _merged(result, Path(args.out).with_suffix(".json"), args.models)
     out = write_report(result, Path(args.out))
     log(f"wrote {out} ({result['seconds'] / 60:.1f} min)")
     return 0

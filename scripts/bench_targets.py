@@ -17,13 +17,20 @@ results/targets.json, the other rows staying as they were measured (the report s
 cross compiler, build/arm64) and nvcc for the CUDA rows. On 2 cores, with the databases tuned:
 about 30 min (qemu runs of EfficientNet take ~5 min each); tuning from scratch adds the
 tune_zoo times (about 5 s a trial: EfficientNet-Lite0 256 trials ~20-25 min per variant).
+
+    python scripts/bench_targets.py --models digits_vit --no-tune --merge   # add one model's rows
+
+--merge keeps the rows of the other models from the --out json and adds this run's; the report
+lists each run (command, date, minutes, its models) under the header.
 """
+import datetime
+import json
 import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from targets.compare import run_compare  # noqa: E402
+from targets.compare import run_compare, write_report  # noqa: E402
 from targets.tune import ZOO_BUDGETS  # noqa: E402
 from targets.tuning_db import SHIPPED
 
@@ -49,13 +56,28 @@ def main():
     p.add_argument("--npu-only", action="store_true",
                    help="recompute only the NPU rows (the --targets that are Ethos-U) and merge them into the "
                         "existing <out>.json, keeping its other rows; rewrites the report and charts")
+    p.add_argument("--merge", action="store_true", help="keep the other models' rows from the --out json")
     a = p.parse_args()
     out = Path(a.out)
     if a.npu_only:
         return npu_only(a, out)
-    r = run_compare(a.models, a.targets, Path("build") / "bench_targets", a.trials or 0, a.chunk, a.batch, out_md=out,
+    r = run_compare(a.models, a.targets, Path("build") / "bench_targets", a.trials or 0, a.chunk, a.batch,
+                    out_md=None if a.merge else out,
                     db_root=a.db, cover=a.cover, budgets=None if a.trials is not None else ZOO_BUDGETS,
                     tune_first=a.tune)
+    if a.merge:
+        run = {"command": "python scripts/bench_targets.py " + " ".join(sys.argv[1:]), "models": a.models,
+               "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "minutes": round(r["seconds"] / 60, 1),
+               "tuned_now": r["tuned_now"]}
+        old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {"rows": []}
+        kept = [row for row in old["rows"] if row["model"] not in a.models]
+        prev_runs = old.get("runs") or [{"command": "python scripts/bench_targets.py (the run of the header)",
+                                         "models": list(dict.fromkeys(row["model"] for row in kept)),
+                                         "minutes": round(old.get("seconds", 0) / 60, 1),
+                                         "tuned_now": old.get("tuned_now", True)}]
+        merged = {**old, "rows": kept + r["rows"], "budget": {**old.get("budget", {}), **r["budget"]},
+                  "runs": [x for x in prev_runs if set(x["models"]) - set(a.models)] + [run]}
+        write_report(merged, out)
     print(f"wrote {out} ({len(r['rows'])} rows, {r['seconds'] / 60:.1f} min)")
 
 

@@ -252,6 +252,10 @@ def write_report(result: dict, out_md: Path) -> None:
              "(caches, memory and pipelines are ignored). Emulated wall time is never reported. CUDA builds are "
              "validated by compiling the generated CUDA source with nvcc for the arch; no GPU was available, so "
              "GPU latency is not measured.\n"]
+    if result.get("runs"):  # rows merged from several runs (scripts/bench_targets.py --merge)
+        lines += ["Rows by run:\n"] + [
+            f"- {', '.join(x['models'])}: `{x['command']}`" + (f", {x['date']}" if x.get("date") else "")
+            + f", {x['minutes']} min" + ("" if x.get("tuned_now", True) else ", `--no-tune`") for x in result["runs"]] + [""]
     x86 = [r for r in rows if "untuned_ms" in r]
     if x86:
         lines += ["## x86 latency (median over repeats after warm-up, IQR in brackets)\n",

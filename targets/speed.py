@@ -326,6 +326,9 @@ def write_report(result: dict, out_md) -> Path:
         lines.append(f"**{', '.join(LABELS.get(k, k) for k in run['engines'])}**: measured together in a later "
                      f"run on {run['date']} (`{run['command']}`, {run['seconds'] / 60:.1f} min); the other columns "
                      "are from the run above.\n")
+    if result.get("runs"):  # models merged from several runs (scripts/bench_speed.py --merge)
+        lines += ["Models by run (the header's settings are each run's defaults unless its command says otherwise):\n"] + [
+            f"- {', '.join(r['models'])}: `{r['command']}`, {r['date']}, {r['minutes']} min" for r in result["runs"]] + [""]
     cfg = result.get("ort_int8_config")
     if cfg:
         lines.append(f"ORT int8: `quantize_static` {cfg}.\n")

@@ -180,6 +180,13 @@ class QDQProgram(QDQMovement):
             self.values[name] = (src if y is None else
                                  self.q(y, src.t, rank, name, clip=_container_range(src.container)))
             return
+        if op in _MOVEMENT_OPS and not tensors and isinstance(src, _Const) and not step.get("integer") and any(
+                isinstance(a, _Dim) for a in _leaves([args, kwargs])):
+            # a constant moved to a symbolic size (a ViT's CLS token, cls.expand(batch, 1, -1)): a
+            # float Expand/Reshape of the initializer, as on any float tensor
+            y, rank = self._movement(op, self.tensor(src), self.rank_of(src), args[1:], kwargs, name)
+            self.values[name] = _Float(y, rank, self.dtype_of(src)) if y is not None else src
+            return
         if movement:  # on a float tensor (a model input, a float-island value)
             y, rank = self._movement(op, self.tensor(src), src.rank, args[1:], kwargs, name)
             self.values[name] = src if y is None else _Float(y, rank, self.dtype_of(src))
