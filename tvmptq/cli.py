@@ -6,84 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import cli_npu, cli_qdq, cli_qft, cli_targets
-from .errors import ConfigError, DataError, TvmptqError
-
-
-def _parse_layer_overrides(items) -> dict:
-    """``NAME=float`` or ``NAME=w4a8`` / ``NAME=w4`` / ``NAME=a8``."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"--layer expects NAME=float or NAME=wXaY, got {item!r}")
-        name, spec = item.split("=", 1)
-        spec = spec.lower()
-        if spec == "float":
-            out[name] = {"keep_float": True}
-            continue
-        vals = {}
-        for key, field in (("w", "weight_bits"), ("a", "activation_bits")):
-            if key in spec:
-                digits = spec.split(key, 1)[1]
-                digits = digits[:1] if digits[:1].isdigit() else ""
-                if not digits:
-                    raise ConfigError(f"cannot read bit width in --layer {item!r}")
-                vals[field] = int(digits)
-        if not vals:
-            raise ConfigError(f"--layer expects NAME=float or NAME=wXaY, got {item!r}")
-        out[name] = vals
-    return out
-
-
-def _floats(text: str, what: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from None
-
-
-def _calibration_arrays(args, model):
-    """The calibration inputs named by --calib: a protocol set, a folder, a .npy/.npz or a .txt."""
-    from . import data
-    from .eval.sets import DEFAULT_SET, SETS
-
-    source = args.calib or DEFAULT_SET.get(model.name)
-    if source is None:
-        raise ConfigError(f"model {model.name!r} has no default calibration set: pass --calib")
-    if source in SETS:
-        arrays = SETS[source].calibration()
-    else:
-        path = Path(source)
-        if path.suffix in (".npy", ".npz"):
-            arrays = data.load_named_arrays(path, model.input_names, args.npz_key)
-        elif path.suffix == ".txt":
-            if model.name != "minilm_l6":
-                raise ConfigError(f"text calibration data needs a model with a tokenizer; {model.name!r} has none")
-            from .zoo.minilm import encode_sentences
-            arrays = tuple(t.numpy() for t in encode_sentences(data.load_text_file(path)))
-        else:
-            arrays = (data.load_image_folder(path, size=args.image_size, resize=args.resize,
-                                             mean=_floats(args.mean, "--mean"),
-                                             std=_floats(args.std, "--std")),)
-    for a in arrays:
-        if getattr(a, "ndim", 0) < 1:
-            raise DataError(f"calibration data from {source} is a scalar, not a batch of samples")
-    if args.calib_samples is not None:
-        if args.calib_samples < 1:
-            raise ConfigError(f"--calib-samples must be at least 1, got {args.calib_samples}")
-        arrays = tuple(a[:args.calib_samples] for a in arrays)
-    return arrays
-
-
-def _input_shapes(items):
-    shapes = {}
-    for item in items or []:
-        name, _, dims = item.partition("=")
-        try:
-            shapes[name] = [int(d) for d in dims.split(",")]
-        except ValueError:
-            raise ConfigError(f"--input-shape expects NAME=D0,D1,..., got {item!r}") from None
-    return shapes or None
+from . import cli_inputs, cli_npu, cli_qdq, cli_qft, cli_targets
+from .errors import ConfigError, TvmptqError
 
 
 def cmd_models(args) -> int:
@@ -105,23 +29,23 @@ def cmd_quantize(args) -> int:
 
     config = tvmptq.make_config(args.wbits, args.abits, "minmax" if args.observer == "auto" else args.observer,
                                 args.weight_rule, args.symmetric, args.percentile, args.first_last_8bit,
-                                _parse_layer_overrides(args.layer), not args.no_bias_correction,
+                                cli_inputs.parse_layer_overrides(args.layer), not args.no_bias_correction,
                                 lookup_tables=not args.float_activations)
     if args.out:  # a plan that cannot be written fails now, not after calibrating
         from .deploy.artifact import make_folder
         make_folder(Path(args.out).parent, "folder of --out")
     if cli_qdq.is_qdq(args.model) and not args.requantize:
-        return cli_qdq.already_quantized(args, _input_shapes(args.input_shape))
+        return cli_qdq.already_quantized(args, cli_inputs.input_shapes(args.input_shape))
     if args.requantize and not cli_qdq.is_qdq(args.model):
         raise ConfigError(f"--requantize is for quantized (QDQ) ONNX files; {args.model!r} is not one")
-    model = cli_qdq.load_model(args.model, _input_shapes(args.input_shape))
+    model = cli_qdq.load_model(args.model, cli_inputs.input_shapes(args.input_shape))
     if args.requantize:
         print(f"requantizing {args.model} from its float weights (its Q/DQ nodes dequantized, folded ReLUs restored)")
     saved = tvmptq.QuantPlan.load(args.from_plan) if args.from_plan else None
     if saved is not None and saved.model != model.name:
         raise ConfigError(f"--from-plan {args.from_plan} was made for model {saved.model!r}; "
                           f"cannot apply --method {args.method} to {model.name!r}")
-    calib = _calibration_arrays(args, model)
+    calib = cli_inputs.calibration_arrays(args, model)
     t0 = time.perf_counter()
     quantize = tvmptq.quantize_auto if args.observer == "auto" else tvmptq.quantize
     methods = tvmptq.parse_method(args.method)        # bad names / combinations fail before any work
@@ -204,7 +128,7 @@ def _evaluate_and_print(qm, evalset, batch_size: int) -> None:
 def cmd_evaluate(args) -> int:
     import tvmptq
     from .eval.sets import DEFAULT_SET, SETS
-    model, plan, _ = cli_qdq.plan_for(args.model, args.plan, _input_shapes(args.input_shape), "evaluate")
+    model, plan, _ = cli_qdq.plan_for(args.model, args.plan, cli_inputs.input_shapes(args.input_shape), "evaluate")
     set_name = args.set or DEFAULT_SET.get(model.name)
     if set_name is None:
         raise ConfigError(f"model {model.name!r} has no default evaluation set: pass --set ({', '.join(SETS)})")
@@ -223,12 +147,12 @@ def cmd_compile(args) -> int:
 
     target = cli_targets.resolve_target(args)
     resolve(target, args.targets_file or ())  # an unknown target fails before any work
-    model, plan, plan_file = cli_qdq.plan_for(args.model, args.plan, _input_shapes(args.input_shape))
+    model, plan, plan_file = cli_qdq.plan_for(args.model, args.plan, cli_inputs.input_shapes(args.input_shape))
     path = Path(args.model)
     source = f"{path.resolve()} (sha256 {sha256_file(path)})" if path.is_file() else f"zoo:{model.name}"
     if cli_npu.is_npu_target(target, args.targets_file or ()):  # Ethos-U: TFLite + Vela (issue 22)
         return cli_npu.compile_npu(args, model, plan, plan_file, source)
-    pre = preprocessing_for(model, args.image_size, args.resize, _floats(args.mean, "--mean"), _floats(args.std, "--std"))
+    pre = preprocessing_for(model, args.image_size, args.resize, cli_inputs.floats(args.mean, "--mean"), cli_inputs.floats(args.std, "--std"))
     database = cli_targets.tuning_database(args, target, model.name)
     t0 = time.perf_counter()
     m = compile_artifact(model, plan, args.out, args.batch, target, pre, source, plan_file=plan_file,
@@ -274,7 +198,7 @@ def cmd_tune(args) -> int:
     if target.cross and not args.rpc_tracker:
         raise ConfigError(f"tuning {target.name} needs the device to measure on: pass --rpc-tracker/--rpc-key "
                           "(times under qemu are not ARM times)")
-    model, plan, _ = cli_qdq.plan_for(args.model, args.plan, _input_shapes(args.input_shape), "tune")
+    model, plan, _ = cli_qdq.plan_for(args.model, args.plan, cli_inputs.input_shapes(args.input_shape), "tune")
     if plan.model != model.name:
         raise ConfigError(f"plan was made for model {plan.model!r}; it does not fit {model.name!r}")
     from tvmptq.deploy.artifact import _lower
