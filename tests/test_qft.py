@@ -227,10 +227,23 @@ def test_cli_user_model(chain, capsys):
 
 def test_build_model_reproduces_the_simulation(digits_w2a4):
     _, graph, _, x, qm = digits_w2a4
-    model, kernels, acts, pairs, _ = build_model(graph, qm.plan, FAST)
+    model, kernels, acts, pairs, _, _ = build_model(graph, qm.plan, FAST)
     model.set_mode("hard")
     out = next(n for n in model.graph.nodes if n.op == "output").all_input_nodes[0].name
     with torch.no_grad():
         env = model.run(model.nodes, {model.nodes[0].name: torch.as_tensor(np.array(x[:32]))})
     np.testing.assert_allclose(env[out].numpy(), qm.runner()(x[:32]), atol=1e-5)
     assert len(kernels) == 10 and len(pairs) == 3 and acts
+
+
+def test_intermediate_distillation_names_block_boundaries(digits_w2a4):
+    """qft_intermediate > 0 adds the block-boundary tensors (cut while the kernels are still the
+    reconstruction engine's, which find_blocks recognises) to the loss, and still folds exactly."""
+    _, graph, calib, x, qm = digits_w2a4
+    cfg = dataclasses.replace(FAST, qft_iters=6, qft_eval_every=3, qft_intermediate=1.0)
+    plan, sim = fit_qft(graph, qm.plan, calib, cfg, progress=False)
+    extra = plan.stats["qft"]["intermediate_tensors"]
+    outputs = [a.name for a in next(n for n in graph.gm.graph.nodes if n.op == "output").all_input_nodes]
+    assert extra and not set(extra) & set(outputs)
+    assert np.array_equal(torch_runner(sim)(x), run_plan(plan, x))
+    assert build_model(graph, qm.plan, FAST)[5] == []            # not cut when not asked for

@@ -186,6 +186,8 @@ def _distill(env_q: dict, env_fp: dict, names: list[str], extra: list[str], weig
 def build_model(graph, plan: QuantPlan, cfg: QFTConfig):
     """The trainable network and its parameter groups."""
     model = TrainModel(graph, plan, lambda layer, lp: None, ReconConfig(learn_act=True))
+    # block boundaries are cut while the kernels are still TrainKernels (find_blocks looks for them)
+    produced = [o for b in find_blocks(model) for o in b.produced] if cfg.qft_intermediate > 0 and model.kernels else []
     factors = {k: {d: np.asarray(v) for d, v in f.items()} for k, f in plan.stats.get("cle", {}).get("factors", {}).items()}
     by_name = {lay.name: lay for lay in graph.layers}
     node_of = {id(m): node for node, m in model.modules.items()}
@@ -213,7 +215,7 @@ def build_model(graph, plan: QuantPlan, cfg: QFTConfig):
     if len(rhos):
         groups.append({"params": list(rhos), "lr": cfg.qft_cle_lr})
     groups = [g for g in groups if g["params"]]
-    return model, kernels, acts, pairs, groups
+    return model, kernels, acts, pairs, groups, produced
 
 
 def fit_qft(graph, plan: QuantPlan, calibration, cfg: QFTConfig = QFTConfig(), progress: bool = True):
@@ -225,11 +227,11 @@ def fit_qft(graph, plan: QuantPlan, calibration, cfg: QFTConfig = QFTConfig(), p
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
     try:
-        model, kernels, acts, pairs, groups = build_model(graph, plan, cfg)
+        model, kernels, acts, pairs, groups, produced = build_model(graph, plan, cfg)
         if not kernels:
             raise ConfigError("QFT found no integer conv/linear layer to train")
         data = tuple(np.asarray(a[:cfg.samples]) for a in calibration)
-        report = _train(model, kernels, pairs, groups, data, cfg, progress)
+        report = _train(model, kernels, pairs, groups, produced, data, cfg, progress)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(det)
@@ -255,7 +257,7 @@ def fit_qft(graph, plan: QuantPlan, calibration, cfg: QFTConfig = QFTConfig(), p
     return new, simulate(graph, new)
 
 
-def _train(model, kernels, pairs, groups, data, cfg: QFTConfig, progress: bool) -> dict:
+def _train(model, kernels, pairs, groups, produced, data, cfg: QFTConfig, progress: bool) -> dict:
     n = len(data[0])
     if n < 2:
         raise ConfigError(f"QFT needs at least 2 calibration samples (one to train, one held out), got {n}")
@@ -271,8 +273,7 @@ def _train(model, kernels, pairs, groups, data, cfg: QFTConfig, progress: bool) 
     if cfg.qft_intermediate > 0:                   # block boundaries not rescaled by a learned rho
         cut_of = {nd.name: nd for nd in model.nodes}
         skip = {name for name, k in model.modules.items() if isinstance(k, QFTKernel) and k.name in firsts}
-        extra = [o for b in find_blocks(model) for o in b.produced
-                 if o not in outputs and o not in skip and o in cut_of]
+        extra = [o for o in produced if o not in outputs and o not in skip and o in cut_of]
     names = outputs + extra
 
     def inputs(idx):
