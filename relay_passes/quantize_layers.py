@@ -129,13 +129,21 @@ class _LayerRewriter(relax.PyExprMutator):
         v = bb.emit(R.clip(v, float(lp.clip[0]), float(lp.clip[1])))
         return bb.emit(R.astype(v, out.dtype))
 
+    def _input_bits(self, lp) -> str:
+        """Names the wide (> 8-bit, ``QuantConfig.tensor_bits``) inputs that make an int32
+        accumulator unprovable: such a layer is refused, never run in float."""
+        wide = [f"{t} ({self.plan.tensors[t].bits}-bit)" for t in lp.inputs if self.plan.tensors[t].bits > 8]
+        return (f"; its input tensor {', '.join(wide)} is wider than 8 bits: int32 accumulation of wide "
+                "inputs is not lowered, quantize that tensor to 8 bits") if wide else ""
+
     def _kernel(self, m, acc, q_grid: Grid, w, out, axis):
         a = m.layer.arrays
         # sum w (q - z) + bias == sum w q + (bias - z sum w): the zero point folds into the bias.
         bias = a["bias"].astype(np.int64) - q_grid.zero_point * w.astype(np.int64).reshape(w.shape[0], -1).sum(1)
         bound = q_grid.max_abs * weight_l1(w)
         if bound >= 2 ** 31:
-            raise LoweringError(f"layer {m.layer.name!r}: int32 accumulator may overflow (bound {bound:.3g})")
+            raise LoweringError(f"layer {m.layer.name!r}: int32 accumulator may overflow (bound {bound:.3g})"
+                                + self._input_bits(m.layer))
         return requantize(self.builder_, acc, a["multiplier"], a["shift"], out, m.layer.clip, axis=axis,
                           bias=bias, acc_bound=bound, mode=self.mode)
 
@@ -165,7 +173,8 @@ class _LayerRewriter(relax.PyExprMutator):
         depth = int(m.call.args[0].ty.shape[-1])
         bound = depth * grids[0].max_abs_centered * grids[1].max_abs_centered
         if bound >= 2 ** 31:
-            raise LoweringError(f"layer {m.layer.name!r}: int32 accumulator may overflow (bound {bound:.3g})")
+            raise LoweringError(f"layer {m.layer.name!r}: int32 accumulator may overflow (bound {bound:.3g})"
+                                + self._input_bits(m.layer))
         if any(g.zero_point for g in grids) or {g.dtype for g in grids} not in ({"int8"}, {"uint8"}):
             qs = [bb.emit(R.subtract(R.astype(q, "int32"), relax.const(g.zero_point, "int32")))
                   for q, g in zip(qs, grids)]

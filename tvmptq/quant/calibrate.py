@@ -19,6 +19,7 @@ from .plan import LayerPlan, QuantPlan, TensorQuant
 from .program import build_program
 from .ranges import activation_range, weight_scales
 from .spec import QuantConfig, check_bits
+from .tensor_groups import expand_tensor_bits
 from .token_mask import mask_from_inputs, real_token_entries
 
 INT32 = (-(2 ** 31), 2 ** 31 - 1)
@@ -77,6 +78,7 @@ def _tensor_bits(graph: LayerGraph, config: QuantConfig) -> dict[str, int]:
                 for a in lay.inputs:
                     bits[graph.tensor_of(a)] = 8
             bits[graph.tensor_of(kernels[-1].out_node)] = 8
+    bits.update(expand_tensor_bits(graph, config.tensor_bits))  # explicit per-tensor widths win
     return bits
 
 
@@ -176,6 +178,7 @@ def check_overrides(graph: LayerGraph, config: QuantConfig) -> None:
     if unknown:
         raise ConfigError(f"per-layer override for unknown layer(s) {', '.join(map(repr, unknown))}; "
                           f"layers are: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}")
+    expand_tensor_bits(graph, config.tensor_bits)  # unknown tensor or group names fail here
 
 
 def model_output_tensors(graph: LayerGraph) -> set[str]:
@@ -207,6 +210,8 @@ def build_plan(graph: LayerGraph, observers: dict[str, HistogramObserver], confi
            "first_last_8bit": config.first_last_8bit, "lookup_tables": config.lookup_tables,
            "real_tokens_only": config.real_tokens_only,
            "overrides": {k: vars(v) for k, v in config.overrides}, "name": config.name}
+    if config.tensor_bits:  # recorded (and reported by name) only when used: older plans stay byte-identical
+        cfg["tensor_bits"] = dict(config.tensor_bits)
     program, constants = build_program(graph)
     plan = QuantPlan(model_name, cfg, tensors, layers, [n.name for n in graph.islands],
                      [n for n in graph.input_names if n in tensors], program=program, constants=constants)

@@ -24,11 +24,15 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 
 SUPPORTED_BITS = range(2, 9)
+# Per-tensor activation overrides (``QuantConfig.tensor_bits``) may also widen a tensor to up to
+# 16 bits (the few tensors a per-tensor 8-bit grid cannot hold: a transformer's residual stream).
+WIDE_ACTIVATION_BITS = range(2, 17)
 
 
-def check_bits(bits: int, what: str) -> int:
-    if not isinstance(bits, int) or bits not in SUPPORTED_BITS:
-        raise ConfigError(f"unsupported {what} bit width {bits!r}: choose an integer from 2 to 8")
+def check_bits(bits: int, what: str, allowed: range = SUPPORTED_BITS) -> int:
+    if not isinstance(bits, int) or isinstance(bits, bool) or bits not in allowed:
+        raise ConfigError(f"unsupported {what} bit width {bits!r}: choose an integer from "
+                          f"{allowed.start} to {allowed.stop - 1}")
     return bits
 
 
@@ -101,6 +105,13 @@ class QuantConfig:
     # statistics and bias correction over real tokens only (an ``attention_mask`` input, token_mask.py);
     # off by default: on MiniLM it measured worse (results/transformer.md)
     real_tokens_only: bool = False
+    # per-tensor activation bit widths (tensor name -> 2..16), applied after ``overrides``:
+    # e.g. 16-bit residual sums (tvmptq/quant/tensor_groups.py names the groups)
+    tensor_bits: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self):
+        for name, bits in self.tensor_bits:
+            check_bits(bits, f"activation (tensor {name!r})", WIDE_ACTIVATION_BITS)
 
     @property
     def name(self) -> str:
@@ -112,10 +123,11 @@ class QuantConfig:
 
 def make_config(w_bits=8, a_bits=8, observer="minmax", weight_rule="mse", symmetric=False,
                 percentile=99.99, first_last_8bit=False, overrides=None, bias_correction=True,
-                lookup_tables=True, real_tokens_only=False) -> QuantConfig:
+                lookup_tables=True, real_tokens_only=False, tensor_bits=None) -> QuantConfig:
     """Convenience constructor used by the CLI and the benchmarks."""
     ovr = tuple(sorted((k, v if isinstance(v, LayerOverride) else LayerOverride(**v))
                        for k, v in (overrides or {}).items()))
     return QuantConfig(WeightSpec(w_bits, weight_rule),
                        ActivationSpec(a_bits, symmetric, observer, percentile),
-                       first_last_8bit, ovr, bias_correction, lookup_tables, real_tokens_only)
+                       first_last_8bit, ovr, bias_correction, lookup_tables, real_tokens_only,
+                       tuple(sorted((tensor_bits or {}).items())))

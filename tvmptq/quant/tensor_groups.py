@@ -1,0 +1,94 @@
+"""Named groups of a transformer's quantized tensors, by the role each plays in the graph.
+
+The fidelity study of issue 21 (scripts/bench_transformer.py) asks which group of tensors costs a
+BERT-style encoder its accuracy when quantized, and widens just those (``QuantConfig.tensor_bits``).
+Roles are read from the graph's structure, not from names, so any encoder a user brings (ONNX or
+PyTorch) gets the same groups:
+
+* ``residual``: outputs of integer adds (the residual sums that feed the LayerNorms);
+* ``ln_out``: LayerNorm outputs (the inputs of Q/K/V and FFN1, and the residual path);
+* ``ffn_act``: outputs of lookup-table activations (GELU: the FFN2 input);
+* ``ffn_pre``: inputs of those activations (FFN1 outputs);
+* ``proj_out``: linear outputs that go into a residual add (attention output and FFN2 projections);
+* ``qkv``: linear outputs that feed an activation x activation matmul;
+* ``attention``: attention scores, their scaling, the softmax and the context matmul.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+
+from .graph import LayerGraph
+
+GROUPS = ("residual", "ln_out", "ffn_act", "ffn_pre", "proj_out", "qkv", "attention")
+# Named sets of widened groups for ``tvmptq quantize --wide NAME``. res16: the residual sums, the
+# group whose 8-bit grid alone cost most in the first measurement (notes in results/transformer.md
+# are still to be written by scripts/bench_transformer.py).
+PRESETS = {"res16": {"residual": 16}}
+_SOFTMAX = {torch.ops.aten.softmax.int, torch.ops.aten._softmax.default}
+
+
+def tensor_groups(graph: LayerGraph) -> dict[str, list[str]]:
+    """Group name -> quantized tensor names (graph order); a tensor belongs to one group at most."""
+    by_out = {graph.tensor_of(layer.out_node): layer for layer in graph.layers}
+    consumers: dict[str, list] = {}
+    for layer in graph.layers:
+        for a in layer.inputs:
+            consumers.setdefault(graph.tensor_of(a), []).append(layer)
+    groups: dict[str, list[str]] = {g: [] for g in GROUPS}
+    for name, node in graph.quant_points.items():
+        layer = by_out.get(name)
+        users = {c.kind for c in consumers.get(name, [])}
+        if layer is None:
+            role = ("ln_out" if node.target == torch.ops.aten.layer_norm.default else
+                    "attention" if node.target in _SOFTMAX else None)
+        elif layer.kind == "add":
+            role = "residual"
+        elif layer.kind == "lut":
+            role = "ffn_act"
+        elif layer.kind in ("matmul", "mul_const"):
+            role = "attention"
+        elif layer.kind == "linear":
+            role = ("ffn_pre" if "lut" in users else "qkv" if "matmul" in users else
+                    "proj_out" if "add" in users else None)
+        else:
+            role = None
+        if role is not None:
+            groups[role].append(name)
+    return groups
+
+
+def bits_for(graph: LayerGraph, wide: dict[str, int], default: int | None = None) -> dict[str, int]:
+    """``tensor_bits`` for ``QuantConfig``: every tensor of each named group at its width, and (with
+    ``default``) every other quantized tensor at ``default`` bits."""
+    groups = tensor_groups(graph)
+    unknown = [g for g in wide if g not in groups]
+    if unknown:
+        raise ConfigError(f"unknown tensor group(s) {', '.join(map(repr, unknown))}: choose from {', '.join(GROUPS)}")
+    out = {name: default for name in graph.quant_points} if default is not None else {}
+    for g, bits in wide.items():
+        out.update({name: bits for name in groups[g]})
+    return out
+
+
+def expand_tensor_bits(graph: LayerGraph, items) -> dict[str, int]:
+    """``QuantConfig.tensor_bits`` (keys: tensor names or group names, a tensor name first) as
+    tensor name -> bits; a key that is neither fails, naming both lists."""
+    groups = None
+    out: dict[str, int] = {}
+    for key, bits in dict(items).items():
+        if key in graph.quant_points:
+            out[key] = bits
+            continue
+        groups = groups if groups is not None else tensor_groups(graph)
+        if key not in groups:
+            points = list(graph.quant_points)
+            raise ConfigError(f"activation bit width for unknown tensor or group {key!r}: groups are "
+                              f"{', '.join(GROUPS)}; quantized tensors are {', '.join(points[:12])}"
+                              f"{', ...' if len(points) > 12 else ''}")
+        for name in groups[key]:
+            out.setdefault(name, bits)
+    # tensor names win over the groups that contain them, whatever the order given
+    out.update({k: b for k, b in dict(items).items() if k in graph.quant_points})
+    return out
