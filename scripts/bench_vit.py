@@ -66,10 +66,6 @@ def _data(args):
     return model, evalset, fit, held, evals, np.asarray(evalset.labels())
 
 
-def _latency20(run, xs) -> float:
-    return latency_ms(run, xs, 20)          # batch 1, median of 20
-
-
 def ort_row(model, fit, evals, labels, ref, lat_x) -> dict:
     """ONNX Runtime int8 of the same model: export (dynamo, opset 18), quantize_static, run."""
     import torch
@@ -85,7 +81,7 @@ def ort_row(model, fit, evals, labels, ref, lat_x) -> dict:
         s = score("classification", ref, out, labels)
         return {"model": MODEL, "bits": "W8A8", "method": "ort int8 (quantize_static)", "observer": "MinMax",
                 "primary": "top1_agreement", **s, "held_out": None, "fit_seconds": seconds,
-                "peak_rss_mb": peak_rss_mb(), "latency_ms": _latency20(run, lat_x)}
+                "peak_rss_mb": peak_rss_mb(), "latency_ms": latency_ms(run, lat_x, 20)}
 
 
 def parse_spec(method: str) -> tuple[str, dict]:
@@ -165,7 +161,7 @@ def bench(tag: str, args, data) -> list[dict]:
             run, ops, consts = (base_run, base_ops, base_consts) if meth == "baseline" else _compiled(qm.plan, imported)
             row.update(same_ops=ops == base_ops, same_constants=consts == base_consts,
                        compiled_equals_sim=bool(np.array_equal(run(*lat_x), qm.runner()(*lat_x))),
-                       latency_ms=_latency20(run, lat_x), base_latency_ms=_latency20(base_run, lat_x))
+                       latency_ms=latency_ms(run, lat_x, 20), base_latency_ms=latency_ms(base_run, lat_x, 20))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

@@ -2,7 +2,7 @@
 
 ``--wide residual=16`` keeps a transformer's residual sums (the LayerNorm inputs) on a 16-bit
 grid; ``--wide NAME=BITS`` names one tensor or one group (residual, ln_out, ffn_act, ffn_pre,
-proj_out, qkv, attention); a preset name (``--wide transformer``) stands for its groups. The
+proj_out, qkv, attention); a preset name (``--wide res16``) stands for its groups. The
 plan reports every widened tensor by name (``plan.config["tensor_bits"]``)."""
 from __future__ import annotations
 

@@ -59,19 +59,6 @@ def tensor_groups(graph: LayerGraph) -> dict[str, list[str]]:
     return groups
 
 
-def bits_for(graph: LayerGraph, wide: dict[str, int], default: int | None = None) -> dict[str, int]:
-    """``tensor_bits`` for ``QuantConfig``: every tensor of each named group at its width, and (with
-    ``default``) every other quantized tensor at ``default`` bits."""
-    groups = tensor_groups(graph)
-    unknown = [g for g in wide if g not in groups]
-    if unknown:
-        raise ConfigError(f"unknown tensor group(s) {', '.join(map(repr, unknown))}: choose from {', '.join(GROUPS)}")
-    out = {name: default for name in graph.quant_points} if default is not None else {}
-    for g, bits in wide.items():
-        out.update({name: bits for name in groups[g]})
-    return out
-
-
 def expand_tensor_bits(graph: LayerGraph, items) -> dict[str, int]:
     """``QuantConfig.tensor_bits`` (keys: tensor names or group names, a tensor name first) as
     tensor name -> bits; a key that is neither fails, naming both lists."""
@@ -79,8 +66,7 @@ def expand_tensor_bits(graph: LayerGraph, items) -> dict[str, int]:
     out: dict[str, int] = {}
     for key, bits in dict(items).items():
         if key in graph.quant_points:
-            out[key] = bits
-            continue
+            continue                               # set below, over any group that holds it
         groups = groups if groups is not None else tensor_groups(graph)
         if key not in groups:
             points = list(graph.quant_points)
