@@ -8,8 +8,8 @@ evaluation split with W4 weights, every activation at 4 bits except that group a
 group at 8") and every activation at 8 bits except that group at 4 ("only this group at 4").
 The baseline plan is used as ``make_config`` builds it (observer fixed to the one the benchmark
 chose at W4A4, bias correction on the calibration images); statistics and the observer come from
-the first 192 calibration images only. Per-tensor bits are set by wrapping the calibrator's
-``_tensor_bits`` (the bits table a plan is built from); nothing else changes.
+the first 192 calibration images only. Per-tensor bits are set through the public
+``make_config(..., tensor_bits=...)`` (tensor name -> bits); nothing else changes.
 
 Usage: .venv/bin/python scripts/vit_sensitivity.py [--observer mse] [--out results/vit_sensitivity.md]
 """
@@ -29,7 +29,6 @@ sys.path.insert(0, str(REPO))
 
 import tvmptq  # noqa: E402
 from tvmptq.eval.sets import batches, run_outputs, torch_runner  # noqa: E402
-from tvmptq.quant import calibrate  # noqa: E402
 from tvmptq.quant.calibrate import build_plan, collect_statistics  # noqa: E402
 from tvmptq.quant.simulate import simulate  # noqa: E402
 
@@ -99,14 +98,10 @@ def main():
     graph = tvmptq.prepare(model)
     observers, _ = collect_statistics(graph, batches(fit, 32))
     ref = run_outputs(torch_runner(graph.gm), evals, 32, "fp32", False)
-    original = calibrate._tensor_bits
 
     def accuracy(w, a, bits_for: dict[str, int]) -> float:
-        calibrate._tensor_bits = lambda g, c: {**original(g, c), **bits_for}
-        try:
-            plan = build_plan(graph, observers, tvmptq.make_config(w, a, args.observer), model.name, fit, 32)
-        finally:
-            calibrate._tensor_bits = original
+        config = tvmptq.make_config(w, a, args.observer, tensor_bits=bits_for)
+        plan = build_plan(graph, observers, config, model.name, fit, 32)
         out = run_outputs(torch_runner(simulate(graph, plan)), evals, 32, "sim", False)
         return 100.0 * float((out.argmax(1) == labels).mean())
 

@@ -9,7 +9,8 @@ import torch
 import tvmptq
 from tvmptq.algorithms.adaround import fit_adaround
 from tvmptq.algorithms.brecq import fit_brecq
-from tvmptq.algorithms.reconstruction import ReconConfig, TrainModel, find_blocks, refold
+from tvmptq.algorithms.reconstruction import ReconConfig, refold
+from tvmptq.algorithms.train_model import TrainModel, find_blocks
 from tvmptq.algorithms.waps import READINGS, WAPSConfig, WAPSWeight, fit_waps
 from tvmptq.errors import ConfigError
 from tvmptq.eval.sets import torch_runner

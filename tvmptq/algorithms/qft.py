@@ -31,7 +31,7 @@ Redundant degrees of freedom removed, and why:
 Training: distillation against the FP32 model (the equalized one when CLE is in the plan:
 the same function) on unlabeled calibration data only, ``mean((y_q - y_fp)^2) / mean(y_fp^2)``
 summed over the model outputs, plus ``intermediate`` times the same for the block boundaries
-(``reconstruction.find_blocks``). Adam, one parameter group per kind. A ``holdout`` share of
+(``train_model.find_blocks``). Adam, one parameter group per kind. A ``holdout`` share of
 the calibration samples is never trained on: it is scored (exactly the hard integer grids)
 before the first step and every ``eval_every`` steps; training stops after ``patience`` scores
 without improvement, and the best scored parameters (possibly the start) are folded.
@@ -61,7 +61,8 @@ from ..quant.plan import QuantPlan
 from ..quant.simulate import simulate
 from ..util import peak_rss_mb
 from .cle import equalized_weight, find_pairs
-from .reconstruction import INT32, ActQuant, ReconConfig, TrainModel, find_blocks, kernel_op, refold, round_ste
+from .reconstruction import INT32, ReconConfig, refold
+from .train_model import ActQuant, TrainModel, find_blocks, kernel_op, round_ste
 
 SHIFTED_WAPS = ("in", "in_mixed", "block")
 

@@ -42,7 +42,8 @@ import torch
 from torch import nn
 
 from .adaround import AdaRoundWeight
-from .reconstruction import ReconConfig, reconstruct, round_ste
+from .reconstruction import ReconConfig, reconstruct
+from .train_model import round_ste
 
 READINGS = ("out", "in", "in_mixed", "block")
 
