@@ -91,11 +91,22 @@ def bench(name: str, tag: str, args, rows: list, flush) -> None:
             run, ops, consts = (base_run, base_ops, base_consts) if meth == "baseline" else _compiled(qm.plan, imported)
             got = run(*lat_x)
             row.update(same_ops=ops == base_ops, same_constants=consts == base_consts,
+                       same_op_count=sum(ops.values()) == sum(base_ops.values()),
+                       same_constant_count=sum(consts.values()) == sum(base_consts.values()),
+                       diff=counter_diff(base_ops, ops, base_consts, consts),
                        compiled_equals_sim=bool(np.array_equal(got, qm.runner()(*lat_x))),
                        latency_ms=latency_ms(run, lat_x, 20), base_latency_ms=latency_ms(base_run, lat_x, 20))
         rows.append(row)
         print(json.dumps(row), flush=True)
         flush()
+
+
+def counter_diff(base_ops, ops, base_consts, consts) -> dict:
+    """What differs between the baseline's and a learned plan's Relax program: op kinds
+    (``"<op> -> <dtype>"``) and constants (``dtype shape``) only in one of them, with counts."""
+    key = lambda c: {f"{d} {list(s)}": n for (d, s), n in c.items()}  # noqa: E731
+    return {"ops_only_baseline": dict(base_ops - ops), "ops_only_learned": dict(ops - base_ops),
+            "constants_only_baseline": key(base_consts - consts), "constants_only_learned": key(consts - base_consts)}
 
 
 def _opt(text: str):
@@ -127,6 +138,8 @@ def _table(rows) -> list[str]:
         d = 3 if r["primary"] == "cosine_mean" else 1
         lat = f"{f(r.get('latency_ms'), 3)} ({f(r.get('base_latency_ms'), 3)})" if "latency_ms" in r else "-"
         same = f"{r['same_ops']}/{r['same_constants']}" if "same_ops" in r else "-"
+        if r.get("same_op_count") and r.get("same_constant_count") and not (r["same_ops"] and r["same_constants"]):
+            same += " (same counts: " + ", ".join(f"{k} {v}" for k, v in r["diff"].items() if v) + ")"
         load = "/".join(f"{v:.1f}" for v in r["load_avg"]) if "load_avg" in r else "-"
         lines.append(f"| {r['model']} | {r['bits']} | {r['method']} | {f(r[r['primary']], d)} | {f(r['held_out'], d)} "
                      f"| {f(r.get('accuracy'), 1)} | {f(r['fit_seconds'], 1)} | {f(r['peak_rss_mb'], 0)} | {same} "

@@ -1,5 +1,6 @@
 """Which Relax ops / constants differ between the baseline and a learned plan (bench_reconstruction's
-``same ops/consts`` column), printed as Counter differences of ``"<op> -> <dtype>"`` and ``(dtype, shape)``.
+``same ops/consts`` column): the row's ``diff`` (bench_reconstruction.counter_diff: Counter differences
+of ``"<op> -> <dtype>"`` and ``(dtype, shape)``), printed, from a short run.
 
     PYTHONPATH=$PWD python scripts/recon_op_diff.py efficientnet_lite0:W4A8 brecq --iters 2 --work 1e6
 """
@@ -21,23 +22,17 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=float, default=1e6)
     p.add_argument("--calib-samples", type=int, default=64)
     a = p.parse_args(argv)
-    seen, compiled = [], br._compiled
-
-    def spy(plan, imported):
-        out = compiled(plan, imported)
-        seen.append(out[1:])
-        return out
-
-    br._compiled = spy
     args = argparse.Namespace(methods=["baseline", a.method], iters=a.iters, work=a.work, seed=0, opt=[],
                               progress=False, first_last_8bit=False, no_latency=False,
                               calib_samples=a.calib_samples, eval_samples=32)
     model, tag = a.row.split(":")
-    br.bench(model, tag, args, [], lambda: None)
-    (bo, bc), (lo, lc) = seen
-    print("ops only in the baseline:", dict(bo - lo), "| only in the learned plan:", dict(lo - bo))
-    print("constants only in the baseline:", dict(bc - lc), "| only in the learned plan:", dict(lc - bc))
-    print(f"op count {sum(bo.values())} vs {sum(lo.values())}, constant count {sum(bc.values())} vs {sum(lc.values())}")
+    rows = []
+    br.bench(model, tag, args, rows, lambda: None)
+    r = rows[-1]
+    print("ops only in the baseline:", r["diff"]["ops_only_baseline"], "| only in the learned plan:", r["diff"]["ops_only_learned"])
+    print("constants only in the baseline:", r["diff"]["constants_only_baseline"], "| only in the learned plan:",
+          r["diff"]["constants_only_learned"])
+    print(f"same op count {r['same_op_count']}, same constant count {r['same_constant_count']}")
     return 0
 
 
