@@ -87,19 +87,22 @@ def main():
     for lay in kernels:
         groups.setdefault(roles[lay.name], []).append(lay.name)
     hi = {"weight_bits": args.high_bits}
-    settings = [("all layers W%d" % args.high_bits, {}, {"high": True}),
-                (f"all layers W{w}", {}, {})]
+    dw = {n: hi for n in groups.get("depthwise", [])}
+    # Most telling first (a cut-off run keeps these): the low-width plan, BRECQ's first/last
+    # convention, depthwise back at 8 bits, then the other roles and the all-high reference.
+    settings = [(f"all layers W{w}", {}, {}),
+                (f"W{w}, first/last at 8 bits (first_last_8bit: weights and their inputs/output)", {},
+                 {"first_last_8bit": True}),
+                (f"W{w}, depthwise at W{args.high_bits} + first_last_8bit", dw, {"first_last_8bit": True})]
     settings += [(f"W{w}, {g} at W{args.high_bits} ({len(ns)} layers)", {n: hi for n in ns}, {})
                  for g, ns in groups.items() if g not in ("first", "last")]
-    settings += [(f"W{w}, first/last at 8 bits (first_last_8bit: weights and their inputs/output)", {},
-                  {"first_last_8bit": True})]
-    dw = {n: hi for n in groups.get("depthwise", [])}
-    settings += [(f"W{w}, depthwise at W{args.high_bits} + first_last_8bit", dw, {"first_last_8bit": True})]
+    settings += [("all layers W%d" % args.high_bits, {}, {"high": True})]
     group_rows = []
     for label, ovr, kw in settings:
         group_rows.append({"setting": label, **run(ovr, on_eval=True, **kw)})
         print(json.dumps(group_rows[-1]), flush=True)
-    base8 = group_rows[0]
+        write(args, name, tag, rule, group_rows, [], time.perf_counter() - t0, partial=True)
+    base8 = group_rows[-1]                   # all layers at the high width
     layer_rows = []
     for lay in kernels:
         ovr = {n: hi for n in roles if n != lay.name}
@@ -108,15 +111,19 @@ def main():
                            "drop_held": base8["held_out"] - r["held_out"],
                            "sqnr_drop_db": base8["held_sqnr_db"] - r["held_sqnr_db"]})
         print(json.dumps(layer_rows[-1]), flush=True)
+        write(args, name, tag, rule, group_rows, layer_rows, time.perf_counter() - t0, partial=True)
     seconds = time.perf_counter() - t0
     write(args, name, tag, rule, group_rows, layer_rows, seconds)
 
 
-def write(args, name, tag, rule, group_rows, layer_rows, seconds):
+def write(args, name, tag, rule, group_rows, layer_rows, seconds, partial=False):
+    """The tables so far; ``partial``: written after each row, so a cut-off run leaves its rows."""
     out = Path(args.out)
-    doc = {"command": "scripts/recon_sensitivity.py " + " ".join(sys.argv[1:]), "model": name, "bits": tag,
+    doc = {"partial": partial, "command": "scripts/recon_sensitivity.py " + " ".join(sys.argv[1:]), "model": name, "bits": tag,
            "observer": rule, "groups": group_rows, "layers": layer_rows, "seconds": seconds}
     lines = [f"# Weight-bit sensitivity: {name} {tag} (baseline plans, no fitting)", "",
+             (f"**Partial: the run was still going or was cut off after {len(group_rows)} group rows and "
+              f"{len(layer_rows)} single-layer rows.** " if partial else "") +
              f"`{doc['command']}` ({seconds:.0f} s). Activation observer `{rule}` (selected for the {tag} plan "
              "on calibration data). **held-out**: top-1 agreement % with FP32 on the last 1/4 of the "
              "calibration set (64 samples, seen scenes: the only column choices are made on); **eval**: the "
