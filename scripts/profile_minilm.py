@@ -1,0 +1,94 @@
+"""Per-kernel profile of MiniLM-L6 int8 (tensorized, untuned) on x86-host, batch 1, seq 128.
+
+Builds the W8A8 plan and the tensorized Relax module as ``tvmptq compile`` does
+(targets.compare._for_target), compiles it untuned, and times it in a fresh subprocess with
+targets.speed.measure_in_subprocess in both modes: "latency" (the bench_speed protocol) and
+"profile" (the VM instrument: mean ms per inference of every kernel and VM builtin). Writes the
+top kernels to a Markdown file.
+
+    PYTHONPATH=$PWD python scripts/profile_minilm.py --out results/minilm_profile.md --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+def build(work: Path, calib: int):
+    import targets
+    import tvmptq
+    from targets.build import compile_module
+    from targets.compare import _for_target, _inputs, _modules, _plan
+    from tvmptq.eval.sets import DEFAULT_SET
+    name = "minilm_l6"
+    t = targets.get("x86-host")
+    model = tvmptq.load(name)
+    plan = _plan(model, DEFAULT_SET[name], calib)
+    mods = _modules(model, plan, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        tens, note = _for_target(mods, "int8", t, plan)
+    data = tvmptq.get_set(DEFAULT_SET[name])
+    xs = _inputs(mods["fp32"], [np.asarray(a)[:1] for a in data.evaluation()])
+    work.mkdir(parents=True, exist_ok=True)
+    np.savez(work / "inputs.npz", **{f"in{i}": x for i, x in enumerate(xs)})
+    ex = compile_module(tens, t.tvm_target())
+    ex.export_library(str(work / "int8.so"))
+    return note
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="results/minilm_profile.md")
+    p.add_argument("--work", default="/tmp/minilm_profile")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--calib-samples", type=int, default=64)
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--label", default="", help="a name for this build in the report")
+    p.add_argument("--append", action="store_true", help="append to --out instead of overwriting it")
+    args = p.parse_args(argv)
+    from targets.speed import measure_in_subprocess
+    work = Path(args.work)
+    t0 = time.perf_counter()
+    note = build(work, args.calib_samples)
+    build_s = time.perf_counter() - t0
+    base = {"inputs": str(work / "inputs.npz"), "engine": "tvm_int8_untuned", "kind": "tvm",
+            "path": str(work / "int8.so"), "warmup": 5, "profile_dir": str(work / "profiles")}
+    lines = [f"## MiniLM-L6 int8 untuned, tensorized ({note}) {args.label}\n",
+             f"`PYTHONPATH=$PWD python scripts/profile_minilm.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
+             f" (build {build_s:.0f} s)\n"]
+    result = {}
+    for th in args.threads:
+        lat = measure_in_subprocess({**base, "mode": "latency", "repeat": 10, "number": 5}, th, work / "workers")
+        prof = measure_in_subprocess({**base, "mode": "profile", "repeat": args.runs, "number": 1}, th, work / "workers")
+        result[th] = {"latency": lat, "profile": prof}
+        if "error" in lat or "error" in prof:
+            lines.append(f"{th} thread(s): error {lat.get('error') or prof.get('error')}\n")
+            continue
+        ks = sorted(prof["kernels"], key=lambda k: -k["ms"])
+        total = sum(k["ms"] for k in ks)
+        lines += [f"### {th} thread(s): latency median {lat['median_ms']:.2f} ms; profiled wall "
+                  f"{prof['wall_ms']:.2f} ms, sum of kernels {total:.2f} ms\n",
+                  "| kernel | ms | calls | share |", "|---|---:|---:|---:|"]
+        lines += [f"| {k['name']} | {k['ms']:.3f} | {k['calls']:.0f} | {100 * k['ms'] / total:.1f} % |"
+                  for k in ks[: args.top]]
+        lines.append("")
+        print(f"{th} thread(s): median {lat['median_ms']:.2f} ms", flush=True)
+    out = Path(args.out)
+    text = "\n".join(lines) + "\n"
+    if args.append and out.exists():
+        text = out.read_text() + "\n" + text
+    out.write_text(text)
+    (work / "result.json").write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
