@@ -364,8 +364,10 @@ def run_profile(name: str, prep: dict, res: dict, args, work: Path) -> dict:
     return out
 
 
-def _merged(result: dict, old_json: Path, models) -> dict:
-    """The earlier report's other models with this run's added; ``runs`` says which run made which rows."""
+def _merged(result: dict, old_json: Path, models, profile_asked: bool = False) -> dict:
+    """The earlier report's other models with this run's added; ``runs`` says which run made which rows.
+    The earlier per-layer profile stays unless its model was re-measured or --profile-model asked for one
+    (adding a small model must not replace EfficientNet-Lite0's profile)."""
     if not old_json.is_file():
         return result
     old = json.loads(old_json.read_text())
@@ -378,7 +380,8 @@ def _merged(result: dict, old_json: Path, models) -> dict:
     merged = {**old, "models": {**{n: old["models"][n] for n in keep}, **result["models"]},
               "budgets": {**old.get("budgets", {}), **result["budgets"]}, "runs": runs,
               "arm": [r for r in old.get("arm", []) if r["model"] not in models] + result.get("arm", [])}
-    if "profile" in result:
+    old_profile = old.get("profile", {}).get("model")
+    if "profile" in result and (profile_asked or old_profile is None or old_profile in models):
         merged["profile"] = result["profile"]
     return merged
 
@@ -486,7 +489,7 @@ def main(argv=None) -> int:
 
     result["seconds"] = time.perf_counter() - T0
     if args.merge:
-        result = _merged(result, Path(args.out).with_suffix(".json"), args.models)
+        result = _merged(result, Path(args.out).with_suffix(".json"), args.models, args.profile_model is not None)
     out = write_report(result, Path(args.out))
     log(f"wrote {out} ({result['seconds'] / 60:.1f} min)")
     return 0

@@ -1,0 +1,39 @@
+"""scripts/bench_qft.py's write_md: regenerating results/qft.md keeps the hand-written analysis
+outside the generated block (synthetic rows, no model run)."""
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+bench_qft = pytest.importorskip("bench_qft")
+
+
+def _row(model, bits, method, agree):
+    return {"model": model, "bits": bits, "method": method, "primary": "top1_agreement", "top1_agreement": agree,
+            "held_out": 90.0, "accuracy": agree, "fit_seconds": 1.0, "qft_seconds": None, "peak_rss_mb": 100.0,
+            "qft": None, "cle": {}}
+
+
+def test_write_md_keeps_prose_outside_the_generated_block(tmp_path):
+    out = tmp_path / "qft.md"
+    bench_qft.write_md([_row("digits_vit", "W4A4", "baseline", 88.5)], out, 1.0)
+    first = out.read_text()
+    assert first.startswith(bench_qft.GENERATED_START) and "| digits_vit | W4A4 | baseline | 88.5 |" in first
+    out.write_text("Intro by hand.\n" + first + "\nEfficientNet analysis by hand.\n")
+    bench_qft.write_md([_row("digits_vit", "W4A4", "baseline", 88.5), _row("digits_vit", "W4A4", "cwac", 91.2)],
+                       out, 2.0)
+    text = out.read_text()
+    assert text.startswith("Intro by hand.\n" + bench_qft.GENERATED_START)
+    assert text.endswith(bench_qft.GENERATED_END + "\n\nEfficientNet analysis by hand.\n")
+    assert "| digits_vit | W4A4 | cwac | 91.2 |" in text
+    assert text.count(bench_qft.GENERATED_START) == 1 and text.count("| digits_vit | W4A4 | baseline |") == 1
+
+
+def test_write_md_replaces_a_file_without_markers_whole(tmp_path):
+    out = tmp_path / "qft.md"
+    out.write_text("old table, no markers\n")
+    bench_qft.write_md([_row("digits_resnet", "W4A8", "baseline", 99.2)], out, 1.0)
+    text = out.read_text()
+    assert "old table" not in text and text.rstrip().endswith(bench_qft.GENERATED_END)
