@@ -87,7 +87,7 @@ def bench(name: str, tag: str, args, sink) -> list[dict]:
         s = score(evalset.task, ref, out, labels)
         s_held = score(evalset.task, ref_held, run_outputs(qm.runner(), held, 32, method, False))
         q = qm.plan.stats.get("qft")
-        row = {"model": name, "bits": tag, "observer": rule, "method": method, "primary": key, **s,
+        row = {"command": "scripts/bench_qft.py " + " ".join(sys.argv[1:]), "model": name, "bits": tag, "observer": rule, "method": method, "primary": key, **s,
                "held_out": s_held[key], "fit_seconds": seconds,
                "qft_seconds": qm.plan.run_info.get("qft", {}).get("fit_seconds"), "peak_rss_mb": peak_rss_mb(),
                "qft": None if q is None else {k: q[k] for k in ("iterations", "best_iteration", "stopped_early",
@@ -116,12 +116,17 @@ def _qft_on(start: QuantizedModel, fit, opts, progress):
     return QuantizedModel(start.model, start.graph, plan, sim)
 
 
+# Rows measured before rows recorded their command line.
+LEGACY_COMMANDS = {
+    "digits_resnet": "scripts/bench_qft.py --rows digits_resnet:W4A8 digits_resnet:W4A4 digits_resnet:W2A4 --compile",
+    "efficientnet_lite0": "scripts/bench_qft.py --append --rows efficientnet_lite0:W4A8 --methods baseline cle qft cwac cwac+qft"}
+
+
 def write_md(rows, path: Path, seconds: float) -> None:
-    lines = ["# QFT and CLE", "",
-             ("Written by `scripts/bench_qft.py` (digits rows: `--rows digits_resnet:W4A8 digits_resnet:W4A4 "
-              "digits_resnet:W2A4 --compile`; EfficientNet-Lite0 rows: `--append --rows efficientnet_lite0:W4A8 "
-              "--methods baseline cle qft cwac cwac+qft`)" if seconds is None else
-              f"`scripts/bench_qft.py {' '.join(sys.argv[1:])}`, {seconds / 60:.1f} min") + ", run with `nice` on a 2-core "
+    commands = list(dict.fromkeys(r.get("command") or LEGACY_COMMANDS.get(r["model"], "scripts/bench_qft.py (command not recorded)")
+                                  for r in rows))
+    lines = ["# QFT and CLE", "", "Rows written by " + "; ".join(f"`{c}`" for c in commands)
+             + (f" (this run: {seconds / 60:.1f} min)" if seconds is not None else "") + ", run with `nice` on a 2-core "
              "machine shared by seven agents: wall times are loaded-machine figures. Methods fitted on the first 3/4 "
              "of the calibration set (QFT early-stops on its own held-out share of those); **eval**: evaluation split "
              "vs FP32 (top-1 agreement %, mean cosine for MiniLM); **held-out**: the last 1/4 of the calibration set, "
