@@ -103,8 +103,16 @@ def wide_study(args, graph, model, calib, evald, ref, probe, probe_ref, t0, cmd)
                 group.append(dict(wide=spec, bits=bits, rule=rule, n_wide=f"{n_wide} of {len(plan.tensors)}",
                                   by_group=by_group or "-", probe=probe_sqnr, **f))
                 print(group[-1], f"{time.time() - t0:.0f} s", flush=True)
-        max(group, key=lambda r: r["probe"])["auto"] = True
+                for r in group:
+                    r.pop("auto", None)
+                max(group, key=lambda r: r["probe"])["auto"] = True
+                _write_wide(args, rows + group, cmd, t0)  # after every row: a long run keeps what it measured
         rows += group
+    print((REPO / args.out).read_text())
+    return 0
+
+
+def _write_wide(args, rows, cmd, t0) -> None:
     note = (f"{args.calib} calibration sentences (statistics over all positions, plans, bias correction; the "
             f"`auto` choice per config), {args.eval} evaluation sentences (metrics: the integer-exact simulation "
             "against FP32). `wide tensors`: quantized activation tensors wider than 8 bits in the plan, of all "
@@ -112,8 +120,6 @@ def wide_study(args, graph, model, calib, evald, ref, probe, probe_ref, t0, cmd)
             f"Wall time of the last command {time.time() - t0:.0f} s on the shared 2-core host.")
     out = REPO / args.out
     out.write_text(merge_wide_section(out, rows, cmd, note))
-    print(out.read_text())
-    return 0
 
 
 def main(argv=None) -> int:
