@@ -194,7 +194,9 @@ def main(argv=None) -> int:
             md.append(f"| {n} | {attention[False][n]:.1f} | {attention[True][n]:.1f} |")
     md += ["", f"Wall time {time.time() - t0:.0f} s on the shared 2-core host (load from other agents)."]
     out = REPO / args.out
-    out.write_text("\n".join(md) + "\n")
+    old = out.read_text() if out.exists() else ""
+    wide = WIDE_HEADING + old.partition(WIDE_HEADING)[2] if WIDE_HEADING in old else ""
+    out.write_text("\n".join(md) + "\n" + ("\n" + wide if wide else ""))  # the --wide rows are kept
     print("\n".join(md))
     return 0
 
