@@ -9,6 +9,12 @@ attention tensors of one plan counted over all positions and over real tokens: t
 negative SQNR in results/minilm_error_profile.md.
 
     PYTHONPATH=$PWD nice python scripts/bench_transformer.py --calib 256 --eval 512
+
+Group study (``--wide``): each spec (``res16``, ``residual=16``, ``residual=16,ln_out=16``; the
+groups of tvmptq/quant/tensor_groups.py, or tensor names) is one row per config and observer,
+naming how many tensors of each group are wide; the rows are merged into a section of the
+results file (earlier rows with other specs kept). ``auto`` there marks the spec with the best
+calibration probe SQNR per config (the evaluation split never chooses).
 """
 from __future__ import annotations
 
@@ -28,6 +34,92 @@ from tvmptq.eval.sets import batches, run_outputs, torch_runner  # noqa: E402
 from tvmptq.quant.calibrate import build_plan, collect_statistics  # noqa: E402
 from tvmptq.quant.report import layer_sqnr  # noqa: E402
 from tvmptq.quant.simulate import simulate  # noqa: E402
+from tvmptq.quant.tensor_groups import PRESETS, expand_tensor_bits, tensor_groups  # noqa: E402
+
+WIDE_HEADING = "## Wide tensor groups: activation bits per group (QuantConfig.tensor_bits)"
+
+
+def parse_wide(spec: str) -> dict[str, int]:
+    """``res16`` or ``residual=16,ln_out=16`` -> tensor_bits; ``none`` -> {} (the 8-bit baseline)."""
+    out: dict[str, int] = {}
+    for item in filter(None, spec.split(",")):
+        if item == "none":
+            continue
+        if item in PRESETS:
+            out.update(PRESETS[item])
+            continue
+        name, _, bits = item.partition("=")
+        out[name] = int(bits)
+    return out
+
+
+def wide_row_md(r) -> str:
+    return (f"| {r['wide']} | {r['bits']} | {r['rule']} | {r['n_wide']} | {r['by_group']} | "
+            f"{'**yes**' if r.get('auto') else ''} | {r['cosine_mean']:.4f} | {r['spearman']:.4f} | "
+            f"{r['nn_agreement']:.1f} | {r['probe']:.2f} |")
+
+
+def merge_wide_section(path: Path, rows, cmd: str, header_note: str) -> str:
+    """Keeps the file's other sections and the section's rows for other (spec, config, observer)."""
+    text = path.read_text() if path.exists() else "# MiniLM-L6 in int8: fidelity to FP32 (issue 21)\n"
+    head, _, rest = text.partition(WIDE_HEADING)
+    old_rows, cmds, tail = [], [], ""
+    if rest:
+        body, sep, after = rest.partition("\n## ")
+        tail = sep + after if sep else ""
+        for line in body.splitlines():
+            if line.startswith("Command: `"):
+                cmds.append(line)
+            elif line.startswith("| ") and not line.startswith(("| wide", "|---")):
+                old_rows.append(line)
+    keys = {(r["wide"], r["bits"], r["rule"]) for r in rows}
+    kept = [ln for ln in old_rows if tuple(c.strip() for c in ln.split("|")[1:4]) not in keys]
+    cmds = [c for c in cmds if c != f"Command: `{cmd}`"] + [f"Command: `{cmd}`"]
+    section = [WIDE_HEADING, "", *cmds, "", header_note, "",
+               "| wide | config | observer | wide tensors | by group (count x bits) | auto | cosine | Spearman | "
+               "NN agr % | calib probe SQNR dB |", "|---|---|---|---|---|---|---|---|---|---|",
+               *kept, *(wide_row_md(r) for r in rows), ""]
+    return head.rstrip("\n") + "\n\n" + "\n".join(section) + tail
+
+
+def wide_study(args, graph, model, calib, evald, ref, probe, probe_ref, t0, cmd) -> int:
+    observers, _ = collect_statistics(graph, batches(calib, 32), False)
+    groups = tensor_groups(graph)
+    rows = []
+    for bits in args.configs.split(","):
+        w, a = (int(v) for v in bits[1:].split("A"))
+        group = []
+        for spec in args.wide:
+            tb = parse_wide(spec)
+            wide = expand_tensor_bits(graph, tb)
+            by_group = ", ".join(f"{g} {sum(n in wide for n in groups[g])}x{tb[g]}" for g in tb if g in groups)
+            for rule in args.observers.split(","):
+                cfg = tvmptq.make_config(w, a, rule, tensor_bits=tb or None)
+                plan = build_plan(graph, observers, cfg, model.name, calib, 32)
+                n_wide = sum(t.bits > 8 for t in plan.tensors.values())
+                sim = simulate(graph, plan)
+                probe_sqnr = sqnr_db(probe_ref, run_outputs(torch_runner(sim), probe, 32, "probe", False))
+                f = embedding_fidelity(ref, run_outputs(torch_runner(sim), evald, 32, "q", False))
+                group.append(dict(wide=spec, bits=bits, rule=rule, n_wide=f"{n_wide} of {len(plan.tensors)}",
+                                  by_group=by_group or "-", probe=probe_sqnr, **f))
+                print(group[-1], f"{time.time() - t0:.0f} s", flush=True)
+                for r in group:
+                    r.pop("auto", None)
+                max(group, key=lambda r: r["probe"])["auto"] = True
+                _write_wide(args, rows + group, cmd, t0)  # after every row: a long run keeps what it measured
+        rows += group
+    print((REPO / args.out).read_text())
+    return 0
+
+
+def _write_wide(args, rows, cmd, t0) -> None:
+    note = (f"{args.calib} calibration sentences (statistics over all positions, plans, bias correction; the "
+            f"`auto` choice per config), {args.eval} evaluation sentences (metrics: the integer-exact simulation "
+            "against FP32). `wide tensors`: quantized activation tensors wider than 8 bits in the plan, of all "
+            "quantized tensors; groups from tvmptq/quant/tensor_groups.py (graph roles, not names). "
+            f"Wall time of the last command {time.time() - t0:.0f} s on the shared 2-core host.")
+    out = REPO / args.out
+    out.write_text(merge_wide_section(out, rows, cmd, note))
 
 
 def main(argv=None) -> int:
@@ -38,7 +130,12 @@ def main(argv=None) -> int:
     ap.add_argument("--observers", default="minmax,percentile,mse")
     ap.add_argument("--modes", default="all,real", help="statistics over all positions and/or real tokens")
     ap.add_argument("--out", default="results/transformer.md")
+    ap.add_argument("--wide", nargs="+", metavar="SPEC",
+                    help="group study: each spec (none, res16, residual=16,ln_out=16, ...) one row per config; "
+                         "merged into the results file's wide-groups section")
     args = ap.parse_args(argv)
+    cmd = "PYTHONPATH=$PWD nice -n 19 python " + " ".join(
+        shlex.quote(x) for x in ["scripts/bench_transformer.py", *(argv if argv is not None else sys.argv[1:])])
     t0 = time.time()
     model = tvmptq.load("minilm_l6")
     sset = tvmptq.get_set("sentences")
@@ -48,6 +145,8 @@ def main(argv=None) -> int:
     ref = run_outputs(torch_runner(graph.gm), evald, 32, "fp32", False)
     probe = tuple(a[:AUTO_SELECT_SAMPLES] for a in calib)
     probe_ref = run_outputs(torch_runner(graph.gm), probe, 32, "fp32", False)
+    if args.wide:
+        return wide_study(args, graph, model, calib, evald, ref, probe, probe_ref, t0, cmd)
     real_frac = float(calib[1].mean())
     rows, attention = [], None
     for mode in args.modes.split(","):
@@ -70,7 +169,6 @@ def main(argv=None) -> int:
             best = max(group, key=lambda r: r["probe"])
             best["auto"] = True
             rows += group
-    cmd = "PYTHONPATH=$PWD nice python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])])
     md = ["# MiniLM-L6 in int8: fidelity to FP32 (issue 21)", "", f"Command: `{cmd}`", "",
           f"{args.calib} calibration sentences (plans, observers and bias correction), {args.eval} evaluation "
           f"sentences (metrics); real tokens are {100 * real_frac:.1f} % of the calibration positions (the rest "
@@ -96,7 +194,9 @@ def main(argv=None) -> int:
             md.append(f"| {n} | {attention[False][n]:.1f} | {attention[True][n]:.1f} |")
     md += ["", f"Wall time {time.time() - t0:.0f} s on the shared 2-core host (load from other agents)."]
     out = REPO / args.out
-    out.write_text("\n".join(md) + "\n")
+    old = out.read_text() if out.exists() else ""
+    wide = WIDE_HEADING + old.partition(WIDE_HEADING)[2] if WIDE_HEADING in old else ""
+    out.write_text("\n".join(md) + "\n" + ("\n" + wide if wide else ""))  # the --wide rows are kept
     print("\n".join(md))
     return 0
 
