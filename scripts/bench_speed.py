@@ -3,9 +3,12 @@
     python scripts/bench_speed.py                                   # make bench-speed: everything
     python scripts/bench_speed.py --models digits_resnet --no-tune --no-arm --repeat 5 --out /tmp/speed.md
     python scripts/bench_speed.py --models digits_vit --no-tune --merge   # add one model to speed.md
+    python scripts/bench_speed.py --peers-only --no-tune --models efficientnet_lite0 digits_resnet  # LiteRT section
 
 --merge keeps the other models (latency, tuning, kernel proof, Arm rows, profile) from the --out json
 and adds this run's; the report lists each run (command, date, minutes, its models) under the header.
+--peers-only times LiteRT int8 next to TVM int8 in one run and writes only its own section of the report
+(targets/speed_peers.py); models the fully-integer TFLite export refuses are listed with the reason.
 
 Per model (EfficientNet-Lite0, MiniLM at sequence length 128, digits), batch 1, 1 and 2 threads, each
 (engine, model, thread count) measured in a fresh process (targets/speed.py): PyTorch FP32, ONNX
@@ -72,13 +75,6 @@ def _onnx_input_names(path) -> list[str]:
     m = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in m.graph.initializer}
     return [i.name for i in m.graph.input if i.name not in inits]
-
-
-class _Skipped(Exception):
-    """An engine left out by --peers-only."""
-
-
-PEER_ENGINES = ("tvm_int8_untuned", "tvm_int8_tuned", "litert_int8")
 
 
 def budget(name: str, args) -> tuple[int, int, int]:
@@ -229,8 +225,6 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
     # ONNX Runtime: FP32 export, its own quantize_static, and tvmptq's QDQ export of the same plan
     t0 = time.perf_counter()
     try:
-        if args.peers_only:
-            raise _Skipped()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fp32_onnx = export_onnx(model.build(), tuple(torch.from_numpy(np.array(x)) for x in xs), d / "fp32.onnx",
@@ -243,18 +237,12 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
         q = ort_quantize_static(fp32_onnx, d / "ort_int8.onnx", batches, method="MinMax")
         res["ort_int8_config"] = {**describe_qdq(q), "calibration": f"MinMax, {len(batches)} samples"}
         specs["ort_int8"] = {**base, "engine": "ort_int8", "kind": "ort", "path": str(q)}
-    except _Skipped:
-        pass
     except Exception as err:  # noqa: BLE001 - reported, the other engines still run
         res["errors"]["onnx export / quantize_static"] = f"{type(err).__name__}: {str(err)[:300]}"
         log(f"  ONNX FP32 / quantize_static failed: {err}")
     try:
-        if args.peers_only:
-            raise _Skipped()
         qdq = export_qdq_onnx(plan, d / "tvmptq_qdq.onnx", batch=1)
         specs["ort_tvmptq_qdq"] = {**base, "engine": "ort_tvmptq_qdq", "kind": "ort", "path": str(qdq)}
-    except _Skipped:
-        pass
     except Exception as err:  # noqa: BLE001
         res["errors"]["tvmptq QDQ export"] = f"{type(err).__name__}: {str(err)[:300]}"
         log(f"  tvmptq QDQ export failed: {err}")
@@ -264,14 +252,10 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
     t0 = time.perf_counter()
     tuning: dict = {}
     root = Path(args.db)
-    if args.peers_only:  # the TVM int8 programs the new peer is compared with, nothing else
-        ex = {"tvm_int8_untuned": compile_module(tens, T),
-              "tvm_int8_tuned": _tvm_build(tens, T, root, args, "int8", tuning, name)}
-    else:
-        ex = {"tvm_fp32_tuned": _tvm_build(mods["fp32"], T, root, args, "fp32", tuning, name),
-              "tvm_int8_untuned": compile_module(tens, T),
-              "tvm_int8_tuned": _tvm_build(tens, T, root, args, "int8", tuning, name),
-              "tvm_int8_plain": compile_module(mods["int8"], T)}
+    ex = {"tvm_fp32_tuned": _tvm_build(mods["fp32"], T, root, args, "fp32", tuning, name),
+          "tvm_int8_untuned": compile_module(tens, T),
+          "tvm_int8_tuned": _tvm_build(tens, T, root, args, "int8", tuning, name),
+          "tvm_int8_plain": compile_module(mods["int8"], T)}
     res["tuning"] = tuning
     for key, e in ex.items():
         path = d / f"{key}.so"
@@ -280,8 +264,6 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
     held = "; ".join(f"{v}: {i.get('trials_in_db', 0)} trials" for v, i in tuning.items())
     log(f"{name}: TVM builds in {time.perf_counter() - t0:.0f} s ({held})")
 
-    if args.peers_only:
-        return {"specs": specs, "mods": mods, "plan": plan, "xs": xs}
     t0 = time.perf_counter()
     fused_base, fused_tens = kp.fused(mods["int8"], T), kp.fused(tens, T)
     asm = {"plain": kp.library_asm(ex["tvm_int8_plain"]), "untuned": kp.library_asm(ex["tvm_int8_untuned"]),
@@ -413,9 +395,9 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=str(REPO / "build" / "bench_speed"))
     p.add_argument("--out", default=str(REPO / "results" / "speed.md"))
     p.add_argument("--peers-only", action="store_true",
-                   help="measure only the LiteRT peer and the TVM int8 programs it is compared with "
-                        f"({', '.join(PEER_ENGINES)}), in one run, and merge them into the existing <out>.json "
-                        "(its other columns, kernel proof and Arm rows kept; the report says which run is which)")
+                   help="time only LiteRT int8 and TVM int8 (untuned, tuned from the databases on disk: forces "
+                        "--no-tune) in one run, into their own section of <out> and key 'peers' of <out>.json; the "
+                        "main tables are left as they are; models the TFLite export refuses are listed with the reason")
     p.add_argument("--merge", action="store_true", help="keep the other models' results from the --out json")
     args = p.parse_args(argv)
 
@@ -429,7 +411,7 @@ def main(argv=None) -> int:
     from targets.tuning_db import SHIPPED
     args.db = args.db or str(SHIPPED)
     if args.peers_only:
-        args.engines, args.no_arm = list(PEER_ENGINES), True
+        return run_peers(args)
     engines = [e for e in ENGINES if args.engines is None or e[0] in args.engines]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -467,8 +449,6 @@ def main(argv=None) -> int:
                 if key not in lat:
                     lat[key] = {"error": "; ".join(result["models"][name].get("errors", {}).values()) or "not built"}
 
-    if args.peers_only:
-        return merge_peers(result, Path(args.out), engines)
     prof_model = args.profile_model or ("efficientnet_lite0" if "efficientnet_lite0" in args.models else args.models[0])
     if prof_model in preps:
         log(f"== per-layer profile: {prof_model}")
@@ -495,25 +475,94 @@ def main(argv=None) -> int:
     return 0
 
 
-def merge_peers(result: dict, out: Path, engines) -> int:
-    """--peers-only: these engines' latencies (and the LiteRT equality check) into <out>.json."""
-    from targets.speed import ENGINES, write_report
-    old = json.loads(out.with_suffix(".json").read_text())
-    keys = [k for k, _ in engines]
-    for name, m in result["models"].items():
-        dst = old["models"].setdefault(name, {})
-        for th, lat in m.get("latency", {}).items():
-            dst.setdefault("latency", {}).setdefault(th, {}).update({k: lat[k] for k in keys if k in lat})
-        if "litert_vs_reference" in m:
-            dst["litert_vs_reference"] = m["litert_vs_reference"]
-        for k, e in m.get("errors", {}).items():
-            dst.setdefault("errors", {})[k] = e
-    old["engines"] = [list(e) for e in ENGINES if list(e) in old["engines"] or e[0] in keys]
-    old.setdefault("partial_runs", []).append({"engines": keys, "date": result["date"], "command": result["command"],
-                                               "seconds": time.perf_counter() - T0})
-    path = write_report(old, out)
-    log(f"merged {', '.join(keys)} into {path}")
+def run_peers(args) -> int:
+    """--peers-only: LiteRT int8 and the TVM int8 programs it is compared with, timed in this one run;
+    written as the peers section of <out> (targets/speed_peers.py), the main tables untouched."""
+    import tvm
+    from ai_edge_litert import __version__ as litert_version
+    from tqdm import tqdm
+
+    import targets
+    from targets.speed import measure_in_subprocess
+    from targets.speed_peers import PEER_ENGINES, write_peers
+    work = Path(args.work)
+    peers = {"command": " ".join(["scripts/bench_speed.py"] + sys.argv[1:]),
+             "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "cpu_model": _cpu_model(),
+             "host_cpu": targets.host_cpu(), "cores": len(os.sched_getaffinity(0)),
+             "versions": {"tvm": tvm.__version__, "ai_edge_litert": litert_version, "python": platform.python_version()},
+             "tune": False, "repeat": args.repeat, "number": args.number, "warmup": args.warmup,
+             "threads": args.threads, "calib_samples": args.calib_samples, "models": {}, "refused": {}}
+    specs = {}
+    for name in args.models:
+        log(f"== {name}: preparing (peers)")
+        res = {}
+        got = prepare_peers(name, args, work, res)
+        if got is None:
+            peers["refused"][name] = res["refused"]
+            log(f"  {name}: refused by the TFLite export, skipped: {res['refused']['error']}")
+            continue
+        peers["models"][name], specs[name] = res, got
+    jobs = [(th, n, k) for th in args.threads for n in specs for k, _ in PEER_ENGINES]
+    log(f"== latency: {len(jobs)} measurements, each in a fresh process")
+    for th, name, key in tqdm(jobs, desc="latency", file=sys.stderr, dynamic_ncols=True):
+        r = measure_in_subprocess(specs[name][key], th, work / "workers")
+        peers["models"][name].setdefault("latency", {}).setdefault(str(th), {})[key] = r
+        log(f"  {name} {key} {th}t: " + (r["error"] if "error" in r else f"{r['median_ms']:.3f} ms (IQR {r['iqr_ms']:.3f})"))
+    peers["seconds"] = time.perf_counter() - T0
+    log(f"wrote the peers section of {write_peers(peers, Path(args.out))} ({peers['seconds'] / 60:.1f} min)")
     return 0
+
+
+def prepare_peers(name: str, args, work: Path, res: dict) -> dict | None:
+    """The W8A8 plan, its fully-integer TFLite export and the two TVM int8 builds (untuned, and tuned
+    from the databases on disk) as worker specs; ``None`` with ``res["refused"]`` when the export
+    refuses the model (nothing is built in TVM for it)."""
+    import targets
+    import tvmptq
+    from targets.build import compile_module
+    from targets.compare import _for_target, _inputs, _modules, _plan
+    from targets.npu.litert import compare_outputs
+    from targets.speed_peers import tflite_or_refusal
+    from tvmptq.eval.sets import DEFAULT_SET
+    from tvmptq.export.tflite import quantize_input
+    t = targets.get("x86-host")
+    T = t.tvm_target()
+    d = work / name
+    d.mkdir(parents=True, exist_ok=True)
+    model = tvmptq.load(name)
+    plan = _plan(model, DEFAULT_SET[name], args.calib_samples)
+    tfl, refusal = tflite_or_refusal(plan, d / "tvmptq_int8.tflite")
+    if tfl is None:
+        res["refused"] = refusal
+        return None
+    evaluation = [np.asarray(a) for a in tvmptq.get_set(DEFAULT_SET[name]).evaluation()]
+    mods = _modules(model, plan, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        tens, _ = _for_target(mods, "int8", t, plan)
+    params = mods["fp32"]["main"].params
+    xs = _inputs(mods["fp32"], [a[:1] for a in evaluation])
+    np.savez(d / "inputs.npz", **{f"in{i}": x for i, x in enumerate(xs)})
+    np.savez(d / "litert_inputs.npz", in0=quantize_input(plan, tfl, evaluation[0][:1]))
+    base = {"repeat": args.repeat, "number": args.number, "warmup": args.warmup, "profile_dir": str(d / "profiles")}
+    specs = {"litert_int8": {**base, "engine": "litert_int8", "kind": "litert", "path": str(tfl.path),
+                             "inputs": str(d / "litert_inputs.npz")}}
+    eq = compare_outputs(plan, tfl, evaluation[0][:args.exact_samples], resolvers=("AUTO",))[0]
+    res["litert_vs_reference"] = {"kernels": eq.resolver, "equal": eq.equal, "total": eq.total,
+                                  "max_abs": eq.max_abs, "top1_equal": eq.top1_equal, "samples": eq.samples}
+    tuning: dict = {}
+    args.tune = False  # --peers-only never tunes: the databases on disk, as the main --no-tune run
+    ex = {"tvm_int8_untuned": compile_module(tens, T),
+          "tvm_int8_tuned": _tvm_build(tens, T, Path(args.db), args, "int8", tuning, name)}
+    res["tuning"] = tuning
+    samples = [[np.ascontiguousarray(a[j:j + 1]).astype(str(p.ty.dtype)) for a, p in zip(evaluation, params)]
+               for j in range(args.exact_samples)]
+    res["bit_exact"] = bit_exact({"untuned": ex["tvm_int8_untuned"], "tuned": ex["tvm_int8_tuned"]}, plan, samples)
+    for key, e in ex.items():
+        e.export_library(str(d / f"{key}.so"))
+        specs[key] = {**base, "engine": key, "kind": "tvm", "path": str(d / f"{key}.so"), "inputs": str(d / "inputs.npz")}
+    log(f"{name}: TFLite export, LiteRT check ({eq.equal}/{eq.total} equal) and TVM builds ready")
+    return specs
 
 
 if __name__ == "__main__":

@@ -322,10 +322,6 @@ def write_report(result: dict, out_md) -> Path:
                 "`--no-tune`: the databases on disk as they are")
              + "; the trials each database holds, and the CPU it was tuned on, are listed under the tables "
                "(a database may hold more than the budget from earlier runs).\n"]
-    for run in result.get("partial_runs", []):  # columns re-measured later (scripts/bench_speed.py --peers-only)
-        lines.append(f"**{', '.join(LABELS.get(k, k) for k in run['engines'])}**: measured together in a later "
-                     f"run on {run['date']} (`{run['command']}`, {run['seconds'] / 60:.1f} min); the other columns "
-                     "are from the run above.\n")
     if result.get("runs"):  # models merged from several runs (scripts/bench_speed.py --merge)
         lines += ["Models by run (the header's settings are each run's defaults unless its command says otherwise):\n"] + [
             f"- {', '.join(r['models'])}: `{r['command']}`, {r['date']}, {r['minutes']} min" for r in result["runs"]] + [""]
@@ -455,7 +451,11 @@ def write_report(result: dict, out_md) -> Path:
     chart = _chart(result, out_md.with_suffix(".png"))
     if chart:
         lines.append(f"![batch-1 latency]({chart.name})\n")
-    out_md.write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    if result.get("peers"):  # the --peers-only run's own section (targets/speed_peers.py), kept as it was
+        from .speed_peers import peer_lines
+        text = text.rstrip("\n") + "\n\n" + "\n".join(peer_lines(result["peers"])) + "\n"
+    out_md.write_text(text)
     out_md.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return out_md
 
