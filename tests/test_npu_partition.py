@@ -101,16 +101,19 @@ def test_artifact_refuses_naming_each_op(not_for_u55, tmp_path):
     assert not (tmp_path / "a").exists()  # nothing written
 
 
-def test_cli_compile_ethos_u_artifact(digits_cli_plan, tmp_path):
+@pytest.mark.parametrize("npu", ["ethos-u55-128", "ethos-u65-256", "ethos-u85-256"])
+def test_cli_compile_ethos_u_artifact(digits_cli_plan, tmp_path, npu):
     from tvmptq.cli import main
-    out = tmp_path / "u65"
-    assert main(["compile", "digits_resnet", "--plan", str(digits_cli_plan), "--target", "ethos-u65-256",
+    out = tmp_path / npu
+    assert main(["compile", "digits_resnet", "--plan", str(digits_cli_plan), "--target", npu,
                  "-o", str(out)]) == 0
     m = json.loads((out / "manifest.json").read_text())
-    assert m["target"]["accelerator"] == "ethos-u65-256" and m["batch"] == 1
-    for f in ("model.tflite", "vela/model_vela.tflite", "vela/model_summary_Ethos_U65_High_End.csv",
-              "vela/model_per-layer.csv", "partition.txt", "partition.json", "plan.npz"):
+    assert m["target"]["accelerator"] == npu and m["batch"] == 1
+    for f in ("model.tflite", "vela/model_vela.tflite", "vela/model_per-layer.csv", "partition.txt",
+              "partition.json", "plan.npz"):
         assert f in m["files"] and (out / f).is_file(), f
+    summaries = [f for f in m["files"] if f.startswith("vela/model_summary_") and f.endswith(".csv")]
+    assert len(summaries) == 1 and (out / summaries[0]).is_file()
     v = m["vela_estimate"]
     assert v["cycles_total"] > 0 and v["cpu_ops"] == [] and "estimate" in v["note"]
     assert m["partition"]["cpu_ops"] == [] and m["partition"]["bit_exact_llvm"] is True
