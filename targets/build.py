@@ -77,7 +77,7 @@ def compile_module(mod, tvm_target, database=None):
         if tvm_target.kind.name == "llvm":
             from .cpu_defaults import schedule_elementwise_kernels
             from .tune import prepare
-            mod, _ = schedule_elementwise_kernels(prepare(mod, tvm_target))
+            mod, _ = schedule_elementwise_kernels(prepare(mod, tvm_target), tvm_target)
         elif tvm_target.kind.name == "cuda":
             from .cuda import schedule_gpu
             mod, _ = schedule_gpu(mod, tvm_target)

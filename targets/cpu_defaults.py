@@ -56,14 +56,19 @@ def _has_reduction(sch, block) -> bool:
     return any(iv.iter_type != IterVar.DataPar for iv in sch.get(block).iter_vars)
 
 
-def schedule_elementwise_kernels(mod):
+def schedule_elementwise_kernels(mod, target=None):
     """``mod`` with :func:`schedule_elementwise` applied to every PrimFunc it handles; returns
-    (module, number of kernels scheduled)."""
+    (module, number of kernels scheduled). With a ``target``, the kernels with reductions it leaves
+    get cpu_reduction.schedule_reduction (attention matmuls with their requantize, softmax)."""
     import tvm
+
+    from .cpu_reduction import schedule_reduction
     updates = {}
     for gv, func in mod.functions_items():
         if isinstance(func, tvm.tirx.PrimFunc):
             new = schedule_elementwise(func)
+            if new is None and target is not None:
+                new = schedule_reduction(func, target)
             if new is not None:
                 updates[gv] = new
     for gv, func in updates.items():
