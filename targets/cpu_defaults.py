@@ -22,8 +22,8 @@ VECTOR_WIDTHS = (16, 8, 4, 2)
 
 def schedule_elementwise(func):
     """The scheduled PrimFunc, or None when ``func`` is not an all-spatial kernel this handles."""
-    import tvm
-    from tvm.s_tir import Schedule
+    from tvm.error import InternalError
+    from tvm.s_tir import Schedule, ScheduleError
 
     from .kernels import PARALLEL_MIN_ELEMENTS, loop_extent, parallel_if_worth
     if func.attrs is not None and bool(func.attrs.get("tirx.is_scheduled", False)):
@@ -46,7 +46,7 @@ def schedule_elementwise(func):
         vec = next((v for v in VECTOR_WIDTHS if extent % v == 0 and extent > v), 0)
         if vec:  # the innermost axis only: fusing it with others would turn contiguous loads into gathers
             sch.vectorize(sch.split(inner, [None, vec])[1])
-    except (tvm.TVMError, ValueError):  # a block form these primitives refuse: keep TVM's default
+    except (ScheduleError, InternalError, ValueError):  # a block form these primitives refuse: keep TVM's default
         return None
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 

@@ -110,14 +110,14 @@ def schedule_row_reductions(func, target):
 
 def schedule_reduction(func, target):
     """``func`` scheduled by the first rule that takes it, or None (left as TVM's default)."""
-    import tvm
+    from tvm.error import InternalError
     from tvm.s_tir import ScheduleError
     if func.attrs is not None and bool(func.attrs.get("tirx.is_scheduled", False)):
         return None
-    for rule in (lambda f: schedule_matmul_epilogue(f), lambda f: schedule_row_reductions(f, target)):
+    for rule in (schedule_matmul_epilogue, lambda f: schedule_row_reductions(f, target)):
         try:
             new = rule(func)
-        except (ScheduleError, tvm.error.InternalError, ValueError):  # a form these primitives refuse: try the next
+        except (ScheduleError, InternalError, ValueError):  # a form these primitives refuse: try the next
             new = None
         if new is not None:
             return new
