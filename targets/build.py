@@ -65,8 +65,9 @@ def compile_module(mod, tvm_target, database=None):
     which has no operator fusion, so every elementwise op of a requantize chain would be its own
     kernel and its own pass over memory (EfficientNet-Lite0 int8: 33 VNNI kernels plus about 300
     small ones). Tuned builds already run on the fused module (the tasks are the fused kernels), so
-    untuned and tuned programs now have the same kernels; fused elementwise kernels no schedule
-    covers get cpu_defaults.schedule_elementwise (intermediates inlined). CUDA targets get TVM's GPU pipeline
+    untuned and tuned programs now have the same kernels; fused kernels no schedule covers
+    get cpu_defaults.schedule_elementwise (elementwise: intermediates inlined) or
+    cpu_reduction.schedule_reduction (attention matmuls with their requantize, softmax). CUDA targets get TVM's GPU pipeline
     (fusion plus DLight thread bindings), with a DLight rule that fails passing the kernel on to
     the next rule (cuda.schedule_gpu) instead of failing the build."""
     import tvm
@@ -77,7 +78,7 @@ def compile_module(mod, tvm_target, database=None):
         if tvm_target.kind.name == "llvm":
             from .cpu_defaults import schedule_elementwise_kernels
             from .tune import prepare
-            mod, _ = schedule_elementwise_kernels(prepare(mod, tvm_target))
+            mod, _ = schedule_elementwise_kernels(prepare(mod, tvm_target), tvm_target)
         elif tvm_target.kind.name == "cuda":
             from .cuda import schedule_gpu
             mod, _ = schedule_gpu(mod, tvm_target)

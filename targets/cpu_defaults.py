@@ -22,8 +22,8 @@ VECTOR_WIDTHS = (16, 8, 4, 2)
 
 def schedule_elementwise(func):
     """The scheduled PrimFunc, or None when ``func`` is not an all-spatial kernel this handles."""
-    import tvm
-    from tvm.s_tir import Schedule
+    from tvm.error import InternalError
+    from tvm.s_tir import Schedule, ScheduleError
 
     from .kernels import PARALLEL_MIN_ELEMENTS, loop_extent, parallel_if_worth
     if func.attrs is not None and bool(func.attrs.get("tirx.is_scheduled", False)):
@@ -46,7 +46,7 @@ def schedule_elementwise(func):
         vec = next((v for v in VECTOR_WIDTHS if extent % v == 0 and extent > v), 0)
         if vec:  # the innermost axis only: fusing it with others would turn contiguous loads into gathers
             sch.vectorize(sch.split(inner, [None, vec])[1])
-    except (tvm.TVMError, ValueError):  # a block form these primitives refuse: keep TVM's default
+    except (ScheduleError, InternalError, ValueError):  # a block form these primitives refuse: keep TVM's default
         return None
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
@@ -56,14 +56,19 @@ def _has_reduction(sch, block) -> bool:
     return any(iv.iter_type != IterVar.DataPar for iv in sch.get(block).iter_vars)
 
 
-def schedule_elementwise_kernels(mod):
+def schedule_elementwise_kernels(mod, target=None):
     """``mod`` with :func:`schedule_elementwise` applied to every PrimFunc it handles; returns
-    (module, number of kernels scheduled)."""
+    (module, number of kernels scheduled). With a ``target``, the kernels with reductions it leaves
+    get cpu_reduction.schedule_reduction (attention matmuls with their requantize, softmax)."""
     import tvm
+
+    from .cpu_reduction import schedule_reduction
     updates = {}
     for gv, func in mod.functions_items():
         if isinstance(func, tvm.tirx.PrimFunc):
             new = schedule_elementwise(func)
+            if new is None and target is not None:
+                new = schedule_reduction(func, target)
             if new is not None:
                 updates[gv] = new
     for gv, func in updates.items():

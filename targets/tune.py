@@ -270,5 +270,5 @@ def apply_database(mod, tvm_target, folder):
         tuned = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(prepared)
     from .cpu_defaults import schedule_elementwise_kernels
     if tvm_target.kind.name == "llvm":  # kernels the database does not cover (tuned ones are marked scheduled)
-        tuned, _ = schedule_elementwise_kernels(tuned)
+        tuned, _ = schedule_elementwise_kernels(tuned, tvm_target)
     return tvm.compile(tuned, target=tvm_target)
