@@ -244,6 +244,15 @@ def write_md(data: dict, path: Path) -> None:
             lines.append(f"- {tag}: best {best['method']} {best['accuracy']:.1f} % ({gap:+.1f} pt below FP32): "
                          f"{'met' if gap <= allowed else 'MISSED'}; first on held-out calibration agreement "
                          f"({top:.1f}): " + ", ".join(f"{r['method']} {r['accuracy']:.1f} %" for r in chosen))
+    for other in sorted(path.parent.glob(f"{path.stem}_qft_seed*.json")):   # the same W4A4 methods at other seeds
+        runs = json.loads(other.read_text())
+        got = [r for r in runs["rows"] if r["bits"] == "W4A4" and "accuracy" in r]
+        if got:
+            best, top = max(got, key=lambda r: r["accuracy"]), max(r["held_out"] for r in got)
+            lines.append(f"- W4A4 at another seed ({other.with_suffix('.md').name}, `{got[0]['command']}`): best "
+                         f"{best['method']} {best['accuracy']:.1f} % ({runs['fp32']['accuracy'] - best['accuracy']:.2f} pt "
+                         "below FP32); first on held-out calibration agreement: "
+                         + ", ".join(f"{r['method']} {r['accuracy']:.1f} %" for r in got if r["held_out"] == top))
     lines.append("- Which 4-bit activations cost accuracy at W4A4: results/vit_sensitivity.md (`scripts/vit_sensitivity.py`: "
                  "accuracy with each group of activation tensors alone at 4 / alone at 8 bits).")
     path.write_text("\n".join(lines) + "\n")
