@@ -1,14 +1,10 @@
 """The --peers-only section of results/speed.md: its own run, never touching the main tables."""
 import json
 
-import torch
-from torch import nn
-
-import tvmptq
 from targets import speed
 from targets.speed_peers import BEGIN, END, tflite_or_refusal, write_peers
 from tests.test_bench_speed import _lat, synthetic_result
-from tvmptq.zoo import from_module
+from tests.test_tflite_npu import quantized_softmax_head
 
 
 def _peers(refused):
@@ -28,17 +24,7 @@ def _peers(refused):
 
 def _soft_refusal(tmp_path):
     """A tiny model with a softmax (a float island): the export refuses it, naming the op."""
-    class Soft(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(6, 4)
-
-        def forward(self, x):
-            return torch.softmax(self.fc(x), -1)
-    torch.manual_seed(0)
-    xs = torch.randn(16, 6)
-    qm = tvmptq.quantize(from_module(Soft().eval(), (xs[:2],)), (xs.numpy(),), tvmptq.make_config(8, 8),
-                         progress=False)
+    qm = quantized_softmax_head()
     ex, refusal = tflite_or_refusal(qm.plan, tmp_path / "soft.tflite")
     assert ex is None and "softmax" in refusal["error"] and not (tmp_path / "soft.tflite").exists()
     assert any(k.startswith("softmax x") for k in refusal["float_islands"]), refusal

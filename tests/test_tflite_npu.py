@@ -116,21 +116,31 @@ def test_vela_names_ops_left_on_the_cpu(digits_cli_plan, tmp_path):
     assert any("adaptive_avg_pool2d" in op for op in e.cpu_ops), e.cpu_ops  # MEAN: batch must be 1
 
 
+class SoftmaxHead(nn.Module):
+    """A linear + softmax: the softmax is a float island, which a fully-integer TFLite model cannot hold."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return torch.softmax(self.fc(x), -1)
+
+
+def quantized_softmax_head():
+    """SoftmaxHead quantized W8A8 (seeded): the export must refuse it, naming the softmax."""
+    torch.manual_seed(0)
+    xs = torch.randn(16, 6)
+    return tvmptq.quantize(from_module(SoftmaxHead().eval(), (xs[:2],)), (xs.numpy(),),
+                           tvmptq.make_config(8, 8), progress=False)
+
+
 def test_refusals_name_the_problem(allops):
     model, _, x = allops
     low = tvmptq.quantize(model, (x,), tvmptq.make_config(8, 4, "minmax"), progress=False)
     with pytest.raises(TFLiteExportError, match=r"tensor '\w+' has 4-bit activations"):
         export_tflite(low.plan)
 
-    class Soft(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(6, 4)
-
-        def forward(self, x):
-            return torch.softmax(self.fc(x), -1)
-    xs = torch.randn(16, 6)
-    qm = tvmptq.quantize(from_module(Soft().eval(), (xs[:2],)), (xs.numpy(),), tvmptq.make_config(8, 8),
-                         progress=False)
+    qm = quantized_softmax_head()
     with pytest.raises(TFLiteExportError, match="softmax"):
         export_tflite(qm.plan)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import tvmptq
 from tvmptq.reference.executor import run_plan
@@ -15,17 +13,7 @@ from tvmptq.reference.executor import run_plan
 tvm = pytest.importorskip("tvm")
 import relay_passes as rp  # noqa: E402  (needs tvm)
 from targets.build import compile_integer  # noqa: E402
-
-
-class PostLNBlock(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.q, self.o, self.n1 = nn.Linear(16, 16), nn.Linear(16, 16), nn.LayerNorm(16)
-        self.f1, self.f2, self.n2 = nn.Linear(16, 32), nn.Linear(32, 16), nn.LayerNorm(16)
-
-    def forward(self, x):
-        x = self.n1(x + self.o(self.q(x)))
-        return self.n2(x + self.f2(F.gelu(self.f1(x))))
+from tests.test_tensor_bits import PostLNBlock  # noqa: E402  (the same post-LN block)
 
 
 @pytest.fixture(scope="module")
