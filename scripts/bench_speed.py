@@ -209,15 +209,9 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
 
     # LiteRT: tvmptq's fully-integer TFLite export of the same plan, fed its int8 input
     try:
-        from targets.npu.litert import compare_outputs
-        from tvmptq.export.tflite import export_tflite, quantize_input
+        from tvmptq.export.tflite import export_tflite
         tfl = export_tflite(plan, d / "tvmptq_int8.tflite", batch=1)
-        np.savez(d / "litert_inputs.npz", in0=quantize_input(plan, tfl, np.asarray(evaluation[0][:1])))
-        specs["litert_int8"] = {**base, "engine": "litert_int8", "kind": "litert", "path": str(tfl.path),
-                                "inputs": str(d / "litert_inputs.npz")}
-        eq = compare_outputs(plan, tfl, np.asarray(evaluation[0][:args.exact_samples]), resolvers=("AUTO",))[0]
-        res["litert_vs_reference"] = {"kernels": eq.resolver, "equal": eq.equal, "total": eq.total,
-                                      "max_abs": eq.max_abs, "top1_equal": eq.top1_equal, "samples": eq.samples}
+        _add_litert(specs, plan, tfl, evaluation, d, base, args, res)
     except Exception as err:  # noqa: BLE001 - reported (e.g. MiniLM's float islands have no integer TFLite form)
         res["errors"]["tvmptq TFLite export"] = f"{type(err).__name__}: {str(err)[:300]}"
         log(f"  tvmptq TFLite export / LiteRT failed: {str(err)[:200]}")
@@ -411,6 +405,7 @@ def main(argv=None) -> int:
     from targets.tuning_db import SHIPPED
     args.db = args.db or str(SHIPPED)
     if args.peers_only:
+        args.tune = False  # never tunes: the databases on disk, as the main --no-tune run
         return run_peers(args)
     engines = [e for e in ENGINES if args.engines is None or e[0] in args.engines]
     work = Path(args.work)
@@ -513,6 +508,19 @@ def run_peers(args) -> int:
     return 0
 
 
+def _add_litert(specs: dict, plan, tfl, evaluation, d: Path, base: dict, args, res: dict) -> None:
+    """The LiteRT worker spec of the exported ``tfl`` (fed its int8 input) into ``specs``, then
+    LiteRT's outputs against the NumPy reference into ``res["litert_vs_reference"]``."""
+    from targets.npu.litert import compare_outputs
+    from tvmptq.export.tflite import quantize_input
+    np.savez(d / "litert_inputs.npz", in0=quantize_input(plan, tfl, np.asarray(evaluation[0][:1])))
+    specs["litert_int8"] = {**base, "engine": "litert_int8", "kind": "litert", "path": str(tfl.path),
+                            "inputs": str(d / "litert_inputs.npz")}
+    eq = compare_outputs(plan, tfl, np.asarray(evaluation[0][:args.exact_samples]), resolvers=("AUTO",))[0]
+    res["litert_vs_reference"] = {"kernels": eq.resolver, "equal": eq.equal, "total": eq.total,
+                                  "max_abs": eq.max_abs, "top1_equal": eq.top1_equal, "samples": eq.samples}
+
+
 def prepare_peers(name: str, args, work: Path, res: dict) -> dict | None:
     """The W8A8 plan, its fully-integer TFLite export and the two TVM int8 builds (untuned, and tuned
     from the databases on disk) as worker specs; ``None`` with ``res["refused"]`` when the export
@@ -521,10 +529,8 @@ def prepare_peers(name: str, args, work: Path, res: dict) -> dict | None:
     import tvmptq
     from targets.build import compile_module
     from targets.compare import _for_target, _inputs, _modules, _plan
-    from targets.npu.litert import compare_outputs
     from targets.speed_peers import tflite_or_refusal
     from tvmptq.eval.sets import DEFAULT_SET
-    from tvmptq.export.tflite import quantize_input
     t = targets.get("x86-host")
     T = t.tvm_target()
     d = work / name
@@ -543,15 +549,10 @@ def prepare_peers(name: str, args, work: Path, res: dict) -> dict | None:
     params = mods["fp32"]["main"].params
     xs = _inputs(mods["fp32"], [a[:1] for a in evaluation])
     np.savez(d / "inputs.npz", **{f"in{i}": x for i, x in enumerate(xs)})
-    np.savez(d / "litert_inputs.npz", in0=quantize_input(plan, tfl, evaluation[0][:1]))
     base = {"repeat": args.repeat, "number": args.number, "warmup": args.warmup, "profile_dir": str(d / "profiles")}
-    specs = {"litert_int8": {**base, "engine": "litert_int8", "kind": "litert", "path": str(tfl.path),
-                             "inputs": str(d / "litert_inputs.npz")}}
-    eq = compare_outputs(plan, tfl, evaluation[0][:args.exact_samples], resolvers=("AUTO",))[0]
-    res["litert_vs_reference"] = {"kernels": eq.resolver, "equal": eq.equal, "total": eq.total,
-                                  "max_abs": eq.max_abs, "top1_equal": eq.top1_equal, "samples": eq.samples}
+    specs = {}
+    _add_litert(specs, plan, tfl, evaluation, d, base, args, res)
     tuning: dict = {}
-    args.tune = False  # --peers-only never tunes: the databases on disk, as the main --no-tune run
     ex = {"tvm_int8_untuned": compile_module(tens, T),
           "tvm_int8_tuned": _tvm_build(tens, T, Path(args.db), args, "int8", tuning, name)}
     res["tuning"] = tuning
@@ -561,7 +562,8 @@ def prepare_peers(name: str, args, work: Path, res: dict) -> dict | None:
     for key, e in ex.items():
         e.export_library(str(d / f"{key}.so"))
         specs[key] = {**base, "engine": key, "kind": "tvm", "path": str(d / f"{key}.so"), "inputs": str(d / "inputs.npz")}
-    log(f"{name}: TFLite export, LiteRT check ({eq.equal}/{eq.total} equal) and TVM builds ready")
+    eq = res["litert_vs_reference"]
+    log(f"{name}: TFLite export, LiteRT check ({eq['equal']}/{eq['total']} equal) and TVM builds ready")
     return specs
 
 
