@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .latency_format import format_ms, format_ratio, latency_ratio
+
 REPO = Path(__file__).resolve().parent.parent
 
 # (key, column label); the first seven are the issue's engines, the last one shows what the
@@ -261,27 +263,8 @@ def describe_qdq(path) -> dict:
 
 
 # ------------------------------------------------------------------------------------- report
-def _ms(r) -> str:
-    if r is None:
-        return "-"
-    if "error" in r:
-        return "failed"
-    return f"{r['median_ms']:.3f} ({r['iqr_ms']:.3f})"
-
-
-def _ratio(a, b):
-    """a / b for two latency results, None when either is missing."""
-    if not a or not b or "median_ms" not in a or "median_ms" not in b or b["median_ms"] <= 0:
-        return None
-    return a["median_ms"] / b["median_ms"]
-
-
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
-
-
-def _fmt_ratio(x) -> str:
-    return "-" if x is None else f"{x:.2f}x"
 
 
 def ratios(result: dict) -> list[dict]:
@@ -291,9 +274,9 @@ def ratios(result: dict) -> list[dict]:
     for name, m in result["models"].items():
         for th, lat in m.get("latency", {}).items():
             q = lat.get("tvm_int8_tuned")
-            out.append({"model": name, "threads": int(th), "vs_tvm_fp32": _ratio(lat.get("tvm_fp32_tuned"), q),
-                        "vs_ort_int8": _ratio(lat.get("ort_int8"), q), "vs_ort_fp32": _ratio(lat.get("ort_fp32"), q),
-                        "vs_litert_int8": _ratio(lat.get("litert_int8"), q)})
+            out.append({"model": name, "threads": int(th), "vs_tvm_fp32": latency_ratio(lat.get("tvm_fp32_tuned"), q),
+                        "vs_ort_int8": latency_ratio(lat.get("ort_int8"), q), "vs_ort_fp32": latency_ratio(lat.get("ort_fp32"), q),
+                        "vs_litert_int8": latency_ratio(lat.get("litert_int8"), q)})
     return out
 
 
@@ -347,7 +330,7 @@ def write_report(result: dict, out_md) -> Path:
                   "|---|" + "---|" * len(engines)]
         for name, m in models.items():
             lat = m.get("latency", {}).get(str(th), {})
-            lines.append(f"| {name} | " + " | ".join(_ms(lat.get(k)) for k, _ in engines) + " |")
+            lines.append(f"| {name} | " + " | ".join(format_ms(lat.get(k)) for k, _ in engines) + " |")
         lines.append("")
     errors = [(name, th, k, r["error"]) for name, m in models.items() for th, lat in m.get("latency", {}).items()
               for k, r in lat.items() if r and "error" in r]
@@ -367,9 +350,9 @@ def write_report(result: dict, out_md) -> Path:
     lines += ["## Ratios (TVM int8 tuned is faster when above 1)\n"]
     for r in ratios(result):
         lines.append(f"- {r['model']}, {r['threads']} thread(s): TVM FP32 tuned / TVM int8 tuned = "
-                     f"{_fmt_ratio(r['vs_tvm_fp32'])}; ORT int8 / TVM int8 tuned = {_fmt_ratio(r['vs_ort_int8'])}; "
-                     f"ORT FP32 / TVM int8 tuned = {_fmt_ratio(r['vs_ort_fp32'])}"
-                     + (f"; LiteRT int8 / TVM int8 tuned = {_fmt_ratio(r['vs_litert_int8'])}"
+                     f"{format_ratio(r['vs_tvm_fp32'])}; ORT int8 / TVM int8 tuned = {format_ratio(r['vs_ort_int8'])}; "
+                     f"ORT FP32 / TVM int8 tuned = {format_ratio(r['vs_ort_fp32'])}"
+                     + (f"; LiteRT int8 / TVM int8 tuned = {format_ratio(r['vs_litert_int8'])}"
                         if r.get("vs_litert_int8") is not None else ""))
     eff = [r for r in ratios(result) if r["model"] == "efficientnet_lite0"]
     if eff:
@@ -440,7 +423,7 @@ def write_report(result: dict, out_md) -> Path:
             f, q = r.get("fp32_minsns"), r.get("int8_minsns")
             od = r.get("objdump") or {}
             lines.append(f"| {r['model']} | {r['target']} | {_num(f)} | {_num(q)} | "
-                         f"{_fmt_ratio(q / f) if f and q else '-'} | {r.get('tensorized', '-')} "
+                         f"{format_ratio(q / f) if f and q else '-'} | {r.get('tensorized', '-')} "
                          f"({_pct(r.get('share'))}) | {od.get('sdot', '-')} | {od.get('smmla', '-')} | "
                          f"{_sum(od, ('udot', 'usdot'))} |")
         lines.append("")

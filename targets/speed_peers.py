@@ -17,6 +17,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from .latency_format import format_ms, format_ratio, latency_ratio
+
 BEGIN = "<!-- bench_speed.py --peers-only: begin -->"
 END = "<!-- bench_speed.py --peers-only: end -->"
 PEER_ENGINES = (("tvm_int8_untuned", "TVM int8 untuned"), ("tvm_int8_tuned", "TVM int8 tuned"),
@@ -32,18 +34,6 @@ def tflite_or_refusal(plan, path):
     except TFLiteExportError as err:
         kinds = Counter(re.sub(r"_\d+$", "", n) for n in getattr(plan, "float_islands", ()) or ())
         return None, {"error": str(err), "float_islands": [f"{k} x{v}" for k, v in sorted(kinds.items())]}
-
-
-def _ms(r) -> str:
-    if not r:
-        return "-"
-    return "failed" if "error" in r else f"{r['median_ms']:.3f} ({r['iqr_ms']:.3f})"
-
-
-def _ratio(a, b) -> str:
-    if not a or not b or "median_ms" not in a or "median_ms" not in b or b["median_ms"] <= 0:
-        return "-"
-    return f"{a['median_ms'] / b['median_ms']:.2f}x"
 
 
 def _tuning(t: dict) -> str:
@@ -78,8 +68,8 @@ def peer_lines(p: dict) -> list[str]:
     for name, m in models.items():
         for th in threads:
             lat = m.get("latency", {}).get(str(th), {})
-            lines.append(f"| {name} | {th} | " + " | ".join(_ms(lat.get(k)) for k, _ in PEER_ENGINES)
-                         + f" | {_ratio(lat.get('litert_int8'), lat.get('tvm_int8_tuned'))} |")
+            lines.append(f"| {name} | {th} | " + " | ".join(format_ms(lat.get(k)) for k, _ in PEER_ENGINES)
+                         + f" | {format_ratio(latency_ratio(lat.get('litert_int8'), lat.get('tvm_int8_tuned')))} |")
     lines.append("\nLiteRT / TVM int8 tuned above 1: TVM's program is faster.\n")
     errors = [(n, th, k, r["error"]) for n, m in models.items() for th, lat in m.get("latency", {}).items()
               for k, r in lat.items() if r and "error" in r]
