@@ -213,9 +213,16 @@ def test_artifact_tokenizer_encodes_like_the_sentences_set(tmp_path):
     pre = preprocessing_for(tvmptq.load("minilm_l6"))
     shutil.copyfile(pre.pop("tokenizer_source"), tmp_path / pre["tokenizer"])
     sentences = ["A man is playing a guitar.", "Return the number of items in a container. " * 40]
-    ids, mask = encode_sentences(tmp_path, sentences, pre)
-    want = zoo_encode(sentences)
+    # The second sentence is longer than the compiled 128 tokens: both paths cut it, and say so.
+    with pytest.warns(UserWarning, match=r"1 of 2 sentences are longer than 128 tokens .*#1 'Return"):
+        ids, mask = encode_sentences(tmp_path, sentences, pre)
+    with pytest.warns(UserWarning, match="1 of 2 sentences are longer than 128 tokens"):
+        want = zoo_encode(sentences)
     assert np.array_equal(ids, want[0].numpy()) and np.array_equal(mask, want[1].numpy())
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # short sentences: no warning
+        encode_sentences(tmp_path, sentences[:1], pre)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ because the CLI prints that message as is.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -165,3 +166,15 @@ def load_text_file(path: str | Path) -> list[str]:
     if not sentences:
         raise DataError(f"calibration text file has no non-empty lines: {file}")
     return sentences
+
+
+def warn_truncated(encodings, sentences: Sequence[str], seq_len: int) -> None:
+    """Warn, naming them, about sentences the tokenizer cut at the model's sequence length.
+
+    The compiled program has a fixed length; cutting is what the FP32 model's own tokenizer does
+    too, so the result is what the float model would give, but the user should know it happened."""
+    cut = [i for i, e in enumerate(encodings) if e.overflowing]
+    if cut:
+        first = ", ".join(f"#{i} {sentences[i][:40]!r}" for i in cut[:3])
+        warnings.warn(f"{len(cut)} of {len(encodings)} sentences are longer than {seq_len} tokens and were "
+                      f"truncated to {seq_len} (first: {first})", stacklevel=3)

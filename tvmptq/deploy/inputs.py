@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..data.user import IMAGE_SUFFIXES, _resize_and_centre_crop
+from ..data.user import IMAGE_SUFFIXES, _resize_and_centre_crop, warn_truncated
 from ..errors import ConfigError, DataError
 
 # Zoo models: the preprocessing of their protocol set. Digits are sklearn's 8x8 images scaled to
@@ -80,6 +80,7 @@ def encode_sentences(folder: Path, sentences: list[str], pre: dict) -> tuple[np.
     tok.enable_padding(length=pre["seq_len"], pad_id=pre["pad_id"], pad_token=pre["pad_token"])
     tok.enable_truncation(max_length=pre["seq_len"])
     enc = tok.encode_batch(list(sentences))
+    warn_truncated(enc, sentences, pre["seq_len"])
     return (np.array([e.ids for e in enc], np.int64), np.array([e.attention_mask for e in enc], np.int64))
 
 

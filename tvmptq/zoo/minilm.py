@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tvmptq.data.user import warn_truncated
 from tvmptq.zoo.entry import ZooModel
 
 SEQ_LEN = 128
@@ -147,6 +148,7 @@ def tokenizer():
 def encode_sentences(sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (input_ids int64 [N,128], attention_mask int64 [N,128])."""
     encodings = tokenizer().encode_batch(list(sentences))
+    warn_truncated(encodings, sentences, SEQ_LEN)
     input_ids = torch.tensor([e.ids for e in encodings], dtype=torch.int64)
     attention_mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.int64)
     return input_ids, attention_mask
