@@ -206,6 +206,18 @@ def test_npz_with_several_arrays_needs_a_key(capsys, tmp_path):
     assert "two.npz" in line and "a, b" in line
 
 
+def test_all_padding_attention_mask_is_refused(capsys, tmp_path):
+    # MiniLM calibration arrays where sample 1 has no real token: refused before the model loads
+    # any data into the observers, with the sample named.
+    ids = np.zeros((3, 128), np.int64)
+    mask = np.ones((3, 128), np.int64)
+    mask[1] = 0
+    npz = tmp_path / "tokens.npz"
+    np.savez(npz, input_ids=ids, attention_mask=mask)
+    line = expect_error(capsys, 3, "quantize", "minilm_l6", "--calib", npz, "--report", "0")
+    assert "tokens.npz" in line and "all-padding attention_mask" in line and "sample 1" in line
+
+
 def test_missing_calibration_folder(capsys, tmp_path):
     missing = tmp_path / "no_such_folder"
     line = expect_error(capsys, 3, "quantize", MODEL, "--calib", missing, *FAST)

@@ -150,7 +150,19 @@ def load_named_arrays(path: str | Path, names: Sequence[str], key: str | None = 
     if len({len(a) for a in arrays}) != 1:
         raise DataError(f"{file}: the inputs have different sample counts "
                         + ", ".join(f"{n} {len(a)}" for n, a in zip(names, arrays)))
+    check_attention_mask(names, arrays, f"{what} data {file}")
     return arrays
+
+
+def check_attention_mask(names: Sequence[str], arrays: Sequence[np.ndarray], what: str) -> None:
+    """Refuse samples whose ``attention_mask`` has no real token: a mean-pooled embedding of no
+    tokens is 0/0, and every softmax row would be all padding, so any output would be made up."""
+    for n, a in zip(names, arrays):
+        if n == "attention_mask" and a.ndim == 2:
+            empty = np.flatnonzero(~a.astype(bool).any(axis=1))
+            if empty.size:
+                raise DataError(f"{what}: {empty.size} sample(s) have an all-padding attention_mask (no real "
+                                f"token), e.g. sample {', '.join(map(str, empty[:5]))}")
 
 
 def load_text_file(path: str | Path) -> list[str]:

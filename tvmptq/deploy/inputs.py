@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..data.user import IMAGE_SUFFIXES, _resize_and_centre_crop, warn_truncated
+from ..data.user import IMAGE_SUFFIXES, _resize_and_centre_crop, check_attention_mask, warn_truncated
 from ..errors import ConfigError, DataError
 
 # Zoo models: the preprocessing of their protocol set. Digits are sklearn's 8x8 images scaled to
@@ -129,6 +129,7 @@ def load_inputs(folder: Path, manifest: dict, paths) -> tuple[tuple[np.ndarray, 
                 raise DataError(f"input text file has no non-empty lines: {path}")
             return encode_sentences(folder, sentences, pre), [s[:60] for s in sentences]
         arrays = _load_array_file(path, names)
+        check_attention_mask(names, arrays, f"input {path}")
         return arrays, [f"{path.name}[{i}]" for i in range(len(arrays[0]) if arrays[0].ndim else 0)]
     if pre.get("kind") != "image":
         raise ConfigError(f"model {manifest['model']['name']!r} does not take images; "
