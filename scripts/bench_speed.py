@@ -174,33 +174,22 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
     import torch
 
     import targets
-    import tvmptq
     from targets import kernel_proof as kp
     from targets.build import compile_module
-    from targets.compare import _for_target, _inputs, _modules, _plan
+    from targets.compare import prepare_batch1
     from targets.speed import describe_qdq
-    from tvmptq.eval.sets import DEFAULT_SET
     from tvmptq.export import export_qdq_onnx
     from tvmptq.peers import export_onnx, ort_quantize_static
 
     t = targets.get("x86-host")
     T = t.tvm_target()
     d = work / name
-    d.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model = tvmptq.load(name)
-    data = tvmptq.get_set(DEFAULT_SET[name])
-    plan = _plan(model, DEFAULT_SET[name], args.calib_samples)
-    mods = _modules(model, plan, 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the layers left as they are: in the report
-        tens, kernels = _for_target(mods, "int8", t, plan)
+    prep = prepare_batch1(name, args.calib_samples, d, t)
+    model, data, plan, mods, tens = prep.model, prep.data, prep.plan, prep.mods, prep.tensorized
+    params, evaluation, xs = prep.params, prep.evaluation, prep.xs
     log(f"{name}: W8A8 plan ({args.calib_samples} calibration samples) and Relax modules in "
-        f"{time.perf_counter() - t0:.0f} s; int8 kernels on {t.name}: {kernels or 'none'}")
-    params = mods["fp32"]["main"].params
-    evaluation = [np.asarray(a) for a in data.evaluation()]
-    xs = _inputs(mods["fp32"], [a[:1] for a in evaluation])
-    np.savez(d / "inputs.npz", **{f"in{i}": x for i, x in enumerate(xs)})
+        f"{time.perf_counter() - t0:.0f} s; int8 kernels on {t.name}: {prep.kernels or 'none'}")
     res["inputs"] = ", ".join(f"{str(p.name)} {list(x.shape)} {x.dtype}" for p, x in zip(params, xs))
     res["errors"] = {}
     base = {"inputs": str(d / "inputs.npz"), "repeat": args.repeat, "number": args.number,
@@ -265,8 +254,7 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
     res["kernel_proof"] = kernel_proof(mods["int8"], tens, fused_base, fused_tens, asm, T)
     res["categories"] = {n: kp.kernel_category(s, n) for n, s in kp.kernel_table(fused_tens).items()}
     del asm
-    samples = [[np.ascontiguousarray(a[j:j + 1]).astype(str(p.ty.dtype)) for a, p in zip(evaluation, params)]
-               for j in range(args.exact_samples)]
+    samples = prep.samples(args.exact_samples)
     res["bit_exact"] = bit_exact({"untuned (tensorized)": ex["tvm_int8_untuned"],
                                   "tuned (tensorized)": ex["tvm_int8_tuned"],
                                   "untuned, no dot kernels": ex["tvm_int8_plain"]}, plan, samples)
@@ -526,29 +514,20 @@ def prepare_peers(name: str, args, work: Path, res: dict) -> dict | None:
     from the databases on disk) as worker specs; ``None`` with ``res["refused"]`` when the export
     refuses the model (nothing is built in TVM for it)."""
     import targets
-    import tvmptq
     from targets.build import compile_module
-    from targets.compare import _for_target, _inputs, _modules, _plan
+    from targets.compare import prepare_batch1, zoo_plan
     from targets.speed_peers import tflite_or_refusal
-    from tvmptq.eval.sets import DEFAULT_SET
     t = targets.get("x86-host")
     T = t.tvm_target()
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
-    model = tvmptq.load(name)
-    plan = _plan(model, DEFAULT_SET[name], args.calib_samples)
+    model, plan = zoo_plan(name, args.calib_samples)
     tfl, refusal = tflite_or_refusal(plan, d / "tvmptq_int8.tflite")
     if tfl is None:
         res["refused"] = refusal
         return None
-    evaluation = [np.asarray(a) for a in tvmptq.get_set(DEFAULT_SET[name]).evaluation()]
-    mods = _modules(model, plan, 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        tens, _ = _for_target(mods, "int8", t, plan)
-    params = mods["fp32"]["main"].params
-    xs = _inputs(mods["fp32"], [a[:1] for a in evaluation])
-    np.savez(d / "inputs.npz", **{f"in{i}": x for i, x in enumerate(xs)})
+    prep = prepare_batch1(name, args.calib_samples, d, t, planned=(model, plan))
+    tens, evaluation = prep.tensorized, prep.evaluation
     base = {"repeat": args.repeat, "number": args.number, "warmup": args.warmup, "profile_dir": str(d / "profiles")}
     specs = {}
     _add_litert(specs, plan, tfl, evaluation, d, base, args, res)
@@ -556,9 +535,8 @@ def prepare_peers(name: str, args, work: Path, res: dict) -> dict | None:
     ex = {"tvm_int8_untuned": compile_module(tens, T),
           "tvm_int8_tuned": _tvm_build(tens, T, Path(args.db), args, "int8", tuning, name)}
     res["tuning"] = tuning
-    samples = [[np.ascontiguousarray(a[j:j + 1]).astype(str(p.ty.dtype)) for a, p in zip(evaluation, params)]
-               for j in range(args.exact_samples)]
-    res["bit_exact"] = bit_exact({"untuned": ex["tvm_int8_untuned"], "tuned": ex["tvm_int8_tuned"]}, plan, samples)
+    res["bit_exact"] = bit_exact({"untuned": ex["tvm_int8_untuned"], "tuned": ex["tvm_int8_tuned"]}, plan,
+                                 prep.samples(args.exact_samples))
     for key, e in ex.items():
         e.export_library(str(d / f"{key}.so"))
         specs[key] = {**base, "engine": key, "kind": "tvm", "path": str(d / f"{key}.so"), "inputs": str(d / "inputs.npz")}
