@@ -15,8 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import tvmptq  # noqa: E402
-from tvmptq.eval.sets import DEFAULT_SET, batches, run_outputs, score, torch_runner  # noqa: E402
-from tvmptq.quant.calibrate import build_plan, collect_statistics  # noqa: E402
+from bench_common import calibrated  # noqa: E402
+from tvmptq.eval.sets import run_outputs, score, torch_runner  # noqa: E402
+from tvmptq.quant.calibrate import build_plan  # noqa: E402
 from tvmptq.quant.simulate import simulate  # noqa: E402
 
 
@@ -28,14 +29,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/bias_correction.md")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    model = tvmptq.load(args.model)
-    evalset = tvmptq.get_set(DEFAULT_SET[args.model])
-    graph = tvmptq.prepare(model)
-    calib, evals = evalset.calibration(), evalset.evaluation()
-    if args.eval_samples:
-        evals = tuple(a[:args.eval_samples] for a in evals)
-    ref = run_outputs(torch_runner(graph.gm), evals, 32, "fp32")
-    observers, _ = collect_statistics(graph, batches(calib, 32))
+    c = calibrated(args.model, args.eval_samples)
+    evalset, graph, calib, evals, ref, observers = c.evalset, c.graph, c.calib, c.evals, c.ref, c.observers
     lines = ["# Bias correction ablation", "", "```", "$ .venv/bin/python " + " ".join(
         shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]), "```", "",
         f"{args.model}, {len(evals[0])} evaluation samples, metrics vs FP32 (integer-exact simulation).", ""]

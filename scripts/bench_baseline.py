@@ -36,11 +36,8 @@ from tvmptq.eval.sets import DEFAULT_SET, batches, run_outputs, score, torch_run
 from tvmptq.quant.calibrate import build_plan, collect_statistics  # noqa: E402
 from tvmptq.quant.simulate import simulate  # noqa: E402
 from tvmptq.util import peak_rss_mb  # noqa: E402
+from bench_common import PROTOCOL_BITS  # noqa: E402
 
-BITS = {"efficientnet_lite0": ["W8A8", "W6A6", "W4A8", "W4A4"],
-        "minilm_l6": ["W8A8", "W6A6", "W4A8", "W4A4"],
-        "digits_resnet": ["W8A8", "W6A6", "W4A8", "W4A4", "W2A4"],
-        "digits_vit": ["W8A8", "W6A6", "W4A8", "W4A4", "W2A4"]}
 COLUMNS = {"classification": [("top1_agreement", "top-1 agr %", 1), ("top5_contains_ref_top1", "top-5 %", 1),
                               ("kl_mean", "KL", 4), ("sqnr_db", "SQNR dB", 2)],
            "embedding": [("cosine_mean", "cosine", 4), ("spearman", "Spearman", 4),
@@ -66,7 +63,7 @@ def bench_model(name: str, eval_samples: int | None, batch_size: int) -> dict:
     state_kb = sum(o.counts.nbytes for o in observers.values()) / 1024
     probe = tuple(a[:AUTO_SELECT_SAMPLES] for a in calib)
     probe_ref = run_outputs(torch_runner(graph.gm), probe, batch_size, progress=False)
-    for bits in BITS[name]:
+    for bits in PROTOCOL_BITS[name]:
         w, a = (int(v) for v in bits[1:].split("A"))
         probe_sqnr = {}
         for rule in OBSERVERS:

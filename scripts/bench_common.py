@@ -1,5 +1,7 @@
-"""Setup shared by the accuracy benchmarks (bench_cwac.py, bench_reconstruction.py): one zoo
-model's graph, calibration and evaluation slices, and the timing of a compiled callable."""
+"""Setup shared by the accuracy benchmarks (bench_baseline.py, bench_cwac.py, bench_reconstruction.py,
+bench_lowering.py, ablation_bias_correction.py): the protocol's bit widths per zoo model, one zoo model's
+graph, calibration and evaluation slices (with its FP32 outputs and calibration statistics), and the
+timing of a compiled callable."""
 from __future__ import annotations
 
 import sys
@@ -17,6 +19,12 @@ import tvmptq  # noqa: E402
 from tvmptq.eval.sets import DEFAULT_SET  # noqa: E402
 
 PRIMARY = {"classification": "top1_agreement", "embedding": "cosine_mean"}
+# The bit widths the baseline and CWAC tables report per zoo model (W2A4 only where the digits models
+# still carry meaning at 2 bits).
+PROTOCOL_BITS = {"efficientnet_lite0": ["W8A8", "W6A6", "W4A8", "W4A4"],
+                 "minilm_l6": ["W8A8", "W6A6", "W4A8", "W4A4"],
+                 "digits_resnet": ["W8A8", "W6A6", "W4A8", "W4A4", "W2A4"],
+                 "digits_vit": ["W8A8", "W6A6", "W4A8", "W4A4", "W2A4"]}
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,33 @@ def load_case(name: str, calib_samples: int, eval_samples: int) -> Case:
     evals = tuple(a[:eval_samples] for a in evalset.evaluation())
     labels = evalset.labels()[:len(evals[0])] if evalset.labels else None
     return Case(model, evalset, tvmptq.prepare(model), calib, evals, labels, PRIMARY[evalset.task])
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """A zoo model's graph with its FP32 outputs on the evaluation slice and its calibration statistics
+    (the whole calibration set): what a table of plans built from the same statistics starts from."""
+    model: object
+    evalset: object
+    graph: object
+    calib: tuple       # the whole calibration set
+    evals: tuple       # the first eval_samples evaluation inputs (all of them when None)
+    ref: object        # the FP32 graph's outputs on evals
+    observers: dict    # collect_statistics over calib
+
+
+def calibrated(name: str, eval_samples: int | None = None, batch_size: int = 32) -> Calibrated:
+    from tvmptq.eval.sets import batches, run_outputs, torch_runner
+    from tvmptq.quant.calibrate import collect_statistics
+    model = tvmptq.load(name)
+    evalset = tvmptq.get_set(DEFAULT_SET[name])
+    graph = tvmptq.prepare(model)
+    calib, evals = evalset.calibration(), evalset.evaluation()
+    if eval_samples:
+        evals = tuple(a[:eval_samples] for a in evals)
+    ref = run_outputs(torch_runner(graph.gm), evals, batch_size, "fp32")
+    observers, _ = collect_statistics(graph, batches(calib, batch_size))
+    return Calibrated(model, evalset, graph, calib, evals, ref, observers)
 
 
 def relax_import(model, batch: int):

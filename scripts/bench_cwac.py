@@ -35,14 +35,9 @@ sys.path.insert(0, str(REPO))
 import tvmptq  # noqa: E402
 from tvmptq.api import AUTO_SELECT_SAMPLES, QuantizedModel, apply_method, select_observer  # noqa: E402
 from tvmptq.eval.sets import batches, run_outputs, score, torch_runner  # noqa: E402
-from bench_common import latency_ms, load_case, relax_import  # noqa: E402
+from bench_common import PROTOCOL_BITS, latency_ms, load_case, relax_import  # noqa: E402
 from tvmptq.quant.calibrate import collect_statistics  # noqa: E402
 
-BITS = {"efficientnet_lite0": ["W8A8", "W6A6", "W4A8", "W4A4"],
-        "minilm_l6": ["W8A8", "W6A6", "W4A8", "W4A4"],
-        "digits_resnet": ["W8A8", "W6A6", "W4A8", "W4A4", "W2A4"],
-        "digits_vit": ["W8A8", "W6A6", "W4A8", "W4A4", "W2A4"]}
-PRIMARY = {"classification": "top1_agreement", "embedding": "cosine_mean"}
 # Ablations are variations of the FP32-stream fit (the default before target="auto"), so each
 # row changes one thing; the two target rows are the candidates "auto" chooses between.
 FP = {"target": "fp_stream"}
@@ -315,7 +310,7 @@ def write_md(rows, args, path: Path, seconds: float):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=list(BITS))
+    p.add_argument("--models", nargs="+", default=list(PROTOCOL_BITS))
     p.add_argument("--bits", nargs="+", default=None)
     p.add_argument("--eval-samples", type=int, default=None)
     p.add_argument("--calib-samples", type=int, default=256)
@@ -340,7 +335,7 @@ def main():
         kept = [r for r in json.loads(Path(args.out).with_suffix(".json").read_text()) if r["model"] not in args.models]
     rows = []
     for name in args.models:
-        bits = [b for b in BITS[name] if args.bits is None or b in args.bits]
+        bits = [b for b in PROTOCOL_BITS[name] if args.bits is None or b in args.bits]
         rows += bench_model(name, bits, args)
         write_md(kept + rows, args, Path(args.out), time.perf_counter() - t0)
     print(f"wrote {args.out}")

@@ -36,9 +36,10 @@ sys.path.insert(0, str(REPO))
 import relay_passes as rp  # noqa: E402
 from targets.build import compile_integer  # noqa: E402
 import tvmptq  # noqa: E402
-from tvmptq.eval.sets import DEFAULT_SET, batches, run_outputs, score, torch_runner  # noqa: E402
+from bench_common import calibrated  # noqa: E402
+from tvmptq.eval.sets import run_outputs, score, torch_runner  # noqa: E402
 from tvmptq.export.qdq_onnx import run_qdq_onnx  # noqa: E402
-from tvmptq.quant.calibrate import build_plan, collect_statistics  # noqa: E402
+from tvmptq.quant.calibrate import build_plan  # noqa: E402
 from tvmptq.quant.simulate import simulate  # noqa: E402
 from tvmptq.reference import run_plan  # noqa: E402
 
@@ -77,14 +78,8 @@ def agreement(task, sim, comp) -> dict:
 
 
 def bench_model(name: str, args, log) -> dict:
-    model = tvmptq.load(name)
-    evalset = tvmptq.get_set(DEFAULT_SET[name])
-    graph = tvmptq.prepare(model)
-    calib, evals = evalset.calibration(), evalset.evaluation()
-    if args.eval_samples:
-        evals = tuple(a[:args.eval_samples] for a in evals)
-    ref = run_outputs(torch_runner(graph.gm), evals, 32, "fp32")
-    observers, _ = collect_statistics(graph, batches(calib, 32))
+    c = calibrated(name, args.eval_samples)
+    model, evalset, graph, calib, evals, ref, observers = c.model, c.evalset, c.graph, c.calib, c.evals, c.ref, c.observers
     imported = rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(BATCH[name])))
     result = {"model": name, "samples": len(evals[0]), "task": evalset.task, "rows": [],
               "ops_before": dict(rp.op_counts(imported))}

@@ -36,9 +36,7 @@ scratch adds about 5 s per trial and variant (64 trials: ~5 min per model and va
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import platform
 import sys
 import time
@@ -47,26 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench_speed_builds import REPO, T0, add_litert, bit_exact, budget, host_stamp, log, measure_jobs, tvm_build
 
 MODELS = ("efficientnet_lite0", "minilm_l6", "digits_resnet", "digits_vit")
 ARM_TARGETS = ("cortex-a76", "neoverse-v1")
-T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:7.0f} s] {msg}", flush=True)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ------------------------------------------------------------------------------------- preparation
@@ -75,71 +57,6 @@ def _onnx_input_names(path) -> list[str]:
     m = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in m.graph.initializer}
     return [i.name for i in m.graph.input if i.name not in inits]
-
-
-def budget(name: str, args) -> tuple[int, int, int]:
-    """(trials, cover, chunk) of one model: targets.tune.ZOO_BUDGETS unless given on the command line."""
-    from targets.tune import ZOO_BUDGETS
-    trials, cover, chunk = ZOO_BUDGETS.get(name, (64, 4, 16))
-    return (args.trials or trials, cover if args.cover is None else args.cover, args.chunk or chunk)
-
-
-def _tvm_build(mod, T, root, args, variant: str, tuning: dict, name: str):
-    """Compile ``mod`` for the x86 target, tuned with this CPU's database under ``root`` (topped up to
-    the model's budget first unless --no-tune; with --no-tune and none for this CPU, the one tuned on
-    another CPU of the same architecture, named in the report); records what it holds in ``tuning``."""
-    from targets.build import compile_module
-    from targets.tune import apply_database, database_summary, tune
-    from targets.tuning_db import target_cpu, transferable_database, usable_database, zoo_folder
-    folder = zoo_folder(root, "x86-host", name, variant, 1, T)
-    if args.tune:
-        trials, cover, chunk = budget(name, args)
-        log(f"  tuning {variant}: top up {folder} to {trials} trials (cover {cover}, chunk {chunk})")
-        r = tune(mod, T, folder, trials, chunk, cover=cover, log=lambda m: log("  " + m))
-        info = {"trials_run": r["trials_run"]}
-    else:
-        info = {}
-        other = transferable_database(root, "x86-host", name, variant, 1, T) if usable_database(folder, T) else None
-        if other is not None:
-            folder, info["tuned_on"] = other
-            log(f"  {variant}: schedules tuned on {other[1]} ({folder}), applied on {target_cpu(T)}")
-    info["folder"] = str(folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder)
-    why = usable_database(folder, T) if "tuned_on" not in info else None
-    if why is None:
-        ex = apply_database(mod, T, folder)
-        info.update(database_summary(folder), tuned_on=info.get("tuned_on", target_cpu(T)))
-    else:
-        ex = compile_module(mod, T)
-        info.update(trials_in_db=0, note=f"built untuned: {why}")
-    tuning[variant] = info
-    return ex
-
-
-def _vm(ex):
-    import tvm
-    from tvm import relax
-    return relax.VirtualMachine(ex, tvm.cpu())
-
-
-def _run_vm(vm, xs):
-    import tvm
-    out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(x)) for x in xs])
-    out = out if hasattr(out, "numpy") else out[0]
-    return out.numpy()
-
-
-def bit_exact(builds: dict, plan, samples: list[list[np.ndarray]]) -> list[dict]:
-    """Every TVM int8 build against the NumPy reference executor, one batch-1 call per sample."""
-    from tvmptq.reference import run_plan
-    refs = [run_plan(plan, *s) for s in samples]
-    rows = []
-    for variant, ex in builds.items():
-        vm = _vm(ex)
-        outs = [_run_vm(vm, s) for s in samples]
-        same = all(np.array_equal(o, r) for o, r in zip(outs, refs))
-        diff = max(float(np.max(np.abs(o.astype(np.float64) - np.asarray(r, np.float64)))) for o, r in zip(outs, refs))
-        rows.append({"variant": variant, "samples": len(samples), "bit_exact": bool(same), "max_abs_diff": diff})
-    return rows
 
 
 def kernel_proof(base, tensorized, fused_base, fused_tens, asm: dict, T) -> dict:
@@ -174,33 +91,22 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
     import torch
 
     import targets
-    import tvmptq
     from targets import kernel_proof as kp
     from targets.build import compile_module
-    from targets.compare import _for_target, _inputs, _modules, _plan
+    from targets.compare import prepare_batch1
     from targets.speed import describe_qdq
-    from tvmptq.eval.sets import DEFAULT_SET
     from tvmptq.export import export_qdq_onnx
     from tvmptq.peers import export_onnx, ort_quantize_static
 
     t = targets.get("x86-host")
     T = t.tvm_target()
     d = work / name
-    d.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model = tvmptq.load(name)
-    data = tvmptq.get_set(DEFAULT_SET[name])
-    plan = _plan(model, DEFAULT_SET[name], args.calib_samples)
-    mods = _modules(model, plan, 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the layers left as they are: in the report
-        tens, kernels = _for_target(mods, "int8", t, plan)
+    prep = prepare_batch1(name, args.calib_samples, d, t)
+    model, data, plan, mods, tens = prep.model, prep.data, prep.plan, prep.mods, prep.tensorized
+    params, evaluation, xs = prep.params, prep.evaluation, prep.xs
     log(f"{name}: W8A8 plan ({args.calib_samples} calibration samples) and Relax modules in "
-        f"{time.perf_counter() - t0:.0f} s; int8 kernels on {t.name}: {kernels or 'none'}")
-    params = mods["fp32"]["main"].params
-    evaluation = [np.asarray(a) for a in data.evaluation()]
-    xs = _inputs(mods["fp32"], [a[:1] for a in evaluation])
-    np.savez(d / "inputs.npz", **{f"in{i}": x for i, x in enumerate(xs)})
+        f"{time.perf_counter() - t0:.0f} s; int8 kernels on {t.name}: {prep.kernels or 'none'}")
     res["inputs"] = ", ".join(f"{str(p.name)} {list(x.shape)} {x.dtype}" for p, x in zip(params, xs))
     res["errors"] = {}
     base = {"inputs": str(d / "inputs.npz"), "repeat": args.repeat, "number": args.number,
@@ -211,7 +117,7 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
     try:
         from tvmptq.export.tflite import export_tflite
         tfl = export_tflite(plan, d / "tvmptq_int8.tflite", batch=1)
-        _add_litert(specs, plan, tfl, evaluation, d, base, args, res)
+        add_litert(specs, plan, tfl, evaluation, d, base, args, res)
     except Exception as err:  # noqa: BLE001 - reported (e.g. MiniLM's float islands have no integer TFLite form)
         res["errors"]["tvmptq TFLite export"] = f"{type(err).__name__}: {str(err)[:300]}"
         log(f"  tvmptq TFLite export / LiteRT failed: {str(err)[:200]}")
@@ -246,9 +152,9 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
     t0 = time.perf_counter()
     tuning: dict = {}
     root = Path(args.db)
-    ex = {"tvm_fp32_tuned": _tvm_build(mods["fp32"], T, root, args, "fp32", tuning, name),
+    ex = {"tvm_fp32_tuned": tvm_build(mods["fp32"], T, root, args, "fp32", tuning, name),
           "tvm_int8_untuned": compile_module(tens, T),
-          "tvm_int8_tuned": _tvm_build(tens, T, root, args, "int8", tuning, name),
+          "tvm_int8_tuned": tvm_build(tens, T, root, args, "int8", tuning, name),
           "tvm_int8_plain": compile_module(mods["int8"], T)}
     res["tuning"] = tuning
     for key, e in ex.items():
@@ -265,8 +171,7 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
     res["kernel_proof"] = kernel_proof(mods["int8"], tens, fused_base, fused_tens, asm, T)
     res["categories"] = {n: kp.kernel_category(s, n) for n, s in kp.kernel_table(fused_tens).items()}
     del asm
-    samples = [[np.ascontiguousarray(a[j:j + 1]).astype(str(p.ty.dtype)) for a, p in zip(evaluation, params)]
-               for j in range(args.exact_samples)]
+    samples = prep.samples(args.exact_samples)
     res["bit_exact"] = bit_exact({"untuned (tensorized)": ex["tvm_int8_untuned"],
                                   "tuned (tensorized)": ex["tvm_int8_tuned"],
                                   "untuned, no dot kernels": ex["tvm_int8_plain"]}, plan, samples)
@@ -398,21 +303,20 @@ def main(argv=None) -> int:
     import onnxruntime
     import torch
     import tvm
-    from tqdm import tqdm
 
-    import targets
-    from targets.speed import ENGINES, measure_in_subprocess, write_report
+    from targets.speed import ENGINES
+    from targets.speed_report import write_report
     from targets.tuning_db import SHIPPED
     args.db = args.db or str(SHIPPED)
     if args.peers_only:
         args.tune = False  # never tunes: the databases on disk, as the main --no-tune run
+        from bench_speed_peers import run_peers
         return run_peers(args)
     engines = [e for e in ENGINES if args.engines is None or e[0] in args.engines]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     result = {"command": " ".join(["scripts/bench_speed.py"] + (sys.argv[1:] if argv is None else list(argv))),
-              "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "cpu_model": _cpu_model(),
-              "host_cpu": targets.host_cpu(), "cores": len(os.sched_getaffinity(0)),
+              **host_stamp(),
               "versions": {"tvm": tvm.__version__, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
                            "python": platform.python_version()},
               "budgets": {n: dict(zip(("trials", "cover", "chunk"), budget(n, args))) for n in args.models},
@@ -432,11 +336,7 @@ def main(argv=None) -> int:
 
     jobs = [(th, name, key) for th in args.threads for name in args.models for key, _ in engines
             if key in preps[name]["specs"]]
-    log(f"== latency: {len(jobs)} measurements, each in a fresh process")
-    for th, name, key in tqdm(jobs, desc="latency", file=sys.stderr, dynamic_ncols=True):
-        r = measure_in_subprocess(preps[name]["specs"][key], th, work / "workers")
-        result["models"][name].setdefault("latency", {}).setdefault(str(th), {})[key] = r
-        log(f"  {name} {key} {th}t: " + (r["error"] if "error" in r else f"{r['median_ms']:.3f} ms (IQR {r['iqr_ms']:.3f})"))
+    measure_jobs(jobs, {n: p["specs"] for n, p in preps.items()}, result["models"], work)
     for name in args.models:  # engines that could not be built are listed as failed, not left blank
         for th in args.threads:
             lat = result["models"][name].setdefault("latency", {}).setdefault(str(th), {})
@@ -468,103 +368,6 @@ def main(argv=None) -> int:
     out = write_report(result, Path(args.out))
     log(f"wrote {out} ({result['seconds'] / 60:.1f} min)")
     return 0
-
-
-def run_peers(args) -> int:
-    """--peers-only: LiteRT int8 and the TVM int8 programs it is compared with, timed in this one run;
-    written as the peers section of <out> (targets/speed_peers.py), the main tables untouched."""
-    import tvm
-    from ai_edge_litert import __version__ as litert_version
-    from tqdm import tqdm
-
-    import targets
-    from targets.speed import measure_in_subprocess
-    from targets.speed_peers import PEER_ENGINES, write_peers
-    work = Path(args.work)
-    peers = {"command": " ".join(["scripts/bench_speed.py"] + sys.argv[1:]),
-             "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "cpu_model": _cpu_model(),
-             "host_cpu": targets.host_cpu(), "cores": len(os.sched_getaffinity(0)),
-             "versions": {"tvm": tvm.__version__, "ai_edge_litert": litert_version, "python": platform.python_version()},
-             "tune": False, "repeat": args.repeat, "number": args.number, "warmup": args.warmup,
-             "threads": args.threads, "calib_samples": args.calib_samples, "models": {}, "refused": {}}
-    specs = {}
-    for name in args.models:
-        log(f"== {name}: preparing (peers)")
-        res = {}
-        got = prepare_peers(name, args, work, res)
-        if got is None:
-            peers["refused"][name] = res["refused"]
-            log(f"  {name}: refused by the TFLite export, skipped: {res['refused']['error']}")
-            continue
-        peers["models"][name], specs[name] = res, got
-    jobs = [(th, n, k) for th in args.threads for n in specs for k, _ in PEER_ENGINES]
-    log(f"== latency: {len(jobs)} measurements, each in a fresh process")
-    for th, name, key in tqdm(jobs, desc="latency", file=sys.stderr, dynamic_ncols=True):
-        r = measure_in_subprocess(specs[name][key], th, work / "workers")
-        peers["models"][name].setdefault("latency", {}).setdefault(str(th), {})[key] = r
-        log(f"  {name} {key} {th}t: " + (r["error"] if "error" in r else f"{r['median_ms']:.3f} ms (IQR {r['iqr_ms']:.3f})"))
-    peers["seconds"] = time.perf_counter() - T0
-    log(f"wrote the peers section of {write_peers(peers, Path(args.out))} ({peers['seconds'] / 60:.1f} min)")
-    return 0
-
-
-def _add_litert(specs: dict, plan, tfl, evaluation, d: Path, base: dict, args, res: dict) -> None:
-    """The LiteRT worker spec of the exported ``tfl`` (fed its int8 input) into ``specs``, then
-    LiteRT's outputs against the NumPy reference into ``res["litert_vs_reference"]``."""
-    from targets.npu.litert import compare_outputs
-    from tvmptq.export.tflite import quantize_input
-    np.savez(d / "litert_inputs.npz", in0=quantize_input(plan, tfl, np.asarray(evaluation[0][:1])))
-    specs["litert_int8"] = {**base, "engine": "litert_int8", "kind": "litert", "path": str(tfl.path),
-                            "inputs": str(d / "litert_inputs.npz")}
-    eq = compare_outputs(plan, tfl, np.asarray(evaluation[0][:args.exact_samples]), resolvers=("AUTO",))[0]
-    res["litert_vs_reference"] = {"kernels": eq.resolver, "equal": eq.equal, "total": eq.total,
-                                  "max_abs": eq.max_abs, "top1_equal": eq.top1_equal, "samples": eq.samples}
-
-
-def prepare_peers(name: str, args, work: Path, res: dict) -> dict | None:
-    """The W8A8 plan, its fully-integer TFLite export and the two TVM int8 builds (untuned, and tuned
-    from the databases on disk) as worker specs; ``None`` with ``res["refused"]`` when the export
-    refuses the model (nothing is built in TVM for it)."""
-    import targets
-    import tvmptq
-    from targets.build import compile_module
-    from targets.compare import _for_target, _inputs, _modules, _plan
-    from targets.speed_peers import tflite_or_refusal
-    from tvmptq.eval.sets import DEFAULT_SET
-    t = targets.get("x86-host")
-    T = t.tvm_target()
-    d = work / name
-    d.mkdir(parents=True, exist_ok=True)
-    model = tvmptq.load(name)
-    plan = _plan(model, DEFAULT_SET[name], args.calib_samples)
-    tfl, refusal = tflite_or_refusal(plan, d / "tvmptq_int8.tflite")
-    if tfl is None:
-        res["refused"] = refusal
-        return None
-    evaluation = [np.asarray(a) for a in tvmptq.get_set(DEFAULT_SET[name]).evaluation()]
-    mods = _modules(model, plan, 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        tens, _ = _for_target(mods, "int8", t, plan)
-    params = mods["fp32"]["main"].params
-    xs = _inputs(mods["fp32"], [a[:1] for a in evaluation])
-    np.savez(d / "inputs.npz", **{f"in{i}": x for i, x in enumerate(xs)})
-    base = {"repeat": args.repeat, "number": args.number, "warmup": args.warmup, "profile_dir": str(d / "profiles")}
-    specs = {}
-    _add_litert(specs, plan, tfl, evaluation, d, base, args, res)
-    tuning: dict = {}
-    ex = {"tvm_int8_untuned": compile_module(tens, T),
-          "tvm_int8_tuned": _tvm_build(tens, T, Path(args.db), args, "int8", tuning, name)}
-    res["tuning"] = tuning
-    samples = [[np.ascontiguousarray(a[j:j + 1]).astype(str(p.ty.dtype)) for a, p in zip(evaluation, params)]
-               for j in range(args.exact_samples)]
-    res["bit_exact"] = bit_exact({"untuned": ex["tvm_int8_untuned"], "tuned": ex["tvm_int8_tuned"]}, plan, samples)
-    for key, e in ex.items():
-        e.export_library(str(d / f"{key}.so"))
-        specs[key] = {**base, "engine": key, "kind": "tvm", "path": str(d / f"{key}.so"), "inputs": str(d / "inputs.npz")}
-    eq = res["litert_vs_reference"]
-    log(f"{name}: TFLite export, LiteRT check ({eq['equal']}/{eq['total']} equal) and TVM builds ready")
-    return specs
 
 
 if __name__ == "__main__":

@@ -14,33 +14,18 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
-
-import numpy as np
 
 
 def build(work: Path, calib: int):
     import targets
-    import tvmptq
     from targets.build import compile_module
-    from targets.compare import _for_target, _inputs, _modules, _plan
-    from tvmptq.eval.sets import DEFAULT_SET
-    name = "minilm_l6"
+    from targets.compare import prepare_batch1
     t = targets.get("x86-host")
-    model = tvmptq.load(name)
-    plan = _plan(model, DEFAULT_SET[name], calib)
-    mods = _modules(model, plan, 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        tens, note = _for_target(mods, "int8", t, plan)
-    data = tvmptq.get_set(DEFAULT_SET[name])
-    xs = _inputs(mods["fp32"], [np.asarray(a)[:1] for a in data.evaluation()])
-    work.mkdir(parents=True, exist_ok=True)
-    np.savez(work / "inputs.npz", **{f"in{i}": x for i, x in enumerate(xs)})
-    ex = compile_module(tens, t.tvm_target())
+    prep = prepare_batch1("minilm_l6", calib, work, t)
+    ex = compile_module(prep.tensorized, t.tvm_target())
     ex.export_library(str(work / "int8.so"))
-    return note
+    return prep.kernels
 
 
 def main(argv=None) -> int:

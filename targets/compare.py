@@ -17,6 +17,7 @@ import json
 import platform
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,57 @@ def _for_target(mods, var, t, plan):
     mod = tensorize(mod)
     done = sum(r.tensorized for r in tensorize.report)
     return mod, f"{isa.name} {done}/{len(tensorize.report)}"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A zoo model made ready for a target's batch-1 int8 build (:func:`prepare_batch1`)."""
+    model: object
+    data: object        # its protocol set (tvmptq.get_set)
+    plan: object        # the W8A8 plan
+    mods: dict          # {"fp32", "int8"}: the Relax modules at batch 1
+    tensorized: object  # mods["int8"] as ``tvmptq compile`` builds it for the target (_for_target)
+    kernels: str        # _for_target's note on the dot-product kernels
+    evaluation: list    # the protocol set's evaluation arrays
+    xs: list            # batch-1 inputs, one per parameter of ``main``
+    inputs: Path        # xs saved as in0, in1, ... (the inputs of targets.speed's workers)
+
+    @property
+    def params(self):
+        return self.mods["fp32"]["main"].params
+
+    def samples(self, n: int) -> list[list[np.ndarray]]:
+        """The first ``n`` evaluation samples, each as batch-1 inputs in the parameters' dtypes."""
+        return [[np.ascontiguousarray(a[j:j + 1]).astype(str(p.ty.dtype)) for a, p in zip(self.evaluation, self.params)]
+                for j in range(n)]
+
+
+def zoo_plan(name: str, calib_samples: int):
+    """(model, its W8A8 plan on the first ``calib_samples`` calibration samples of its protocol set)."""
+    import tvmptq
+    from tvmptq.eval.sets import DEFAULT_SET
+    model = tvmptq.load(name)
+    return model, _plan(model, DEFAULT_SET[name], calib_samples)
+
+
+def prepare_batch1(name: str, calib_samples: int, work, target, planned=None) -> Prepared:
+    """Plan, batch-1 Relax modules and the int8 module tensorized for ``target`` (a targets.Target)
+    of zoo model ``name``, with its batch-1 evaluation inputs saved as ``work/inputs.npz``.
+    ``planned``: the (model, plan) of :func:`zoo_plan` when the caller needed the plan first."""
+    import tvmptq
+    from tvmptq.eval.sets import DEFAULT_SET
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    model, plan = planned or zoo_plan(name, calib_samples)
+    data = tvmptq.get_set(DEFAULT_SET[name])
+    mods = _modules(model, plan, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the layers left as they are: in the callers' reports
+        tens, kernels = _for_target(mods, "int8", target, plan)
+    evaluation = [np.asarray(a) for a in data.evaluation()]
+    xs = _inputs(mods["fp32"], [a[:1] for a in evaluation])
+    np.savez(work / "inputs.npz", **{f"in{i}": x for i, x in enumerate(xs)})
+    return Prepared(model, data, plan, mods, tens, kernels, evaluation, xs, work / "inputs.npz")
 
 
 def _x86_latency(ex, args, repeat, number, warmup):

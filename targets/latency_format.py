@@ -1,4 +1,4 @@
-"""How latency results read in the reports (targets/speed.py's tables and targets/speed_peers.py's
+"""How latency results read in the reports (targets/speed_report.py's tables and targets/speed_peers.py's
 section): one formatting for both, so a median, a failure and a ratio look the same everywhere."""
 from __future__ import annotations
 

@@ -22,6 +22,14 @@ class TuneDatabaseError(DataError):
 # CPU they were measured on (a trial's time, and so which schedule wins, belongs to that CPU).
 SHIPPED = Path(__file__).resolve().parent / "tuned"
 SECONDS = "seconds.json"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shown(folder) -> str:
+    """How a database folder is named in a reason that reaches a results file: relative to the
+    repository when inside it, else its CPU folder and its own name (never this machine's absolute path)."""
+    folder = Path(folder).resolve()
+    return str(folder.relative_to(REPO) if folder.is_relative_to(REPO) else Path(folder.parent.name) / folder.name)
 
 
 def target_cpu(tvm_target) -> str:
@@ -84,15 +92,15 @@ def usable_database(folder, tvm_target) -> str | None:
     else the reason it cannot be used."""
     folder = Path(folder)
     if not has_records(folder):
-        return f"no tuning records in {folder}"
+        return f"no tuning records in {shown(folder)}"
     want = str(with_cores(tvm_target))
     try:
         have = _tuned_for(folder)
     except TuneDatabaseError:
         have = None
     if have is None:
-        return f"{folder / META} is missing or unreadable"
-    return None if have == want else f"{folder} was tuned for {have}; this machine's target is {want}"
+        return f"{shown(folder) + '/' + META} is missing or unreadable"
+    return None if have == want else f"{shown(folder)} was tuned for {have}; this machine's target is {want}"
 
 
 def has_records(folder) -> bool:

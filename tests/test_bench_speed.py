@@ -1,6 +1,6 @@
 """scripts/bench_speed.py's pieces: the kernel proof (targets/kernel_proof.py: MAC share, standalone
-requantize kernels, dot-product instructions per kernel in the assembly) and targets/speed.py (worker
-process, ORT profile summary, report writer on a synthetic result)."""
+requantize kernels, dot-product instructions per kernel in the assembly), targets/speed.py (worker
+process, ORT profile summary) and targets/speed_report.py (report writer on a synthetic result)."""
 import json
 import warnings
 
@@ -16,7 +16,7 @@ from tvm.relax import op as R  # noqa: E402
 import relay_passes as rp  # noqa: E402
 import targets  # noqa: E402
 from targets import kernel_proof as kp  # noqa: E402
-from targets import speed  # noqa: E402
+from targets import speed, speed_report  # noqa: E402
 from targets.kernels.x86_vnni import host_has_avx512_vnni  # noqa: E402
 
 HAS_VNNI = host_has_avx512_vnni()
@@ -237,7 +237,7 @@ def synthetic_result():
 
 
 def test_report_writer(tmp_path):
-    out = speed.write_report(synthetic_result(), tmp_path / "speed.md")
+    out = speed_report.write_report(synthetic_result(), tmp_path / "speed.md")
     text = out.read_text()
     assert text.count("## Latency, ") == 2
     assert "| efficientnet_lite0 | 20.000 (2.000) | 10.000 (1.000) | 6.000 (0.600) |" in text
@@ -259,7 +259,7 @@ def test_report_writer(tmp_path):
 def test_report_says_when_int8_does_not_win(tmp_path):
     r = synthetic_result()
     r["models"]["efficientnet_lite0"]["latency"]["2"]["tvm_int8_tuned"] = _lat(50.0)
-    text = speed.write_report(r, tmp_path / "speed.md").read_text()
+    text = speed_report.write_report(r, tmp_path / "speed.md").read_text()
     assert "does **not** beat" in text and "per-layer profile" in text
 
 
@@ -268,7 +268,7 @@ def test_report_names_the_cpu_a_database_was_tuned_on(tmp_path):
     r["models"]["efficientnet_lite0"]["tuning"] = {
         "fp32": {"trials_in_db": 256, "tuned_on": "sapphirerapids", "tuning_seconds_total": 1200.0},
         "int8": {"trials_in_db": 250, "tuned_on": "znver4", "tuning_seconds_total": 1800.0}}
-    text = speed.write_report(r, tmp_path / "speed.md").read_text()
+    text = speed_report.write_report(r, tmp_path / "speed.md").read_text()
     line = next(x for x in text.splitlines() if x.startswith("Tuning databases:"))
     assert "fp32: 256 trials tuned on `sapphirerapids` in 20 min;" in line
     assert "int8: 250 trials tuned on `znver4` in 30 min (**not this host's CPU**" in line

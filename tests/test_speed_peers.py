@@ -1,7 +1,7 @@
 """The --peers-only section of results/speed.md: its own run, never touching the main tables."""
 import json
 
-from targets import speed
+from targets import speed_report
 from targets.speed_peers import BEGIN, END, tflite_or_refusal, write_peers
 from tests.test_bench_speed import _lat, synthetic_result
 from tests.test_tflite_npu import quantized_softmax_head
@@ -32,7 +32,7 @@ def _soft_refusal(tmp_path):
 
 
 def test_peers_section_keeps_the_main_tables(tmp_path):
-    out = speed.write_report(synthetic_result(), tmp_path / "speed.md")
+    out = speed_report.write_report(synthetic_result(), tmp_path / "speed.md")
     main_md, main_js = out.read_text(), json.loads(out.with_suffix(".json").read_text())
     refusal = _soft_refusal(tmp_path)
     write_peers(_peers({"tiny_softmax": refusal}), out)
@@ -54,5 +54,5 @@ def test_peers_section_keeps_the_main_tables(tmp_path):
     assert again.count(BEGIN) == 1 and "tiny_softmax" not in again and again.startswith(main_md.rstrip("\n"))
     merged = json.loads(out.with_suffix(".json").read_text())
     (tmp_path / "re").mkdir()
-    assert speed.write_report(merged, tmp_path / "re" / "speed.md").read_text() == again
+    assert speed_report.write_report(merged, tmp_path / "re" / "speed.md").read_text() == again
 

@@ -65,7 +65,8 @@ def collect_statistics(graph: LayerGraph, batches: Iterable[tuple], progress: bo
     return observers, samples
 
 
-def _tensor_bits(graph: LayerGraph, config: QuantConfig) -> dict[str, int]:
+def _tensor_bits(graph: LayerGraph, config: QuantConfig, explicit: dict[str, int]) -> dict[str, int]:
+    """Every quantized tensor's activation width; ``explicit``: config.tensor_bits expanded to tensors."""
     bits = {name: config.activation.bits for name in graph.quant_points}
     for layer in graph.layers:
         ovr = config.override_for(layer.name)
@@ -78,7 +79,7 @@ def _tensor_bits(graph: LayerGraph, config: QuantConfig) -> dict[str, int]:
                 for a in lay.inputs:
                     bits[graph.tensor_of(a)] = 8
             bits[graph.tensor_of(kernels[-1].out_node)] = 8
-    bits.update(expand_tensor_bits(graph, config.tensor_bits))  # explicit per-tensor widths win
+    bits.update(explicit)  # explicit per-tensor widths win
     return bits
 
 
@@ -172,13 +173,15 @@ def _layer_plan(layer: Layer, graph: LayerGraph, tensors: dict, config: QuantCon
     return plan
 
 
-def check_overrides(graph: LayerGraph, config: QuantConfig) -> None:
+def check_overrides(graph: LayerGraph, config: QuantConfig) -> dict[str, int]:
+    """Fails on an override or tensor width naming no layer, tensor or group; returns config.tensor_bits
+    expanded to tensor names (tensor_groups.expand_tensor_bits)."""
     names = [layer.name for layer in graph.layers]
     unknown = [k for k, _ in config.overrides if k not in names]
     if unknown:
         raise ConfigError(f"per-layer override for unknown layer(s) {', '.join(map(repr, unknown))}; "
                           f"layers are: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}")
-    expand_tensor_bits(graph, config.tensor_bits)  # unknown tensor or group names fail here
+    return expand_tensor_bits(graph, config.tensor_bits)  # unknown tensor or group names fail here
 
 
 def model_output_tensors(graph: LayerGraph) -> set[str]:
@@ -192,8 +195,7 @@ def build_plan(graph: LayerGraph, observers: dict[str, HistogramObserver], confi
     """The plan for ``config`` from calibration statistics. With ``calibration`` (input arrays)
     and ``config.bias_correction``, biases are corrected on its first samples; the plan's config
     records whether that happened."""
-    check_overrides(graph, config)
-    bits = _tensor_bits(graph, config)
+    bits = _tensor_bits(graph, config, check_overrides(graph, config))
     tensors = {}
     outputs = model_output_tensors(graph)
     for name, obs in observers.items():
