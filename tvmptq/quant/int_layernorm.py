@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .fixedpoint import quantize_multiplier
+from .graph import PASSTHROUGH_OPS
 from .plan import LayerPlan, QuantPlan
 
 FRAC_BITS = 24          # n = d / sqrt(V) in Q24
@@ -47,6 +48,10 @@ NORM_STEPS = 30         # t in [0, 30]
 V_LIMIT = 2 ** 62       # V (and V 4^t) stays below this
 BIAS_LIMIT = 2 ** 61
 ATEN = "layer_norm.default"
+# Data movement that may sit between a LayerNorm and its quantize point (ViT's CLS slice): the
+# integer LayerNorm then writes that tensor's grid and the movement runs on codes.
+MOVEMENT = {getattr(t, "__name__", str(t)) for t in PASSTHROUGH_OPS} - {
+    "pad.default", "max_pool2d.default", "upsample_nearest2d.vec", "upsample_nearest2d.default"}
 
 
 def normalising_shift(v):
@@ -72,6 +77,31 @@ def output_arrays(gamma: np.ndarray, beta: np.ndarray, n: int, s_out: float) -> 
     return {"multiplier": m.astype(np.int64), "shift": k.astype(np.int64), "bias": b.astype(np.int64)}
 
 
+def _users(steps, name: str) -> int:
+    def count(a):
+        if isinstance(a, dict):
+            return int(a.get("value") == name) + sum(count(v) for k, v in a.items() if k != "value")
+        return sum(count(v) for v in a) if isinstance(a, (list, tuple)) else 0
+    return sum(count(s.get("args", [])) + count(s.get("kwargs", {})) + count(s.get("inputs", []))
+               + count(s.get("values", [])) for s in steps)
+
+
+def _quantize_point(steps, i: int) -> tuple[list[int], int] | None:
+    """(movement step indices, quantize step index) when LayerNorm step ``i``'s value reaches a
+    quantize point through single-use data movement only; None otherwise."""
+    chain, name, j = [], steps[i]["name"], i + 1
+    while j < len(steps):
+        s = steps[j]
+        if s["kind"] == "quantize" and s["name"] == name:
+            return chain, j
+        if s["kind"] != "op" or s["op"] not in MOVEMENT or _users(steps[i + 1:], name) != 1 or \
+                not (s["args"] and isinstance(s["args"][0], dict) and s["args"][0].get("value") == name):
+            return None
+        chain.append(j)
+        name, j = s["name"], j + 1
+    return None
+
+
 def _why_float(step: dict, plan: QuantPlan, quantized_next: bool) -> str | None:
     args = step["args"]
     x = args[0]
@@ -92,10 +122,11 @@ def _affine(plan: QuantPlan, arg, n: int, fill: float) -> np.ndarray:
     raise ValueError(f"LayerNorm affine argument {arg!r} is not a constant")
 
 
-def layer_plan(step: dict, plan: QuantPlan) -> LayerPlan:
-    """The integer LayerNorm layer for program step ``step`` (checked by :func:`_why_float`)."""
+def layer_plan(step: dict, plan: QuantPlan, output: str | None = None) -> LayerPlan:
+    """The integer LayerNorm layer for program step ``step`` (checked by :func:`_why_float`),
+    writing tensor ``output`` (default: the step's own value)."""
     args = list(step["args"]) + [None] * (5 - len(step["args"]))
-    tin, tout = plan.tensors[args[0]["value"]], plan.tensors[step["name"]]
+    tin, tout = plan.tensors[args[0]["value"]], plan.tensors[output or step["name"]]
     n = int(args[1][0])
     eps = 1e-5 if args[4] is None else float(args[4])
     e = int(round(eps * n ** 3 / float(tin.scale) ** 2))
@@ -119,14 +150,16 @@ def convert(plan: QuantPlan) -> QuantPlan:
         if i in skip:
             continue
         if step["kind"] == "op" and step["op"] == ATEN and not step.get("integer"):
-            nxt = steps[i + 1] if i + 1 < len(steps) else {}
-            quantized_next = nxt.get("kind") == "quantize" and nxt.get("name") == step["name"]
-            why = _why_float(step, plan, quantized_next)
+            point = _quantize_point(steps, i)
+            why = _why_float(step, plan, point is not None)
             if why is None:
-                lp = layer_plan(step, plan)
+                chain, at = point
+                lp = layer_plan(step, plan, steps[at]["tensor"])
                 new.append(lp)
                 program.append({"kind": "layer", "name": lp.name, "layer": lp.name, "inputs": list(lp.inputs)})
-                skip.add(i + 1)
+                for j in chain:  # the movement now runs on the codes of the LayerNorm's output grid
+                    steps[j] = dict(steps[j], integer=True)
+                skip.add(at)
                 continue
             kept[step["name"]] = why
         program.append(step)
