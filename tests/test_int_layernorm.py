@@ -109,3 +109,17 @@ def test_post_ln_block_simulation_equals_reference(block, wide):
     floaty = tvmptq.api.run_outputs(tvmptq.quantize(model, (x,), base, graph, progress=False).runner(),
                                     (x,), 8, "sim", False)
     assert np.abs(sim - floaty).max() < 0.1
+
+
+def test_pre_ln_vit_simulation_equals_reference():
+    """timm-style pre-LN ViT: all three LayerNorms integer (the final one writes its CLS slice's grid)."""
+    from tests.test_user_transformers import TimmViT
+    torch.manual_seed(0)
+    model = tvmptq.zoo.from_module(TimmViT(), torch.randn(4, 1, 8, 8))
+    x = np.random.RandomState(1).randn(16, 1, 8, 8).astype(np.float32)
+    cfg = dataclasses.replace(tvmptq.make_config(8, 8, "minmax"), integer_islands=("layernorm",))
+    qm = tvmptq.quantize(model, (x,), cfg, progress=False)
+    lns = [lp for lp in qm.plan.layers if lp.kind == "layernorm"]
+    assert len(lns) == 3 and not any(n.startswith("layer_norm") for n in qm.plan.float_islands)
+    assert lns[-1].output != lns[-1].name
+    assert np.array_equal(tvmptq.api.run_outputs(qm.runner(), (x,), 4, "sim", False), run_plan(qm.plan, x))

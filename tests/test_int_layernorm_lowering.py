@@ -52,6 +52,7 @@ def test_post_ln_block_compiled_equals_simulation_and_reference(wide):
     assert {t.bits for n, t in qm.plan.tensors.items() if n.startswith("add")} == {16 if wide else 8}
 
 
+@pytest.mark.slow  # ~40 s compile on the shared host; the simulation == reference part is in test_int_layernorm.py
 def test_pre_ln_vit_compiled_equals_simulation_and_reference():
     torch.manual_seed(0)
     model = tvmptq.zoo.from_module(TimmViT(), torch.randn(4, 1, 8, 8))
