@@ -108,7 +108,7 @@ def float_step_anchor_kind(step: dict) -> str | None:
 
 
 # Layer kinds rewritten before matching (lookup_tables.LookupTables): no anchor in the Relax graph.
-PRELOWERED_KINDS = {"lut", "prelu"}  # prelu: relay_passes/prelu.PReLUs
+PRELOWERED_KINDS = {"lut", "prelu", "layernorm"}  # prelu: prelu.PReLUs; layernorm: int_layernorm.IntegerLayerNorms
 
 
 def expected_anchors(plan: QuantPlan) -> list[tuple[str, LayerPlan | str]]:

@@ -19,6 +19,7 @@ calibration probe SQNR per config (the evaluation split never chooses).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import time
@@ -95,12 +96,15 @@ def wide_study(args, graph, model, calib, evald, ref, probe, probe_ref, t0, cmd)
             by_group = ", ".join(f"{g} {sum(n in wide for n in groups[g])}x{tb[g]}" for g in tb if g in groups)
             for rule in args.observers.split(","):
                 cfg = tvmptq.make_config(w, a, rule, tensor_bits=tb or None)
+                cfg, label = _with_integer_islands(cfg, spec, args.integer_islands)
                 plan = build_plan(graph, observers, cfg, model.name, calib, 32)
+                if plan.config.get("float_layernorms"):
+                    print("LayerNorms left in float:", plan.config["float_layernorms"], flush=True)
                 n_wide = sum(t.bits > 8 for t in plan.tensors.values())
                 sim = simulate(graph, plan)
                 probe_sqnr = sqnr_db(probe_ref, run_outputs(torch_runner(sim), probe, 32, "probe", False))
                 f = embedding_fidelity(ref, run_outputs(torch_runner(sim), evald, 32, "q", False))
-                group.append(dict(wide=spec, bits=bits, rule=rule, n_wide=f"{n_wide} of {len(plan.tensors)}",
+                group.append(dict(wide=label, bits=bits, rule=rule, n_wide=f"{n_wide} of {len(plan.tensors)}",
                                   by_group=by_group or "-", probe=probe_sqnr, **f))
                 print(group[-1], f"{time.time() - t0:.0f} s", flush=True)
                 for r in group:
@@ -110,6 +114,15 @@ def wide_study(args, graph, model, calib, evald, ref, probe, probe_ref, t0, cmd)
         rows += group
     print((REPO / args.out).read_text())
     return 0
+
+
+def _with_integer_islands(cfg, spec: str, islands: str | None):
+    """(config, row label): ``--integer-islands layernorm`` rows are labelled ``<spec> int:layernorm``
+    so they merge beside the float-island rows of the same spec."""
+    if not islands:
+        return cfg, spec
+    names = tuple(sorted(filter(None, islands.split(","))))
+    return dataclasses.replace(cfg, integer_islands=names), f"{spec} int:{'+'.join(names)}"
 
 
 def _write_wide(args, rows, cmd, t0) -> None:
@@ -133,6 +146,9 @@ def main(argv=None) -> int:
     ap.add_argument("--wide", nargs="+", metavar="SPEC",
                     help="group study: each spec (none, res16, residual=16,ln_out=16, ...) one row per config; "
                          "merged into the results file's wide-groups section")
+    ap.add_argument("--integer-islands", metavar="NAMES", default=None,
+                    help="with --wide: islands computed in integer arithmetic (QuantConfig.integer_islands), "
+                         "e.g. layernorm; rows labelled '<spec> int:<names>'")
     args = ap.parse_args(argv)
     cmd = "PYTHONPATH=$PWD nice -n 19 python " + " ".join(
         shlex.quote(x) for x in ["scripts/bench_transformer.py", *(argv if argv is not None else sys.argv[1:])])

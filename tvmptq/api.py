@@ -274,7 +274,7 @@ def from_plan(model: ZooModel, plan: QuantPlan, graph: LayerGraph | None = None)
     """Rebuild the simulation of a saved plan (the plan is the single source of truth)."""
     graph = graph or prepare(model, bool(plan.config.get("lookup_tables", False)))  # older plans: islands
     names = {layer.name for layer in graph.layers}
-    missing = [layer.name for layer in plan.layers if layer.name not in names]
+    missing = [layer.name for layer in plan.layers if layer.name not in names and layer.kind != "layernorm"]
     if missing or plan.model != model.name:
         raise ConfigError(f"plan was made for model {plan.model!r}; it does not fit {model.name!r}"
                           + (f" (unknown layers: {', '.join(missing[:5])})" if missing else ""))

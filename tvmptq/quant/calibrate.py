@@ -217,6 +217,9 @@ def build_plan(graph: LayerGraph, observers: dict[str, HistogramObserver], confi
     program, constants = build_program(graph)
     plan = QuantPlan(model_name, cfg, tensors, layers, [n.name for n in graph.islands],
                      [n for n in graph.input_names if n in tensors], program=program, constants=constants)
+    if "layernorm" in config.integer_islands:  # before bias correction: it corrects what runs
+        from .int_layernorm import convert
+        convert(plan)
     plan.config["bias_correction"] = False
     if graph.batch:  # the graph fixes its batch size: the program is compiled at that batch
         plan.config["fixed_batch"] = int(graph.batch)

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import lut
-from .graph import LayerGraph
+from .graph import Layer, LayerGraph
+from .int_layernorm import QLayerNorm
 from .plan import LayerPlan, QuantPlan, TensorQuant
 
 EXACT_F32 = 2.0 ** 24
@@ -323,7 +324,15 @@ FLOAT64_ISLANDS = {_aten.log_softmax.int: _log_softmax_f64, _aten._log_softmax.d
 
 LAYER_MODULES = {"conv2d": QKernel, "linear": QKernel, "matmul": QMatmul, "add": QAdd,
                  "mean": QMean, "mul_const": QMulConst, "cat": QCat, "lut": QLookup, "mul": QMul, "avg_pool": QAvgPool,
-                 "bilinear": QBilinear, "prelu": QPrelu}
+                 "bilinear": QBilinear, "prelu": QPrelu, "layernorm": QLayerNorm}
+
+
+def _node_layer(graph: LayerGraph, lp: LayerPlan) -> Layer:
+    """A plan layer made from one float-graph node after classification (integer LayerNorm)."""
+    if lp.kind != "layernorm":
+        raise KeyError(f"plan layer {lp.name!r} ({lp.kind}) is not a layer of the graph")
+    node = next(n for n in graph.gm.graph.nodes if n.name == lp.name)
+    return Layer(lp.name, lp.kind, node, node, [node.args[0]])
 
 
 def simulate(graph: LayerGraph, plan: QuantPlan) -> fx.GraphModule:
@@ -336,7 +345,7 @@ def simulate(graph: LayerGraph, plan: QuantPlan) -> fx.GraphModule:
     by_name = {layer.name: layer for layer in graph.layers}
     layer_outputs, replaced = set(), {}
     for lp in plan.layers:
-        layer = by_name[lp.name]
+        layer = by_name.get(lp.name) or _node_layer(graph, lp)
         out = nodes[layer.out_node.name]
         mod_name = f"q_{lp.name}"
         root.add_module(mod_name, LAYER_MODULES[lp.kind](lp, plan.tensors))

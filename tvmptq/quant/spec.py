@@ -108,6 +108,8 @@ class QuantConfig:
     # per-tensor activation bit widths (tensor name -> 2..16), applied after ``overrides``:
     # e.g. 16-bit residual sums (tvmptq/quant/tensor_groups.py names the groups)
     tensor_bits: tuple[tuple[str, int], ...] = ()
+    # islands computed in integer arithmetic instead of float (tvmptq/quant/int_islands.py): "softmax", "layernorm"
+    integer_islands: tuple[str, ...] = ()
 
     def __post_init__(self):
         for name, bits in self.tensor_bits:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import edge, lut, ops
+from . import edge, int_layernorm, lut, ops
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,7 +100,7 @@ def _cat(lp, *xs: np.ndarray) -> np.ndarray:
 
 LAYERS = {"conv2d": _kernel, "linear": _kernel, "matmul": _matmul, "add": _add, "mean": _mean,
           "mul_const": _mul_const, "cat": _cat, "mul": _mul, "avg_pool": _avg_pool,
-          "bilinear": edge.bilinear, "prelu": edge.prelu}
+          "bilinear": edge.bilinear, "prelu": edge.prelu, "layernorm": int_layernorm.run}
 
 
 def _float_kernel(lp, x: QValue, t) -> np.ndarray:
