@@ -4,8 +4,12 @@ against an independent NumPy integer reference bit for bit; and the rewrite of a
 model's QK^T and P V into these kernels (compiled == NumPy reference of the plan)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 import tvm
 
 import targets
@@ -84,3 +88,62 @@ def test_kernel_is_tensorized_and_refuses_what_it_cannot_take():
         bm.batch_matmul_requant(bm.BatchMatmulSpec(1, 4, 4, bm.MAX_DEPTH + 4, "uint8", "int8", "uint8"), xi.VNNI)
     with pytest.raises(ValueError, match="int16"):
         bm.batch_matmul_requant(bm.BatchMatmulSpec(1, 4, 4, 8, "int16", "int8", "uint8"), xi.VNNI)
+
+
+DIM, HEADS, SEQ = 32, 2, 12  # T = 12: not a multiple of 16 (padded lanes) nor of the row tile
+
+
+class Attention(torch.nn.Module):
+    """A BERT self-attention block: q/k/v/o linears, SDPA with an additive padding mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(DIM, DIM) for _ in range(4))
+
+    def _heads(self, x):
+        b, t, c = x.shape
+        return x.view(b, t, HEADS, c // HEADS).transpose(1, 2)
+
+    def forward(self, x, mask):
+        m = (1.0 - mask[:, None, None, :]) * -1e4
+        a = F.scaled_dot_product_attention(self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x)),
+                                           attn_mask=m)
+        b, _, t, _ = a.shape
+        return self.o(a.transpose(1, 2).reshape(b, t, DIM))
+
+
+@needs_vnni
+@pytest.mark.parametrize("symmetric", [False, True], ids=["asymmetric", "symmetric"])
+def test_attention_model_compiled_equals_reference(symmetric):
+    """QK^T and P V of a tiny attention model run in the batch-matmul kernels (the report says so and
+    the module calls them; no fused_matmul kernel is left) and the compiled program equals the NumPy
+    reference of the plan bit for bit."""
+    import relay_passes as rp
+    import tvmptq
+    from relay_passes.tensorize import TensorizeDot
+    from targets.build import compile_module, run_batched
+    from tvm import relax
+    from tvmptq.reference.executor import run_plan
+    torch.manual_seed(0)
+    rs = np.random.RandomState(0)
+    x = (rs.randn(16, SEQ, DIM) * 2).astype(np.float32)
+    mask = np.ones((16, SEQ), np.float32)
+    mask[::2, 7:] = 0
+    model = tvmptq.zoo.from_module(Attention().eval(), (torch.from_numpy(x[:2]), torch.from_numpy(mask[:2])))
+    config = tvmptq.make_config(8, 8, "minmax", symmetric=symmetric)
+    plan = tvmptq.quantize(model, (x, mask), config, progress=False).plan
+    tensorize = TensorizeDot("x86-host", plan, warn=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        mod = tensorize(rp.lower(model.build(), model.example_inputs(2), plan))
+    matmuls = [r for r in tensorize.report if r.kind == "matmul"]
+    assert len(matmuls) == 2 and all(r.tensorized for r in matmuls), [str(r) for r in matmuls]
+    assert all(r.kernel.startswith("vnni_batch_matmul_requant") for r in matmuls)
+    assert sum(r.tensorized for r in tensorize.report) == len(tensorize.report) == 6  # "vnni 6/6"
+    assert "_nk_" in matmuls[0].kernel  # Q K^T reads the keys untransposed
+    names = [gv.name_hint for gv, _ in mod.functions_items()]
+    assert sum(n.startswith("vnni_batch_matmul_requant") for n in names) == 2
+    vm = relax.VirtualMachine(compile_module(mod, targets.get("x86-host").tvm_target()), tvm.cpu())
+    got = run_batched(vm["main"], (x, mask), 2, ["float32", "float32"], tvm.cpu())
+    want = run_plan(plan, x, mask)
+    assert np.array_equal(got, want), np.abs(got - want).max()
