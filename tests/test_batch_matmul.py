@@ -112,38 +112,76 @@ class Attention(torch.nn.Module):
         return self.o(a.transpose(1, 2).reshape(b, t, DIM))
 
 
-@needs_vnni
-@pytest.mark.parametrize("symmetric", [False, True], ids=["asymmetric", "symmetric"])
-def test_attention_model_compiled_equals_reference(symmetric):
-    """QK^T and P V of a tiny attention model run in the batch-matmul kernels (the report says so and
-    the module calls them; no fused_matmul kernel is left) and the compiled program equals the NumPy
-    reference of the plan bit for bit."""
-    import relay_passes as rp
+def _attention_plan(symmetric: bool):
+    """(model, plan, x, mask): the block quantized W8A8 (minmax) on 16 random sentences, every other padded."""
     import tvmptq
-    from relay_passes.tensorize import TensorizeDot
-    from targets.build import compile_module, run_batched
-    from tvm import relax
-    from tvmptq.reference.executor import run_plan
     torch.manual_seed(0)
     rs = np.random.RandomState(0)
     x = (rs.randn(16, SEQ, DIM) * 2).astype(np.float32)
     mask = np.ones((16, SEQ), np.float32)
     mask[::2, 7:] = 0
     model = tvmptq.zoo.from_module(Attention().eval(), (torch.from_numpy(x[:2]), torch.from_numpy(mask[:2])))
-    config = tvmptq.make_config(8, 8, "minmax", symmetric=symmetric)
-    plan = tvmptq.quantize(model, (x, mask), config, progress=False).plan
-    tensorize = TensorizeDot("x86-host", plan, warn=False)
+    plan = tvmptq.quantize(model, (x, mask), tvmptq.make_config(8, 8, "minmax", symmetric=symmetric),
+                           progress=False).plan
+    return model, plan, x, mask
+
+
+def _tensorized(model, plan, target, prefix):
+    """The lowered block after TensorizeDot for ``target``; asserts both matmuls are ``prefix`` kernels."""
+    import relay_passes as rp
+    from relay_passes.tensorize import TensorizeDot
+    tensorize = TensorizeDot(target, plan, warn=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         mod = tensorize(rp.lower(model.build(), model.example_inputs(2), plan))
     matmuls = [r for r in tensorize.report if r.kind == "matmul"]
     assert len(matmuls) == 2 and all(r.tensorized for r in matmuls), [str(r) for r in matmuls]
-    assert all(r.kernel.startswith("vnni_batch_matmul_requant") for r in matmuls)
-    assert sum(r.tensorized for r in tensorize.report) == len(tensorize.report) == 6  # "vnni 6/6"
+    assert all(r.kernel.startswith(prefix) for r in matmuls)
+    assert sum(r.tensorized for r in tensorize.report) == len(tensorize.report) == 6  # e.g. "vnni 6/6"
     assert "_nk_" in matmuls[0].kernel  # Q K^T reads the keys untransposed
     names = [gv.name_hint for gv, _ in mod.functions_items()]
-    assert sum(n.startswith("vnni_batch_matmul_requant") for n in names) == 2
+    assert sum(n.startswith(prefix) for n in names) == 2
+    assert not any("matmul" in n and not n.startswith(prefix) for n in names)
+    return mod
+
+
+@needs_vnni
+@pytest.mark.parametrize("symmetric", [False, True], ids=["asymmetric", "symmetric"])
+def test_attention_model_compiled_equals_reference(symmetric):
+    """QK^T and P V of a tiny attention model run in the batch-matmul kernels (the report says so and
+    the module calls them; no other matmul kernel is left) and the compiled program equals the NumPy
+    reference of the plan bit for bit."""
+    from targets.build import compile_module, run_batched
+    from tvm import relax
+    from tvmptq.reference.executor import run_plan
+    model, plan, x, mask = _attention_plan(symmetric)
+    mod = _tensorized(model, plan, "x86-host", "vnni_batch_matmul_requant")
     vm = relax.VirtualMachine(compile_module(mod, targets.get("x86-host").tvm_target()), tvm.cpu())
     got = run_batched(vm["main"], (x, mask), 2, ["float32", "float32"], tvm.cpu())
     want = run_plan(plan, x, mask)
     assert np.array_equal(got, want), np.abs(got - want).max()
+
+
+def _arm_missing():
+    import shutil
+    from targets import qemu
+    return "aarch64-linux-gnu-gcc missing (make arm-setup)" if shutil.which("aarch64-linux-gnu-gcc") is None \
+        else qemu.missing()
+
+
+@pytest.mark.skipif(_arm_missing() is not None, reason=str(_arm_missing()))
+@pytest.mark.parametrize("target,symmetric", [("cortex-a76", False),
+                                              pytest.param("neoverse-v1", True, marks=pytest.mark.slow)])
+def test_attention_model_on_arm_sdot_under_qemu(target, symmetric, tmp_path):
+    """The same rewrite through the ISA table on Arm: ``sdot`` batch-matmul kernels (also on an i8mm
+    core, whose denses run on ``smmla``), cross-compiled, run under qemu-user == NumPy reference."""
+    from targets import qemu
+    from targets.build import compile_module, export
+    from tvmptq.reference.executor import run_plan
+    model, plan, x, mask = _attention_plan(symmetric)
+    t = targets.get(target)
+    mod = _tensorized(model, plan, t, "sdot_batch_matmul_requant")
+    lib = tmp_path / "model.so"
+    export(compile_module(mod, t.tvm_target()), lib, t)
+    got = qemu.run_library(lib, [x[:4], mask[:4]], 2)[0]
+    assert np.array_equal(got, run_plan(plan, x[:4], mask[:4]))

@@ -28,6 +28,21 @@ from .analysis import _requant_rows
 from .pattern import requant_chain_pattern
 
 
+def batch_matmul_isa(target, isas=None) -> tuple:
+    """(DotISA or None, reason): the ISA the batch-matmul kernels run on for ``target``: the first
+    row of ``isas`` (default: every registered one) that the target can run and the kernel takes
+    (targets.kernels.batch_matmul.takes). An Arm target with i8mm runs its denses on ``smmla`` and
+    these matmuls on ``sdot``, which every i8mm core has too."""
+    from targets.kernels import isas as all_isas
+    from targets.kernels.batch_matmul import takes
+    from .analysis import target_isa
+    rows = tuple(r for r in (isas or all_isas()) if not takes(r))
+    if not rows:
+        return None, "no dot-product ISA of the table runs the batch-matmul kernel"
+    isa, why = target_isa(target, rows)
+    return isa, (f"activation x activation matmul: {why}" if why else "")
+
+
 def batch_matmul_pattern():
     """(pattern, names): the requantize chain after an int32 matmul of two non-constant operands."""
     from tvm.relax.dpl import is_op, wildcard

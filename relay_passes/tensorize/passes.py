@@ -11,7 +11,7 @@ from tvmptq.quant.plan import QuantPlan
 from ..match import op_name
 from ..mutate import mutate_functions
 from .analysis import analyse, target_isa
-from .attention import analyse_batch_matmul, batch_matmul_pattern
+from .attention import analyse_batch_matmul, batch_matmul_isa, batch_matmul_pattern
 from .pattern import REPORT_ATTR, TensorizeRecord, _kernel_kind, _layer_names, dense_requant_pattern
 from .rewrite import Rewriter
 
@@ -27,6 +27,7 @@ class _Tensorize:
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         isa, target_reason = target_isa(self.target, self.isas)
+        bm_isa, bm_reason = batch_matmul_isa(self.target, self.isas)
         pattern, names = dense_requant_pattern()
         bm_pattern, bm_names = batch_matmul_pattern()
         by_weight, matmul_names = _layer_names(self.plan)
@@ -54,13 +55,13 @@ class _Tensorize:
                 report.append(rec)
                 if kind == "matmul":  # activation x activation: targets.kernels.batch_matmul (attention.py)
                     n_mm += 1
-                    if target_reason or b.var not in chains:
-                        rec.reason = target_reason or ("activation x activation matmul not followed by the int64 "
-                                                       "fixed-point requantize chain")
+                    if bm_reason or b.var not in chains:
+                        rec.reason = bm_reason or ("activation x activation matmul not followed by the int64 "
+                                                   "fixed-point requantize chain")
                         continue
                     final, mt = chains[b.var]
                     try:
-                        p = analyse_batch_matmul(mt, bm_names, isa, var2val)
+                        p = analyse_batch_matmul(mt, bm_names, bm_isa, var2val)
                     except ValueError as err:
                         rec.reason = f"activation x activation matmul: {err}"
                         continue
