@@ -40,12 +40,19 @@ Which targets: a registry target (targets/registry.toml) whose capabilities incl
 Every integer kernel the pass does not rewrite is named in ``report`` with the reason, and a
 warning lists them: other targets, convs other than 1x1 stride-1 where the ISA is not channels
 last (k x k, strided; depthwise without a CPU kernel), dilated or grouped convs, activation x
-activation matmuls, chains in another form (requantize="fixed_point_multiply", a float branch after
+activation matmuls the batch-matmul kernel does not take, chains in another form (requantize="fixed_point_multiply", a float branch after
 the layer), and accumulators that could overflow int32 after the +128 shift.
 
-The pass is four files: pattern.py (the chain matched, the per-kernel report), analysis.py (a
-matched chain -> the kernel's numbers, or the reason it cannot run), rewrite.py (building the
-kernels and emitting their calls, channels last on CPUs), passes.py (the tvm.transform passes).
+Activation x activation matmuls (attention's ``Q K^T`` and ``P V``) followed by the same requantize
+chain become targets.kernels.batch_matmul kernels on CPU ISAs of the generic form (VNNI, sdot; an
+i8mm core runs them on sdot): both operands read as their 8-bit containers, the zero points
+corrected exactly in the kernel, the keys read untransposed (attention.py). Those it does not take
+stay with targets/cpu_reduction.py's schedule, with the reason in the report.
+
+The pass is five files: pattern.py (the chain matched, the per-kernel report), analysis.py (a
+matched chain -> the kernel's numbers, or the reason it cannot run), attention.py (the same for
+activation x activation matmuls), rewrite.py (building the kernels and emitting their calls,
+channels last on CPUs), passes.py (the tvm.transform passes).
 """
 from .analysis import target_isa, vnni_target_reason
 from .passes import TensorizeDenseVNNI, TensorizeDot, tensorize_for

@@ -11,6 +11,7 @@ from tvmptq.quant.plan import QuantPlan
 from ..match import op_name
 from ..mutate import mutate_functions
 from .analysis import analyse, target_isa
+from .attention import analyse_batch_matmul, batch_matmul_isa, batch_matmul_pattern
 from .pattern import REPORT_ATTR, TensorizeRecord, _kernel_kind, _layer_names, dense_requant_pattern
 from .rewrite import Rewriter
 
@@ -26,7 +27,9 @@ class _Tensorize:
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         isa, target_reason = target_isa(self.target, self.isas)
+        bm_isa, bm_reason = batch_matmul_isa(self.target, self.isas)
         pattern, names = dense_requant_pattern()
+        bm_pattern, bm_names = batch_matmul_pattern()
         by_weight, matmul_names = _layer_names(self.plan)
         report, plans = [], {}  # plans: final var of a chain -> (KernelPlan, its record)
         for _, func in mod.functions_items():
@@ -37,10 +40,12 @@ class _Tensorize:
             chains = {}  # matmul var -> (final var, matched dict)
             for b in bindings:
                 if op_name(b.value) == "relax.astype" and str(b.value.ty.dtype) in ("uint8", "int8"):
-                    mt = pattern.extract_matched_expr(b.value, var2val)
-                    if mt is not None:
-                        acc = mt[names["acc"]]
-                        chains[next(c.var for c in bindings if c.value.same_as(acc))] = (b.var, mt)
+                    for pat, nm in ((pattern, names), (bm_pattern, bm_names)):
+                        mt = pat.extract_matched_expr(b.value, var2val)
+                        if mt is not None:
+                            acc = mt[nm["acc"]]
+                            chains[next(c.var for c in bindings if c.value.same_as(acc))] = (b.var, mt)
+                            break
             n_mm = 0
             for b in bindings:
                 kind, name = _kernel_kind(b, by_weight, matmul_names, n_mm)
@@ -48,9 +53,20 @@ class _Tensorize:
                     continue
                 rec = TensorizeRecord(name, kind, False)
                 report.append(rec)
-                if kind == "matmul":
+                if kind == "matmul":  # activation x activation: targets.kernels.batch_matmul (attention.py)
                     n_mm += 1
-                    rec.reason = "activation x activation matmul: only matmuls with a constant weight are tensorized"
+                    if bm_reason or b.var not in chains:
+                        rec.reason = bm_reason or ("activation x activation matmul not followed by the int64 "
+                                                   "fixed-point requantize chain")
+                        continue
+                    final, mt = chains[b.var]
+                    try:
+                        p = analyse_batch_matmul(mt, bm_names, bm_isa, var2val)
+                    except ValueError as err:
+                        rec.reason = f"activation x activation matmul: {err}"
+                        continue
+                    rec.shape, rec.tensorized = (p.spec.batch * p.spec.M, p.spec.N, p.spec.K), True
+                    plans[final] = (p, rec)
                 elif target_reason:
                     rec.reason = target_reason
                 elif b.var not in chains:

@@ -32,6 +32,14 @@ def dense_requant_pattern():
     Alternatives list the longer form first, so an optional op is taken when present."""
     x, w = wildcard(), is_const()
     acc = (is_op("relax.matmul")(x, w) | is_op("relax.nn.conv2d")(x, w)).has_dtype("int32")
+    out, names = requant_chain_pattern(acc)
+    return out, dict(x=x, w=w, **names)
+
+
+def requant_chain_pattern(acc):
+    """The int64 requantize chain (integer_ops.requantize) after the int32 accumulator pattern
+    ``acc``; returns (pattern, named sub-patterns: acc, bias32, ..., out as in dense_requant_pattern).
+    attention.py matches activation x activation matmuls with it."""
     bias32 = is_op("relax.add")(acc, is_const()).has_dtype("int32")
     wide = is_op("relax.astype")(bias32 | acc).has_dtype("int64")
     bias64 = is_op("relax.add")(wide, is_const())
@@ -41,7 +49,7 @@ def dense_requant_pattern():
     zp = is_op("relax.add")(shift, is_const())
     clip = is_op("relax.clip")(zp | shift, wildcard(), wildcard())
     out = is_op("relax.astype")(clip)
-    names = dict(x=x, w=w, acc=acc, bias32=bias32, wide=wide, bias64=bias64, mult=mult, rnd=rnd, shift=shift,
+    names = dict(acc=acc, bias32=bias32, wide=wide, bias64=bias64, mult=mult, rnd=rnd, shift=shift,
                  zp=zp, clip=clip, out=out)
     return out, names
 

@@ -9,6 +9,7 @@ from tvm.relax import op as R
 
 from ..channels_last import ChannelsLast
 from .analysis import KernelPlan
+from .attention import BatchMatmulPlan, emit_batch_matmul
 from .pattern import DEPTHWISE_DOT_INFIX, DEPTHWISE_PREFIX
 
 OP_PATTERN_OPAQUE = 8          # tvm::relax::OpPatternKind::kOpaque
@@ -130,6 +131,9 @@ class Rewriter(relax.PyExprMutator):
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         p = self.plans.get(binding.var)
         cl = self.channels_last
+        if isinstance(p, BatchMatmulPlan):  # attention's activation x activation matmul
+            y, self.names[binding.var] = emit_batch_matmul(self, p, self.kernels, _as_kernel)
+            return super().visit_var_binding_(relax.VarBinding(binding.var, y))
         if p is None:
             if not cl.follow(binding.var, binding.value, self.visit_expr):
                 binding = relax.VarBinding(binding.var, cl.read_nchw(binding.value))

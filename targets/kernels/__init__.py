@@ -7,6 +7,8 @@ schedules that put them on each target's dot-product instruction.
 * dense.py: the GEMM written once for every row (weight packing, the activation shift, dense and
   1x1-conv workloads, hand schedules); requant.py: the epilogue arithmetic (int64 rows and the
   exact high-half int32 form); loops.py: parallel/stack-limit helpers.
+* batch_matmul.py: activation x activation matmuls (attention's QK^T and P V) on the same
+  instructions, the second operand packed at run time, zero points corrected exactly.
 * depthwise.py: depthwise convs (NCHW / NHWC SIMD kernels, NHWC taps on ``vpdpbusd``);
   im2col.py: the rows that run any other conv through the dense kernel.
 
