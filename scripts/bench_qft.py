@@ -72,7 +72,8 @@ def bench(name: str, tag: str, args, sink) -> list[dict]:
     for method in args.methods:
         method = method.replace("RECON", args.recon)
         opts = {"samples": n_fit, "seed": args.seed, **({"qft_iters": args.qft_iters} if args.qft_iters else {}),
-                **({"iters": args.recon_iters} if args.recon_iters else {})}
+                **({"iters": args.recon_iters} if args.recon_iters else {}),
+                **({"qft_holdout_groups": args.qft_holdout_groups} if args.qft_holdout_groups is not None else {})}
         t0 = time.perf_counter()
         head = "cle" if method == "qft" else method[:-len("+qft")] if method.endswith("+qft") else None
         if head in cache:                          # the initialising method's plan, fitted in this run
@@ -101,6 +102,7 @@ def bench(name: str, tag: str, args, sink) -> list[dict]:
                        compiled_equals_sim=bool(np.array_equal(run(*x), qm.runner()(*x))))
         if "qft" in qm.plan.config:
             row["qft_config"] = {k: qm.plan.config["qft"][k] for k in ("qft_iters", "batch_size", "samples")}
+            row["qft_config"]["qft_holdout_groups"] = qm.plan.config["qft"].get("qft_holdout_groups", 0)
         rows.append(row)
         sink(row)
         print(json.dumps({k: v for k, v in row.items() if k != "cle"}), flush=True)
@@ -131,17 +133,20 @@ def write_md(rows, path: Path, seconds: float) -> None:
              "of the calibration set (QFT early-stops on its own held-out share of those); **eval**: evaluation split "
              "vs FP32 (top-1 agreement %, mean cosine for MiniLM); **held-out**: the last 1/4 of the calibration set, "
              "never fitted on (photos: seen scenes, eval = unseen scenes). `qft` is `cle+qft`; **fit s** is the "
-             "whole method (initialising method included), **QFT s** QFT's own part.", "",
-             "| model | bits | method | eval | held-out | accuracy | fit s | QFT s | QFT its (best) | peak RSS MB "
-             "| same ops/consts | compiled == sim |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "whole method (initialising method included), **QFT s** QFT's own part; **QFT early-stops on**: a random "
+             "share of its fit samples (seen scenes) or whole groups i mod G (G = 10: scenes it never trains on).", "",
+             "| model | bits | method | eval | held-out | accuracy | fit s | QFT s | QFT its (best) | QFT early-stops on "
+             "| peak RSS MB | same ops/consts | compiled == sim |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda v, d=2: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{d}f}"  # noqa: E731
     for r in rows:
         d = 3 if r["primary"] == "cosine_mean" else 1
         q = r.get("qft")
         its = f"{q['iterations']} ({q['best_iteration']})" if q else "-"
         same = f"{r['same_ops']}/{r['same_constants']}" if "same_ops" in r else "-"
+        groups = (r.get("qft_config") or {}).get("qft_holdout_groups", 0)
+        stops = "-" if not q else f"groups i mod {groups}" if groups else "random views"
         lines.append(f"| {r['model']} | {r['bits']} | {r['method']} | {f(r[r['primary']], d)} | {f(r['held_out'], d)} "
-                     f"| {f(r.get('accuracy'), 1)} | {f(r['fit_seconds'], 1)} | {f(r.get('qft_seconds'), 1)} | {its} "
+                     f"| {f(r.get('accuracy'), 1)} | {f(r['fit_seconds'], 1)} | {f(r.get('qft_seconds'), 1)} | {its} | {stops} "
                      f"| {f(r['peak_rss_mb'], 0)} | {same} | {r.get('compiled_equals_sim', '-')} |")
     cle = {(r["model"], r["bits"]): r["cle"] for r in rows if r.get("cle")}
     if cle:
@@ -180,19 +185,32 @@ def keep_prose(path: Path, generated: str) -> str:
     return f"{before}{GENERATED_START}\n{generated}\n{GENERATED_END}{after}"
 
 
+def merge_row(rows: list[dict], row: dict) -> None:
+    """A rerun (model, bits, method) replaces its old row in place; --append keeps every other row."""
+    key = (row["model"], row["bits"], row["method"])
+    at = [i for i, r in enumerate(rows) if (r["model"], r["bits"], r["method"]) == key]
+    if at:
+        rows[at[0]] = row
+    else:
+        rows.append(row)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--rows", nargs="+", default=ROWS)
     p.add_argument("--methods", nargs="+", default=METHODS)
     p.add_argument("--recon", default="brecq", help="the reconstruction method QFT starts from in RECON+qft")
     p.add_argument("--qft-iters", type=int, default=None, help="QFT iterations (default: QFTConfig's)")
+    p.add_argument("--qft-holdout-groups", type=int, default=None,
+                   help="QFT early-stops on whole groups i mod G (10: the photo views' scenes); default: QFTConfig's")
     p.add_argument("--recon-iters", type=int, default=None, help="reconstruction iterations per block")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calib-samples", type=int, default=256)
     p.add_argument("--eval-samples", type=int, default=512)
     p.add_argument("--compile", action="store_true", help="lower, compile and check each plan (slow on big models)")
     p.add_argument("--progress", action="store_true")
-    p.add_argument("--append", action="store_true", help="keep the rows already in --out's .json")
+    p.add_argument("--append", action="store_true",
+                   help="keep the rows already in --out's .json (all but the --rows x --methods being rerun)")
     p.add_argument("--out", default=str(REPO / "results" / "qft.md"))
     p.add_argument("--md-only", action="store_true", help="rewrite --out from its .json, run nothing")
     args = p.parse_args()
@@ -204,10 +222,8 @@ def main():
     rows = json.loads(out.with_suffix(".json").read_text()) if args.append and out.with_suffix(".json").exists() else []
     for spec in args.rows:
         name, tag = spec.split(":")
-        rows = [r for r in rows if (r["model"], r["bits"]) != (name, tag)]
-
         def sink(row):
-            rows.append(row)
+            merge_row(rows, row)
             write_md(rows, out, time.perf_counter() - t0)
         bench(name, tag, args, sink)
     print(f"wrote {out}")

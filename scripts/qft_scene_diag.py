@@ -49,7 +49,7 @@ def main():
     if a.md_only:
         out = REPO / "results" / f"qft_scene_diag_{a.model}_{a.bits}"
         d = json.loads(out.with_suffix(".json").read_text())
-        a.iters = d["iters"]
+        a.iters, a.eval_samples = d["iters"], d.get("eval_samples", 512)
         cmd = d["command"] if d["command"].startswith("python") else "python " + d["command"]
         return write_md(d["rows"], out.with_suffix(".md"), a, cmd)
     model = tvmptq.load(a.model)
@@ -73,22 +73,26 @@ def main():
         return (score(es.task, ref_held, run_outputs(r, held, 32, "q", False))["top1_agreement"],
                 score(es.task, ref_eval, run_outputs(r, evals, 32, "q", False))["top1_agreement"])
 
+    out = REPO / "results" / f"qft_scene_diag_{a.model}_{a.bits}"
+    cmd = "python scripts/qft_scene_diag.py " + " ".join(sys.argv[1:])
+
+    def record(row):             # written after every row: a stopped run keeps what it measured
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        out.with_suffix(".json").write_text(json.dumps({"command": cmd, "iters": a.iters, "eval_samples": a.eval_samples, "rows": rows}, indent=1) + "\n")
+        write_md(rows, out.with_suffix(".md"), a, cmd)
+
     h0, e0 = scores(base)
-    rows = [{"config": "baseline", "scene_heldout": h0, "eval": e0}]
-    print(json.dumps(rows[-1]), flush=True)
+    rows = []
+    record({"config": "baseline", "scene_heldout": h0, "eval": e0})
     for name in a.configs:
         t0 = time.perf_counter()
         cfg = QFTConfig(qft_iters=a.iters, samples=len(fit[0]), qft_eval_every=max(1, a.iters // 5), **CONFIGS[name])
         qplan, qsim = fit_qft(graph, plan, fit, cfg, False)
         h, e = scores(QuantizedModel(model, graph, qplan, qsim))
         st = qplan.stats["qft"]
-        rows.append({"config": name, "scene_heldout": h, "eval": e, "seconds": time.perf_counter() - t0,
-                     **{k: st[k] for k in ("iterations", "best_iteration", "held_out_history", "last_train_loss")}})
-        print(json.dumps(rows[-1]), flush=True)
-    out = REPO / "results" / f"qft_scene_diag_{a.model}_{a.bits}"
-    cmd = "python scripts/qft_scene_diag.py " + " ".join(sys.argv[1:])
-    out.with_suffix(".json").write_text(json.dumps({"command": cmd, "iters": a.iters, "rows": rows}, indent=1) + "\n")
-    write_md(rows, out.with_suffix(".md"), a, cmd)
+        record({"config": name, "scene_heldout": h, "eval": e, "seconds": time.perf_counter() - t0,
+                **{k: st[k] for k in ("iterations", "best_iteration", "held_out_history", "last_train_loss")}})
 
 
 def write_md(rows, path: Path, a, cmd: str) -> None:
@@ -96,7 +100,7 @@ def write_md(rows, path: Path, a, cmd: str) -> None:
              f"Written by `{cmd}` (nice, 2 loaded cores). Fit: calibration scenes 0-7 "
              f"(views i with i mod 10 < 8); **scene held-out**: calibration scenes 8-9 (never fitted on: the "
              f"only calibration-data score that sees scene over-fitting); **eval**: the evaluation split "
-             f"(12 other scenes), reported, not used to choose. Top-1 agreement with FP32, %. QFT from the "
+             f"(its first {a.eval_samples} views, 12 other scenes), reported, not used to choose. Top-1 agreement with FP32, %. QFT from the "
              f"baseline plan, {a.iters} iterations, batch 8; its own early-stopping share is a random quarter "
              f"of the fit views (seen scenes).", "",
              "| setting | scene held-out | eval | QFT its (best) | QFT's held-out loss history | s |",

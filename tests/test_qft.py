@@ -10,7 +10,7 @@ from torch import nn
 
 import tvmptq
 from tvmptq.algorithms.cle import equalize, equalized_graph, find_pairs, fit_cle
-from tvmptq.algorithms.qft import QFTConfig, build_model, fit_qft
+from tvmptq.algorithms.qft import QFTConfig, build_model, fit_qft, holdout_split
 from tvmptq.errors import ConfigError
 from tvmptq.eval.sets import torch_runner
 from tvmptq.reference import run_plan
@@ -183,10 +183,24 @@ def test_seed_and_early_stopping(qft_fitted, digits_w2a4, tmp_path):
     assert len(st["held_out_history"]) - 1 - st["held_out_history"].index(min(st["held_out_history"])) == 2
 
 
+def test_group_holdout_keeps_whole_groups_out():
+    """qft_holdout_groups: the early-stopping share is whole groups (i mod G), never trained on."""
+    rng = np.random.default_rng(0)
+    hold, train = holdout_split(192, dataclasses.replace(FAST, qft_holdout=0.2, qft_holdout_groups=10), rng)
+    assert set(hold % 10) == {8, 9} and set(train % 10) == set(range(8))
+    assert len(hold) + len(train) == 192 and not set(hold) & set(train)
+    hold, _ = holdout_split(40, dataclasses.replace(FAST, qft_holdout=0.01, qft_holdout_groups=4), rng)
+    assert set(hold % 4) == {3}                      # at least one group
+    hold, train = holdout_split(100, dataclasses.replace(FAST, qft_holdout=0.25), rng)
+    assert len(hold) == 25 and set(hold % 10) != {8, 9}  # default: a random share
+    with pytest.raises(ConfigError, match="none held out"):
+        holdout_split(3, dataclasses.replace(FAST, qft_holdout=0.2, qft_holdout_groups=10), rng)
+
+
 def test_bad_options_refused(digits_w2a4):
     _, graph, calib, _, qm = digits_w2a4
     for bad in ({"qft_iters": 0}, {"qft_holdout": 1.0}, {"qft_weight_lr": -1.0}, {"qft_patience": 0},
-                {"samples": 1}, {"qft_intermediate": float("nan")}):
+                {"samples": 1}, {"qft_intermediate": float("nan")}, {"qft_holdout_groups": 1}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             fit_qft(graph, qm.plan, calib, dataclasses.replace(FAST, **bad), progress=False)
     for method, name in (("qft+brecq", "'qft'"), ("cle+brecq", "'cle'"), ("qwt+qft", "'qwt'"), ("cle+cwac", "'cle'"),

@@ -6,6 +6,9 @@ from .errors import ConfigError
 FLAGS = {  # flag -> (QFTConfig field, type, help)
     "--qft-iters": ("qft_iters", int, "QFT training iterations (default 150)"),
     "--qft-holdout": ("qft_holdout", float, "share of the --method-samples held out for QFT's early stopping (default 0.25)"),
+    "--qft-holdout-groups": ("qft_holdout_groups", int,
+                             "G >= 2: sample i is in group i mod G and QFT early-stops on whole held-out groups "
+                             "(e.g. scenes of round-robin views); 0: random samples (default 0)"),
     "--qft-patience": ("qft_patience", int, "held-out scores without improvement before QFT stops (default 4)"),
     "--qft-eval-every": ("qft_eval_every", int, "QFT iterations between held-out scores (default 25)"),
     "--qft-intermediate": ("qft_intermediate", float,
