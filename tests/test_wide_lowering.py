@@ -109,8 +109,10 @@ def test_presets_compile_bit_exact_and_name_lost_kernels(attention_block, preset
 
 
 @pytest.mark.slow
-def test_minilm_res16_compiled_matches_simulation():
-    """MiniLM with its 12 residual sums on 16-bit grids (preset res16) lowers to the integer program
+@pytest.mark.parametrize("preset, n_wide", [("res16", 12), ("res_ln_proj12", 36)])
+def test_minilm_presets_compiled_match_simulation(preset, n_wide):
+    """MiniLM with a preset's wide tensors (res16: the 12 residual sums at 16 bits; res_ln_proj12: 36
+    tensors at 12 bits) lowers to the integer program
     (every linear and attention matmul an int32 matmul) and matches the simulation as closely as the
     8-bit plan does: the float islands (LayerNorm, softmax) differ from PyTorch's only by float32
     rounding (tests/test_relax_lowering.py::test_minilm_compiled_matches_simulation)."""
@@ -118,14 +120,14 @@ def test_minilm_res16_compiled_matches_simulation():
     s = tvmptq.get_set("sentences")
     calib, evaluation = tuple(a[:8] for a in s.calibration()), tuple(a[:8] for a in s.evaluation())
     imported = rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(4)))
-    qm = tvmptq.quantize(model, calib, tvmptq.make_config(8, 8, weight_rule="minmax", tensor_bits={"residual": 16}),
+    qm = tvmptq.quantize(model, calib, tvmptq.make_config(8, 8, weight_rule="minmax", tensor_bits=PRESETS[preset]),
                          progress=False)
-    assert sum(t.bits == 16 for t in qm.plan.tensors.values()) == 12
+    assert sum(t.bits > 8 for t in qm.plan.tensors.values()) == n_wide
     mod = rp.lowering_passes(qm.plan)(imported)
     counts = rp.op_counts(mod)
     assert counts["matmul -> int32"] == 48 and counts["matmul -> float32"] == 0
     got, ref = compile_integer(mod)(*evaluation), qm.runner()(*evaluation)
     cos = np.sum(got * ref, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
-    print(f"MiniLM res16 compiled vs simulation: min cosine {cos.min():.8f}, "
+    print(f"MiniLM {preset} compiled vs simulation: min cosine {cos.min():.8f}, "
           f"max abs diff {np.abs(got - ref).max():.3g}, equal elements {np.mean(got == ref):.4f}")
     assert cos.min() > 0.99999, cos
