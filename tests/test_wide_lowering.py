@@ -14,6 +14,10 @@ tvm = pytest.importorskip("tvm")
 import relay_passes as rp  # noqa: E402  (needs tvm)
 from targets.build import compile_integer  # noqa: E402
 from tests.test_tensor_bits import PostLNBlock  # noqa: E402  (the same post-LN block)
+from tvmptq.quant.tensor_groups import PRESETS, tensor_groups  # noqa: E402
+from targets.kernels import x86_vnni as xi  # noqa: E402
+
+VNNI_TARGET = "x86-host" if xi.host_has_avx512_vnni() else "x86-avx512-vnni"  # the report needs no VNNI host
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +52,67 @@ def test_residual16_compiled_equals_simulation_and_reference(block, w):
     assert np.array_equal(got, run_plan(qm.plan, x))
 
 
+class AttentionBlock(torch.nn.Module):
+    """One post-LN encoder layer with its attention (QK^T, scale, softmax, x V), as MiniLM's: every
+    group of tvmptq/quant/tensor_groups.py has a member."""
+
+    def __init__(self, d=16, heads=2):
+        super().__init__()
+        self.h, self.dh = heads, d // heads
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(d, d) for _ in range(4))
+        self.n1, self.f1, self.f2, self.n2 = torch.nn.LayerNorm(d), torch.nn.Linear(d, 32), torch.nn.Linear(32, d), \
+            torch.nn.LayerNorm(d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = (f(x).reshape(b, t, self.h, self.dh).transpose(1, 2) for f in (self.q, self.k, self.v))
+        p = torch.softmax(q @ k.transpose(-1, -2) / self.dh ** 0.5, dim=-1)
+        x = self.n1(x + self.o((p @ v).transpose(1, 2).reshape(b, t, d)))
+        return self.n2(x + self.f2(torch.nn.functional.gelu(self.f1(x))))
+
+
+@pytest.fixture(scope="module")
+def attention_block():
+    torch.manual_seed(0)
+    model = tvmptq.zoo.from_module(AttentionBlock(), torch.randn(4, 8, 16))
+    x = (np.random.RandomState(1).randn(4, 8, 16) * 3).astype(np.float32)
+    imported = rp.Canonicalize()(rp.import_model(model.build(), (torch.from_numpy(x),)))
+    return model, x, imported
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_compile_bit_exact_and_name_lost_kernels(attention_block, preset):
+    """Each preset of tensor_groups.PRESETS on a one-layer encoder: compiled == simulation == NumPy
+    reference; no float op is added; the VNNI rewrite keeps every linear whose input and output stay
+    8-bit and names the others (a 16-bit activation cannot enter or leave an int8 dot-product kernel)."""
+    model, x, imported = attention_block
+    qm = tvmptq.quantize(model, (x,), tvmptq.make_config(8, 8, "minmax", tensor_bits=PRESETS[preset]),
+                         progress=False)
+    base = tvmptq.quantize(model, (x,), tvmptq.make_config(8, 8, "minmax"), progress=False)
+    wide = {n for n, t in qm.plan.tensors.items() if t.bits > 8}
+    groups = tensor_groups(tvmptq.prepare(model))
+    assert wide == {n for g, b in PRESETS[preset].items() if b > 8 for n in groups[g]}
+    mod = rp.lowering_passes(qm.plan)(imported)
+    counts, base_counts = rp.op_counts(mod), rp.op_counts(rp.lowering_passes(base.plan)(imported))
+    assert {k: v for k, v in counts.items() if "float" in k} == {k: v for k, v in base_counts.items() if "float" in k}
+    got = compile_integer(mod)(x)
+    assert np.array_equal(got, qm.runner()(x))
+    assert np.array_equal(got, run_plan(qm.plan, x))
+    tensorize = rp.TensorizeDot(VNNI_TARGET, qm.plan, warn=False)
+    tensorize(mod)
+    lost = {r.layer for r in tensorize.report if r.kind == "linear" and not r.tensorized}
+    linears = [lp for lp in qm.plan.layers if lp.kind == "linear"]
+    assert lost == {lp.name for lp in linears if lp.output in wide or set(lp.inputs) & wide}
+    assert len(linears) == 6
+    # groups that touch a linear's input or output (not the residual sums, not attention) cost kernels
+    assert bool(lost) == bool(set(PRESETS[preset]) & {"ln_out", "ffn_act", "ffn_pre", "proj_out", "qkv"}), lost
+
+
 @pytest.mark.slow
-def test_minilm_res16_compiled_matches_simulation():
-    """MiniLM with its 12 residual sums on 16-bit grids (preset res16) lowers to the integer program
+@pytest.mark.parametrize("preset, n_wide", [("res16", 12), ("res_ln_proj12", 36)])
+def test_minilm_presets_compiled_match_simulation(preset, n_wide):
+    """MiniLM with a preset's wide tensors (res16: the 12 residual sums at 16 bits; res_ln_proj12: 36
+    tensors at 12 bits) lowers to the integer program
     (every linear and attention matmul an int32 matmul) and matches the simulation as closely as the
     8-bit plan does: the float islands (LayerNorm, softmax) differ from PyTorch's only by float32
     rounding (tests/test_relax_lowering.py::test_minilm_compiled_matches_simulation)."""
@@ -58,14 +120,14 @@ def test_minilm_res16_compiled_matches_simulation():
     s = tvmptq.get_set("sentences")
     calib, evaluation = tuple(a[:8] for a in s.calibration()), tuple(a[:8] for a in s.evaluation())
     imported = rp.Canonicalize()(rp.import_model(model.build(), model.example_inputs(4)))
-    qm = tvmptq.quantize(model, calib, tvmptq.make_config(8, 8, weight_rule="minmax", tensor_bits={"residual": 16}),
+    qm = tvmptq.quantize(model, calib, tvmptq.make_config(8, 8, weight_rule="minmax", tensor_bits=PRESETS[preset]),
                          progress=False)
-    assert sum(t.bits == 16 for t in qm.plan.tensors.values()) == 12
+    assert sum(t.bits > 8 for t in qm.plan.tensors.values()) == n_wide
     mod = rp.lowering_passes(qm.plan)(imported)
     counts = rp.op_counts(mod)
     assert counts["matmul -> int32"] == 48 and counts["matmul -> float32"] == 0
     got, ref = compile_integer(mod)(*evaluation), qm.runner()(*evaluation)
     cos = np.sum(got * ref, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
-    print(f"MiniLM res16 compiled vs simulation: min cosine {cos.min():.8f}, "
+    print(f"MiniLM {preset} compiled vs simulation: min cosine {cos.min():.8f}, "
           f"max abs diff {np.abs(got - ref).max():.3g}, equal elements {np.mean(got == ref):.4f}")
     assert cos.min() > 0.99999, cos
