@@ -1,0 +1,101 @@
+"""Integer softmax island (QuantConfig.integer_islands=("softmax",), tvmptq/quant/int_softmax.py):
+within one output step of the float softmax on random codes (masked rows, all-but-one and all
+masked included), the simulation's definition equals the independent NumPy reference, plans keep
+it through save/load, bad names are refused, and on a tiny BERT layer simulation == reference ==
+compiled Relax bit for bit with no float softmax left."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import tvmptq
+from tvmptq.errors import ConfigError, DataError
+from tvmptq.quant import int_softmax as isoft
+from tvmptq.quant.plan import QuantPlan, TensorQuant
+from tvmptq.reference import int_softmax as ref_isoft
+from tvmptq.reference.executor import run_plan
+from tests.test_user_transformers import BertLayer, _inputs
+
+
+def _random_case(rng, bits, scale, rows=64, n=128):
+    tin = TensorQuant("x", scale, 2 ** (bits - 1), bits, 0, 2 ** bits - 1)
+    tout = TensorQuant("p", 1 / 255, 0, 8, 0, 255)
+    codes = rng.integers(tin.qmin, tin.qmax + 1, (rows, n)) - tin.zero_point
+    mask = np.where(rng.random((rows, n)) < 0.3, -1e4, 0.0)
+    mask[0] = 0.0                                       # nothing masked
+    mask[1], mask[1, 5] = np.finfo(np.float32).min, 0.0  # all but one masked
+    mask[2] = -1e4                                      # all masked (an all-padding sentence)
+    return tin, tout, codes, mask
+
+
+@pytest.mark.parametrize("bits,scale", [(8, 0.05), (8, 0.2), (16, 0.0004)])
+def test_integer_softmax_within_one_step_of_float_and_equals_reference(bits, scale):
+    rng = np.random.default_rng(bits)
+    tin, tout, codes, mask = _random_case(rng, bits, scale)
+    params, table = isoft.island_params(tin, tout, (0, 255), codes.shape[1])
+    params["dim"] = 1
+    assert table.size <= tin.qmax - tin.qmin + 1 and table[0] == 2 ** params["frac_bits"]
+    keep = isoft.check_mask(torch.as_tensor(mask), "t")
+    got = isoft.softmax_codes(torch.as_tensor(codes), keep, 1, params, torch.as_tensor(table, dtype=torch.int64)).numpy()
+    ref = ref_isoft.integer_softmax(codes, ref_isoft.keep_from_mask(mask, "t"), params, table, "t")
+    assert np.array_equal(got, ref)
+    x = codes * scale + mask
+    x[2] = codes[2] * scale                              # all masked: the softmax of the scores
+    p = torch.softmax(torch.as_tensor(x, dtype=torch.float64), 1).numpy()
+    exact = p / tout.scale
+    assert np.abs(got - exact).max() <= 0.5 + 1e-3       # correctly rounded up to the table's error
+    assert (got != np.round(exact)).mean() < 0.01
+    dropped = (mask <= isoft.MASK_DROP)
+    dropped[2] = False
+    assert np.all(got[dropped] == 0)                     # masked keys: exactly zero
+    assert got[1, 5] == 255 and got[1].sum() == 255       # the one kept key takes everything
+    assert np.allclose(got.sum(1), 255, atol=params["row_length"] * 0.5 + 1)
+
+
+def test_mask_with_additive_bias_is_refused():
+    with pytest.raises(DataError, match="neither 0"):
+        isoft.check_mask(torch.tensor([0.0, -3.0, -1e4]), "softmax_3")
+    with pytest.raises(ValueError, match="other than 0"):
+        ref_isoft.keep_from_mask(np.array([0.0, 0.5]), "softmax_3")
+
+
+def test_bad_island_names_refused():
+    with pytest.raises(ConfigError, match="'gelu'"):
+        tvmptq.make_config(integer_islands=["softmax", "gelu"])
+    with pytest.raises(ConfigError, match="tuple"):
+        tvmptq.QuantConfig(integer_islands="softmax")
+    from tvmptq import cli_islands
+    ns = type("A", (), {"integer_islands": "softmax, layer_norm"})()
+    with pytest.raises(ConfigError, match="'layer_norm'"):
+        cli_islands.integer_islands(ns)
+    ns.integer_islands = "softmax"
+    assert cli_islands.integer_islands(ns) == ("softmax",)
+
+
+@pytest.fixture(scope="module")
+def bert():
+    torch.manual_seed(0)
+    inp = tuple(_inputs("bert", 16, 0).values())
+    model = tvmptq.zoo.from_module(BertLayer(), tuple(torch.from_numpy(v) for v in inp))
+    qm = tvmptq.quantize(model, inp, tvmptq.make_config(8, 8, "minmax", integer_islands=("softmax",)), progress=False)
+    return model, inp, qm
+
+
+def test_bert_plan_records_island_simulation_equals_reference_and_round_trips(bert, tmp_path):
+    model, inp, qm = bert
+    step = next(s for s in qm.plan.program if s.get("integer_island"))
+    island = step["integer_island"]
+    assert island["mask_step"] and island["input"] in qm.plan.tensors and qm.plan.config["integer_islands"] == ["softmax"]
+    assert step["name"] not in qm.plan.float_islands and island["mask_step"] not in qm.plan.float_islands
+    sim = qm.runner()(*inp)
+    assert np.array_equal(sim, run_plan(qm.plan, *inp))
+    loaded = QuantPlan.load(qm.plan.save(tmp_path / "plan.npz"))
+    assert loaded.program == qm.plan.program and loaded.config == qm.plan.config
+    assert np.array_equal(loaded.constants[island["table"]], qm.plan.constants[island["table"]])
+    assert np.array_equal(run_plan(loaded, *inp), sim)
+    # the float island plan on the same data: the outputs agree closely (integer softmax is within
+    # one output step of the float one)
+    flt = tvmptq.quantize(model, inp, tvmptq.make_config(8, 8, "minmax"), progress=False)
+    out_f = flt.runner()(*inp)
+    assert np.abs(out_f - sim).max() <= 0.05 * np.abs(out_f).max() + 1e-6
