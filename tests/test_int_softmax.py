@@ -99,3 +99,47 @@ def test_bert_plan_records_island_simulation_equals_reference_and_round_trips(be
     flt = tvmptq.quantize(model, inp, tvmptq.make_config(8, 8, "minmax"), progress=False)
     out_f = flt.runner()(*inp)
     assert np.abs(out_f - sim).max() <= 0.05 * np.abs(out_f).max() + 1e-6
+
+
+tvm = pytest.importorskip("tvm")
+import relay_passes as rp  # noqa: E402  (needs tvm)
+from targets.build import compile_integer  # noqa: E402
+from tests.test_user_transformers import TimmViT  # noqa: E402
+
+
+def _float_ops(counts):
+    return {k: v for k, v in counts.items() if "float" in k or "bool" in k}
+
+
+@pytest.mark.parametrize("kind", ["bert", "timm"])
+def test_compiled_equals_simulation_and_reference_without_float_softmax(bert, kind):
+    if kind == "bert":
+        model, inp, qm = bert
+    else:
+        torch.manual_seed(0)
+        inp = tuple(_inputs("timm", 16, 0).values())
+        model = tvmptq.zoo.from_module(TimmViT(), tuple(torch.from_numpy(v) for v in inp))
+        qm = tvmptq.quantize(model, inp, tvmptq.make_config(8, 8, "minmax", integer_islands=("softmax",)),
+                             progress=False)
+    islands = [s["integer_island"] for s in qm.plan.program if s.get("integer_island")]
+    assert islands and bool(islands[0]["mask_step"]) == (kind == "bert")
+    imported = rp.Canonicalize()(rp.import_model(model.build(), tuple(torch.from_numpy(v) for v in inp)))
+    mod = rp.lowering_passes(qm.plan)(imported)
+    counts = rp.op_counts(mod)
+    base_plan = tvmptq.quantize(model, inp, tvmptq.make_config(8, 8, "minmax"), progress=False).plan
+    base = _float_ops(rp.op_counts(rp.lowering_passes(base_plan)(imported)))
+    assert not any("softmax" in k for k in counts)
+    want = {k: v for k, v in base.items() if "softmax" not in k}
+    want["dequantize -> float32"] -= len(islands)  # the scores no longer leave the integer domain
+    if kind == "bert":  # the mask add (float32) is gone, one compare of the mask remains
+        want["add -> float32"] -= 1
+        want["greater -> bool"] = 1
+        want = {k: v for k, v in want.items() if v}
+    # the float64 softmax island's casts and the float32 cast after it go with it
+    got = {k: v for k, v in _float_ops(counts).items()}
+    assert {k: v for k, v in got.items() if "float64" not in k and "astype" not in k} == \
+        {k: v for k, v in want.items() if "float64" not in k and "astype" not in k}
+    out = compile_integer(mod)(*inp)
+    sim = qm.runner()(*inp)
+    assert np.array_equal(out, sim)
+    assert np.array_equal(out, run_plan(qm.plan, *inp))
