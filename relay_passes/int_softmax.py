@@ -36,34 +36,66 @@ def _i32(v):
     return relax.const(int(v), "int32")
 
 
+def _softmax_kernel(q, keep, table, *, axis: int, zero_point: int, island: dict, out_dtype: str):
+    """One TE kernel per island, softmax axis last: the row maximum and the row sum are reductions
+    over expressions (no full-size intermediates but the table values ``E``), so the CPU schedule
+    (targets/cpu_reduction.schedule_row_reductions: DLight's Reduction rule) computes each row in
+    one pass of loops, rows in parallel."""
+    from tvm import te, tirx
+    shape = [int(d) for d in q.shape]
+    if axis != len(shape) - 1:
+        raise LoweringError(f"integer softmax over axis {axis} of a rank-{len(shape)} tensor: only the last axis")
+    n = shape[-1]
+    k_shift, last = int(island["shift"]), int(island["table_length"]) - 1
+
+    def code(idx):
+        c = q[tuple(idx)].astype("int32")
+        return c - zero_point if zero_point else c
+
+    def kept(idx):  # keep broadcasts against q (size-1 axes)
+        return keep[tuple(i if int(d) != 1 else 0 for i, d in zip(idx, keep.shape))]
+
+    r = te.reduce_axis((0, n), "key")
+    if keep is not None:
+        top = te.compute(shape[:-1], lambda *i: te.max(code([*i, r]) - (1 - kept([*i, r])) * DROPPED_OFFSET, axis=r),
+                         name="row_max")
+    else:
+        top = te.compute(shape[:-1], lambda *i: te.max(code([*i, r]), axis=r), name="row_max")
+
+    def exp_of(*i):
+        j = tirx.max(tirx.min(top[i[:-1]] - code(i), last), 0)
+        e = table[j]
+        return e * kept(i) if keep is not None else e
+    e = te.compute(shape, exp_of, name="exp_table")
+    r2 = te.reduce_axis((0, n), "key2")
+    total = te.compute(shape[:-1], lambda *i: te.sum(e[(*i, r2)], axis=r2), name="row_sum")
+    recip = te.compute(shape[:-1], lambda *i: tirx.floordiv(tirx.const(int(island["numerator"]), "int64"),
+                                                             total[i].astype("int64")), name="reciprocal")
+    lo, hi = (int(v) for v in island["clip"])
+
+    def out(*i):
+        y = (e[i].astype("int64") * recip[i[:-1]] + tirx.const(1 << (k_shift - 1), "int64")) >> \
+            tirx.const(k_shift, "int64")
+        y = y + tirx.const(int(island["out_zero_point"]), "int64")
+        return tirx.max(tirx.min(y, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype(out_dtype)
+    return te.compute(shape, out, name="softmax_codes")
+
+
 def lower_softmax(bb: relax.BlockBuilder, scores, mask, island: dict, plan: QuantPlan, name: str):
     gin, gout = Grid.of(plan.tensors[island["input_tensor"]]), Grid.of(plan.tensors[name])
-    axis = [int(island["dim"])]
-    c = bb.emit(R.astype(bb.emit(quantize(scores, gin)), "int32"))
-    if gin.zero_point:
-        c = bb.emit(R.subtract(c, _i32(gin.zero_point)))
+    q = bb.emit(quantize(scores, gin))  # cancels against the scores' dequantize (CancelQDQ)
     keep = None
-    if mask is not None:
+    if mask is not None:  # keep/drop per key (the mask's shape: small); all-dropped rows keep all
+        axis = [int(island["dim"])]
         keep = bb.emit(R.astype(R.greater(mask, relax.const(MASK_DROP, str(mask.ty.dtype))), "int32"))
         keep = bb.emit(R.maximum(keep, R.subtract(_i32(1), R.max(keep, axis, keepdims=True))))
-        top = bb.emit(R.max(R.subtract(c, R.multiply(R.subtract(_i32(1), keep), _i32(DROPPED_OFFSET))),
-                            axis, keepdims=True))
+    table = relax.const(np.asarray(plan.constants[island["table"]], np.int32), "int32")
+    kw = dict(axis=int(island["dim"]), zero_point=gin.zero_point, island=island, out_dtype=gout.dtype)
+    if keep is None:
+        y = bb.emit_te(lambda a, t: _softmax_kernel(a, None, t, **kw), q, table, primfunc_name_hint="integer_softmax")
     else:
-        top = bb.emit(R.max(c, axis, keepdims=True))
-    table = np.asarray(plan.constants[island["table"]], np.int32)
-    index = bb.emit(R.clip(R.subtract(top, c), 0, int(island["table_length"]) - 1))
-    e = bb.emit(R.take(relax.const(table, "int32"), index, axis=0))
-    if keep is not None:
-        e = bb.emit(R.multiply(e, keep))
-    total = bb.emit(R.astype(R.sum(e, axis, keepdims=True), "int64"))
-    recip = bb.emit(R.floor_divide(relax.const(int(island["numerator"]), "int64"), total))
-    k = int(island["shift"])
-    y = bb.emit(R.right_shift(R.add(R.multiply(R.astype(e, "int64"), recip), relax.const(1 << (k - 1), "int64")),
-                              relax.const(k, "int64")))
-    if island["out_zero_point"]:
-        y = bb.emit(R.add(y, relax.const(int(island["out_zero_point"]), "int64")))
-    lo, hi = island["clip"]
-    y = bb.emit(R.astype(R.clip(y, int(lo), int(hi)), gout.dtype))
+        y = bb.emit_te(lambda a, m, t: _softmax_kernel(a, m, t, **kw), q, keep, table,
+                       primfunc_name_hint="integer_softmax")
     return dequantize(y, gout)
 
 

@@ -143,3 +143,43 @@ def test_compiled_equals_simulation_and_reference_without_float_softmax(bert, ki
     sim = qm.runner()(*inp)
     assert np.array_equal(out, sim)
     assert np.array_equal(out, run_plan(qm.plan, *inp))
+
+
+def test_integer_softmax_kernel_is_one_scheduled_row_parallel_kernel_and_bit_exact():
+    from tvm import relax
+    from tvm.relax import op as R
+
+    from relay_passes.int_softmax import lower_softmax
+    from relay_passes.integer_ops import Grid, quantize
+    from targets.build import compile_module
+    from targets.cpu_defaults import schedule_elementwise_kernels
+    from targets.tune import prepare
+    target = tvm.target.Target("llvm")
+    shape = (2, 3, 16, 16)
+    tin, tout = TensorQuant("s", 0.08, 128, 8, 0, 255), TensorQuant("p", 1 / 255, 0, 8, 0, 255)
+    island, table = isoft.island_params(tin, tout, (0, 255), shape[-1])
+    island.update(dim=3, table="t", input_tensor="s")
+    plan = type("P", (), {"tensors": {"s": tin, "p": tout}, "constants": {"t": table}})()
+    bb = relax.BlockBuilder()
+    q = relax.Var("q", relax.TensorType(shape, "uint8"))
+    m = relax.Var("mask", relax.TensorType((2, 1, 1, 16), "float32"))
+    with bb.function("main", [q, m]):
+        with bb.dataflow():
+            x = bb.emit(R.dequantize(q, relax.const(np.float32(0.08), "float32"), relax.const(128, "int32"), axis=-1))
+            y = bb.emit(quantize(bb.emit(lower_softmax(bb, x, m, island, plan, "p")), Grid.of(tout)))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    mod = rp.CancelQDQ()(bb.get())
+    kernels = {gv.name_hint: f for gv, f in schedule_elementwise_kernels(prepare(mod, target), target)[0].functions_items()
+               if isinstance(f, tvm.tirx.PrimFunc)}
+    kernel = kernels[next(n for n in kernels if "integer_softmax" in n)].script()
+    assert "T.parallel" in kernel and "T.vectorized" in kernel and "float" not in kernel
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, shape).astype("uint8")
+    mask = np.zeros((2, 1, 1, 16), np.float32)
+    mask[0, ..., 5:] = -1e4
+    mask[1] = np.finfo(np.float32).min  # a sentence of padding only
+    vm = relax.VirtualMachine(compile_module(mod, target), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(codes), tvm.runtime.tensor(mask)).numpy()
+    want = ref_isoft.integer_softmax(codes.astype(np.int64) - 128, ref_isoft.keep_from_mask(mask, "p"), island, table, "p")
+    assert np.array_equal(got, want) and np.all(got[0, ..., 5:] == 0)
