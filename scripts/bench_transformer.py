@@ -89,18 +89,20 @@ def wide_study(args, graph, model, calib, evald, ref, probe, probe_ref, t0, cmd)
     for bits in args.configs.split(","):
         w, a = (int(v) for v in bits[1:].split("A"))
         group = []
-        for spec in args.wide:
+        for spec, islands in ((s, i) for s in args.wide for i in args.integer_islands):
             tb = parse_wide(spec)
             wide = expand_tensor_bits(graph, tb)
             by_group = ", ".join(f"{g} {sum(n in wide for n in groups[g])}x{tb[g]}" for g in tb if g in groups)
+            islands = tuple(filter(None, islands.replace("none", "").split(",")))
+            label = spec + (f" + integer {','.join(islands)}" if islands else "")
             for rule in args.observers.split(","):
-                cfg = tvmptq.make_config(w, a, rule, tensor_bits=tb or None)
+                cfg = tvmptq.make_config(w, a, rule, tensor_bits=tb or None, integer_islands=islands)
                 plan = build_plan(graph, observers, cfg, model.name, calib, 32)
                 n_wide = sum(t.bits > 8 for t in plan.tensors.values())
                 sim = simulate(graph, plan)
                 probe_sqnr = sqnr_db(probe_ref, run_outputs(torch_runner(sim), probe, 32, "probe", False))
                 f = embedding_fidelity(ref, run_outputs(torch_runner(sim), evald, 32, "q", False))
-                group.append(dict(wide=spec, bits=bits, rule=rule, n_wide=f"{n_wide} of {len(plan.tensors)}",
+                group.append(dict(wide=label, bits=bits, rule=rule, n_wide=f"{n_wide} of {len(plan.tensors)}",
                                   by_group=by_group or "-", probe=probe_sqnr, **f))
                 print(group[-1], f"{time.time() - t0:.0f} s", flush=True)
                 for r in group:
@@ -133,6 +135,9 @@ def main(argv=None) -> int:
     ap.add_argument("--wide", nargs="+", metavar="SPEC",
                     help="group study: each spec (none, res16, residual=16,ln_out=16, ...) one row per config; "
                          "merged into the results file's wide-groups section")
+    ap.add_argument("--integer-islands", nargs="+", default=["none"], metavar="NAMES",
+                    help="with --wide: island settings, each one row per spec (none = float islands; "
+                         "softmax = QuantConfig.integer_islands=('softmax',)); the row's wide label names them")
     args = ap.parse_args(argv)
     cmd = "PYTHONPATH=$PWD nice -n 19 python " + " ".join(
         shlex.quote(x) for x in ["scripts/bench_transformer.py", *(argv if argv is not None else sys.argv[1:])])

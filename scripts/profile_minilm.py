@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 
-def build(work: Path, calib: int):
+def build(work: Path, calib: int, integer_islands=()):
     import targets
     import tvmptq
     from targets.build import compile_module
@@ -29,7 +29,12 @@ def build(work: Path, calib: int):
     name = "minilm_l6"
     t = targets.get("x86-host")
     model = tvmptq.load(name)
-    plan = _plan(model, DEFAULT_SET[name], calib)
+    if integer_islands:  # the same W8A8 plan with integer islands (tvmptq/quant/int_softmax.py)
+        data = tvmptq.get_set(DEFAULT_SET[name])
+        plan = tvmptq.quantize(model, tuple(a[:calib] for a in data.calibration()),
+                               tvmptq.make_config(8, 8, integer_islands=integer_islands), progress=False).plan
+    else:
+        plan = _plan(model, DEFAULT_SET[name], calib)
     mods = _modules(model, plan, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -53,12 +58,23 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--label", default="", help="a name for this build in the report")
     p.add_argument("--append", action="store_true", help="append to --out instead of overwriting it")
+    p.add_argument("--integer-islands", default="", help="comma-separated integer islands (e.g. softmax)")
+    p.add_argument("--build-only", action="store_true", help="build into --work and stop (run it under nice)")
+    p.add_argument("--reuse", action="store_true", help="time the build already in --work (made by --build-only)")
     args = p.parse_args(argv)
     from targets.speed import measure_in_subprocess
     work = Path(args.work)
     t0 = time.perf_counter()
-    note = build(work, args.calib_samples)
+    islands = tuple(n for n in args.integer_islands.split(",") if n)
+    if args.reuse:
+        note = (work / "note.txt").read_text()
+    else:
+        note = build(work, args.calib_samples, islands) + (f", integer islands: {','.join(islands)}" if islands else "")
+        (work / "note.txt").write_text(note)
     build_s = time.perf_counter() - t0
+    if args.build_only:
+        print(f"built {work / 'int8.so'} in {build_s:.0f} s ({note})")
+        return 0
     base = {"inputs": str(work / "inputs.npz"), "engine": "tvm_int8_untuned", "kind": "tvm",
             "path": str(work / "int8.so"), "warmup": 5, "profile_dir": str(work / "profiles")}
     lines = [f"## MiniLM-L6 int8 untuned, tensorized ({note}) {args.label}\n",

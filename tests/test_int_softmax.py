@@ -183,3 +183,29 @@ def test_integer_softmax_kernel_is_one_scheduled_row_parallel_kernel_and_bit_exa
     got = vm["main"](tvm.runtime.tensor(codes), tvm.runtime.tensor(mask)).numpy()
     want = ref_isoft.integer_softmax(codes.astype(np.int64) - 128, ref_isoft.keep_from_mask(mask, "p"), island, table, "p")
     assert np.array_equal(got, want) and np.all(got[0, ..., 5:] == 0)
+
+
+@pytest.mark.slow
+def test_digits_vit_integer_softmax_compiled_equals_simulation_and_reference():
+    """The zoo's digits_vit (timm attention through SDPA, no mask) with integer softmax islands."""
+    model = tvmptq.load("digits_vit")
+    data = tvmptq.get_set("digits")
+    calib, x = tuple(a[:64] for a in data.calibration()), data.evaluation()[0][:16]
+    qm = tvmptq.quantize(model, calib, tvmptq.make_config(8, 8, "minmax", integer_islands=("softmax",)), progress=False)
+    n_soft = sum(1 for s in qm.plan.program if s["kind"] == "op" and "softmax" in s["op"])
+    assert n_soft and sum(1 for s in qm.plan.program if s.get("integer_island")) == n_soft
+    mod = rp.lowering_passes(qm.plan)(rp.Canonicalize()(rp.import_model(model.build(), (torch.from_numpy(x),))))
+    assert not any("softmax" in k for k in rp.op_counts(mod))
+    got = compile_integer(mod)(x)
+    assert np.array_equal(got, qm.runner()(x))
+    assert np.array_equal(got, run_plan(qm.plan, x))
+
+
+def test_exports_refuse_integer_island_plans(bert, tmp_path):
+    from tvmptq.export.qdq_onnx import export_qdq_onnx
+    from tvmptq.export.tflite import export_tflite
+    _, _, qm = bert
+    with pytest.raises(NotImplementedError, match="integer_islands"):
+        export_qdq_onnx(qm.plan, tmp_path / "m.onnx")
+    with pytest.raises(NotImplementedError, match="integer_islands"):
+        export_tflite(qm.plan)
