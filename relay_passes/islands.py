@@ -169,8 +169,14 @@ def plan_islands(plan: QuantPlan, branches: bool = True) -> Counter:
     """Relax float ops the plan declares, counted per op name: its program's float ops (see
     ATEN_TO_RELAX) and, with ``branches``, its float branches (see FLOAT_BRANCH_OPS)."""
     counts = Counter()
+    # integer islands (relay_passes/int_softmax.py): the softmax and its mask add become integer
+    # ops; a masked one keeps one float compare of the mask
+    islands = [s["integer_island"] for s in plan.program or [] if s.get("integer_island")]
+    integer = {s["name"] for s in plan.program or [] if s.get("integer_island")} | \
+        {i["mask_step"] for i in islands if i.get("mask_step")}
+    counts.update({"greater": sum(1 for i in islands if i.get("mask_step"))} if islands else {})
     for step in plan.program or []:
-        if step["kind"] == "op" and not step.get("integer"):
+        if step["kind"] == "op" and not step.get("integer") and step["name"] not in integer:
             counts.update(ATEN_TO_RELAX.get(step["op"], ()))
     if branches:
         counts.update(branch_islands(plan))

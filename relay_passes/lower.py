@@ -10,6 +10,7 @@ from .canonicalize import Canonicalize
 from .errors import LoweringError
 from .frontend import import_model
 from .int_layernorm import IntegerLayerNorms
+from .int_softmax import IntegerSoftmax
 from .islands import FLOAT_BRANCH_OPS, Float64Islands, float_branch_key, plan_islands
 from .lookup_tables import LookupTables
 from .match import MatchPlanLayers
@@ -36,7 +37,7 @@ def lowering_passes(plan: QuantPlan, requantize: str = "int64", leave_float=(), 
                             f"it lowers {', '.join(f'{k}/{f}' for k, f in FLOAT_BRANCH_OPS)} (a qwt_v1 plan "
                             "without 'features' predates the lowering: fit it again)")
     passes = [Canonicalize(), LookupTables(plan), PReLUs(plan), MatchPlanLayers(plan), QuantizeLayers(plan, requantize, leave_float),
-              IntegerLayerNorms(plan), CancelQDQ()]
+              IntegerLayerNorms(plan), IntegerSoftmax(plan), CancelQDQ()]
     if verify:  # the plan's float ops and float branches are the declared islands; ``islands`` adds
         allowed = plan_islands(plan)
         allowed.update({name: float("inf") for name in islands})

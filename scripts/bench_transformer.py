@@ -19,7 +19,6 @@ calibration probe SQNR per config (the evaluation split never chooses).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shlex
 import sys
 import time
@@ -90,13 +89,14 @@ def wide_study(args, graph, model, calib, evald, ref, probe, probe_ref, t0, cmd)
     for bits in args.configs.split(","):
         w, a = (int(v) for v in bits[1:].split("A"))
         group = []
-        for spec in args.wide:
+        for spec, islands in ((s, i) for s in args.wide for i in args.integer_islands):
             tb = parse_wide(spec)
             wide = expand_tensor_bits(graph, tb)
             by_group = ", ".join(f"{g} {sum(n in wide for n in groups[g])}x{tb[g]}" for g in tb if g in groups)
+            islands = tuple(filter(None, islands.replace("none", "").split(",")))
+            label = spec + (f" int:{'+'.join(islands)}" if islands else "")  # beside the float rows of spec
             for rule in args.observers.split(","):
-                cfg = tvmptq.make_config(w, a, rule, tensor_bits=tb or None)
-                cfg, label = _with_integer_islands(cfg, spec, args.integer_islands)
+                cfg = tvmptq.make_config(w, a, rule, tensor_bits=tb or None, integer_islands=islands)
                 plan = build_plan(graph, observers, cfg, model.name, calib, 32)
                 if plan.config.get("float_layernorms"):
                     print("LayerNorms left in float:", plan.config["float_layernorms"], flush=True)
@@ -114,15 +114,6 @@ def wide_study(args, graph, model, calib, evald, ref, probe, probe_ref, t0, cmd)
         rows += group
     print((REPO / args.out).read_text())
     return 0
-
-
-def _with_integer_islands(cfg, spec: str, islands: str | None):
-    """(config, row label): ``--integer-islands layernorm`` rows are labelled ``<spec> int:layernorm``
-    so they merge beside the float-island rows of the same spec."""
-    if not islands:
-        return cfg, spec
-    names = tuple(sorted(filter(None, islands.split(","))))
-    return dataclasses.replace(cfg, integer_islands=names), f"{spec} int:{'+'.join(names)}"
 
 
 def _write_wide(args, rows, cmd, t0) -> None:
@@ -146,9 +137,10 @@ def main(argv=None) -> int:
     ap.add_argument("--wide", nargs="+", metavar="SPEC",
                     help="group study: each spec (none, res16, residual=16,ln_out=16, ...) one row per config; "
                          "merged into the results file's wide-groups section")
-    ap.add_argument("--integer-islands", metavar="NAMES", default=None,
-                    help="with --wide: islands computed in integer arithmetic (QuantConfig.integer_islands), "
-                         "e.g. layernorm; rows labelled '<spec> int:<names>'")
+    ap.add_argument("--integer-islands", nargs="+", default=["none"], metavar="NAMES",
+                    help="with --wide: island settings, each one row per spec (none = float islands; "
+                         "softmax, layernorm or softmax,layernorm = QuantConfig.integer_islands); rows are "
+                         "labelled '<spec> int:<names>'")
     args = ap.parse_args(argv)
     cmd = "PYTHONPATH=$PWD nice -n 19 python " + " ".join(
         shlex.quote(x) for x in ["scripts/bench_transformer.py", *(argv if argv is not None else sys.argv[1:])])

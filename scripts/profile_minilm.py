@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 
 
-def build(work: Path, calib: int):
+def build(work: Path, calib: int, integer_islands=()):
     import targets
     from targets.build import compile_module
     from targets.compare import prepare_batch1
     t = targets.get("x86-host")
-    prep = prepare_batch1("minilm_l6", calib, work, t)
+    # integer_islands: the same W8A8 plan with integer islands (tvmptq/quant/int_softmax.py, int_layernorm.py)
+    prep = prepare_batch1("minilm_l6", calib, work, t, integer_islands=integer_islands)
     ex = compile_module(prep.tensorized, t.tvm_target())
     ex.export_library(str(work / "int8.so"))
     return prep.kernels
@@ -38,12 +39,23 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--label", default="", help="a name for this build in the report")
     p.add_argument("--append", action="store_true", help="append to --out instead of overwriting it")
+    p.add_argument("--integer-islands", default="", help="comma-separated integer islands (e.g. softmax)")
+    p.add_argument("--build-only", action="store_true", help="build into --work and stop (run it under nice)")
+    p.add_argument("--reuse", action="store_true", help="time the build already in --work (made by --build-only)")
     args = p.parse_args(argv)
     from targets.speed import measure_in_subprocess
     work = Path(args.work)
     t0 = time.perf_counter()
-    note = build(work, args.calib_samples)
+    islands = tuple(n for n in args.integer_islands.split(",") if n)
+    if args.reuse:
+        note = (work / "note.txt").read_text()
+    else:
+        note = build(work, args.calib_samples, islands) + (f", integer islands: {','.join(islands)}" if islands else "")
+        (work / "note.txt").write_text(note)
     build_s = time.perf_counter() - t0
+    if args.build_only:
+        print(f"built {work / 'int8.so'} in {build_s:.0f} s ({note})")
+        return 0
     base = {"inputs": str(work / "inputs.npz"), "engine": "tvm_int8_untuned", "kind": "tvm",
             "path": str(work / "int8.so"), "warmup": 5, "profile_dir": str(work / "profiles")}
     lines = [f"## MiniLM-L6 int8 untuned, tensorized ({note}) {args.label}\n",

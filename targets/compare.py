@@ -31,10 +31,11 @@ def _log(msg):
     print(msg, flush=True)
 
 
-def _plan(model, set_name, calib_samples):
+def _plan(model, set_name, calib_samples, integer_islands=()):
     import tvmptq
     calib = tuple(a[:calib_samples] for a in tvmptq.get_set(set_name).calibration())
-    return tvmptq.quantize(model, calib, tvmptq.make_config(8, 8), progress=False).plan
+    config = tvmptq.make_config(8, 8, integer_islands=integer_islands)
+    return tvmptq.quantize(model, calib, config, progress=False).plan
 
 
 def _modules(model, plan, batch):
@@ -94,15 +95,16 @@ class Prepared:
                 for j in range(n)]
 
 
-def zoo_plan(name: str, calib_samples: int):
-    """(model, its W8A8 plan on the first ``calib_samples`` calibration samples of its protocol set)."""
+def zoo_plan(name: str, calib_samples: int, integer_islands=()):
+    """(model, its W8A8 plan on the first ``calib_samples`` calibration samples of its protocol set);
+    ``integer_islands``: QuantConfig.integer_islands."""
     import tvmptq
     from tvmptq.eval.sets import DEFAULT_SET
     model = tvmptq.load(name)
-    return model, _plan(model, DEFAULT_SET[name], calib_samples)
+    return model, _plan(model, DEFAULT_SET[name], calib_samples, integer_islands)
 
 
-def prepare_batch1(name: str, calib_samples: int, work, target, planned=None) -> Prepared:
+def prepare_batch1(name: str, calib_samples: int, work, target, planned=None, integer_islands=()) -> Prepared:
     """Plan, batch-1 Relax modules and the int8 module tensorized for ``target`` (a targets.Target)
     of zoo model ``name``, with its batch-1 evaluation inputs saved as ``work/inputs.npz``.
     ``planned``: the (model, plan) of :func:`zoo_plan` when the caller needed the plan first."""
@@ -110,7 +112,7 @@ def prepare_batch1(name: str, calib_samples: int, work, target, planned=None) ->
     from tvmptq.eval.sets import DEFAULT_SET
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    model, plan = planned or zoo_plan(name, calib_samples)
+    model, plan = planned or zoo_plan(name, calib_samples, integer_islands)
     data = tvmptq.get_set(DEFAULT_SET[name])
     mods = _modules(model, plan, 1)
     with warnings.catch_warnings():

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import cli_inputs, cli_npu, cli_qdq, cli_qft, cli_targets, cli_wide
+from . import cli_inputs, cli_islands, cli_npu, cli_qdq, cli_qft, cli_targets, cli_wide
 from .errors import ConfigError, TvmptqError
 
 
@@ -30,7 +30,8 @@ def cmd_quantize(args) -> int:
     config = tvmptq.make_config(args.wbits, args.abits, "minmax" if args.observer == "auto" else args.observer,
                                 args.weight_rule, args.symmetric, args.percentile, args.first_last_8bit,
                                 cli_inputs.parse_layer_overrides(args.layer), not args.no_bias_correction,
-                                lookup_tables=not args.float_activations, tensor_bits=cli_wide.tensor_bits(args))
+                                lookup_tables=not args.float_activations, tensor_bits=cli_wide.tensor_bits(args),
+                                integer_islands=cli_islands.integer_islands(args))
     if args.out:  # a plan that cannot be written fails now, not after calibrating
         from .deploy.artifact import make_folder
         make_folder(Path(args.out).parent, "folder of --out")
@@ -80,6 +81,7 @@ def cmd_quantize(args) -> int:
                   + "".join(f"; task metric {k} {v:.4f}" for k, v in sel["probe_metric"].items()) + ")")
     cli_qft.summary(plan, methods)
     cli_wide.summary(plan)
+    cli_islands.summary(plan)
     if "qwt" in methods:
         print(f"QwT v1: {plan.stats['qwt']['extra_params']} extra float parameters (float branches: "
               f"{', '.join(lp.name for lp in plan.layers if lp.attrs.get('float_branch'))})")
@@ -339,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--qdrop", type=float, default=0.0, help="QDrop probability during reconstruction (default 0)")
     cli_qft.add_arguments(q)
     cli_wide.add_arguments(q)
+    cli_islands.add_arguments(q)
     q.add_argument("--from-plan", help="apply --method to this saved plan instead of calibrating a new one")
     q.add_argument("--method-samples", type=int, default=256, help="calibration samples used to fit --method")
     q.add_argument("--cwac-ridge", type=float, default=0.0, help="CWAC ridge towards identity (0: least squares)")

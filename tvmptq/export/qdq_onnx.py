@@ -123,6 +123,10 @@ def export_qdq_onnx(plan, path, batch: int | None = 1, *, low_bit: str = "clip",
     (16- and 4-bit containers need 21). ``check``: run ``onnx.checker.check_model`` on the result.
     Raises NotImplementedError naming the first op or layer kind the export does not cover.
     """
+    if plan.config.get("integer_islands"):  # ONNX Softmax is float: it would not be the plan's integer softmax
+        raise NotImplementedError(f"plan computes {', '.join(plan.config['integer_islands'])} islands in integers "
+                                  "(integer_islands); the QDQ export writes float islands only: quantize without "
+                                  "--integer-islands to export")
     if low_bit not in LOW_BIT_MODES:
         raise ValueError(f"low_bit must be one of {LOW_BIT_MODES}, got {low_bit!r}")
     if opset not in _IR_VERSION:

@@ -426,6 +426,10 @@ class _Exporter:
 
 def export_tflite(plan, path=None, batch: int = 1) -> TFLiteExport:
     """Write ``plan`` as a fully-integer TFLite flatbuffer (static ``batch``); ``path`` optional."""
+    if plan.config.get("integer_islands"):  # TFLite's SOFTMAX kernel is not the plan's integer softmax
+        raise NotImplementedError(f"plan computes {', '.join(plan.config['integer_islands'])} islands in integers "
+                                  "(integer_islands); the TFLite export does not write them: quantize without "
+                                  "--integer-islands to export")
     result = _Exporter(plan, batch).run()
     if path is not None:
         path = Path(path)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Iterable
 
 import numpy as np
@@ -13,6 +14,7 @@ from ..errors import ConfigError, DataError
 from .fixedpoint import quantize_multiplier, shared_shift_multipliers
 from .graph import Layer, LayerGraph
 from .edge_ops import bilinear_arrays
+from .int_softmax import add_integer_softmax
 from .lut import build_table
 from .observers import HistogramObserver
 from .plan import LayerPlan, QuantPlan, TensorQuant
@@ -173,6 +175,29 @@ def _layer_plan(layer: Layer, graph: LayerGraph, tensors: dict, config: QuantCon
     return plan
 
 
+def _integer_layernorms(plan: QuantPlan, graph: LayerGraph) -> list[str]:
+    """int_layernorm.convert: the LayerNorms that stay float, each with its reason."""
+    from .int_layernorm import convert
+    convert(plan)
+    return [f"{name} ({why})" for name, why in plan.config.get("float_layernorms", {}).items()]
+
+
+def add_integer_islands(plan: QuantPlan, graph: LayerGraph, names: tuple[str, ...]) -> None:
+    """Record the integer islands ``names`` in the plan; islands that stay float are named in
+    ``config["integer_islands_float"]`` and warned about."""
+    implemented = {"softmax": add_integer_softmax, "layernorm": _integer_layernorms}
+    missing = [n for n in names if n not in implemented]
+    if missing:
+        raise ConfigError(f"integer island(s) {', '.join(missing)} not implemented in this version "
+                          f"(implemented: {', '.join(implemented)})")
+    left = [step for n in names for step in implemented[n](plan, graph)]
+    plan.config["integer_islands"] = list(names)
+    if left:
+        plan.config["integer_islands_float"] = left
+        warnings.warn(f"integer islands: {', '.join(left)} stay float (softmax: input not a quantized tensor "
+                      "plus a keep/drop mask, or output not quantized)")
+
+
 def check_overrides(graph: LayerGraph, config: QuantConfig) -> dict[str, int]:
     """Fails on an override or tensor width naming no layer, tensor or group; returns config.tensor_bits
     expanded to tensor names (tensor_groups.expand_tensor_bits)."""
@@ -217,9 +242,8 @@ def build_plan(graph: LayerGraph, observers: dict[str, HistogramObserver], confi
     program, constants = build_program(graph)
     plan = QuantPlan(model_name, cfg, tensors, layers, [n.name for n in graph.islands],
                      [n for n in graph.input_names if n in tensors], program=program, constants=constants)
-    if "layernorm" in config.integer_islands:  # before bias correction: it corrects what runs
-        from .int_layernorm import convert
-        convert(plan)
+    if config.integer_islands:  # before bias correction (it corrects what runs); recorded only when
+        add_integer_islands(plan, graph, config.integer_islands)  # used: older plans stay byte-identical
     plan.config["bias_correction"] = False
     if graph.batch:  # the graph fixes its batch size: the program is compiled at that batch
         plan.config["fixed_batch"] = int(graph.batch)

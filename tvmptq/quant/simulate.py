@@ -20,7 +20,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from . import lut
+from . import int_softmax, lut
 from .graph import Layer, LayerGraph
 from .int_layernorm import QLayerNorm
 from .plan import LayerPlan, QuantPlan, TensorQuant
@@ -322,6 +322,49 @@ FLOAT64_ISLANDS = {_aten.log_softmax.int: _log_softmax_f64, _aten._log_softmax.d
                    _aten._softmax.default: _softmax_f64, _aten.gelu.default: _gelu_f64}
 
 
+class IntegerSoftmax(nn.Module):
+    """A softmax step the plan computes in integers (int_softmax.py): the centred codes of its
+    quantized input, the keep/drop mask of the add in front of it, output on the plan's grid."""
+
+    def __init__(self, island: dict, plan: QuantPlan, where: str):
+        super().__init__()
+        self.p, self.where = island, where
+        self.tin, self.tout = plan.tensors[island["input_tensor"]], plan.tensors[where]
+        self.register_buffer("table", torch.as_tensor(plan.constants[island["table"]].astype(np.int64)))
+
+    def forward(self, x, mask=None):
+        keep = None if mask is None else int_softmax.check_mask(torch.as_tensor(mask), self.where)
+        codes = int_softmax.softmax_codes(_centered(x, self.tin).to(torch.int64), keep, self.p["dim"],
+                                          self.p, self.table, self.where)
+        return (codes - self.tout.zero_point).to(torch.float32).mul_(self.tout.scale)
+
+
+def _integer_softmax(root, graph: fx.Graph, plan: QuantPlan) -> None:
+    """Each softmax node the plan computes in integers reads the quantized scores (and the mask)
+    of the add in front of it through an IntegerSoftmax module instead."""
+    nodes = {n.name: n for n in graph.nodes}
+    for step in plan.program or []:
+        island = step.get("integer_island")
+        if not island or island["kind"] != "softmax":
+            continue
+        node = nodes[step["name"]]
+        x, mask = node.args[0], None
+        if island["mask_step"]:
+            add = x
+            i = next(i for i, a in enumerate(plan_args(plan, island["mask_step"])) if a == {"value": island["input"]})
+            x, mask = add.args[i], add.args[1 - i]
+        mod_name = f"integer_softmax_{step['name']}"
+        root.add_module(mod_name, IntegerSoftmax(island, plan, step["name"]))
+        with graph.inserting_before(node):
+            new = graph.call_module(mod_name, (x,) if mask is None else (x, mask))
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+
+
+def plan_args(plan: QuantPlan, name: str) -> list:
+    return next(s for s in plan.program if s.get("name") == name)["args"]
+
+
 LAYER_MODULES = {"conv2d": QKernel, "linear": QKernel, "matmul": QMatmul, "add": QAdd,
                  "mean": QMean, "mul_const": QMulConst, "cat": QCat, "lut": QLookup, "mul": QMul, "avg_pool": QAvgPool,
                  "bilinear": QBilinear, "prelu": QPrelu, "layernorm": QLayerNorm}
@@ -365,6 +408,7 @@ def simulate(graph: LayerGraph, plan: QuantPlan) -> fx.GraphModule:
         with new_graph.inserting_after(node):
             q = new_graph.call_module(mod_name, (node,))
         node.replace_all_uses_with(q, delete_user_cb=lambda u, q=q: u is not q)
+    _integer_softmax(root, new_graph, plan)
     for node in new_graph.nodes:
         if node.op == "call_function" and node.target in FLOAT64_ISLANDS:
             node.target = FLOAT64_ISLANDS[node.target]

@@ -92,6 +92,19 @@ class LayerOverride:
     keep_float: bool = False            # run this layer in float; reported as such
 
 
+# Island kinds QuantConfig.integer_islands may name (each computed by tvmptq/quant/int_islands.py).
+INTEGER_ISLANDS = ("softmax", "layernorm")
+
+
+def check_integer_islands(names) -> tuple[str, ...]:
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"integer_islands must be a tuple of island names, got {names!r}")
+    for name in names:
+        if name not in INTEGER_ISLANDS:
+            raise ConfigError(f"unknown integer island {name!r}: choose from {', '.join(INTEGER_ISLANDS)}")
+    return tuple(names)
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """Everything the baseline PTQ needs to know besides the model and the data."""
@@ -114,6 +127,7 @@ class QuantConfig:
     def __post_init__(self):
         for name, bits in self.tensor_bits:
             check_bits(bits, f"activation (tensor {name!r})", WIDE_ACTIVATION_BITS)
+        check_integer_islands(self.integer_islands)
 
     @property
     def name(self) -> str:
@@ -125,11 +139,13 @@ class QuantConfig:
 
 def make_config(w_bits=8, a_bits=8, observer="minmax", weight_rule="mse", symmetric=False,
                 percentile=99.99, first_last_8bit=False, overrides=None, bias_correction=True,
-                lookup_tables=True, real_tokens_only=False, tensor_bits=None) -> QuantConfig:
+                lookup_tables=True, real_tokens_only=False, tensor_bits=None,
+                integer_islands=()) -> QuantConfig:
     """Convenience constructor used by the CLI and the benchmarks."""
     ovr = tuple(sorted((k, v if isinstance(v, LayerOverride) else LayerOverride(**v))
                        for k, v in (overrides or {}).items()))
     return QuantConfig(WeightSpec(w_bits, weight_rule),
                        ActivationSpec(a_bits, symmetric, observer, percentile),
                        first_last_8bit, ovr, bias_correction, lookup_tables, real_tokens_only,
-                       tuple(sorted((tensor_bits or {}).items())))
+                       tuple(sorted((tensor_bits or {}).items())),
+                       tuple(sorted(set(check_integer_islands(tuple(integer_islands or ()))))))

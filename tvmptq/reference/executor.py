@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import edge, int_layernorm, lut, ops
+from .int_softmax import integer_softmax, keep_from_mask
 
 
 @dataclass(frozen=True, eq=False)
@@ -248,6 +249,18 @@ def _batch_sizes(op: str, args: list, batch: int, values: dict) -> list:
     return list(args)
 
 
+def _integer_island(plan, step: dict, env: _Env) -> QValue:
+    """A softmax the plan computes in integers (reference/int_softmax.py), from its quantized input
+    and the keep/drop mask of the add in front of it (that add's float result is not read)."""
+    island = step["integer_island"]
+    if island["kind"] != "softmax":
+        raise NotImplementedError(f"integer island {island['kind']!r} (step {step['name']!r})")
+    x = env.values[island["input"]]
+    keep = None if island["mask"] is None else keep_from_mask(env.resolve(island["mask"]), step["name"])
+    q = integer_softmax(x.q - x.t.zero_point, keep, island, plan.constants[island["table"]], step["name"])
+    return QValue(q, plan.tensors[step["name"]])
+
+
 def _bind_input(step: dict, inputs: tuple) -> np.ndarray:
     if step["index"] >= len(inputs):
         raise ValueError(f"the plan's program takes input {step['name']!r} (#{step['index']}), "
@@ -282,6 +295,8 @@ def run_plan_values(plan, *inputs: np.ndarray, check_input_ops: bool = True) -> 
             if lp.attrs.get("float_branch"):  # declared float branch (QwT v1 compensation)
                 values[step["name"]] = _float_branch(lp, values[lp.attrs["float_branch"]["input"]],
                                                      values[step["name"]])
+        elif kind == "op" and step.get("integer_island"):
+            values[step["name"]] = _integer_island(plan, step, env)
         elif kind == "op":
             args = env.resolve(step["args"])
             kwargs = {k: env.resolve(v) for k, v in step.get("kwargs", {}).items()}
