@@ -55,13 +55,14 @@ def bench(name: str, tag: str, args, rows: list, flush) -> None:
     case = load_case(name, args.calib_samples, args.eval_samples)
     model, evalset, graph, calib, evals, labels, key = (case.model, case.evalset, case.graph, case.calib,
                                                         case.evals, case.labels, case.key)
+    # mixed precision: checked before the (slow) statistics, so an unknown role fails at once
+    overrides = weight_bit_overrides(graph, args.high_bits_roles, 8) if args.high_bits_roles else None
     n_fit = len(calib[0]) * 3 // 4
     fit, held = tuple(a[:n_fit] for a in calib), tuple(a[n_fit:] for a in calib)
     ref = run_outputs(torch_runner(graph.gm), evals, 32, "fp32", False)
     ref_held = run_outputs(torch_runner(graph.gm), held, 32, "fp32", False)
     w, a = int(tag[1]), int(tag[3])
     observers, _ = collect_statistics(graph, batches(fit, 32))
-    overrides = weight_bit_overrides(graph, args.high_bits_roles, 8) if args.high_bits_roles else None
     config = tvmptq.make_config(w, a, "minmax", first_last_8bit=args.first_last_8bit, overrides=overrides)
     bits = tag + (" fl8" if args.first_last_8bit else "") + (
         f" {'+'.join(args.high_bits_roles)}@W8 ({len(overrides)} layers)" if overrides else "")
