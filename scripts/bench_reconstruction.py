@@ -11,7 +11,7 @@ constant counts compared. Writes results/reconstruction.md (+ .json).
 
 Usage: .venv/bin/python scripts/bench_reconstruction.py [--rows digits:W2A4 ...] [--iters N]
        [--methods baseline cwac adaround brecq waps:in_mixed ...] [--no-latency] [--out PATH]
-       [--opt drop_prob=0.5 ...] [--first-last-8bit] [--append] [--regenerate [--merge A.json ...]]
+       [--opt drop_prob=0.5 ...] [--first-last-8bit] [--high-bits-roles depthwise] [--append] [--regenerate [--merge A.json ...]]
 Rows are written after each method (a long run leaves a partial table); rows with a non-default
 option or bit assignment go to the settings table.
 """
@@ -33,6 +33,7 @@ import tvmptq  # noqa: E402
 from tvmptq.api import AUTO_SELECT_SAMPLES, QuantizedModel, apply_method, select_observer  # noqa: E402
 from tvmptq.eval.sets import batches, run_outputs, score, torch_runner  # noqa: E402
 from bench_common import latency_ms, load_case, relax_import  # noqa: E402
+from layer_roles import weight_bit_overrides  # noqa: E402
 from tvmptq.quant.calibrate import collect_statistics  # noqa: E402
 from tvmptq.util import peak_rss_mb  # noqa: E402
 
@@ -54,13 +55,17 @@ def bench(name: str, tag: str, args, rows: list, flush) -> None:
     case = load_case(name, args.calib_samples, args.eval_samples)
     model, evalset, graph, calib, evals, labels, key = (case.model, case.evalset, case.graph, case.calib,
                                                         case.evals, case.labels, case.key)
+    # mixed precision: checked before the (slow) statistics, so an unknown role fails at once
+    overrides = weight_bit_overrides(graph, args.high_bits_roles, 8) if args.high_bits_roles else None
     n_fit = len(calib[0]) * 3 // 4
     fit, held = tuple(a[:n_fit] for a in calib), tuple(a[n_fit:] for a in calib)
     ref = run_outputs(torch_runner(graph.gm), evals, 32, "fp32", False)
     ref_held = run_outputs(torch_runner(graph.gm), held, 32, "fp32", False)
     w, a = int(tag[1]), int(tag[3])
     observers, _ = collect_statistics(graph, batches(fit, 32))
-    config = tvmptq.make_config(w, a, "minmax", first_last_8bit=args.first_last_8bit)
+    config = tvmptq.make_config(w, a, "minmax", first_last_8bit=args.first_last_8bit, overrides=overrides)
+    bits = tag + (" fl8" if args.first_last_8bit else "") + (
+        f" {'+'.join(args.high_bits_roles)}@W8 ({len(overrides)} layers)" if overrides else "")
     rule, plan, sim, _ = select_observer(graph, observers, config,
                                          tuple(x[:AUTO_SELECT_SAMPLES] for x in fit), 32, model.name)
     base = QuantizedModel(model, graph, plan, sim)
@@ -81,7 +86,7 @@ def bench(name: str, tag: str, args, rows: list, flush) -> None:
         s = score(evalset.task, ref, out, labels)
         s_held = score(evalset.task, ref_held, run_outputs(qm.runner(), held, 32, method, False))
         label = " ".join([method] + [f"{k}={v}" for k, v in opts.items() if k not in ("samples", "seed", "reading")])
-        row = {"command": "scripts/bench_reconstruction.py " + " ".join(sys.argv[1:]), "model": name, "bits": tag + (" fl8" if args.first_last_8bit else ""), "observer": rule,
+        row = {"command": "scripts/bench_reconstruction.py " + " ".join(sys.argv[1:]), "model": name, "bits": bits, "observer": rule,
                "method": label if meth != "baseline" else method, "n_fit": n_fit, "primary": key, **s,
                "held_out": s_held[key], "fit_seconds": seconds, "peak_rss_mb": peak_rss_mb(),
                "load_avg": [load0, os.getloadavg()[0]],
@@ -161,9 +166,11 @@ def write_md(rows, args, path: Path, seconds: float) -> None:
     lines += _table([r for r in rows if not _is_setting(r)])
     settings = [r for r in rows if _is_setting(r)]
     if settings:
-        lines += ["", "## Settings (BRECQ's conventions, iterations, samples), digits W2A4", "",
+        lines += ["", "## Settings (BRECQ's conventions, iterations, samples, mixed precision)", "",
                   "One change at a time against the default row above; `fl8`: first and last conv/linear "
-                  "at 8 bits (the plan's `first_last_8bit`, BRECQ's convention; its baseline changes too).", ""]
+                  "at 8 bits (the plan's `first_last_8bit`, BRECQ's convention; its baseline changes too); "
+                  "`<role>@W8`: those layers at 8-bit weights through the plan's per-layer overrides "
+                  "(mixed precision; `scripts/layer_roles.py` names the roles), the rest at the row's bits.", ""]
         lines += _table(settings)
     notes = Path(__file__).with_name("reconstruction_notes.md")
     if notes.exists():
@@ -184,6 +191,8 @@ def main():
     p.add_argument("--progress", action="store_true")
     p.add_argument("--opt", nargs="*", default=[], help="key=value for ReconConfig / WAPSConfig fields, e.g. drop_prob=0.5")
     p.add_argument("--first-last-8bit", action="store_true", help="first and last conv/linear at 8 bits (BRECQ's convention)")
+    p.add_argument("--high-bits-roles", nargs="*", default=[],
+                   help="layer roles at 8-bit weights (mixed precision in the plan's per-layer overrides), e.g. depthwise")
     p.add_argument("--append", action="store_true", help="keep the rows already in the .json, add these")
     p.add_argument("--merge", nargs="*", default=[], help="with --regenerate: add the rows of these .json files")
     p.add_argument("--regenerate", action="store_true", help="only rewrite the .md from the .json")

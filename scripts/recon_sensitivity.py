@@ -9,7 +9,11 @@ split); the group rows also show the evaluation split, for the record. No fittin
 baseline plans, so the numbers say where rounding error enters before any reconstruction.
 
 Usage: .venv/bin/python scripts/recon_sensitivity.py efficientnet_lite0:W4A8 [--out results/recon_sensitivity.md]
-Writes the .md and a .json next to it.
+       [--settings depthwise all_high ...] [--no-layers] [--append]
+Writes the .md and a .json next to it. ``--settings`` runs only the named group settings (keys:
+all_low, first_last, depthwise_first_last, all_high and the role names with spaces as underscores:
+depthwise, 1x1_expand, 1x1_project, head, ...); ``--append`` keeps the rows already in the .json
+(each row records its calibration-sample count and command).
 """
 from __future__ import annotations
 
@@ -29,24 +33,7 @@ from tvmptq.eval.metrics import sqnr_db  # noqa: E402
 from tvmptq.eval.sets import batches, run_outputs, score, torch_runner  # noqa: E402
 from tvmptq.quant.calibrate import build_plan, collect_statistics  # noqa: E402
 from bench_common import load_case  # noqa: E402
-
-
-def _role(layer, kernels) -> str:
-    """What a conv/linear is in an inverted-residual network (by shape, not by name)."""
-    if layer is kernels[0]:
-        return "first"
-    if layer is kernels[-1]:
-        return "last"
-    if layer.kind == "conv2d" and layer.attrs.get("groups", 1) > 1:
-        return "depthwise"
-    if layer.kind == "conv2d":
-        w = layer.weight
-        if w is not None and tuple(w.shape[2:]) == (1, 1):
-            i = kernels.index(layer)
-            before = kernels[i - 1]
-            return "1x1 project" if before.kind == "conv2d" and before.attrs.get("groups", 1) > 1 else "1x1 expand"
-        return "conv kxk"
-    return layer.kind
+from layer_roles import kernels_of, role as _role  # noqa: E402
 
 
 def main():
@@ -56,6 +43,9 @@ def main():
     p.add_argument("--eval-samples", type=int, default=512)
     p.add_argument("--high-bits", type=int, default=8, help="width of the layers not under test")
     p.add_argument("--out", default=str(REPO / "results" / "recon_sensitivity.md"))
+    p.add_argument("--settings", nargs="*", default=None, help="only these group settings (keys: see the docstring)")
+    p.add_argument("--no-layers", action="store_true", help="skip the one-layer-at-low-width ranking")
+    p.add_argument("--append", action="store_true", help="keep the rows already in the .json, add these")
     args = p.parse_args()
     name, tag = args.row.split(":")
     w, a = int(tag[1]), int(tag[3])
@@ -81,7 +71,7 @@ def main():
             res["eval"] = score(task, ref_eval, oe, case.labels)[key]
         return res
 
-    kernels = [lay for lay in graph.layers if lay.weight is not None]
+    kernels = kernels_of(graph)
     roles = {lay.name: _role(lay, kernels) for lay in kernels}
     groups = {}
     for lay in kernels:
@@ -90,20 +80,32 @@ def main():
     dw = {n: hi for n in groups.get("depthwise", [])}
     # Most telling first (a cut-off run keeps these): the low-width plan, BRECQ's first/last
     # convention, depthwise back at 8 bits, then the other roles and the all-high reference.
-    settings = [(f"all layers W{w}", {}, {}),
-                (f"W{w}, first/last at 8 bits (first_last_8bit: weights and their inputs/output)", {},
+    settings = [("all_low", f"all layers W{w}", {}, {}),
+                ("first_last", f"W{w}, first/last at 8 bits (first_last_8bit: weights and their inputs/output)", {},
                  {"first_last_8bit": True}),
-                (f"W{w}, depthwise at W{args.high_bits} + first_last_8bit", dw, {"first_last_8bit": True})]
-    settings += [(f"W{w}, {g} at W{args.high_bits} ({len(ns)} layers)", {n: hi for n in ns}, {})
-                 for g, ns in groups.items() if g not in ("first", "last")]
-    settings += [("all layers W%d" % args.high_bits, {}, {"high": True})]
-    group_rows = []
-    for label, ovr, kw in settings:
-        group_rows.append({"setting": label, **run(ovr, on_eval=True, **kw)})
+                ("depthwise_first_last", f"W{w}, depthwise at W{args.high_bits} + first_last_8bit", dw,
+                 {"first_last_8bit": True})]
+    settings += [(g.replace(" ", "_"), f"W{w}, {g} at W{args.high_bits} ({len(ns)} layers)", {n: hi for n in ns}, {})
+                 for g, ns in groups.items()]
+    settings += [("all_high", "all layers W%d" % args.high_bits, {}, {"high": True})]
+    setting_keys = [k for k, *_ in settings]
+    unknown = sorted(set(args.settings or []) - set(setting_keys))
+    if unknown:
+        raise SystemExit(f"unknown --settings {unknown}: choose from {setting_keys}")
+    old = json.loads(Path(args.out).with_suffix(".json").read_text()) if args.append else {}
+    group_rows, layer_rows = old.get("groups", []), old.get("layers", [])
+    command = "scripts/recon_sensitivity.py " + " ".join(sys.argv[1:])
+    for skey, label, ovr, kw in settings:
+        if args.settings is not None and skey not in args.settings:
+            continue
+        group_rows.append({"setting": label, "calib_samples": args.calib_samples, "command": command,
+                           **run(ovr, on_eval=True, **kw)})
         print(json.dumps(group_rows[-1]), flush=True)
-        write(args, name, tag, rule, group_rows, [], time.perf_counter() - t0, partial=True)
-    base8 = group_rows[-1]                   # all layers at the high width
-    layer_rows = []
+        write(args, name, tag, rule, group_rows, layer_rows, time.perf_counter() - t0, partial=True)
+    if args.no_layers:
+        write(args, name, tag, rule, group_rows, layer_rows, time.perf_counter() - t0)
+        return
+    base8 = next(r for r in reversed(group_rows) if r["setting"].startswith("all layers W%d" % args.high_bits))
     for lay in kernels:
         ovr = {n: hi for n in roles if n != lay.name}
         r = run(ovr, high=False)
@@ -119,19 +121,24 @@ def main():
 def write(args, name, tag, rule, group_rows, layer_rows, seconds, partial=False):
     """The tables so far; ``partial``: written after each row, so a cut-off run leaves its rows."""
     out = Path(args.out)
-    doc = {"partial": partial, "command": "scripts/recon_sensitivity.py " + " ".join(sys.argv[1:]), "model": name, "bits": tag,
+    command = "scripts/recon_sensitivity.py " + " ".join(sys.argv[1:])
+    old = json.loads(out.with_suffix(".json").read_text()) if args.append and out.with_suffix(".json").exists() else {}
+    commands = list(dict.fromkeys(old.get("commands", [old["command"]] if "command" in old else []) + [command]))
+    doc = {"partial": partial, "command": command, "commands": commands, "model": name, "bits": tag,
            "observer": rule, "groups": group_rows, "layers": layer_rows, "seconds": seconds}
     lines = [f"# Weight-bit sensitivity: {name} {tag} (baseline plans, no fitting)", "",
              (f"**Partial: the run was still going or was cut off after {len(group_rows)} group rows and "
               f"{len(layer_rows)} single-layer rows.** " if partial else "") +
-             f"`{doc['command']}` ({seconds:.0f} s). Activation observer `{rule}` (selected for the {tag} plan "
+             "; ".join(f"`{c}`" for c in commands) + f" (this run {seconds:.0f} s; each row's calibration-sample count "
+             f"and command are in the .json). Activation observer `{rule}` (selected for the {tag} plan "
              "on calibration data). **held-out**: top-1 agreement % with FP32 on the last 1/4 of the "
-             "calibration set (64 samples, seen scenes: the only column choices are made on); **eval**: the "
+             "calibration set (seen scenes: the only column choices are made on); **eval**: the "
              "evaluation split (unseen scenes), for the record. Output SQNR vs FP32 on held-out.", "",
              "## Groups of layers put back at 8-bit weights", "",
-             "| setting | held-out | held-out SQNR dB | eval |", "|---|---|---|---|"]
+             "| setting | calib samples (held-out) | held-out | held-out SQNR dB | eval |", "|---|---|---|---|---|"]
     for r in group_rows:
-        lines.append(f"| {r['setting']} | {r['held_out']:.1f} | {r['held_sqnr_db']:.2f} | {r['eval']:.1f} |")
+        n = r.get("calib_samples", 256)
+        lines.append(f"| {r['setting']} | {n} ({n - n * 3 // 4}) | {r['held_out']:.1f} | {r['held_sqnr_db']:.2f} | {r['eval']:.1f} |")
     lines += ["", f"## One layer at W{tag[1]}, every other at W{args.high_bits} (sorted by output SQNR loss)", "",
               "| layer | role | held-out | drop (points) | output SQNR loss dB |", "|---|---|---|---|---|"]
     for r in sorted(layer_rows, key=lambda r: -r["sqnr_drop_db"]):

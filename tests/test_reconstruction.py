@@ -229,3 +229,22 @@ def test_refold_rebuilds_lookup_tables_for_learned_steps():
     next(lp for lp in stale.layers if lp.kind == "lut").arrays["table"] = lut_layer.arrays["table"]
     bad = torch_runner(simulate(qm.graph, stale))(x)
     assert np.abs(bad - ref).mean() > 2 * np.abs(got - ref).mean()
+
+
+def test_mixed_precision_overrides_survive_reconstruction(digits_graph, digits_w2a4):
+    """Per-layer weight bits (the plan's LayerOverride, e.g. depthwise convs at W8 in a W4 plan)
+    are kept by the fit: those layers learn their rounding on the 8-bit grid, the rest on theirs,
+    and the folded plan still runs bit-exactly in the NumPy reference."""
+    model, graph = digits_graph
+    _, _, calib, x, _ = digits_w2a4
+    wide = {"conv2d_1", "conv2d_2"}
+    cfg = tvmptq.make_config(2, 4, "mse", overrides={n: {"weight_bits": 8} for n in wide})
+    qm = tvmptq.quantize(model, calib, cfg, graph=graph, progress=False)
+    plan, sim = fit_brecq(graph, qm.plan, calib, FAST, progress=False)
+    for lp in plan.layers:
+        if "weight" not in lp.arrays:
+            continue
+        peak = int(np.abs(lp.arrays["weight"]).max())
+        assert lp.weight_bits == (8 if lp.name in wide else 2), lp.name
+        assert (peak > 1) == (lp.name in wide) and peak <= 2 ** (lp.weight_bits - 1) - 1, (lp.name, peak)
+    assert np.array_equal(torch_runner(sim)(x), run_plan(plan, x))
