@@ -209,3 +209,31 @@ def test_exports_refuse_integer_island_plans(bert, tmp_path):
         export_qdq_onnx(qm.plan, tmp_path / "m.onnx")
     with pytest.raises(NotImplementedError, match="integer_islands"):
         export_tflite(qm.plan)
+
+
+@pytest.mark.parametrize("kind", ["bert", "timm"])
+def test_both_integer_islands_compiled_equals_simulation_and_reference(kind):
+    # softmax and LayerNorm integer together (the calibrate.add_integer_islands registry): the
+    # lowering runs both passes, no float64 island is left inside the encoder, and the compiled
+    # program is bit-exact against the simulation and the NumPy reference.
+    torch.manual_seed(0)
+    inp = tuple(_inputs(kind, 16, 0).values())
+    module = BertLayer() if kind == "bert" else TimmViT()
+    model = tvmptq.zoo.from_module(module, tuple(torch.from_numpy(v) for v in inp))
+    cfg = tvmptq.make_config(8, 8, "minmax", integer_islands=("softmax", "layernorm"))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a final LayerNorm feeding the float output
+        qm = tvmptq.quantize(model, inp, cfg, progress=False)
+    assert sorted(qm.plan.config["integer_islands"]) == ["layernorm", "softmax"]
+    assert any(s.get("integer_island") for s in qm.plan.program)
+    assert any(lp.kind == "layernorm" for lp in qm.plan.layers)
+    left = qm.plan.config.get("integer_islands_float", [])
+    assert all("layer_norm" in n for n in left)  # every softmax is integer; float LayerNorms named
+    imported = rp.Canonicalize()(rp.import_model(model.build(), tuple(torch.from_numpy(v) for v in inp)))
+    mod = rp.lowering_passes(qm.plan)(imported)
+    assert not any("softmax" in k for k in rp.op_counts(mod))
+    out = compile_integer(mod)(*inp)
+    sim = qm.runner()(*inp)
+    assert np.array_equal(out, sim)
+    assert np.array_equal(out, run_plan(qm.plan, *inp))

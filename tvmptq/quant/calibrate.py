@@ -175,6 +175,12 @@ def _layer_plan(layer: Layer, graph: LayerGraph, tensors: dict, config: QuantCon
     return plan
 
 
+def _integer_softmaxes(plan: QuantPlan, graph: LayerGraph) -> list[str]:
+    """int_softmax's islands: the softmax steps that stay float, each with the reason."""
+    return [f"{step} (input not a quantized tensor plus a keep/drop mask, or output not quantized)"
+            for step in add_integer_softmax(plan, graph)]
+
+
 def _integer_layernorms(plan: QuantPlan, graph: LayerGraph) -> list[str]:
     """int_layernorm.convert: the LayerNorms that stay float, each with its reason."""
     from .int_layernorm import convert
@@ -185,7 +191,7 @@ def _integer_layernorms(plan: QuantPlan, graph: LayerGraph) -> list[str]:
 def add_integer_islands(plan: QuantPlan, graph: LayerGraph, names: tuple[str, ...]) -> None:
     """Record the integer islands ``names`` in the plan; islands that stay float are named in
     ``config["integer_islands_float"]`` and warned about."""
-    implemented = {"softmax": add_integer_softmax, "layernorm": _integer_layernorms}
+    implemented = {"softmax": _integer_softmaxes, "layernorm": _integer_layernorms}
     missing = [n for n in names if n not in implemented]
     if missing:
         raise ConfigError(f"integer island(s) {', '.join(missing)} not implemented in this version "
@@ -194,8 +200,7 @@ def add_integer_islands(plan: QuantPlan, graph: LayerGraph, names: tuple[str, ..
     plan.config["integer_islands"] = list(names)
     if left:
         plan.config["integer_islands_float"] = left
-        warnings.warn(f"integer islands: {', '.join(left)} stay float (softmax: input not a quantized tensor "
-                      "plus a keep/drop mask, or output not quantized)")
+        warnings.warn(f"integer islands left float: {', '.join(left)}")
 
 
 def check_overrides(graph: LayerGraph, config: QuantConfig) -> dict[str, int]:
