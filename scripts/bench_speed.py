@@ -100,12 +100,16 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
 
     t = targets.get("x86-host")
     T = t.tvm_target()
-    d = work / name
+    islands = tuple(args.integer_islands)
+    d = work / (name + ("-int-" + "-".join(islands) if islands else ""))
     t0 = time.perf_counter()
-    prep = prepare_batch1(name, args.calib_samples, d, t)
+    prep = prepare_batch1(name, args.calib_samples, d, t, integer_islands=islands)
     model, data, plan, mods, tens = prep.model, prep.data, prep.plan, prep.mods, prep.tensorized
     params, evaluation, xs = prep.params, prep.evaluation, prep.xs
-    log(f"{name}: W8A8 plan ({args.calib_samples} calibration samples) and Relax modules in "
+    if islands:
+        res["integer_islands"] = list(islands)
+    log(f"{name}: W8A8 plan ({args.calib_samples} calibration samples"
+        + (f", integer islands {'+'.join(islands)}" if islands else "") + ") and Relax modules in "
         f"{time.perf_counter() - t0:.0f} s; int8 kernels on {t.name}: {prep.kernels or 'none'}")
     res["inputs"] = ", ".join(f"{str(p.name)} {list(x.shape)} {x.dtype}" for p, x in zip(params, xs))
     res["errors"] = {}
@@ -298,6 +302,9 @@ def main(argv=None) -> int:
                         "--no-tune) in one run, into their own section of <out> and key 'peers' of <out>.json; the "
                         "main tables are left as they are; models the TFLite export refuses are listed with the reason")
     p.add_argument("--merge", action="store_true", help="keep the other models' results from the --out json")
+    p.add_argument("--integer-islands", nargs="+", default=[], choices=["softmax", "layernorm"],
+                   help="plans with these islands in integer arithmetic (QuantConfig.integer_islands); the rows "
+                        "are keyed '<model> int:<names>', beside the float-island rows of the same model")
     args = p.parse_args(argv)
 
     import onnxruntime
@@ -324,28 +331,31 @@ def main(argv=None) -> int:
               "repeat": args.repeat, "number": args.number, "warmup": args.warmup, "threads": args.threads,
               "batch": 1, "engines": [list(e) for e in engines], "models": {}}
     preps = {}
+    # a model's key in the report: integer-island runs sit beside the float-island rows
+    label = {n: n + (f" int:{'+'.join(args.integer_islands)}" if args.integer_islands else "") for n in args.models}
     for name in args.models:
-        log(f"== {name}: preparing")
-        res = result["models"].setdefault(name, {})
-        preps[name] = prepare_model(name, args, work, res)
+        log(f"== {label[name]}: preparing")
+        res = result["models"].setdefault(label[name], {})
+        preps[label[name]] = prepare_model(name, args, work, res)
         if res.get("ort_int8_config") and "ort_int8_config" not in result:
             c = res["ort_int8_config"]
             result["ort_int8_config"] = (f"{c['format']}, activations {'/'.join(c['activation_dtypes'])}, "
                                          f"{c['per_channel_weights']}/{c['int8_weights']} int8 weights per channel, "
                                          f"symmetric weights: {c['symmetric_weights']}; calibration {c['calibration']}")
 
-    jobs = [(th, name, key) for th in args.threads for name in args.models for key, _ in engines
-            if key in preps[name]["specs"]]
+    jobs = [(th, label[name], key) for th in args.threads for name in args.models for key, _ in engines
+            if key in preps[label[name]]["specs"]]
     measure_jobs(jobs, {n: p["specs"] for n, p in preps.items()}, result["models"], work)
     for name in args.models:  # engines that could not be built are listed as failed, not left blank
         for th in args.threads:
-            lat = result["models"][name].setdefault("latency", {}).setdefault(str(th), {})
+            lat = result["models"][label[name]].setdefault("latency", {}).setdefault(str(th), {})
             for key, _ in engines:
                 if key not in lat:
-                    lat[key] = {"error": "; ".join(result["models"][name].get("errors", {}).values()) or "not built"}
+                    lat[key] = {"error": "; ".join(result["models"][label[name]].get("errors", {}).values())
+                                or "not built"}
 
     prof_model = args.profile_model or ("efficientnet_lite0" if "efficientnet_lite0" in args.models else args.models[0])
-    if prof_model in preps:
+    if label.get(prof_model) in preps and not args.integer_islands:
         log(f"== per-layer profile: {prof_model}")
         result["profile"] = run_profile(prof_model, preps[prof_model], result["models"][prof_model], args, work)
 
@@ -364,7 +374,8 @@ def main(argv=None) -> int:
 
     result["seconds"] = time.perf_counter() - T0
     if args.merge:
-        result = _merged(result, Path(args.out).with_suffix(".json"), args.models, args.profile_model is not None)
+        result = _merged(result, Path(args.out).with_suffix(".json"), [label[n] for n in args.models],
+                         args.profile_model is not None)
     out = write_report(result, Path(args.out))
     log(f"wrote {out} ({result['seconds'] / 60:.1f} min)")
     return 0
