@@ -369,8 +369,9 @@ def main(argv=None) -> int:
             log("== arm: instruction counts under qemu-user (a proxy)")
             result["arm"] = []
             for name in args.arm_models or args.models:
-                if name in preps:
-                    result["arm"] += arm_rows(name, preps[name], args, work)
+                if name in label:  # rows keyed like the latency tables (integer-island runs included)
+                    rows = arm_rows(name, preps[label[name]], args, work)
+                    result["arm"] += [{**r, "model": label[name]} for r in rows]
 
     result["seconds"] = time.perf_counter() - T0
     if args.merge:
