@@ -83,13 +83,7 @@ def test_isqrt_exact_and_overflow_refused():
         iln.layer_plan(step, plan)
 
 
-@pytest.fixture(scope="module")
-def block():
-    from tests.test_tensor_bits import PostLNBlock
-    torch.manual_seed(0)
-    model = tvmptq.zoo.from_module(PostLNBlock(), torch.randn(2, 8, 16))
-    x = (np.random.RandomState(0).randn(16, 8, 16) * 3).astype(np.float32)
-    return model, tvmptq.prepare(model), x
+from tests.test_tensor_bits import block  # noqa: E402,F401  (the post-LN block fixture: model, graph, x)
 
 
 @pytest.mark.parametrize("wide", [None, {"residual": 16}])

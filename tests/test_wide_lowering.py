@@ -20,13 +20,17 @@ from targets.kernels import x86_vnni as xi  # noqa: E402
 VNNI_TARGET = "x86-host" if xi.host_has_avx512_vnni() else "x86-avx512-vnni"  # the report needs no VNNI host
 
 
+def _captured(block_class, shape, seed):
+    """(model, input, its canonicalized Relax import) of a test block, built after seeding torch."""
+    torch.manual_seed(0)
+    model = tvmptq.zoo.from_module(block_class(), torch.randn(*shape))
+    x = (np.random.RandomState(seed).randn(*shape) * 3).astype(np.float32)
+    return model, x, rp.Canonicalize()(rp.import_model(model.build(), (torch.from_numpy(x),)))
+
+
 @pytest.fixture(scope="module")
 def block():
-    torch.manual_seed(0)
-    model = tvmptq.zoo.from_module(PostLNBlock(), torch.randn(8, 8, 16))
-    x = (np.random.RandomState(0).randn(8, 8, 16) * 3).astype(np.float32)
-    imported = rp.Canonicalize()(rp.import_model(model.build(), (torch.from_numpy(x),)))
-    return model, x, imported
+    return _captured(PostLNBlock, (8, 8, 16), 0)
 
 
 @pytest.mark.parametrize("w", [8, 4])
@@ -73,11 +77,7 @@ class AttentionBlock(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def attention_block():
-    torch.manual_seed(0)
-    model = tvmptq.zoo.from_module(AttentionBlock(), torch.randn(4, 8, 16))
-    x = (np.random.RandomState(1).randn(4, 8, 16) * 3).astype(np.float32)
-    imported = rp.Canonicalize()(rp.import_model(model.build(), (torch.from_numpy(x),)))
-    return model, x, imported
+    return _captured(AttentionBlock, (4, 8, 16), 1)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
