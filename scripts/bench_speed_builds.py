@@ -64,30 +64,27 @@ def budget(name: str, args) -> tuple[int, int, int]:
 def tvm_build(mod, T, root, args, variant: str, tuning: dict, name: str):
     """Compile ``mod`` for the x86 target, tuned with this CPU's database under ``root`` (topped up to
     the model's budget first unless --no-tune; with --no-tune and none for this CPU, the one tuned on
-    another CPU of the same architecture, named in the report); records what it holds in ``tuning``."""
+    another CPU of the same architecture, named in the report: tuning_db.zoo_database chooses);
+    records what it holds in ``tuning``."""
     from targets.build import compile_module
     from targets.tune import apply_database, database_summary, tune
-    from targets.tuning_db import target_cpu, transferable_database, usable_database, zoo_folder
-    folder = zoo_folder(root, "x86-host", name, variant, 1, T)
+    from targets.tuning_db import shown, target_cpu, zoo_database, zoo_folder
+    info = {}
     if args.tune:
+        folder = zoo_folder(root, "x86-host", name, variant, 1, T)
         trials, cover, chunk = budget(name, args)
-        log(f"  tuning {variant}: top up {folder} to {trials} trials (cover {cover}, chunk {chunk})")
-        r = tune(mod, T, folder, trials, chunk, cover=cover, log=lambda m: log("  " + m))
-        info = {"trials_run": r["trials_run"]}
-    else:
-        info = {}
-        other = transferable_database(root, "x86-host", name, variant, 1, T) if usable_database(folder, T) else None
-        if other is not None:
-            folder, info["tuned_on"] = other
-            log(f"  {variant}: schedules tuned on {other[1]} ({folder}), applied on {target_cpu(T)}")
-    info["folder"] = str(folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder)
-    why = usable_database(folder, T) if "tuned_on" not in info else None
-    if why is None:
-        ex = apply_database(mod, T, folder)
-        info.update(database_summary(folder), tuned_on=info.get("tuned_on", target_cpu(T)))
-    else:
+        log(f"  tuning {variant}: top up {shown(folder)} to {trials} trials (cover {cover}, chunk {chunk})")
+        info["trials_run"] = tune(mod, T, folder, trials, chunk, cover=cover, log=lambda m: log("  " + m))["trials_run"]
+    folder, cpu, why = zoo_database(root, "x86-host", name, variant, 1, T)
+    if folder is None:
         ex = compile_module(mod, T)
-        info.update(trials_in_db=0, note=f"built untuned: {why}")
+        info.update(folder=shown(zoo_folder(root, "x86-host", name, variant, 1, T)), trials_in_db=0,
+                    note=f"built untuned: {why}")
+    else:
+        if cpu != target_cpu(T):
+            log(f"  {variant}: schedules tuned on {cpu} ({shown(folder)}), applied on {target_cpu(T)}")
+        ex = apply_database(mod, T, folder)
+        info.update(database_summary(folder), tuned_on=cpu, folder=shown(folder))
     tuning[variant] = info
     return ex
 

@@ -242,32 +242,26 @@ def run_compare(models, target_names, work, trials=0, chunk=8, batch=1, calib_sa
 def _database(mod, root, target_name, model, variant, batch, T, row, budget, tune_first, log):
     """The database folder a tuned x86 row is timed with (None: no tuned row). ``budget``: the
     model's (trials, cover, chunk), or None. With ``tune_first`` this CPU's folder is topped up to
-    it first; without, an existing one is used, else one tuned on another CPU of the same
-    architecture (``row["tuned_on"]`` names that CPU)."""
+    it first; then tuning_db.zoo_database chooses (``row["tuned_on"]`` names another CPU's)."""
     from .tune import database_summary, tune
-    from .tuning_db import target_cpu, transferable_database, usable_database, zoo_folder
-    folder = zoo_folder(root, target_name, model, variant, batch, T)
+    from .tuning_db import shown, target_cpu, zoo_database, zoo_folder
     if budget is not None:
         trials, cover, chunk = budget
         if trials <= 0:
             return None
         row["budget"] = f"{trials} (cover {cover}, chunk {chunk})"
-        if not tune_first:
-            budget = None
-    if budget is not None:
-        r = tune(mod, T, folder, trials, chunk, cover=cover, log=log)
-        summary = {"trials_in_db": r["trials_in_db"], "tuning_seconds_total": r["tuning_seconds_total"]}
-    else:
-        if usable_database(folder, T) is not None:
-            other = transferable_database(root, target_name, model, variant, batch, T)
-            if other is None:
-                log(f"  {model} {variant}: no tuning database for {target_cpu(T)} or another CPU of its architecture")
-                return None
-            folder, row["tuned_on"] = other
-            log(f"  {model} {variant}: schedules tuned on {other[1]} ({folder}), applied on {target_cpu(T)}")
-        summary = database_summary(folder)
+        if tune_first:
+            tune(mod, T, zoo_folder(root, target_name, model, variant, batch, T), trials, chunk, cover=cover, log=log)
+    folder, cpu, why = zoo_database(root, target_name, model, variant, batch, T)
+    if folder is None:
+        log(f"  {model} {variant}: no tuning database ({why})")
+        return None
+    if cpu != target_cpu(T):
+        row["tuned_on"] = cpu
+        log(f"  {model} {variant}: schedules tuned on {cpu} ({shown(folder)}), applied on {target_cpu(T)}")
+    summary = database_summary(folder)
     row["trials"], row["tuning_s"] = summary["trials_in_db"], summary["tuning_seconds_total"]
-    row["database"] = str(folder)
+    row["database"] = shown(folder)
     return folder
 
 

@@ -82,6 +82,19 @@ def transferable_database(root, target_name: str, model: str, variant: str, batc
     return folder, cpu
 
 
+def zoo_database(root, target_name: str, model: str, variant: str, batch: int, tvm_target):
+    """The database a zoo model's program is compiled with when nothing is tuned now, chosen in one
+    place for the CLI, the benchmarks and the compare report: ``(folder, cpu, None)`` with this
+    target's own folder under ``root`` when it is usable, else the fullest one tuned on another CPU
+    of the same architecture (``cpu`` names that CPU: callers say so), else ``(None, None, why)``."""
+    folder = zoo_folder(root, target_name, model, variant, batch, tvm_target)
+    why = usable_database(folder, tvm_target)
+    if why is None:
+        return folder, target_cpu(tvm_target), None
+    other = transferable_database(root, target_name, model, variant, batch, tvm_target)
+    return (other[0], other[1], None) if other is not None else (None, None, why)
+
+
 def _count_lines(path: Path) -> int:
     with path.open("rb") as f:
         return sum(1 for line in f if line.strip())

@@ -22,24 +22,22 @@ def tuning_database(args, target: str, model_name: str):
     import targets
     if args.untuned or not targets.is_name(target, args.targets_file or ()):
         return None
-    from targets.tuning_db import (SHIPPED, db_dir, default_root, has_records, shipped_folder, target_cpu,
-                              transferable_database, usable_database)
+    from targets.tuning_db import SHIPPED, db_dir, default_root, has_records, shipped_folder, target_cpu, zoo_database
     folder = db_dir(args.db or default_root(), target)
     if has_records(folder):
         print(f"using tuned schedules from {folder} (--untuned to ignore)")
         return folder
     T = targets.get(target, args.targets_file or ()).tvm_target()
-    shipped = shipped_folder(target, model_name, "int8", args.batch, T)
-    why = usable_database(shipped, T)
-    if why is None:
-        print(f"using the committed tuned schedules from {shipped} (--untuned to ignore)")
-        return shipped
-    other = transferable_database(SHIPPED, target, model_name, "int8", args.batch, T)
-    if other is not None:
-        print(f"using the committed schedules tuned on {other[1]} ({other[0]}): none were tuned on this "
+    found, cpu, why = zoo_database(SHIPPED, target, model_name, "int8", args.batch, T)
+    if found is not None and cpu == target_cpu(T):
+        print(f"using the committed tuned schedules from {found} (--untuned to ignore)")
+        return found
+    if found is not None:
+        print(f"using the committed schedules tuned on {cpu} ({found}): none were tuned on this "
               f"CPU ({target_cpu(T)}), so they compute the same but are not tuned for it "
               f"(`tvmptq tune` to tune, --untuned to ignore)")
-        return other[0]
+        return found
+    shipped = shipped_folder(target, model_name, "int8", args.batch, T)
     if shipped.parent.parent == SHIPPED and any(SHIPPED.glob(f"*/{shipped.name}")):
         print(f"not using the committed tuning databases: {why}; compiling untuned (`tvmptq tune` to tune)")
     return None
