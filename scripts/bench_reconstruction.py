@@ -101,9 +101,21 @@ def bench(name: str, tag: str, args, rows: list, flush) -> None:
                        diff=counter_diff(base_ops, ops, base_consts, consts),
                        compiled_equals_sim=bool(np.array_equal(got, qm.runner()(*lat_x))),
                        latency_ms=latency_ms(run, lat_x, 20), base_latency_ms=latency_ms(base_run, lat_x, 20))
-        rows.append(row)
+        put_row(rows, row)
         print(json.dumps(row), flush=True)
         flush()
+
+
+def put_row(rows: list, row: dict) -> None:
+    """Add ``row``; a row already there with the same model, bits and method (an earlier run of
+    the same setting, kept by ``--append``) is replaced in place, so a rerun updates the table."""
+    key = lambda r: (r["model"], r["bits"], r["method"])  # noqa: E731
+    same = [i for i, r in enumerate(rows) if key(r) == key(row)]
+    if same:
+        rows[same[0]] = row
+        rows[:] = [r for i, r in enumerate(rows) if i not in same[1:]]
+    else:
+        rows.append(row)
 
 
 def counter_diff(base_ops, ops, base_consts, consts) -> dict:
@@ -193,7 +205,7 @@ def main():
     p.add_argument("--first-last-8bit", action="store_true", help="first and last conv/linear at 8 bits (BRECQ's convention)")
     p.add_argument("--high-bits-roles", nargs="*", default=[],
                    help="layer roles at 8-bit weights (mixed precision in the plan's per-layer overrides), e.g. depthwise")
-    p.add_argument("--append", action="store_true", help="keep the rows already in the .json, add these")
+    p.add_argument("--append", action="store_true", help="keep the rows already in the .json, add these (a row with the same model, bits and method replaces the old one)")
     p.add_argument("--merge", nargs="*", default=[], help="with --regenerate: add the rows of these .json files")
     p.add_argument("--regenerate", action="store_true", help="only rewrite the .md from the .json")
     p.add_argument("--work", type=float, default=None, help="per-block work cap (ReconConfig.work)")
