@@ -95,7 +95,7 @@ def main():
     settings += [(g.replace(" ", "_"), f"W{w}, {g} at W{args.high_bits} ({len(ns)} layers)", {n: hi for n in ns}, {})
                  for g, ns in groups.items()]
     for combo in args.combos:
-        parts = [c.replace("_", " ") for c in combo.split("+")]
+        parts = [c if c in groups else c.replace("_", " ") for c in combo.split("+")]
         if any(c not in groups for c in parts):
             raise SystemExit(f"unknown role in --combos {combo!r}: this model has {sorted(groups)}")
         ns = [n for c in parts for n in groups[c]]
