@@ -9,9 +9,13 @@ unseen-scene check (photos: calibration and evaluation views come from different
 one distribution). Fit wall time (total, and QFT's own part: the 20-minute budget excludes the
 initialising method), process peak RSS. With --compile: the plan lowered to Relax and compiled for
 x86-host, op and constant counts against the baseline's, compiled == simulation on a batch.
+With --wide SPEC (a tensor_groups preset such as res_ln_proj12, or group=bits items, as
+bench_transformer.py's --wide takes): every method runs on the plan with those activation tensors
+wide; the row's bits read e.g. `W4A8 res_ln_proj12`. --high-bits-roles puts whole layer roles
+(scripts/layer_roles.py: qkv, attn_out, ffn1, ffn2 on a transformer) at 8-bit weights.
 
 Usage: .venv/bin/python scripts/bench_qft.py [--rows digits_resnet:W4A8 ...] [--methods ...]
-       [--qft-iters N] [--recon brecq] [--compile] [--out PATH]
+       [--qft-iters N] [--recon brecq] [--compile] [--wide SPEC] [--high-bits-roles ROLE ...] [--out PATH]
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ from tvmptq.api import AUTO_SELECT_SAMPLES, QuantizedModel, apply_method, select
 from tvmptq.eval.sets import DEFAULT_SET, batches, run_outputs, score, torch_runner  # noqa: E402
 from tvmptq.quant.calibrate import collect_statistics  # noqa: E402
 from tvmptq.util import peak_rss_mb  # noqa: E402
+from bench_transformer import parse_wide  # noqa: E402
+from layer_roles import bits_label, weight_bit_overrides  # noqa: E402
 
 ROWS = ["digits_resnet:W4A8", "digits_resnet:W4A4", "digits_resnet:W2A4", "efficientnet_lite0:W4A8",
         "efficientnet_lite0:W8A8", "efficientnet_lite0:W4A4", "minilm_l6:W4A8"]
@@ -59,8 +65,11 @@ def bench(name: str, tag: str, args, sink) -> list[dict]:
     ref = run_outputs(torch_runner(graph.gm), evals, 32, "fp32", False)
     ref_held = run_outputs(torch_runner(graph.gm), held, 32, "fp32", False)
     w, a = int(tag[1]), int(tag[3])
+    overrides = weight_bit_overrides(graph, args.high_bits_roles, 8) if args.high_bits_roles else None
+    bits = bits_label(graph, tag, args.wide, args.high_bits_roles, overrides)
     observers, _ = collect_statistics(graph, batches(fit, 32), False)
-    rule, plan, sim, _ = select_observer(graph, observers, tvmptq.make_config(w, a, "minmax"),
+    config = tvmptq.make_config(w, a, "minmax", tensor_bits=parse_wide(args.wide or "") or None, overrides=overrides)
+    rule, plan, sim, _ = select_observer(graph, observers, config,
                                          tuple(x[:AUTO_SELECT_SAMPLES] for x in fit), 32, model.name)
     base = QuantizedModel(model, graph, plan, sim)
     imported = base_ops = None
@@ -88,7 +97,7 @@ def bench(name: str, tag: str, args, sink) -> list[dict]:
         s = score(evalset.task, ref, out, labels)
         s_held = score(evalset.task, ref_held, run_outputs(qm.runner(), held, 32, method, False))
         q = qm.plan.stats.get("qft")
-        row = {"command": "scripts/bench_qft.py " + " ".join(sys.argv[1:]), "model": name, "bits": tag, "observer": rule, "method": method, "primary": key, **s,
+        row = {"command": "scripts/bench_qft.py " + " ".join(sys.argv[1:]), "model": name, "bits": bits, "observer": rule, "method": method, "primary": key, **s,
                "held_out": s_held[key], "fit_seconds": seconds,
                "qft_seconds": qm.plan.run_info.get("qft", {}).get("fit_seconds"), "peak_rss_mb": peak_rss_mb(),
                "qft": None if q is None else {k: q[k] for k in ("iterations", "best_iteration", "stopped_early",
@@ -205,6 +214,11 @@ def main():
                    help="QFT early-stops on whole groups i mod G (10: the photo views' scenes); default: QFTConfig's")
     p.add_argument("--recon-iters", type=int, default=None, help="reconstruction iterations per block")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wide", default=None, metavar="SPEC",
+                   help="wide activation tensors under every method: a preset (res_ln_proj12) or group=bits,... "
+                        "(bench_transformer.py's --wide); the rows' bits show the spec")
+    p.add_argument("--high-bits-roles", nargs="*", default=[],
+                   help="layer roles at 8-bit weights (scripts/layer_roles.py), e.g. ffn2 attn_out")
     p.add_argument("--calib-samples", type=int, default=256)
     p.add_argument("--eval-samples", type=int, default=512)
     p.add_argument("--compile", action="store_true", help="lower, compile and check each plan (slow on big models)")

@@ -12,6 +12,10 @@ constant counts compared. Writes results/reconstruction.md (+ .json).
 Usage: .venv/bin/python scripts/bench_reconstruction.py [--rows digits:W2A4 ...] [--iters N]
        [--methods baseline cwac adaround brecq waps:in_mixed ...] [--no-latency] [--out PATH]
        [--opt drop_prob=0.5 ...] [--first-last-8bit] [--high-bits-roles depthwise] [--append] [--regenerate [--merge A.json ...]]
+       [--wide SPEC]
+--wide SPEC (a tensor_groups preset such as res_ln_proj12, or group=bits items: bench_transformer.py's
+--wide parser) runs every method on the plan with those activation tensors wide; the row's bits show
+the spec (`W4A8 res_ln_proj12`), and such rows stay in the main table.
 Rows are written after each method (a long run leaves a partial table); rows with a non-default
 option or bit assignment go to the settings table.
 """
@@ -33,7 +37,8 @@ import tvmptq  # noqa: E402
 from tvmptq.api import AUTO_SELECT_SAMPLES, QuantizedModel, apply_method, select_observer  # noqa: E402
 from tvmptq.eval.sets import batches, run_outputs, score, torch_runner  # noqa: E402
 from bench_common import latency_ms, load_case, relax_import  # noqa: E402
-from layer_roles import weight_bit_overrides  # noqa: E402
+from bench_transformer import parse_wide  # noqa: E402
+from layer_roles import bits_label, weight_bit_overrides  # noqa: E402
 from tvmptq.quant.calibrate import collect_statistics  # noqa: E402
 from tvmptq.util import peak_rss_mb  # noqa: E402
 
@@ -63,9 +68,9 @@ def bench(name: str, tag: str, args, rows: list, flush) -> None:
     ref_held = run_outputs(torch_runner(graph.gm), held, 32, "fp32", False)
     w, a = int(tag[1]), int(tag[3])
     observers, _ = collect_statistics(graph, batches(fit, 32))
-    config = tvmptq.make_config(w, a, "minmax", first_last_8bit=args.first_last_8bit, overrides=overrides)
-    bits = tag + (" fl8" if args.first_last_8bit else "") + (
-        f" {'+'.join(args.high_bits_roles)}@W8 ({len(overrides)} layers)" if overrides else "")
+    config = tvmptq.make_config(w, a, "minmax", first_last_8bit=args.first_last_8bit, overrides=overrides,
+                                tensor_bits=parse_wide(args.wide or "") or None)
+    bits = bits_label(graph, tag + (" fl8" if args.first_last_8bit else ""), args.wide, args.high_bits_roles, overrides)
     rule, plan, sim, _ = select_observer(graph, observers, config,
                                          tuple(x[:AUTO_SELECT_SAMPLES] for x in fit), 32, model.name)
     base = QuantizedModel(model, graph, plan, sim)
@@ -86,7 +91,8 @@ def bench(name: str, tag: str, args, rows: list, flush) -> None:
         s = score(evalset.task, ref, out, labels)
         s_held = score(evalset.task, ref_held, run_outputs(qm.runner(), held, 32, method, False))
         label = " ".join([method] + [f"{k}={v}" for k, v in opts.items() if k not in ("samples", "seed", "reading")])
-        row = {"command": "scripts/bench_reconstruction.py " + " ".join(sys.argv[1:]), "model": name, "bits": bits, "observer": rule,
+        row = {"command": "scripts/bench_reconstruction.py " + " ".join(sys.argv[1:]), "model": name, "bits": bits,
+               "wide": args.wide, "observer": rule,
                "method": label if meth != "baseline" else method, "n_fit": n_fit, "primary": key, **s,
                "held_out": s_held[key], "fit_seconds": seconds, "peak_rss_mb": peak_rss_mb(),
                "load_avg": [load0, os.getloadavg()[0]],
@@ -142,8 +148,10 @@ def _iters(row) -> str:
 
 
 def _is_setting(row) -> bool:
-    """A row of the settings study (a non-default option or bit assignment), not the main table."""
-    return "=" in row["method"] or " " in row["bits"]
+    """A row of the settings study (a non-default option or bit assignment), not the main table;
+    a --wide spec alone is a main-table row."""
+    bits = row["bits"].replace(f" {row['wide']}", "", 1) if row.get("wide") else row["bits"]
+    return "=" in row["method"] or " " in bits
 
 
 def _table(rows) -> list[str]:
@@ -205,6 +213,9 @@ def main():
     p.add_argument("--first-last-8bit", action="store_true", help="first and last conv/linear at 8 bits (BRECQ's convention)")
     p.add_argument("--high-bits-roles", nargs="*", default=[],
                    help="layer roles at 8-bit weights (mixed precision in the plan's per-layer overrides), e.g. depthwise")
+    p.add_argument("--wide", default=None, metavar="SPEC",
+                   help="wide activation tensors under every method: a preset (res_ln_proj12) or group=bits,... "
+                        "(bench_transformer.py's --wide); the rows' bits show the spec")
     p.add_argument("--append", action="store_true", help="keep the rows already in the .json, add these (a row with the same model, bits and method replaces the old one)")
     p.add_argument("--merge", nargs="*", default=[], help="with --regenerate: add the rows of these .json files")
     p.add_argument("--regenerate", action="store_true", help="only rewrite the .md from the .json")

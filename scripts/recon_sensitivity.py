@@ -33,7 +33,8 @@ from tvmptq.eval.metrics import sqnr_db  # noqa: E402
 from tvmptq.eval.sets import batches, run_outputs, score, torch_runner  # noqa: E402
 from tvmptq.quant.calibrate import build_plan, collect_statistics  # noqa: E402
 from bench_common import load_case  # noqa: E402
-from layer_roles import kernels_of, role as _role  # noqa: E402
+from bench_transformer import parse_wide  # noqa: E402
+from layer_roles import kernels_of, roles_of  # noqa: E402
 
 
 def main():
@@ -46,7 +47,12 @@ def main():
     p.add_argument("--settings", nargs="*", default=None, help="only these group settings (keys: see the docstring)")
     p.add_argument("--no-layers", action="store_true", help="skip the one-layer-at-low-width ranking")
     p.add_argument("--append", action="store_true", help="keep the rows already in the .json, add these")
+    p.add_argument("--wide", default=None, metavar="SPEC",
+                   help="wide activation tensors in every plan (bench_transformer.py's --wide: res_ln_proj12, group=bits,...)")
+    p.add_argument("--combos", nargs="*", default=[],
+                   help="extra settings: roles joined by '+' put back at high bits together, e.g. ffn2+attn_out")
     args = p.parse_args()
+    wide = parse_wide(args.wide or "") or None
     name, tag = args.row.split(":")
     w, a = int(tag[1]), int(tag[3])
     t0 = time.perf_counter()
@@ -58,10 +64,11 @@ def main():
     ref_held = run_outputs(torch_runner(graph.gm), held, 32, "fp32", False)
     ref_eval = run_outputs(torch_runner(graph.gm), evals, 32, "fp32", False)
     observers, _ = collect_statistics(graph, batches(fit, 32))
-    rule, _, _, _ = select_observer(graph, observers, tvmptq.make_config(w, a, "minmax"), probe, 32, name)
+    rule, _, _, _ = select_observer(graph, observers, tvmptq.make_config(w, a, "minmax", tensor_bits=wide), probe, 32, name)
 
     def run(overrides, on_eval=False, **kw):
-        cfg = tvmptq.make_config(args.high_bits if kw.pop("high", False) else w, a, rule, overrides=overrides, **kw)
+        cfg = tvmptq.make_config(args.high_bits if kw.pop("high", False) else w, a, rule, overrides=overrides,
+                                 tensor_bits=wide, **kw)
         plan = build_plan(graph, observers, cfg, name, probe, 32)
         sim = simulated_plan(graph, plan)
         out = run_outputs(torch_runner(sim), held, 32, "sens", False)
@@ -72,7 +79,7 @@ def main():
         return res
 
     kernels = kernels_of(graph)
-    roles = {lay.name: _role(lay, kernels) for lay in kernels}
+    roles = roles_of(graph)
     groups = {}
     for lay in kernels:
         groups.setdefault(roles[lay.name], []).append(lay.name)
@@ -87,6 +94,12 @@ def main():
                  {"first_last_8bit": True})]
     settings += [(g.replace(" ", "_"), f"W{w}, {g} at W{args.high_bits} ({len(ns)} layers)", {n: hi for n in ns}, {})
                  for g, ns in groups.items()]
+    for combo in args.combos:
+        parts = [c if c in groups else c.replace("_", " ") for c in combo.split("+")]
+        if any(c not in groups for c in parts):
+            raise SystemExit(f"unknown role in --combos {combo!r}: this model has {sorted(groups)}")
+        ns = [n for c in parts for n in groups[c]]
+        settings.append((combo, f"W{w}, {combo} at W{args.high_bits} ({len(ns)} layers)", {n: hi for n in ns}, {}))
     settings += [("all_high", "all layers W%d" % args.high_bits, {}, {"high": True})]
     setting_keys = [k for k, *_ in settings]
     unknown = sorted(set(args.settings or []) - set(setting_keys))
@@ -124,25 +137,26 @@ def write(args, name, tag, rule, group_rows, layer_rows, seconds, partial=False)
     command = "scripts/recon_sensitivity.py " + " ".join(sys.argv[1:])
     old = json.loads(out.with_suffix(".json").read_text()) if args.append and out.with_suffix(".json").exists() else {}
     commands = list(dict.fromkeys(old.get("commands", [old["command"]] if "command" in old else []) + [command]))
-    doc = {"partial": partial, "command": command, "commands": commands, "model": name, "bits": tag,
+    doc = {"partial": partial, "command": command, "wide": args.wide, "commands": commands, "model": name, "bits": tag,
            "observer": rule, "groups": group_rows, "layers": layer_rows, "seconds": seconds}
-    lines = [f"# Weight-bit sensitivity: {name} {tag} (baseline plans, no fitting)", "",
+    d = 4 if name.startswith("minilm") else 1
+    lines = [f"# Weight-bit sensitivity: {name} {tag}" + (f" {args.wide}" if args.wide else "") + " (baseline plans, no fitting)", "",
              (f"**Partial: the run was still going or was cut off after {len(group_rows)} group rows and "
               f"{len(layer_rows)} single-layer rows.** " if partial else "") +
              "; ".join(f"`{c}`" for c in commands) + f" (this run {seconds:.0f} s; each row's calibration-sample count "
              f"and command are in the .json). Activation observer `{rule}` (selected for the {tag} plan "
-             "on calibration data). **held-out**: top-1 agreement % with FP32 on the last 1/4 of the "
+             "on calibration data). **held-out**: top-1 agreement % (mean cosine for MiniLM) with FP32 on the last 1/4 of the "
              "calibration set (seen scenes: the only column choices are made on); **eval**: the "
              "evaluation split (unseen scenes), for the record. Output SQNR vs FP32 on held-out.", "",
              "## Groups of layers put back at 8-bit weights", "",
              "| setting | calib samples (held-out) | held-out | held-out SQNR dB | eval |", "|---|---|---|---|---|"]
     for r in group_rows:
         n = r.get("calib_samples", 256)
-        lines.append(f"| {r['setting']} | {n} ({n - n * 3 // 4}) | {r['held_out']:.1f} | {r['held_sqnr_db']:.2f} | {r['eval']:.1f} |")
+        lines.append(f"| {r['setting']} | {n} ({n - n * 3 // 4}) | {r['held_out']:.{d}f} | {r['held_sqnr_db']:.2f} | {r['eval']:.{d}f} |")
     lines += ["", f"## One layer at W{tag[1]}, every other at W{args.high_bits} (sorted by output SQNR loss)", "",
               "| layer | role | held-out | drop (points) | output SQNR loss dB |", "|---|---|---|---|---|"]
     for r in sorted(layer_rows, key=lambda r: -r["sqnr_drop_db"]):
-        lines.append(f"| {r['layer']} | {r['role']} | {r['held_out']:.1f} | {r['drop_held']:.1f} | {r['sqnr_drop_db']:.2f} |")
+        lines.append(f"| {r['layer']} | {r['role']} | {r['held_out']:.{d}f} | {r['drop_held']:.{d}f} | {r['sqnr_drop_db']:.2f} |")
     by_role = {}
     for r in layer_rows:
         by_role.setdefault(r["role"], []).append(r["sqnr_drop_db"])
