@@ -114,13 +114,15 @@ def reference_codes(values: dict, steps: dict, name: str, size: int) -> np.ndarr
 
 
 def compare_integer_tensors(plan, imported, inputs, *, target="llvm", tensorize: bool = False, names=None,
-                            log=None) -> dict:
+                            reference_plan=None, log=None) -> dict:
     """``{"tensors": [TensorDiff], "skipped": {name: why}, "outputs": [...], "samples": n}``.
 
     ``inputs``: the model's input arrays (any number of samples; run in chunks of the module's
     static batch, the last one padded by repeating its last sample and trimmed). ``target``: a
     registry name or TVM target; ``tensorize``: with the target's dot-product kernels
-    (TensorizeDot, as ``tvmptq compile`` builds it)."""
+    (TensorizeDot, as ``tvmptq compile`` builds it); ``names``: the values to probe (default all);
+    ``reference_plan``: the plan the reference runs (default ``plan``; tests change one to check
+    that differences are found)."""
     import tvm
     from tvm import relax
 
@@ -149,7 +151,7 @@ def compare_integer_tensors(plan, imported, inputs, *, target="llvm", tensorize:
             chunk = [np.concatenate([c, np.repeat(c[-1:], short, axis=0)]) for c in chunk]
         res = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(c.astype(dt))) for c, dt in zip(chunk, dtypes)])
         outs, got = probes.split([r.numpy() for r in res])
-        values = run_plan_values(plan, *chunk)
+        values = run_plan_values(reference_plan or plan, *chunk)
         equal_now = {}
         for name in probes.exposed:
             q = got[name]
