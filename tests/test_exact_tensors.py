@@ -53,9 +53,10 @@ def test_every_integer_value_bit_exact_with_integer_islands(bert):
 def test_a_difference_is_found_where_it_starts(bert):
     plan, imported, inp = bert
     ref = copy.deepcopy(plan)
-    lp = ref.layer("linear_4")  # the FFN's first linear: a bias off by 40 accumulator steps
+    lp = ref.layer("linear_4")  # the FFN's first linear: bias off by 40 * 2^10 accumulator units
     lp.arrays["bias"] = lp.arrays["bias"] + np.int32(40 * 2 ** 10)
-    r = compare_integer_tensors(plan, imported, tuple(a[:4] for a in inp), reference_plan=ref, names=["linear_3", "linear_4", "gelu"])
+    r = compare_integer_tensors(plan, imported, tuple(a[:4] for a in inp), reference_plan=ref,
+                                names=["linear_3", "linear_4", "gelu"])
     d = {t.name: t for t in r["tensors"]}
     assert d["linear_3"].equal and not d["linear_4"].equal and d["linear_4"].origin
     assert d["linear_4"].max_lsb >= 1 and 0 < d["linear_4"].fraction <= 1
