@@ -85,7 +85,7 @@ class _Kernels:
         self.funcs: dict[tuple, relax.GlobalVar] = {}
 
     def __call__(self, bb: relax.BlockBuilder, x: relax.Expr, lp, plan: QuantPlan) -> relax.Expr:
-        from targets.kernels.int_layernorm import FRAC_BITS, RECIP_BITS, int_layer_norm
+        from targets.kernels.int_layernorm import FRAC_BITS, RECIP_BITS, int_layer_norm, kernel_name
         at = lp.attrs
         if (int(at["frac_bits"]), int(at["recip_bits"])) != (FRAC_BITS, RECIP_BITS):
             raise LoweringError(f"integer LayerNorm {lp.name!r}: plan uses Q{at['frac_bits']} / 2^{at['recip_bits']}, "
@@ -98,7 +98,7 @@ class _Kernels:
         rows = int(np.prod(shape[:-1]))
         key = (rows, n, gin.dtype, gout.dtype)
         if key not in self.funcs:
-            self.funcs[key] = bb.add_func(int_layer_norm(*key), f"int_layer_norm_{rows}x{n}_{gin.dtype}_{gout.dtype}")
+            self.funcs[key] = bb.add_func(int_layer_norm(*key), kernel_name(*key))
         if "float" in str(x.ty.dtype):
             if gin.dtype == "int32":
                 raise LoweringError(f"integer LayerNorm {lp.name!r}: its {plan.tensors[lp.inputs[0]].bits}-bit input "

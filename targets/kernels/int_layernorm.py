@@ -21,16 +21,23 @@ PARALLEL_MIN_ROWS = 8
 FRAC_BITS, RECIP_BITS = 24, 62  # the plan's frac_bits / recip_bits (checked by the pass)
 
 
+def kernel_name(rows: int, n: int, in_dtype: str, out_dtype: str) -> str:
+    """The PrimFunc's symbol (and the name the lowering gives it in the module): shape and dtypes,
+    so profiles name it and kernels of several shapes in one module never share a symbol."""
+    return f"int_layer_norm_{rows}x{n}_{in_dtype}_{out_dtype}"
+
+
 @functools.cache
 def int_layer_norm(rows: int, n: int, in_dtype: str, out_dtype: str):
-    """The PrimFunc for ``rows x n`` codes (marked scheduled: the build leaves its loops alone)."""
+    """The PrimFunc for ``rows x n`` codes (marked scheduled: the build leaves its loops alone),
+    named :func:`kernel_name`."""
     from tvm.script import tirx as T
     w = next((v for v in VECTOR_WIDTHS if n % v == 0), 1)
     groups = n // w
     one = T.int64(1)
 
     @T.prim_func
-    def kernel(X: T.Buffer((rows, n), in_dtype), M: T.Buffer((n,), "int64"), K: T.Buffer((n,), "int64"),
+    def int_layer_norm_rows(X: T.Buffer((rows, n), in_dtype), M: T.Buffer((n,), "int64"), K: T.Buffer((n,), "int64"),
                B: T.Buffer((n,), "int64"), P: T.Buffer((5,), "int64"), Y: T.Buffer((rows, n), out_dtype)):
         T.func_attr({"tirx.noalias": True})
         for i in T.parallel(rows) if rows >= PARALLEL_MIN_ROWS else T.serial(rows):
@@ -77,4 +84,5 @@ def int_layer_norm(rows: int, n: int, in_dtype: str, out_dtype: str):
                         T.shift_right(d[jo * w + jl] * s[6] + T.shift_left(one, s[7] - one), s[7]) * M[jo * w + jl]
                         + B[jo * w + jl] + T.shift_left(one, K[jo * w + jl] - one), K[jo * w + jl]) + P[2], P[3]), P[4]))
 
-    return kernel.with_attr("tirx.is_scheduled", True)
+    return int_layer_norm_rows.with_attr({"tirx.is_scheduled": True,
+                                          "global_symbol": kernel_name(rows, n, in_dtype, out_dtype)})
