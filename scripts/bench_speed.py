@@ -75,7 +75,7 @@ def kernel_proof(base, tensorized, fused_base, fused_tens, asm: dict, T) -> dict
         counts = kp.kernel_mnemonics(asm[build], share["kernels"], mn)
         missing = [k for k, c in counts.items() if not c or not any(c.values())]
         confirmed[build] = {"kernels": len(counts), "with_dot": len(counts) - len(missing), "missing": missing,
-                            "instructions": {k: (c or {}).get("vpdpbusd", 0) for k, c in counts.items()}}
+                            "instructions": {k: sum((c or {}).values()) for k, c in counts.items()}}
     out["int8 tensorized"] = {
         **{k: share[k] for k in ("layers", "tensorized_layers", "share", "consistent", "total_macs", "kernels")},
         "confirmed": confirmed,

@@ -124,3 +124,51 @@ def test_8bit_input_int16_output_stays_on_vpdpbusd(x_dtype, hi32):
     got, ex = _run(xi.VNNI, x, w, qp, "int16", hi32)
     assert np.array_equal(got, want), np.abs(got.astype(np.int64) - want).max()
     assert "vpdpbusd" in ex.mod.inspect_source("asm")
+
+
+# ------------------------------------------------------------------------------ a transformer block
+WIDE_BLOCK = {  # res_ln_proj12 (MiniLM's accurate preset) and every group a linear touches at 12 bits
+    "res_ln_proj12": {"residual": 12, "ln_out": 12, "proj_out": 12},
+    "linears12": {"residual": 12, "ln_out": 12, "proj_out": 12, "ffn_act": 12, "ffn_pre": 12, "qkv": 12},
+}
+
+
+@pytest.fixture(scope="module")
+def attention_block():
+    from tests.test_wide_lowering import AttentionBlock, _captured
+    return _captured(AttentionBlock, (4, 8, 16), 1)
+
+
+@pytest.mark.parametrize("name", sorted(WIDE_BLOCK))
+def test_wide_block_linears_stay_tensorized_and_bit_exact(attention_block, name):
+    """A one-layer post-LN encoder with 12-bit tensors: every linear stays a dot-product kernel
+    (int16 inputs on vpdpwssd, int16 outputs as a wider store), and the compiled tensorized module
+    equals the simulation and the NumPy reference executor."""
+    import relay_passes as rp
+    import tvmptq
+    from targets.build import compile_integer
+    from tests.test_wide_lowering import VNNI_TARGET
+    from tvmptq.reference.executor import run_plan
+    model, x, imported = attention_block
+    qm = tvmptq.quantize(model, (x,), tvmptq.make_config(8, 8, "minmax", tensor_bits=WIDE_BLOCK[name]),
+                         progress=False)
+    wide = {n for n, t in qm.plan.tensors.items() if t.bits > 8}
+    assert wide and all(255 < qm.plan.tensors[n].qmax - qm.plan.tensors[n].qmin <= 4095 for n in wide)  # 12-bit
+    tensorize = rp.TensorizeDot(VNNI_TARGET, qm.plan, warn=False)
+    mod = tensorize(rp.lowering_passes(qm.plan)(imported))
+    linears = {lp.name: lp for lp in qm.plan.layers if lp.kind == "linear"}
+    recs = {r.layer: r for r in tensorize.report if r.kind == "linear"}
+    assert sorted(recs) == sorted(linears) and len(recs) == 6
+    assert all(r.tensorized for r in recs.values()), [str(r) for r in recs.values() if not r.tensorized]
+    wide_in = {n for n, lp in linears.items() if set(lp.inputs) & wide}
+    wide_out = {n for n, lp in linears.items() if lp.output in wide}
+    assert wide_in and wide_out
+    dtypes = {n: r.kernel.split("_")[-3:-1] for n, r in recs.items()}  # <isa>_dense_requant_<in>_<out>_<MxNxK>
+    assert {n for n, r in recs.items() if r.kernel.startswith("vnni16_dense_requant")} == wide_in
+    assert {n for n, (i, o) in dtypes.items() if i == "i16"} == wide_in
+    assert {n for n, (i, o) in dtypes.items() if o == "i16"} == wide_out
+    if not xi.host_has_avx512_vnni():
+        pytest.skip("host CPU lacks avx512_vnni: the tensorized block cannot run here")
+    got = compile_integer(mod, VNNI_TARGET)(x)
+    assert np.array_equal(got, qm.runner()(x))
+    assert np.array_equal(got, run_plan(qm.plan, x))
