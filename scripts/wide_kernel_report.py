@@ -7,7 +7,8 @@ batch-1 integer module and TensorizeDot's report for ``--target`` (relay_passes/
 kind and every reason a kernel was left out, and with ``--out`` writes that as a Markdown section
 (replacing a section of the same heading). With ``--exact-samples N`` the tensorized module is also
 compiled (untuned) and its output compared with the NumPy reference executor on N evaluation
-samples. Times nothing.
+samples, and with the build without dot kernels (the same integer program on TVM's own schedules).
+Times nothing.
 
     PYTHONPATH=$PWD python scripts/wide_kernel_report.py --wide res_ln_proj12 --exact-samples 2 \\
         --out results/wide_kernels.md
@@ -15,22 +16,26 @@ samples. Times nothing.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 import warnings
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def report(model_name: str, tensor_bits, calib_samples: int, target_name: str, work: Path, exact_samples: int):
+def report(model_name: str, tensor_bits, calib_samples: int, target_name: str, work: Path, exact_samples: int,
+           integer_islands=()):
     import targets
     from relay_passes.tensorize import TensorizeDot
     from targets.compare import prepare_batch1
     t = targets.get(target_name)
-    prep = prepare_batch1(model_name, calib_samples, work, t, tensor_bits=tensor_bits)
+    prep = prepare_batch1(model_name, calib_samples, work, t, integer_islands=integer_islands, tensor_bits=tensor_bits)
     tensorize = TensorizeDot(t, prep.plan, warn=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -38,11 +43,22 @@ def report(model_name: str, tensor_bits, calib_samples: int, target_name: str, w
     out = {"records": tensorize.report, "kernels": prep.kernels,
            "wide": {n: tq.bits for n, tq in prep.plan.tensors.items() if tq.bits > 8}}
     if exact_samples:
-        from bench_speed_builds import bit_exact
+        from bench_speed_builds import _run_vm, _vm, bit_exact
         from targets.build import compile_module
-        ex = compile_module(prep.tensorized, t.tvm_target())
-        out["bit_exact"] = bit_exact({"untuned (tensorized)": ex}, prep.plan, prep.samples(exact_samples))[0]
+        samples = prep.samples(exact_samples)
+        builds = {"tensorized": compile_module(prep.tensorized, t.tvm_target()),
+                  "no dot kernels": compile_module(prep.mods["int8"], t.tvm_target())}
+        out["bit_exact"] = bit_exact(builds, prep.plan, samples)
+        outs = {k: [_run_vm(_vm(ex), x) for x in samples] for k, ex in builds.items()}
+        out["same_as_plain"] = all(np.array_equal(a, b) for a, b in zip(*outs.values()))
     return out
+
+
+def _family(kernel: str) -> str:
+    """A kernel's name up to its shape: vnni16_dense_requant_i16_u8_128x384x384 -> vnni16_dense_requant_i16_u8."""
+    parts = kernel.split("_")
+    cut = next((i for i, t in enumerate(parts) if re.fullmatch(r"\d+(x\d+)+", t)), len(parts))
+    return "_".join(parts[:cut])
 
 
 def markdown(heading: str, cmd: str, res: dict, seconds: float) -> list[str]:
@@ -54,18 +70,20 @@ def markdown(heading: str, cmd: str, res: dict, seconds: float) -> list[str]:
              f"TensorizeDot: {res['kernels']}.", "",
              "| kind | kernels | tensorized |", "|---|---:|---:|"]
     lines += [f"| {k} | {kinds[k]} | {done[k]} |" for k in sorted(kinds)]
-    by_kernel = Counter(r.kernel.rsplit("_", 1)[0] for r in recs if r.tensorized)
+    by_kernel = Counter(_family(r.kernel) for r in recs if r.tensorized)
     if by_kernel:
-        lines += ["", "Kernels (name without its shape: count): "
+        lines += ["", "Kernels (name up to its shape: count): "
                   + ", ".join(f"`{k}` {n}" for k, n in sorted(by_kernel.items()))]
     reasons = Counter((r.kind, r.reason) for r in recs if not r.tensorized)
     if reasons:
         lines += ["", "Not tensorized, by reason:", ""]
         lines += [f"* {n} x {kind}: {why}" for (kind, why), n in sorted(reasons.items(), key=lambda kv: -kv[1])]
     if "bit_exact" in res:
-        b = res["bit_exact"]
-        lines += ["", f"Compiled (untuned, tensorized) vs the NumPy reference executor on {b['samples']} evaluation "
-                  f"samples: bit-exact {b['bit_exact']}, max abs diff {b['max_abs_diff']:.3g}."]
+        lines += ["", "Compiled (untuned) vs the NumPy reference executor (`tvmptq.reference.run_plan`), "
+                  + "; ".join(f"{b['variant']}: {b['samples']} evaluation samples, bit-exact {b['bit_exact']}, "
+                              f"max abs diff {b['max_abs_diff']:.3g}" for b in res["bit_exact"])
+                  + f". Tensorized output equal, element for element, to the build without dot kernels: "
+                  f"{res['same_as_plain']}."]
     return lines + [""]
 
 
@@ -91,17 +109,21 @@ def main(argv=None) -> int:
     p.add_argument("--calib-samples", type=int, default=64)
     p.add_argument("--target", default="x86-host")
     p.add_argument("--exact-samples", type=int, default=0)
+    p.add_argument("--integer-islands", nargs="+", default=[], choices=["softmax", "layernorm"],
+                   help="QuantConfig.integer_islands, as scripts/bench_speed.py --integer-islands")
     p.add_argument("--label", default="", help="added to the section heading (e.g. 'before')")
     p.add_argument("--work", default=str(REPO / "build" / "wide_kernel_report"))
     p.add_argument("--out", default=None, help="Markdown file to merge this run's section into")
     args = p.parse_args(argv)
     tensor_bits = cli_wide.tensor_bits(args)
     t0 = time.perf_counter()
-    res = report(args.model, tensor_bits, args.calib_samples, args.target, Path(args.work), args.exact_samples)
+    res = report(args.model, tensor_bits, args.calib_samples, args.target, Path(args.work), args.exact_samples,
+                 tuple(args.integer_islands))
     for r in res["records"]:
         print(r)
     spec = " ".join(args.wide or []) or "none"
-    heading = f"## {args.model}, --wide {spec}, {args.target}" + (f" ({args.label})" if args.label else "")
+    islands = f", integer islands {'+'.join(args.integer_islands)}" if args.integer_islands else ""
+    heading = f"## {args.model}, --wide {spec}{islands}, {args.target}" + (f" ({args.label})" if args.label else "")
     cmd = "PYTHONPATH=$PWD python scripts/wide_kernel_report.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = markdown(heading, cmd, res, time.perf_counter() - t0)
     print("\n".join(lines))

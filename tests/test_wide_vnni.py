@@ -172,3 +172,30 @@ def test_wide_block_linears_stay_tensorized_and_bit_exact(attention_block, name)
     got = compile_integer(mod, VNNI_TARGET)(x)
     assert np.array_equal(got, qm.runner()(x))
     assert np.array_equal(got, run_plan(qm.plan, x))
+
+
+def test_bench_speed_and_kernel_report_take_wide_specs():
+    """scripts/bench_speed.py --wide (tvmptq/cli_wide.py's parser): a bad spec fails before any work,
+    rows are keyed by the specs; scripts/wide_kernel_report.py's section merge keeps other sections."""
+    import argparse
+    import sys
+    from pathlib import Path
+    scripts = str(Path(__file__).resolve().parents[1] / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    bench_speed = pytest.importorskip("bench_speed")
+    import wide_kernel_report as wkr
+    from tvmptq.errors import ConfigError
+    with pytest.raises(ConfigError, match="--wide"):
+        bench_speed.main(["--models", "minilm_l6", "--wide", "residual"])
+    args = argparse.Namespace(wide=["res_ln_proj12", "qkv=12"])
+    assert bench_speed._wide_suffix(args, " wide:", "+") == " wide:res_ln_proj12+qkv12"
+    assert bench_speed._wide_suffix(argparse.Namespace(wide=None), " wide:", "+") == ""
+    assert wkr._family("vnni16_dense_requant_i16_u8_128x384x384") == "vnni16_dense_requant_i16_u8"
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "r.md"
+        f.write_text("# t\n\n## a\n\nold a\n\n## b\n\nold b\n")
+        f.write_text(wkr.merge_section(f, "## a", ["## a", "", "new a", ""]))
+        assert f.read_text() == "# t\n\n## b\n\nold b\n\n## a\n\nnew a\n"
+
