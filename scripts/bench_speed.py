@@ -4,9 +4,13 @@
     python scripts/bench_speed.py --models digits_resnet --no-tune --no-arm --repeat 5 --out /tmp/speed.md
     python scripts/bench_speed.py --models digits_vit --no-tune --merge   # add one model to speed.md
     python scripts/bench_speed.py --peers-only --no-tune --models efficientnet_lite0 digits_resnet  # LiteRT section
+    python scripts/bench_speed.py --models minilm_l6 --no-tune --merge --no-arm --wide res_ln_proj12  # wide preset
 
 --merge keeps the other models (latency, tuning, kernel proof, Arm rows, profile) from the --out json
 and adds this run's; the report lists each run (command, date, minutes, its models) under the header.
+--wide (tvmptq/cli_wide.py: a preset of tvmptq/quant/tensor_groups.PRESETS or NAME=BITS, repeatable)
+builds the int8 plans with those activation tensors widened (QuantConfig.tensor_bits; 12-bit tensors run
+in the int16 dot-product kernels, relay_passes/tensorize) and keys the rows '<model> wide:<specs>'.
 --peers-only times LiteRT int8 next to TVM int8 in one run and writes only its own section of the report
 (targets/speed_peers.py); models the fully-integer TFLite export refuses are listed with the reason.
 
@@ -75,13 +79,18 @@ def kernel_proof(base, tensorized, fused_base, fused_tens, asm: dict, T) -> dict
         counts = kp.kernel_mnemonics(asm[build], share["kernels"], mn)
         missing = [k for k, c in counts.items() if not c or not any(c.values())]
         confirmed[build] = {"kernels": len(counts), "with_dot": len(counts) - len(missing), "missing": missing,
-                            "instructions": {k: (c or {}).get("vpdpbusd", 0) for k, c in counts.items()}}
+                            "instructions": {k: sum((c or {}).values()) for k, c in counts.items()}}
     out["int8 tensorized"] = {
         **{k: share[k] for k in ("layers", "tensorized_layers", "share", "consistent", "total_macs", "kernels")},
         "confirmed": confirmed,
         "asm_share": {b: kp.asm_mac_share(fused_tens, asm[b], tensorized, mn) for b in ("untuned", "tuned")},
         "requantize": kp.standalone_requantize(fused_tens)}
     return out
+
+
+def _wide_suffix(args, prefix: str, sep: str) -> str:
+    """The --wide specs in a key or folder name ('' without --wide)."""
+    return prefix + sep.join(s.replace("=", "") for s in args.wide) if getattr(args, "wide", None) else ""
 
 
 def prepare_model(name: str, args, work: Path, res: dict) -> dict:
@@ -100,16 +109,22 @@ def prepare_model(name: str, args, work: Path, res: dict) -> dict:
 
     t = targets.get("x86-host")
     T = t.tvm_target()
+    from tvmptq import cli_wide
     islands = tuple(args.integer_islands)
-    d = work / (name + ("-int-" + "-".join(islands) if islands else ""))
+    tensor_bits = cli_wide.tensor_bits(args)
+    d = work / (name + ("-int-" + "-".join(islands) if islands else "") + _wide_suffix(args, "-wide-", "-"))
     t0 = time.perf_counter()
-    prep = prepare_batch1(name, args.calib_samples, d, t, integer_islands=islands)
+    prep = prepare_batch1(name, args.calib_samples, d, t, integer_islands=islands, tensor_bits=tensor_bits)
     model, data, plan, mods, tens = prep.model, prep.data, prep.plan, prep.mods, prep.tensorized
     params, evaluation, xs = prep.params, prep.evaluation, prep.xs
     if islands:
         res["integer_islands"] = list(islands)
+    if tensor_bits:
+        res["tensor_bits"] = tensor_bits
+        res["wide_tensors"] = sum(tq.bits > 8 for tq in plan.tensors.values())
     log(f"{name}: W8A8 plan ({args.calib_samples} calibration samples"
-        + (f", integer islands {'+'.join(islands)}" if islands else "") + ") and Relax modules in "
+        + (f", integer islands {'+'.join(islands)}" if islands else "")
+        + (f", {res['wide_tensors']} wide tensors ({tensor_bits})" if tensor_bits else "") + ") and Relax modules in "
         f"{time.perf_counter() - t0:.0f} s; int8 kernels on {t.name}: {prep.kernels or 'none'}")
     res["inputs"] = ", ".join(f"{str(p.name)} {list(x.shape)} {x.dtype}" for p, x in zip(params, xs))
     res["errors"] = {}
@@ -305,7 +320,10 @@ def main(argv=None) -> int:
     p.add_argument("--integer-islands", nargs="+", default=[], choices=["softmax", "layernorm"],
                    help="plans with these islands in integer arithmetic (QuantConfig.integer_islands); the rows "
                         "are keyed '<model> int:<names>', beside the float-island rows of the same model")
+    from tvmptq import cli_wide
+    cli_wide.add_arguments(p)  # --wide: rows keyed '<model> wide:<specs>'
     args = p.parse_args(argv)
+    cli_wide.tensor_bits(args)  # a bad spec fails here, before any work
 
     import onnxruntime
     import torch
@@ -332,7 +350,8 @@ def main(argv=None) -> int:
               "batch": 1, "engines": [list(e) for e in engines], "models": {}}
     preps = {}
     # a model's key in the report: integer-island runs sit beside the float-island rows
-    label = {n: n + (f" int:{'+'.join(args.integer_islands)}" if args.integer_islands else "") for n in args.models}
+    label = {n: n + (f" int:{'+'.join(args.integer_islands)}" if args.integer_islands else "")
+             + _wide_suffix(args, " wide:", "+") for n in args.models}
     for name in args.models:
         log(f"== {label[name]}: preparing")
         res = result["models"].setdefault(label[name], {})
@@ -355,7 +374,7 @@ def main(argv=None) -> int:
                                 or "not built"}
 
     prof_model = args.profile_model or ("efficientnet_lite0" if "efficientnet_lite0" in args.models else args.models[0])
-    if label.get(prof_model) in preps and not args.integer_islands:
+    if label.get(prof_model) in preps and not args.integer_islands and not args.wide:
         log(f"== per-layer profile: {prof_model}")
         result["profile"] = run_profile(prof_model, preps[prof_model], result["models"][prof_model], args, work)
 

@@ -31,10 +31,10 @@ def _log(msg):
     print(msg, flush=True)
 
 
-def _plan(model, set_name, calib_samples, integer_islands=()):
+def _plan(model, set_name, calib_samples, integer_islands=(), tensor_bits=None):
     import tvmptq
     calib = tuple(a[:calib_samples] for a in tvmptq.get_set(set_name).calibration())
-    config = tvmptq.make_config(8, 8, integer_islands=integer_islands)
+    config = tvmptq.make_config(8, 8, integer_islands=integer_islands, tensor_bits=tensor_bits)
     return tvmptq.quantize(model, calib, config, progress=False).plan
 
 
@@ -95,16 +95,18 @@ class Prepared:
                 for j in range(n)]
 
 
-def zoo_plan(name: str, calib_samples: int, integer_islands=()):
+def zoo_plan(name: str, calib_samples: int, integer_islands=(), tensor_bits=None):
     """(model, its W8A8 plan on the first ``calib_samples`` calibration samples of its protocol set);
-    ``integer_islands``: QuantConfig.integer_islands."""
+    ``integer_islands``: QuantConfig.integer_islands; ``tensor_bits``: QuantConfig.tensor_bits
+    (wide tensors or groups, e.g. tvmptq.quant.tensor_groups.PRESETS["res_ln_proj12"])."""
     import tvmptq
     from tvmptq.eval.sets import DEFAULT_SET
     model = tvmptq.load(name)
-    return model, _plan(model, DEFAULT_SET[name], calib_samples, integer_islands)
+    return model, _plan(model, DEFAULT_SET[name], calib_samples, integer_islands, tensor_bits)
 
 
-def prepare_batch1(name: str, calib_samples: int, work, target, planned=None, integer_islands=()) -> Prepared:
+def prepare_batch1(name: str, calib_samples: int, work, target, planned=None, integer_islands=(),
+                   tensor_bits=None) -> Prepared:
     """Plan, batch-1 Relax modules and the int8 module tensorized for ``target`` (a targets.Target)
     of zoo model ``name``, with its batch-1 evaluation inputs saved as ``work/inputs.npz``.
     ``planned``: the (model, plan) of :func:`zoo_plan` when the caller needed the plan first."""
@@ -112,7 +114,7 @@ def prepare_batch1(name: str, calib_samples: int, work, target, planned=None, in
     from tvmptq.eval.sets import DEFAULT_SET
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    model, plan = planned or zoo_plan(name, calib_samples, integer_islands)
+    model, plan = planned or zoo_plan(name, calib_samples, integer_islands, tensor_bits)
     data = tvmptq.get_set(DEFAULT_SET[name])
     mods = _modules(model, plan, 1)
     with warnings.catch_warnings():

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-DOT_MNEMONICS = {"x86_64": ("vpdpbusd",), "aarch64": ("sdot", "udot", "usdot", "smmla", "ummla", "usmmla")}
+DOT_MNEMONICS = {"x86_64": ("vpdpbusd", "vpdpwssd"), "aarch64": ("sdot", "udot", "usdot", "smmla", "ummla", "usmmla")}
 
 _TENSORIZED = re.compile(r"^(?P<layer>.+): tensorized \((?P<kernel>[^,]+), M N K = (?P<m>\d+) (?P<n>\d+) (?P<k>\d+)\)$")
 _NOT_TENSORIZED = re.compile(r"^(?P<layer>.+) \((?P<kind>\w+)\): not tensorized: (?P<reason>.*?)"
@@ -165,7 +165,7 @@ def _region_name(region) -> str:
     return str(src.name)
 
 
-def primfunc_summary(prim, dot_mnemonics=("vpdpbusd", "sdot", "smmla")) -> dict:
+def primfunc_summary(prim, dot_mnemonics=("vpdpbusd", "vpdpwssd", "sdot", "smmla")) -> dict:
     """What a PrimFunc computes, from its blocks: ``{"macs", "mac_blocks", "mac_block_names",
     "int64_shift", "int32_inputs", "dot_intrinsic", "scheduled"}``. ``macs``: iterations of its reduction blocks
     whose update multiplies two loads (conv, matmul; not a sum); ``dot_intrinsic``: its TIR calls a
@@ -334,7 +334,7 @@ def kernel_mnemonics(asm: str, kernels, mnemonics) -> dict[str, dict[str, int]]:
     return out
 
 
-def asm_mac_share(fused_mod, asm: str, tensorized_mod=None, mnemonics=("vpdpbusd",)) -> dict:
+def asm_mac_share(fused_mod, asm: str, tensorized_mod=None, mnemonics=("vpdpbusd", "vpdpwssd")) -> dict:
     """Share of the multiply-adds that run in kernels whose code holds one of ``mnemonics``, per call
     site of ``fused_mod`` (the module the assembly was built from): MACs of a fused kernel from its
     blocks, of a tensorized kernel from the TensorizeDot report of ``tensorized_mod`` (the module

@@ -118,7 +118,7 @@ def write_report(result: dict, out_md) -> Path:
               "MAC share (report): multiply-adds of the conv/matmul layers TensorizeDot tensorized / all "
               "conv/matmul multiply-adds, from shapes (`targets/kernel_proof.py`; *consistent*: tensorized "
               "plus the conv/matmul left add up to the total). *dot kernels confirmed*: tensorized kernels "
-              "whose code in the built library holds `vpdpbusd` (untuned build / tuned build). *MACs in code "
+              "whose code in the built library holds `vpdpbusd` (`vpdpwssd`: int16 inputs of wide presets) (untuned build / tuned build). *MACs in code "
               "with vpdpbusd*: share of multiply-adds in kernels whose compiled code holds the instruction "
               "at all (LLVM's own loop vectorizer also emits it, in its 128-bit `{vex}` form). *standalone "
               "requantize*: fused kernels that shift right in int64 and read an int32 input but hold no "
@@ -148,7 +148,7 @@ def write_report(result: dict, out_md) -> Path:
     missing = [(name, var, k) for name, m in models.items() for var, p in m.get("kernel_proof", {}).items()
                for build in ("untuned", "tuned") for k in (p.get("confirmed", {}).get(build) or {}).get("missing", [])]
     if missing:
-        lines.append("Tensorized kernels **without** `vpdpbusd` in their code: "
+        lines.append("Tensorized kernels **without** `vpdpbusd`/`vpdpwssd` in their code: "
                      + "; ".join(f"{n} {v}: `{k}`" for n, v, k in missing) + ".\n")
 
     lines += ["## Bit-exactness against the NumPy reference (`tvmptq.reference.run_plan`)\n",

@@ -86,8 +86,12 @@ class KernelPlan:
         return self.hi32 and saturates(self.qp, self.out_dtype)
 
 
-def analyse(mt: dict, names: dict, isa) -> KernelPlan:
-    """The matched chain's numbers; ValueError with the reason when the kernel cannot compute it."""
+def analyse(mt: dict, names: dict, isa, var2val=None) -> KernelPlan:
+    """The matched chain's numbers; ValueError with the reason when the kernel cannot compute it.
+
+    Wide tensors (int16 containers of 9..16-bit grids) of a linear layer: an int16 output is only
+    a wider store of the same epilogue; an int16 input runs on the ISA's ``int16_isa`` row (x86:
+    ``vpdpwssd``), its |x| bound read from the producer's clip (``var2val``) for the overflow check."""
     from targets.kernels import shift_of
     # x: the accumulator's argument as bound (a Var), not the matched expression, which the pattern
     # resolved through the bindings: re-visiting that expression re-emits the producer's original
@@ -95,14 +99,18 @@ def analyse(mt: dict, names: dict, isa) -> KernelPlan:
     acc, wc = mt[names["acc"]], mt[names["w"]]
     x = acc.args[0]
     x_dtype, out_dtype = str(x.ty.dtype), str(mt[names["out"]].ty.dtype)
-    if x_dtype not in ("uint8", "int8"):
-        raise ValueError(f"activations are {x_dtype}, the kernel takes uint8 or int8")
-    if out_dtype not in ("uint8", "int8"):
-        raise ValueError(f"the output is {out_dtype}, the kernel writes uint8 or int8")
+    conv = op_name(acc) == "relax.nn.conv2d"
+    wide_in = x_dtype == "int16" and not conv and isa.int16_isa is not None
+    if wide_in:
+        isa = isa.int16_isa
+    elif x_dtype not in ("uint8", "int8"):
+        raise ValueError(f"activations are {x_dtype}, the kernel takes uint8 or int8"
+                         + (" (int16 for a linear layer)" if isa.int16_isa is not None else ""))
+    if out_dtype not in ("uint8", "int8", "int16") or (out_dtype == "int16" and conv):
+        raise ValueError(f"the output is {out_dtype}, the kernel writes uint8 or int8 (int16 for a linear layer)")
     if str(wc.ty.dtype) != "int8":
         raise ValueError(f"the weight is {wc.ty.dtype}, {isa.instruction} takes int8")
     shape = [int(d) for d in x.ty.shape]
-    conv = op_name(acc) == "relax.nn.conv2d"
     if conv and int(acc.attrs.groups) != 1:
         if not isa.simd_depthwise:
             raise ValueError(f"depthwise: no reduction over channels for {isa.instruction}, and no hand kernel "
@@ -125,7 +133,8 @@ def analyse(mt: dict, names: dict, isa) -> KernelPlan:
         M = int(np.prod(lead)) if lead else 1
     ndim = len(acc.ty.shape)
     l1 = int(np.abs(w.astype(np.int64)).sum(1).max())
-    x_max = 255 if isa.act_dtype == "uint8" else 128  # |x| as the instruction sees it, after the shift
+    # |x| as the instruction sees it, after the shift
+    x_max = _abs_bound(x, var2val) if wide_in else 255 if isa.act_dtype == "uint8" else 128
     if x_max * l1 >= INT32_LIMIT:
         raise ValueError(f"the {isa.act_dtype} accumulation may overflow int32 ({x_max} * max row L1 = {x_max * l1})")
     # x + s in the kernel (s = +128 or -128 to reach the instruction's dtype): sum (x+s) w = sum x w + s rowsum(w)
@@ -133,6 +142,18 @@ def analyse(mt: dict, names: dict, isa) -> KernelPlan:
     layout = "NHWC" if conv and isa.channels_last else "NCHW"
     qp = _epilogue_rows(qp, x_max * np.abs(w.astype(np.int64)).sum(1), isa, not conv or layout == "NHWC")
     return KernelPlan(x, x_dtype, out_dtype, lead, M, N, K, w, qp, conv, isa, layout=layout, im2col=cols)
+
+
+def _abs_bound(x, var2val) -> int:
+    """A bound on |x| for an int16 activation: its producer's clip bounds when it ends in
+    ``clip -> astype`` (a requantize or quantize), else the int16 limit."""
+    v = var2val.get(x) if var2val is not None and isinstance(x, relax.Var) else None
+    if v is not None and op_name(v) == "relax.astype":
+        c = v.args[0]
+        c = var2val.get(c, c) if isinstance(c, relax.Var) else c
+        if op_name(c) == "relax.clip":
+            return max(abs(int(c.args[1].value)), abs(int(c.args[2].value)))
+    return 1 << 15
 
 
 def _epilogue_rows(qp: np.ndarray, acc_bound, isa, kernel_has_it: bool) -> np.ndarray:

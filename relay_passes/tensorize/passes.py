@@ -39,7 +39,8 @@ class _Tensorize:
             bindings = [b for block in func.body.blocks for b in block.bindings]
             chains = {}  # matmul var -> (final var, matched dict)
             for b in bindings:
-                if op_name(b.value) == "relax.astype" and str(b.value.ty.dtype) in ("uint8", "int8"):
+                # int16: the container of wide (9..16-bit) tensors, written by the dense kernels
+                if op_name(b.value) == "relax.astype" and str(b.value.ty.dtype) in ("uint8", "int8", "int16"):
                     for pat, nm in ((pattern, names), (bm_pattern, bm_names)):
                         mt = pat.extract_matched_expr(b.value, var2val)
                         if mt is not None:
@@ -75,7 +76,7 @@ class _Tensorize:
                 else:
                     final, mt = chains[b.var]
                     try:
-                        p = analyse(mt, names, isa)
+                        p = analyse(mt, names, isa, var2val)
                     except ValueError as err:
                         rec.reason = str(err)
                         continue

@@ -17,7 +17,7 @@ DEPTHWISE_PREFIX = "dw_requant"                # kernels of targets.kernels.dept
 DEPTHWISE_DOT_INFIX = "_depthwise_requant"     # its dot-product kernels: vnni_depthwise_requant_b1_u8_u8_...
 KERNEL_PREFIX = "vnni_dense_requant"           # kernel names: <isa>_dense_requant..., <isa>_conv1x1_requant...
 CONV_PREFIX = "vnni_conv1x1_requant"
-KERNEL_PREFIXES = tuple(f"{isa}_{kind}_requant" for isa in ("vnni", "sdot", "smmla", "dp4a")
+KERNEL_PREFIXES = tuple(f"{isa}_{kind}_requant" for isa in ("vnni", "vnni16", "sdot", "smmla", "dp4a")
                         for kind in ("dense", "conv1x1", "conv_im2col"))
 REPORT_ATTR = "tvmptq_tensorize_report"
 

@@ -49,6 +49,11 @@ def build_kernel(p: KernelPlan, tile=(4, 4, 128)) -> tvm.tirx.PrimFunc:
     return _as_kernel(sch.mod["main"])
 
 
+def _short(dtype: str) -> str:
+    """uint8 -> u8, int8 -> i8, int16 -> i16 (kernel names)."""
+    return dtype[0] + dtype[4:] if dtype.startswith("uint") else dtype[0] + dtype[3:]
+
+
 def _hi32_kw(p: KernelPlan) -> dict:
     """``hi32=True`` for a dense workload on the high-half epilogue; nothing otherwise (the ISAs'
     own workloads do not take the argument)."""
@@ -85,7 +90,7 @@ class Rewriter(relax.PyExprMutator):
             else:
                 kind = "conv_im2col" if p.im2col else "conv1x1"
                 prefix = f"{p.isa.name}_{kind}_requant_b{p.lead[0]}" if p.conv else f"{p.isa.name}_dense_requant"
-                name = f"{prefix}{nhwc}_{p.x_dtype[0]}8_{p.out_dtype[0]}8_{p.M}x{p.N}x{p.K}"
+                name = f"{prefix}{nhwc}_{_short(p.x_dtype)}_{_short(p.out_dtype)}_{p.M}x{p.N}x{p.K}"
             self.kernels[key] = self.builder_.add_func(build_kernel(p, self.tile), name)
         return self.kernels[key]
 
@@ -160,7 +165,8 @@ class Rewriter(relax.PyExprMutator):
             if len(p.lead) != 1:
                 x = bb.emit(R.reshape(x, [p.M, p.K]))
             out_shape, final_shape = [p.M, p.N], (None if len(p.lead) == 1 else list(p.lead) + [p.N])
-        args = [x, relax.const((p.isa.pack_weight or pack_weight)(p.w, p.isa.lanes), "int8"), relax.const(p.qp, str(p.qp.dtype))]
+        wp = (p.isa.pack_weight or pack_weight)(p.w, p.isa.lanes)  # int16 for the int16 kernel
+        args = [x, relax.const(wp, str(wp.dtype)), relax.const(p.qp, str(p.qp.dtype))]
         y = relax.call_tir(gv, args, relax.TensorType(out_shape, p.out_dtype))
         if final_shape is not None:
             y = R.reshape(bb.emit(y), final_shape)

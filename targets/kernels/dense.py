@@ -8,7 +8,9 @@ lane) with its own 4 weight bytes. So one TE workload and one hand schedule serv
 tensor intrinsic, the capabilities a registry target needs). ``isa.isas()`` is that table
 (targets/kernels/isa.py; x86_vnni.py, arm_sdot.py, arm_i8mm.py and cuda_dp4a.py define the rows).
 
-* weights are packed at compile time to ``[N/lanes, K/4, lanes, 4]`` (:func:`pack_weight`, zero padded);
+* weights are packed at compile time to ``[N/lanes, K/4, lanes, 4]`` (:func:`pack_weight`, zero padded;
+  ``[N/lanes, K/2, lanes, 2]`` int16 for a row with ``k_pack`` 2, x86's int16 ``vpdpwssd``, which takes
+  the int16 containers of 9..16-bit activations: dense kernels only);
 * activations whose dtype is not the instruction's are shifted by 128 in a stage of their own
   (int8 + 128 -> uint8 for VNNI's u8 x s8; uint8 - 128 -> int8 for sdot's s8 x s8) and the shift's
   contribution, ``shift * rowsum(W)``, is subtracted from the bias at compile time (:func:`shift_of`);
@@ -27,25 +29,27 @@ from .requant import REQUANT_ROWS, REQUANT_ROWS_HI32, _requantize, _requantize_h
 
 
 # ------------------------------------------------------------------------------------- layout
-def packed_shape(N: int, K: int, lanes: int) -> tuple:
-    """``(ceil(N/lanes), ceil(K/4), lanes, 4)``: the packed weight of a logical ``[N, K]`` weight."""
-    return (_ceil(N, lanes) // lanes, _ceil(K, 4) // 4, lanes, 4)
+def packed_shape(N: int, K: int, lanes: int, k_pack: int = 4) -> tuple:
+    """``(ceil(N/lanes), ceil(K/k_pack), lanes, k_pack)``: the packed weight of a logical ``[N, K]`` weight."""
+    return (_ceil(N, lanes) // lanes, _ceil(K, k_pack) // k_pack, lanes, k_pack)
 
 
-def pack_weight(w: np.ndarray, lanes: int) -> np.ndarray:
-    """int8 ``[N, K]`` -> ``[N/lanes, K/4, lanes, 4]``: ``packed[no, ko, ni, ki] = w[no*lanes + ni, ko*4 + ki]``.
+def pack_weight(w: np.ndarray, lanes: int, k_pack: int = 4, dtype: str = "int8") -> np.ndarray:
+    """int8 ``[N, K]`` -> ``[N/lanes, K/kp, lanes, kp]`` (kp = ``k_pack``):
+    ``packed[no, ko, ni, ki] = w[no*lanes + ni, ko*kp + ki]``, as ``dtype`` (int16 for ``vpdpwssd``).
 
-    For one (no, ko) the ``lanes * 4`` bytes are one instruction's weight operand. N and K are
+    For one (no, ko) the ``lanes * kp`` values are one instruction's weight operand. N and K are
     padded **with zeros**: padded k then contribute nothing whatever the activation holds there, and
     padded output channels are computed but never stored."""
     w = np.asarray(w)
     if w.ndim != 2 or w.dtype != np.int8:
         raise ValueError(f"pack_weight needs an int8 [N, K] array, got {w.dtype} {w.shape}")
     N, K = w.shape
-    Np, Kp = _ceil(N, lanes), _ceil(K, 4)
+    Np, Kp = _ceil(N, lanes), _ceil(K, k_pack)
     if (Np, Kp) != (N, K):
         w = np.pad(w, ((0, Np - N), (0, Kp - K)))
-    return np.ascontiguousarray(w.reshape(Np // lanes, lanes, Kp // 4, 4).transpose(0, 2, 1, 3))
+    w = w.reshape(Np // lanes, lanes, Kp // k_pack, k_pack).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(w.astype(dtype))
 
 
 def shift_of(x_dtype: str, isa: DotISA) -> int:
@@ -57,7 +61,8 @@ def shift_of(x_dtype: str, isa: DotISA) -> int:
         return 128
     if (x_dtype, isa.act_dtype) == ("uint8", "int8"):
         return -128
-    raise ValueError(f"{isa.name} kernels take uint8 or int8 activations, got {x_dtype}")
+    raise ValueError(f"{isa.name} kernels take {'int16' if isa.act_dtype == 'int16' else 'uint8 or int8'} "
+                     f"activations, got {x_dtype}")
 
 
 def shift_correction(w: np.ndarray, shift: int = 128) -> np.ndarray:
@@ -83,16 +88,17 @@ def dense_te(X, M: int, N: int, K: int, isa: DotISA, corr=None, epilogue=None):
     absent when X already has the instruction's dtype and K % 4 == 0. ``epilogue(acc, i, j)``, when
     given, is block ``C``'s body; else ``C`` copies the accumulator (minus ``corr[j]`` if given)."""
     from tvm import te
-    lanes = isa.lanes
-    Np, Kp = _ceil(N, lanes), _ceil(K, 4)
-    Wp = te.placeholder(packed_shape(N, K, lanes), "int8", name="Wp")
+    lanes, kp = isa.lanes, isa.k_pack
+    Np, Kp = _ceil(N, lanes), _ceil(K, kp)
+    Wp = te.placeholder(packed_shape(N, K, lanes, kp), isa.weight_dtype, name="Wp")
     if X.dtype != isa.act_dtype or Kp != K:
         Xs = te.compute((M, Kp), lambda i, k: _shifted(X[i, k], X.dtype, isa, k, K, Kp), name="X_s")
     else:
         Xs = X
     k = te.reduce_axis((0, Kp), name="k")
     acc = te.compute((M, Np), lambda i, j: te.sum(
-        Xs[i, k].astype("int32") * Wp[j // lanes, k // 4, j % lanes, k % 4].astype("int32"), axis=k), name="compute")
+        Xs[i, k].astype("int32") * Wp[j // lanes, k // kp, j % lanes, k % kp].astype("int32"), axis=k),
+        name="compute")
     if epilogue is not None:
         C = te.compute((M, N), lambda i, j: epilogue(acc[i, j], i, j), name="C")
     elif corr is None:
@@ -104,7 +110,7 @@ def dense_te(X, M: int, N: int, K: int, isa: DotISA, corr=None, epilogue=None):
 
 def dense_requant(M: int, N: int, K: int, x_dtype: str, out_dtype: str, isa: DotISA, hi32: bool = False,
                   saturate: bool = False):
-    """TIR ``main(X: x_dtype[M, K], Wp: int8[packed_shape(N, K, lanes)], qp: int64[7, N], Y: out_dtype[M, N])``::
+    """TIR ``main(X: x_dtype[M, K], Wp: weight_dtype[packed_shape(N, K, lanes, k_pack)], qp: int64[7, N], Y: out_dtype[M, N])``::
 
         Y[i, j] = clip(((int64(acc[i, j]) + bias[j]) * mult[j] + rnd[j]) >> shift[j] + zero_point[j], lo[j], hi[j])
 
@@ -160,11 +166,12 @@ def conv1x1_requant(B: int, M: int, N: int, K: int, x_dtype: str, out_dtype: str
 # ------------------------------------------------------------------------------------- schedules
 
 # ------------------------------------------------------------------------------------- schedules
-def tile_sizes(M: int, N: int, K: int, mb: int = 4, nb: int = 4, kb: int = 128, lanes: int = 16) -> tuple:
-    """(mb, nb, kb) actually used: the largest divisors of M, ceil(N/lanes) and ceil(K/4)*4 that do
-    not exceed the requested sizes. ``sch.tensorize`` needs exact splits (a predicated tail fails
+def tile_sizes(M: int, N: int, K: int, mb: int = 4, nb: int = 4, kb: int = 128, lanes: int = 16,
+               k_pack: int = 4) -> tuple:
+    """(mb, nb, kb) actually used: the largest divisors of M, ceil(N/lanes) and ceil(K/kp)*kp
+    (kp = ``k_pack``) that do not exceed the requested sizes. ``sch.tensorize`` needs exact splits (a predicated tail fails
     with ``comparator.rhs_buffer_map_.count(desc)``), so a prime M such as 7 runs with mb=1 (correct,
-    slower) rather than padding M. kb counts k elements and is a multiple of 4. The int32 tile
+    slower) rather than padding M. kb counts k elements and is a multiple of kp. The int32 tile
     ``mb x nb*lanes`` is kept under :data:`STACK_ALLOCA_BYTES` (nb shrinks first, or mb when the
     larger), so (8, 2) becomes (7, 2) and (4, 4) becomes (4, 3) at 16 lanes."""
     mb = _divisor_at_most(M, mb)
@@ -174,7 +181,7 @@ def tile_sizes(M: int, N: int, K: int, mb: int = 4, nb: int = 4, kb: int = 128, 
             nb = _divisor_at_most(_ceil(N, lanes) // lanes, nb - 1)
         else:
             mb = _divisor_at_most(M, mb - 1)
-    kb = 4 * _divisor_at_most(_ceil(K, 4) // 4, max(1, kb // 4))
+    kb = k_pack * _divisor_at_most(_ceil(K, k_pack) // k_pack, max(1, kb // k_pack))
     return mb, nb, kb
 
 
@@ -186,10 +193,10 @@ def _tensorized_tiles(sch, blk, loops, isa: DotISA, mb: int, nb: int, kb: int, i
     *batch, i, j, k = loops
     M, Np, Kp = (int(sch.get(x).extent) for x in (i, j, k))
     work = loop_extent(sch, loops)  # before the splits: their loops are gone after
-    mb, nb, kb = tile_sizes(M, Np, Kp, mb, nb, kb, isa.lanes)
+    mb, nb, kb = tile_sizes(M, Np, Kp, mb, nb, kb, isa.lanes, isa.k_pack)
     io, ii = sch.split(i, [None, mb])
     jo, jn, ji = sch.split(j, [None, nb, isa.lanes])
-    ko, kt, ki = sch.split(k, [None, kb // 4, 4])
+    ko, kt, ki = sch.split(k, [None, kb // isa.k_pack, isa.k_pack])
     sch.reorder(*batch, io, jo, ko, kt, ii, jn, ji, ki)
     outer = sch.fuse(*batch, io, jo)
     parallel_if_worth(sch, outer, work)

@@ -34,6 +34,11 @@ class DotISA:
     # n -> the per-lane n-tap (n = 2..4) intrinsic of targets.kernels.depthwise's dot-product depthwise
     # kernel (activations of act_dtype, ``lanes`` channels); None: depthwise convs use the SIMD kernel
     depthwise_intrin: Callable[[int], str] | None = None
+    k_pack: int = 4              # k values per lane per instruction (4 bytes for vpdpbusd/sdot, 2 int16 for vpdpwssd)
+    weight_dtype: str = "int8"   # the packed weight operand's dtype (int8 weights widened to it at compile time)
+    # the row for int16 activations (12..16-bit grids, QuantConfig.tensor_bits) on the same targets, not in
+    # the table (isa_for never picks it): relay_passes.tensorize takes it for a linear whose input is int16
+    int16_isa: "DotISA | None" = None
 
     def reason_missing(self, target) -> str:
         """'' if a registry Target can run the kernels, else why not."""

@@ -19,6 +19,9 @@ What is here:
 * :func:`conv1x1_requant_vnni` / :func:`schedule_conv1x1_vnni`: a 1x1 NCHW convolution as that
   dense over pixels, reading and writing NCHW (what EfficientNet's pointwise convs become).
 * :func:`schedule_dense_vnni`: a hand schedule with ``sch.tensorize`` (no tuning).
+* :data:`VNNI16` (``vpdpwssd``, :func:`register_int16_intrinsic`, :func:`pack_dense_weight16`): the
+  dense kernels' row for int16 activations (the containers of 9..16-bit grids), int8 weights widened
+  to int16, two k per lane; :data:`VNNI`'s ``int16_isa``.
 * :func:`dense_s8s8_via_u8` / :func:`dense_u8s8`: compile (cached) and run from NumPy.
 
 VNNI multiplies **unsigned** 8-bit activations by **signed** 8-bit weights (``vpdpbusd``: u8 x s8,
@@ -187,6 +190,57 @@ def register_depthwise_intrinsic(n: int) -> str:
     return register_intrinsic(f"vnni_depthwise_16x{n}", lambda: _depthwise_intrin_funcs(n))
 
 
+# ------------------------------------------------------------------------------------- int16 x int8
+VNNI16_INTRIN = "dot_16x2_vnni_i16"
+
+
+def _int16_intrin_funcs():
+    """(desc, impl) of the int16 dot product: ``C[i] += A[0] * B[i, 0] + A[1] * B[i, 1]``, i < 16, A:
+    int16 [2] (the activation, 9..16-bit grids in their int16 containers), B: int16 [16, 2] (int8
+    weights widened at compile time), C: int32 [16]. One ``vpdpwssd`` (AVX512-VNNI): each int32 lane
+    adds the two signed 16 x 16-bit products of its pair, no intermediate saturation (the ``s``
+    form would saturate). LLVM 22 declares it ``(<16 x i32>, <32 x i16>, <32 x i16>)``."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((16, 2), "int16", offset_factor=1),
+             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:2], B[0:16, 0:2])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 2):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((16, 2), "int16", offset_factor=1),
+             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:2], B[0:16, 0:2])
+            T.writes(C[0:16])
+            # one expression (see _intrin_funcs): the activation pair as one 32-bit word broadcast
+            # to 16 lanes, both operands as <32 x i16>
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpwssd.512"),
+                C.vload([0], dtype="int32x16"),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"), 16), dtype="int16x32"),
+                B.vload([0, 0], dtype="int16x32"), dtype="int32x16")
+
+    return desc, impl
+
+
+def register_int16_intrinsic() -> str:
+    """Register the int16 ``vpdpwssd`` intrinsic (idempotent); returns its name."""
+    return register_intrinsic(VNNI16_INTRIN, _int16_intrin_funcs)
+
+
+def pack_dense_weight16(w: np.ndarray, lanes: int = 16) -> np.ndarray:
+    """int8 weight ``[N, K]`` -> the int16 kernel's layout ``[N/16, K/2, 16, 2]`` int16 (zero padded)."""
+    return dot.pack_weight(w, lanes, 2, "int16")
+
+
 # ------------------------------------------------------------------------------------- capability
 def host_has_avx512_vnni() -> bool:
     """Whether this CPU runs the 512-bit ``vpdpbusd`` (cpuinfo flag ``avx512_vnni``)."""
@@ -202,10 +256,15 @@ def target_has_vnni(target) -> bool:
 
 
 # ------------------------------------------------------------------------------------- the ISA row
+# 512-bit vpdpwssd: 16 int32 lanes, int16 activations x int8 weights widened to int16, 2 k per lane;
+# the dense kernels of linears whose input is a wide (9..16-bit) tensor. Not in the table: VNNI names it.
+VNNI16 = DotISA(name="vnni16", arch="x86_64", lanes=16, act_dtype="int16", caps=("vnni", "avx512"),
+                register=register_int16_intrinsic, instruction="vpdpwssd", hi32_requant=True,
+                simd_depthwise=False, pack_weight=pack_dense_weight16, k_pack=2, weight_dtype="int16")
 # 512-bit vpdpbusd: 16 int32 lanes, uint8 activations x int8 weights (int8 activations get +128).
 VNNI = register_isa(DotISA(name="vnni", arch="x86_64", lanes=16, act_dtype="uint8", caps=("vnni", "avx512"),
               register=lambda: register_vnni_intrinsic(stock=False), instruction="vpdpbusd", hi32_requant=True,
-              depthwise_intrin=register_depthwise_intrinsic))
+              depthwise_intrin=register_depthwise_intrinsic, int16_isa=VNNI16))
 
 
 # ------------------------------------------------------------------------------------- VNNI wrappers
