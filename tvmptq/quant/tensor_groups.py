@@ -31,14 +31,15 @@ GROUPS = ("residual", "ln_out", "ffn_act", "ffn_pre", "proj_out", "qkv", "attent
 # residual (cosine 0.9988 -> 0.941 at 8 bits), proj_out (-> 0.964), ln_out (-> 0.990); attention,
 # qkv, ffn_pre, ffn_act at 8 cost <= 0.002 each. 12 bits, not 16: a 16-bit input to a 1536-deep linear
 # may overflow its int32 accumulator (refused by the lowering); 12-bit grids never do. Run-time cost:
-# the Q/K/V, FFN1 (wide input) and attention-output, FFN2 (wide output) linears leave the int8
-# dot-product kernels (tensorize needs 8-bit in and out); results/transformer.md has the rows.
+# the Q/K/V, FFN1 linears (12-bit input) run on the int16 x int8 dot-product kernel (x86: vpdpwssd)
+# and attention-output, FFN2 (12-bit output) on the int8 one with an int16 store
+# (results/wide_kernels.md); results/transformer.md has the fidelity rows.
 # res_ln_proj_ffn12: res_ln_proj12 plus the FFN's GELU input and output (ffn_pre, ffn_act) at 12 bits,
 # 48 of 90 tensors: the cheapest spec that reached mean cosine >= 0.99 and NN agreement >= 95 % on the
 # calibration split (results/transformer_budget.md, scripts/budget_transformer_nn.py: fitted on
 # calibration sentences 0..63, scored on 64..255; 0.9982 / 95.3 % against res_ln_proj12's 0.9951 /
-# 93.2 %). It takes no further linear out of the int8 kernels (res_ln_proj12 already widens an input or
-# the output of all 36) and keeps the 12 attention matmuls 8-bit. The error budget there: 8-bit weights
+# 93.2 %). It widens no further linear input or output (res_ln_proj12 already widens an input or the
+# output of all 36) and keeps the 12 attention matmuls 8-bit. The error budget there: 8-bit weights
 # with every activation at 16 bits reach only 96.4 % NN (0.9994), so the activations must be near
 # lossless for 95 %.
 PRESETS = {"res16": {"residual": 16},
