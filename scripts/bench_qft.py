@@ -115,7 +115,36 @@ def bench(name: str, tag: str, args, sink) -> list[dict]:
         rows.append(row)
         sink(row)
         print(json.dumps({k: v for k, v in row.items() if k != "cle"}), flush=True)
+        if args.integer_islands:
+            rows.append(_island_row(row, qm, args.integer_islands, evals, held, ref, ref_held, labels, key, evalset))
+            sink(rows[-1])
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "cle"}), flush=True)
     return rows
+
+
+def with_islands(qm: QuantizedModel, names) -> QuantizedModel:
+    """A copy of the fitted ``qm`` whose plan computes the islands ``names`` in integers (``qm`` unchanged)."""
+    import copy
+    from tvmptq.api import simulated_plan
+    from tvmptq.quant.calibrate import add_integer_islands
+    plan = copy.deepcopy(qm.plan)
+    add_integer_islands(plan, qm.graph, tuple(names))
+    return QuantizedModel(qm.model, qm.graph, plan, simulated_plan(qm.graph, plan))
+
+
+def _island_row(row: dict, qm: QuantizedModel, names: list[str], evals, held, ref, ref_held, labels, key, evalset) -> dict:
+    """The fitted plan with integer islands ``names`` added after fitting (the methods train through the
+    float islands; the islands replace them in the finished plan, its other parameters unchanged), scored
+    the same way; its bits label ends in ' int:<names>'."""
+    island = with_islands(qm, names)
+    plan = island.plan
+    s = score(evalset.task, ref, run_outputs(island.runner(), evals, 32, "islands", False), labels)
+    s_held = score(evalset.task, ref_held, run_outputs(island.runner(), held, 32, "islands", False))
+    out = {**row, **s, "bits": f"{row['bits']} int:{'+'.join(names)}", "held_out": s_held[key],
+           "integer_islands_float": plan.config.get("integer_islands_float", [])}
+    for k in ("same_ops", "same_constants", "compiled_equals_sim"):
+        out.pop(k, None)                    # not compiled: the row above checks the fitted plan
+    return out
 
 
 def _qft_on(start: QuantizedModel, fit, opts, progress):
@@ -221,6 +250,8 @@ def main():
                    help="layer roles at 8-bit weights (scripts/layer_roles.py), e.g. ffn2 attn_out")
     p.add_argument("--calib-samples", type=int, default=256)
     p.add_argument("--eval-samples", type=int, default=512)
+    p.add_argument("--integer-islands", nargs="*", default=[], metavar="NAME",
+                   help="also score each fitted plan with these integer islands added after fitting (softmax layernorm)")
     p.add_argument("--compile", action="store_true", help="lower, compile and check each plan (slow on big models)")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--append", action="store_true",

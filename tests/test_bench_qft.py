@@ -45,3 +45,25 @@ def test_merge_row_replaces_a_rerun_method_in_place_and_keeps_the_others():
     bench_qft.merge_row(rows, _row("efficientnet_lite0", "W8A8", "qft", 90.0))
     assert [(r["bits"], r["method"], r["top1_agreement"]) for r in rows] == [
         ("W4A8", "baseline", 48.0), ("W4A8", "cle", 45.9), ("W4A8", "qft", 47.0), ("W8A8", "qft", 90.0)]
+
+
+def test_islands_added_after_fitting_go_into_a_copy_and_stay_bit_exact():
+    """bench_qft --integer-islands: the fitted plan is copied, the copy's softmax and LayerNorm run in
+    integers (its simulation equals the NumPy reference), the fitted plan itself is untouched."""
+    import numpy as np
+    import torch
+    import tvmptq
+    from tvmptq.reference.executor import run_plan
+    from tests.test_user_transformers import BertLayer, _inputs
+    torch.manual_seed(0)
+    inp = tuple(_inputs("bert", 8, 0).values())
+    model = tvmptq.zoo.from_module(BertLayer(), tuple(torch.from_numpy(v) for v in inp))
+    qm = tvmptq.quantize(model, inp, tvmptq.make_config(8, 8, "minmax"), progress=False)
+    before = qm.runner()(*inp)
+    island = bench_qft.with_islands(qm, ["softmax", "layernorm"])
+    assert island.plan.config["integer_islands"] == ["softmax", "layernorm"]
+    assert "integer_islands" not in qm.plan.config and np.array_equal(qm.runner()(*inp), before)
+    assert any(s.get("integer_island") for s in island.plan.program)
+    out = island.runner()(*inp)
+    assert np.array_equal(out, run_plan(island.plan, *inp))
+    assert np.corrcoef(out.ravel(), before.ravel())[0, 1] > 0.99
