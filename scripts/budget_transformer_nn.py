@@ -15,7 +15,8 @@ sentence = 0.52 points); the evaluation split is never read. Three parts:
 * specs as in screen_transformer_groups.py (``all16``, ``res_ln_proj12,ffn_pre=12``, ...), with
   ``:fw`` appended = every linear kept in float (weights unquantized: the floor of activations,
   islands and bias correction); each row counts the linears and attention matmuls whose input or
-  output is wider than 8 bits (those leave the int8 dot-product kernels today);
+  output is wider than 8 bits (12-bit ones stay in the x86 VNNI kernels, results/wide_kernels.md; attention
+  matmuls with a wide input and int32-container tensors leave them);
 * the table is rewritten after every row (results/transformer_budget.md).
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 nice -n 19 python scripts/budget_transformer_nn.py \
@@ -36,11 +37,11 @@ sys.path.insert(0, str(REPO))
 
 import tvmptq  # noqa: E402
 from tvmptq.eval.metrics import embedding_fidelity, sqnr_db  # noqa: E402
-from tvmptq.eval.sets import batches, run_outputs, torch_runner  # noqa: E402
-from tvmptq.quant.calibrate import build_plan, collect_statistics  # noqa: E402
+from tvmptq.eval.sets import run_outputs, torch_runner  # noqa: E402
+from tvmptq.quant.calibrate import build_plan  # noqa: E402
 from tvmptq.quant.simulate import simulate  # noqa: E402
 
-from screen_transformer_groups import parse_spec  # noqa: E402
+from screen_transformer_groups import calibration_screen, parse_spec  # noqa: E402
 
 
 def _unit(x):
@@ -104,16 +105,8 @@ def main(argv=None) -> int:
     cmd = "PYTHONPATH=$PWD OMP_NUM_THREADS=1 TVM_NUM_THREADS=1 nice -n 19 python " + " ".join(
         shlex.quote(x) for x in ["scripts/budget_transformer_nn.py", *(argv if argv is not None else sys.argv[1:])])
     t0 = time.time()
-    model = tvmptq.load("minilm_l6")
-    full = tvmptq.get_set("sentences").calibration()
-    if args.calib + args.held > len(full[0]):
-        raise SystemExit(f"--calib + --held = {args.calib + args.held} > {len(full[0])} calibration sentences")
-    fit = tuple(a[:args.calib] for a in full)
-    held = tuple(a[args.calib:args.calib + args.held] for a in full)
-    graph = tvmptq.prepare(model)
-    ref = run_outputs(torch_runner(graph.gm), held, 32, "fp32", False)
+    model, graph, fit, held, ref, observers = calibration_screen(args.calib, args.held)
     margins = nn_margins(ref)
-    observers, _ = collect_statistics(graph, batches(fit, 32), False)
     w, a = (int(v) for v in args.config[1:].split("A"))
     rows, errs = [], {}
     for spec in args.specs:
@@ -145,10 +138,10 @@ def _write(args, rows, noise, margins, cmd, t0, src=None) -> None:
           f"statistics over all positions, bias correction, float islands); scored on calibration sentences "
           f"{args.calib}..{args.calib + args.held - 1} ({n} sentences: one = {100 / n:.2f} NN points), which the fit "
           f"never saw; the evaluation split is not read. `:fw`: every linear kept in float (unquantized weights). "
-          "`linears / matmuls off int8`: those with an input or output wider than 8 bits. `sim err sd`: std of the "
+          "wide input or output: wider than 8 bits (12-bit linears stay in the VNNI kernels since results/wide_kernels.md). `sim err sd`: std of the "
           "pairwise-cosine errors; `near ties`: held sentences whose FP32 NN margin is under 2 x that sd. "
           f"Wall time {time.time() - t0:.0f} s on the shared 2-core host (1 thread, nice 19).", "",
-          "| spec | wide tensors | linears off int8 | matmuls off int8 | cosine | Spearman | NN agr % | "
+          "| spec | wide tensors | linears with a wide input or output | matmuls with a wide input or output | cosine | Spearman | NN agr % | "
           "sim err sd | near ties | SQNR dB |", "|---|---|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['spec']} | {r['n_wide']} of {r['n']} | {r['lin']} | {r['mm']} | {r['cosine_mean']:.4f} | "
            f"{r['spearman']:.4f} | {r['nn_agreement']:.1f} | {r['sd']:.4f} | {r['ties']} | {r['sqnr']:.2f} |"

@@ -45,6 +45,21 @@ def parse_spec(spec: str) -> dict[str, int]:
     return parse_wide(spec)
 
 
+def calibration_screen(n_calib: int, n_held: int):
+    """MiniLM on the calibration split only: (model, graph, fit, held, FP32 outputs on held, activation
+    statistics of fit); fit is sentences 0..n_calib-1, held the next n_held, which score each plan."""
+    model = tvmptq.load("minilm_l6")
+    full = tvmptq.get_set("sentences").calibration()
+    if n_calib + n_held > len(full[0]):
+        raise SystemExit(f"--calib + --held = {n_calib + n_held} > {len(full[0])} calibration sentences")
+    fit = tuple(a[:n_calib] for a in full)
+    held = tuple(a[n_calib:n_calib + n_held] for a in full)
+    graph = tvmptq.prepare(model)
+    ref = run_outputs(torch_runner(graph.gm), held, 32, "fp32", False)
+    observers, _ = collect_statistics(graph, batches(fit, 32), False)
+    return model, graph, fit, held, ref, observers
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--calib", type=int, default=64, help="calibration sentences that fit each plan")
@@ -57,16 +72,8 @@ def main(argv=None) -> int:
     cmd = "PYTHONPATH=$PWD nice -n 19 python " + " ".join(
         shlex.quote(x) for x in ["scripts/screen_transformer_groups.py", *(argv if argv is not None else sys.argv[1:])])
     t0 = time.time()
-    model = tvmptq.load("minilm_l6")
-    full = tvmptq.get_set("sentences").calibration()
-    if args.calib + args.held > len(full[0]):
-        raise SystemExit(f"--calib + --held = {args.calib + args.held} > {len(full[0])} calibration sentences")
-    fit = tuple(a[:args.calib] for a in full)
-    held = tuple(a[args.calib:args.calib + args.held] for a in full)
-    graph = tvmptq.prepare(model)
+    model, graph, fit, held, ref, observers = calibration_screen(args.calib, args.held)
     groups = tensor_groups(graph)
-    ref = run_outputs(torch_runner(graph.gm), held, 32, "fp32", False)
-    observers, _ = collect_statistics(graph, batches(fit, 32), False)
     rows = []
     for bits in args.configs.split(","):
         w, a = (int(v) for v in bits[1:].split("A"))
