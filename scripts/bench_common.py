@@ -90,3 +90,15 @@ def latency_ms(run, xs, repeats: int) -> float:
         run(*xs)
         t.append(time.perf_counter() - t0)
     return 1000 * float(np.median(t)) / len(xs[0])
+
+
+def put_row(rows: list, row: dict) -> None:
+    """Add ``row``; a row already there with the same model, bits and method (an earlier run of
+    the same setting, kept by ``--append``) is replaced in place, so a rerun updates the table."""
+    key = lambda r: (r["model"], r["bits"], r["method"])  # noqa: E731
+    same = [i for i, r in enumerate(rows) if key(r) == key(row)]
+    if same:
+        rows[same[0]] = row
+        rows[:] = [r for i, r in enumerate(rows) if i not in same[1:]]
+    else:
+        rows.append(row)

@@ -35,6 +35,7 @@ from tvmptq.api import AUTO_SELECT_SAMPLES, QuantizedModel, apply_method, select
 from tvmptq.eval.sets import DEFAULT_SET, batches, run_outputs, score, torch_runner  # noqa: E402
 from tvmptq.quant.calibrate import collect_statistics  # noqa: E402
 from tvmptq.util import peak_rss_mb  # noqa: E402
+from bench_common import put_row  # noqa: E402
 from bench_transformer import parse_wide  # noqa: E402
 from layer_roles import bits_label, weight_bit_overrides  # noqa: E402
 
@@ -223,16 +224,6 @@ def keep_prose(path: Path, generated: str) -> str:
     return f"{before}{GENERATED_START}\n{generated}\n{GENERATED_END}{after}"
 
 
-def merge_row(rows: list[dict], row: dict) -> None:
-    """A rerun (model, bits, method) replaces its old row in place; --append keeps every other row."""
-    key = (row["model"], row["bits"], row["method"])
-    at = [i for i, r in enumerate(rows) if (r["model"], r["bits"], r["method"]) == key]
-    if at:
-        rows[at[0]] = row
-    else:
-        rows.append(row)
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--rows", nargs="+", default=ROWS)
@@ -268,7 +259,7 @@ def main():
     for spec in args.rows:
         name, tag = spec.split(":")
         def sink(row):
-            merge_row(rows, row)
+            put_row(rows, row)
             write_md(rows, out, time.perf_counter() - t0)
         bench(name, tag, args, sink)
     print(f"wrote {out}")

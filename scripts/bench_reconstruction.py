@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 import tvmptq  # noqa: E402
 from tvmptq.api import AUTO_SELECT_SAMPLES, QuantizedModel, apply_method, select_observer  # noqa: E402
 from tvmptq.eval.sets import batches, run_outputs, score, torch_runner  # noqa: E402
-from bench_common import latency_ms, load_case, relax_import  # noqa: E402
+from bench_common import latency_ms, load_case, put_row, relax_import  # noqa: E402
 from bench_transformer import parse_wide  # noqa: E402
 from layer_roles import bits_label, weight_bit_overrides  # noqa: E402
 from tvmptq.quant.calibrate import collect_statistics  # noqa: E402
@@ -110,18 +110,6 @@ def bench(name: str, tag: str, args, rows: list, flush) -> None:
         put_row(rows, row)
         print(json.dumps(row), flush=True)
         flush()
-
-
-def put_row(rows: list, row: dict) -> None:
-    """Add ``row``; a row already there with the same model, bits and method (an earlier run of
-    the same setting, kept by ``--append``) is replaced in place, so a rerun updates the table."""
-    key = lambda r: (r["model"], r["bits"], r["method"])  # noqa: E731
-    same = [i for i, r in enumerate(rows) if key(r) == key(row)]
-    if same:
-        rows[same[0]] = row
-        rows[:] = [r for i, r in enumerate(rows) if i not in same[1:]]
-    else:
-        rows.append(row)
 
 
 def counter_diff(base_ops, ops, base_consts, consts) -> dict:

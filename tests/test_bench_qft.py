@@ -41,8 +41,8 @@ def test_write_md_replaces_a_file_without_markers_whole(tmp_path):
 
 def test_merge_row_replaces_a_rerun_method_in_place_and_keeps_the_others():
     rows = [_row("efficientnet_lite0", "W4A8", m, a) for m, a in (("baseline", 48.0), ("cle", 45.9), ("qft", 44.3))]
-    bench_qft.merge_row(rows, _row("efficientnet_lite0", "W4A8", "qft", 47.0))
-    bench_qft.merge_row(rows, _row("efficientnet_lite0", "W8A8", "qft", 90.0))
+    bench_qft.put_row(rows, _row("efficientnet_lite0", "W4A8", "qft", 47.0))
+    bench_qft.put_row(rows, _row("efficientnet_lite0", "W8A8", "qft", 90.0))
     assert [(r["bits"], r["method"], r["top1_agreement"]) for r in rows] == [
         ("W4A8", "baseline", 48.0), ("W4A8", "cle", 45.9), ("W4A8", "qft", 47.0), ("W8A8", "qft", 90.0)]
 
